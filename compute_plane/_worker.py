@@ -1,0 +1,315 @@
+"""A compute-plane worker: one Connect stream to the control plane, runs as asyncio tasks,
+every event, heartbeat and result written straight to Redis (fenced by the attempt)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from redis.exceptions import RedisError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from longline import Context, LeaseLost, Workflow
+from longline._component import component_of
+from longline._store import RunWriter, Store, connect, encode_event
+from longline.v1 import worker_pb2, worker_pb2_grpc
+
+from ._settings import WorkerSettings
+
+log = logging.getLogger("longline.compute_plane")
+
+
+class _RedisSink:
+    """The EventSink of one attempt: fenced appends to the run's stream."""
+
+    def __init__(self, writer: RunWriter) -> None:
+        self._writer = writer
+
+    async def emit(
+        self,
+        type: str,
+        *,
+        message: str = "",
+        data_json: str = "",
+        component: str = "",
+        span_id: str = "",
+        parent_span_id: str = "",
+    ) -> str:
+        fields = encode_event(
+            type, self._writer.attempt, message, data_json, component, span_id, parent_span_id
+        )
+        return (await self._writer.append([fields]))[0]
+
+
+@dataclass(eq=False)
+class _Running:
+    attempt: int
+    task: asyncio.Task[None]
+
+
+class Worker:
+    """Serves `workflows` until request_stop(); `await worker.run()`."""
+
+    def __init__(self, settings: WorkerSettings, workflows: dict[str, Workflow]) -> None:
+        if not workflows:
+            raise ValueError("a worker needs at least one workflow")
+        self.settings = settings
+        self.workflows = workflows
+        self._running: dict[str, _Running] = {}
+        self._outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] | None = None
+        self._stopping = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._heartbeat_interval = settings.heartbeat_interval
+        self._lease_ms = int(settings.heartbeat_interval * 5000)
+        self._store: Store | None = None
+
+    @property
+    def connected(self) -> asyncio.Event:
+        """Set while a Connect stream is open."""
+        return self._connected
+
+    @property
+    def running(self) -> int:
+        """How many runs this worker holds."""
+        return len(self._running)
+
+    def request_stop(self) -> None:
+        """Stop taking runs, let in-flight ones finish until the drain timeout, then stop."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Connect, serve, heartbeat; returns after request_stop() and the drain."""
+        s = self.settings
+        redis = connect(
+            s.redis_url, client_name=f"longline-worker-{s.worker_id}", max_connections=64
+        )
+        self._store = Store(redis)
+        health_server = await self._start_health()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                session = tasks.create_task(self._session_loop(), name="connect")
+                beat = tasks.create_task(self._heartbeat_loop(), name="heartbeat")
+                await self._stopping.wait()
+                if health_server is not None:
+                    await health_server[1].enter_graceful_shutdown()
+                await self._drain()
+                session.cancel()
+                beat.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                await self._store.withdraw(s.worker_id, self.workflows)
+            if health_server is not None:
+                await health_server[0].stop(0)
+            await redis.aclose()
+
+    async def _start_health(self) -> tuple[grpc.aio.Server, Any] | None:
+        if not self.settings.health_listen:
+            return None
+        server = grpc.aio.server()
+        servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        server.add_insecure_port(self.settings.health_listen)
+        await server.start()
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        return server, servicer
+
+    async def _drain(self) -> None:
+        self._send(worker_pb2.ConnectRequest(draining=worker_pb2.WorkerDraining(
+            deadline_seconds=self.settings.drain_timeout)))
+        pending = [r.task for r in self._running.values()]
+        if pending:
+            log.info("draining: waiting up to %gs for %d runs", self.settings.drain_timeout, len(pending))
+            await asyncio.wait(pending, timeout=self.settings.drain_timeout)
+        for run_id, running in list(self._running.items()):
+            log.warning("releasing run %s (attempt %d) at the drain deadline", run_id, running.attempt)
+            self._send(worker_pb2.ConnectRequest(released=worker_pb2.WorkerReleased(
+                run=worker_pb2.RunRef(run_id=run_id, attempt=running.attempt),
+                reason="worker drained before the run finished")))
+            running.task.cancel()
+        if self._running:
+            await asyncio.wait([r.task for r in self._running.values()], timeout=5)
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)
+            await asyncio.sleep(0)  # let the request stream hand over the last messages
+
+    def _send(self, message: worker_pb2.ConnectRequest) -> None:
+        if self._outbox is not None:
+            self._outbox.put_nowait(message)
+
+    async def _requests(
+        self, outbox: asyncio.Queue[worker_pb2.ConnectRequest | None]
+    ) -> AsyncIterator[worker_pb2.ConnectRequest]:
+        while True:
+            message = await outbox.get()
+            if message is None:
+                return
+            yield message
+
+    def _hello(self) -> worker_pb2.ConnectRequest:
+        s = self.settings
+        return worker_pb2.ConnectRequest(
+            hello=worker_pb2.WorkerHello(
+                worker_id=s.worker_id,
+                build_id=s.build_id,
+                workflows=[
+                    worker_pb2.WorkflowInfo(name=w.name, description=w.description)
+                    for w in self.workflows.values()
+                ],
+                slots=s.slots,
+                running=[
+                    worker_pb2.RunRef(run_id=run_id, attempt=r.attempt)
+                    for run_id, r in self._running.items()
+                ],
+            )
+        )
+
+    async def _session_loop(self) -> None:
+        """Keep one Connect stream open, to any of the targets, reconnecting with backoff."""
+        targets = self.settings.targets
+        delay = 0.1
+        n = 0
+        while not self._stopping.is_set():
+            target = targets[n % len(targets)]
+            n += 1
+            outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
+            outbox.put_nowait(self._hello())
+            try:
+                async with grpc.aio.insecure_channel(target) as channel:
+                    call = worker_pb2_grpc.WorkerServiceStub(channel).Connect(self._requests(outbox))
+                    async for response in call:
+                        if response.HasField("welcome"):
+                            self._on_welcome(response.welcome, outbox)
+                            delay = 0.1
+                        elif response.HasField("assignment"):
+                            self._on_assignment(response.assignment)
+                        elif response.HasField("cancel"):
+                            self._on_cancel(response.cancel)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("connection to control plane %s lost: %s", target, exc.details())
+            finally:
+                self._connected.clear()
+                self._outbox = None
+            if self._stopping.is_set():
+                return
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+
+    def _on_welcome(
+        self,
+        welcome: worker_pb2.WorkerWelcome,
+        outbox: asyncio.Queue[worker_pb2.ConnectRequest | None],
+    ) -> None:
+        if welcome.heartbeat_interval_seconds > 0:
+            self._heartbeat_interval = welcome.heartbeat_interval_seconds
+        if welcome.lease_timeout_seconds > 0:
+            self._lease_ms = int(welcome.lease_timeout_seconds * 1000)
+        self._outbox = outbox
+        self._connected.set()
+        log.info("connected to control plane replica %s", welcome.replica_id)
+
+    def _on_assignment(self, a: worker_pb2.Assignment) -> None:
+        workflow = self.workflows.get(a.workflow)
+        if workflow is None or a.run_id in self._running or self._stopping.is_set():
+            reason = "draining" if self._stopping.is_set() else f"cannot run {a.workflow!r} here"
+            self._send(worker_pb2.ConnectRequest(released=worker_pb2.WorkerReleased(
+                run=worker_pb2.RunRef(run_id=a.run_id, attempt=a.attempt), reason=reason)))
+            return
+        task = asyncio.create_task(self._execute(workflow, a), name=f"run-{a.run_id}")
+        self._running[a.run_id] = _Running(a.attempt, task)
+        self._send(worker_pb2.ConnectRequest(accepted=worker_pb2.WorkerAccepted(
+            run=worker_pb2.RunRef(run_id=a.run_id, attempt=a.attempt))))
+
+    def _on_cancel(self, cancel: worker_pb2.CancelAssignment) -> None:
+        running = self._running.get(cancel.run.run_id)
+        if running is not None and running.attempt == cancel.run.attempt:
+            log.info("cancelling run %s: %s", cancel.run.run_id, cancel.reason)
+            running.task.cancel()
+
+    async def _execute(self, workflow: Workflow, a: worker_pb2.Assignment) -> None:
+        assert self._store is not None
+        writer = RunWriter(self._store, a.run_id, a.attempt)
+        ctx = Context(a.run_id, a.attempt, workflow.name, _RedisSink(writer))
+        ctx.activate()  # this task's own copy of the context variables
+        try:
+            await ctx.emit(
+                "RUN_STARTED",
+                message=f"attempt {a.attempt} started on worker {self.settings.worker_id}",
+                span_id=ctx.span_id,
+            )
+            result = await workflow(ctx, json.loads(a.input_json or "null"))
+            try:
+                result_json = json.dumps(result)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"workflow {workflow.name!r} returned a value that is not JSON-serialisable: {exc}"
+                ) from exc
+            await writer.finish(
+                "SUCCEEDED",
+                result_json=result_json,
+                event=encode_event(
+                    "RUN_SUCCEEDED", a.attempt, "succeeded", result_json, span_id=ctx.span_id
+                ),
+            )
+        except LeaseLost:
+            log.info("run %s attempt %d no longer ours; abandoned", a.run_id, a.attempt)
+        except RedisError as exc:
+            # Nothing more can be written now; the lease runs out and the run is retried.
+            log.error("run %s attempt %d lost Redis: %s", a.run_id, a.attempt, exc)
+        except Exception as exc:
+            await self._fail(writer, ctx, exc)
+        finally:
+            self._running.pop(a.run_id, None)
+            self._send(worker_pb2.ConnectRequest(finished=worker_pb2.WorkerFinished(
+                run=worker_pb2.RunRef(run_id=a.run_id, attempt=a.attempt))))
+
+    async def _fail(self, writer: RunWriter, ctx: Context, exc: Exception) -> None:
+        component = component_of(exc)
+        kind, text = type(exc).__name__, str(exc)
+        error = {"type": kind, "message": text, "component": component, "attempt": ctx.attempt}
+        where = f" in {component}" if component else ""
+        log.info("run %s failed%s: %s: %s", ctx.run_id, where, kind, text)
+        try:
+            await writer.finish(
+                "FAILED",
+                error=(kind, text, component),
+                event=encode_event(
+                    "RUN_FAILED",
+                    ctx.attempt,
+                    f"{kind}{where}: {text}",
+                    json.dumps(error),
+                    component,
+                    span_id=ctx.span_id,
+                ),
+            )
+        except (LeaseLost, RedisError) as lost:
+            log.info("run %s: its failure could not be written: %s", ctx.run_id, lost)
+
+    async def _heartbeat_loop(self) -> None:
+        """Extend every held lease and this worker's presence, every heartbeat interval."""
+        assert self._store is not None
+        s = self.settings
+        while True:
+            held = [(run_id, r.attempt) for run_id, r in self._running.items()]
+            try:
+                alive = await self._store.heartbeat(held, self._lease_ms)
+                await self._store.announce(
+                    s.worker_id,
+                    [(w.name, w.description) for w in self.workflows.values()],
+                    int(self._heartbeat_interval * 3000),
+                )
+            except RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                alive = [True] * len(held)
+            for (run_id, attempt), ok in zip(held, alive, strict=True):
+                running = self._running.get(run_id)
+                if not ok and running is not None and running.attempt == attempt:
+                    log.warning("run %s attempt %d lost its lease; stopping it", run_id, attempt)
+                    running.task.cancel()
+            await asyncio.sleep(self._heartbeat_interval)

@@ -1,0 +1,261 @@
+"""RunService: start, inspect, list, cancel and stream runs. Everything is read from Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from longline._store import (
+    InvalidArgumentError,
+    NotFoundError,
+    RunRecord,
+    Store,
+    StoredEvent,
+    TooLargeError,
+    keys,
+    parse_event_id,
+)
+from longline.v1 import runs_pb2, runs_pb2_grpc
+
+from ._hub import EventHub
+from ._settings import ControlPlaneSettings
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_IDEMPOTENCY_KEY = 256
+MAX_LABELS = 64
+MAX_LABEL_BYTES = 256
+# RunWorkflow answers this long before the caller's deadline so the answer arrives in time.
+_DEADLINE_MARGIN = 0.25
+
+
+def _timestamp(ms: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def run_to_proto(r: RunRecord) -> runs_pb2.Run:
+    """The wire form of a run."""
+    msg = runs_pb2.Run(
+        run_id=r.run_id,
+        workflow=r.workflow,
+        status=runs_pb2.RunStatus.Value(f"RUN_STATUS_{r.status}"),
+        attempt=r.attempt,
+        result_json=r.result_json,
+        create_time=_timestamp(r.create_ms),
+        update_time=_timestamp(r.update_ms),
+        last_event_id=r.last_event_id,
+        labels=r.labels,
+        input_json=r.input_json,
+    )
+    if r.error_type:
+        msg.error.CopyFrom(
+            runs_pb2.RunError(
+                type=r.error_type,
+                message=r.error_message,
+                component=r.error_component,
+                attempt=r.attempt,
+            )
+        )
+    return msg
+
+
+def event_to_proto(run_id: str, e: StoredEvent) -> runs_pb2.RunEvent:
+    """The wire form of an event."""
+    return runs_pb2.RunEvent(
+        event_id=e.event_id,
+        run_id=run_id,
+        type=runs_pb2.EventType.Value(f"EVENT_TYPE_{e.type}"),
+        time=_timestamp(e.time_ms),
+        attempt=e.attempt,
+        message=e.message,
+        data_json=e.data_json,
+        component=e.component,
+        span_id=e.span_id,
+        parent_span_id=e.parent_span_id,
+    )
+
+
+def _require_run_id(run_id: str) -> str:
+    if not run_id:
+        raise InvalidArgumentError("run_id is required")
+    if len(run_id) > 128 or "{" in run_id or "}" in run_id:
+        raise NotFoundError(f"run {run_id[:128]!r} not found")
+    return run_id
+
+
+def _page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgumentError(f"page_size must not be negative, got {requested}")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _encode_token(*parts: str) -> str:
+    return base64.urlsafe_b64encode("\x1f".join(parts).encode()).decode()
+
+
+def _decode_token(token: str, n: int) -> list[str]:
+    try:
+        parts = base64.urlsafe_b64decode(token.encode()).decode().split("\x1f")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        parts = []
+    if len(parts) != n:
+        raise InvalidArgumentError(
+            "page_token is not one this server gave out: pass next_page_token from the "
+            "previous response unchanged, or leave it empty for the first page"
+        )
+    return parts
+
+
+class RunServicer(runs_pb2_grpc.RunServiceServicer):
+    """The client-facing API of one control-plane replica."""
+
+    def __init__(self, store: Store, hub: EventHub, settings: ControlPlaneSettings) -> None:
+        self._store = store
+        self._hub = hub
+        self._settings = settings
+
+    async def _start(
+        self, request: runs_pb2.StartRunRequest | runs_pb2.RunWorkflowRequest
+    ) -> tuple[RunRecord, bool]:
+        if not request.workflow:
+            raise InvalidArgumentError("workflow is required: the name of a workflow to run")
+        size = len(request.input_json.encode())
+        if size > self._settings.max_input_bytes:
+            raise TooLargeError(
+                f"input_json is {size} bytes, over the limit of {self._settings.max_input_bytes} "
+                "bytes: pass a reference to large data (a URL or object key) instead"
+            )
+        input_json = request.input_json or "null"
+        try:
+            json.loads(input_json)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidArgumentError(f"input_json is not valid JSON: {exc}") from None
+        if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            raise InvalidArgumentError(
+                f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters"
+            )
+        if len(request.labels) > MAX_LABELS:
+            raise InvalidArgumentError(f"at most {MAX_LABELS} labels are allowed")
+        for k, v in request.labels.items():
+            if not k or len(k) > MAX_LABEL_BYTES or len(v) > MAX_LABEL_BYTES:
+                raise InvalidArgumentError(
+                    f"label keys must be non-empty and keys and values at most {MAX_LABEL_BYTES} "
+                    f"characters (label {k[:40]!r})"
+                )
+        if not await self._store.workflow_known(request.workflow):
+            known = [name for name, _, _ in await self._store.list_workflows()]
+            raise NotFoundError(
+                f"workflow {request.workflow[:100]!r} is not known: no worker has announced it. "
+                f"Known workflows: {', '.join(known) or 'none (is a worker running?)'}"
+            )
+        created, run_id = await self._store.create_run(
+            uuid.uuid4().hex,
+            request.workflow,
+            input_json,
+            dict(request.labels),
+            request.idempotency_key,
+        )
+        return await self._store.get_run(run_id), created
+
+    async def StartRun(
+        self, request: runs_pb2.StartRunRequest, context: grpc.aio.ServicerContext
+    ) -> runs_pb2.StartRunResponse:
+        record, created = await self._start(request)
+        return runs_pb2.StartRunResponse(run=run_to_proto(record), created=created)
+
+    async def RunWorkflow(
+        self, request: runs_pb2.RunWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> runs_pb2.RunWorkflowResponse:
+        record, created = await self._start(request)
+        remaining = context.time_remaining()
+        if not record.terminal:
+            wait = None if remaining is None else max(0.0, remaining - _DEADLINE_MARGIN)
+            try:
+                async with asyncio.timeout(wait):
+                    async for event in self._hub.events(record.run_id, record.last_event_id):
+                        if event.terminal:
+                            break
+            except TimeoutError:
+                pass  # the caller's deadline comes first: answer with the run as it is
+            record = await self._store.get_run(record.run_id)
+        return runs_pb2.RunWorkflowResponse(run=run_to_proto(record), created=created)
+
+    async def GetRun(
+        self, request: runs_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> runs_pb2.GetRunResponse:
+        record = await self._store.get_run(_require_run_id(request.run_id))
+        return runs_pb2.GetRunResponse(run=run_to_proto(record))
+
+    async def ListRuns(
+        self, request: runs_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> runs_pb2.ListRunsResponse:
+        size = _page_size(request.page_size)
+        status = ""
+        if request.status:
+            name = runs_pb2.RunStatus.Name(request.status) if request.status in runs_pb2.RunStatus.values() else ""
+            if not name:
+                raise InvalidArgumentError(f"status {request.status} is not a RunStatus")
+            status = name.removeprefix("RUN_STATUS_")
+        before = None
+        if request.page_token:
+            ms, run_id = _decode_token(request.page_token, 2)
+            if not ms.isdigit():
+                raise InvalidArgumentError("page_token is not one this server gave out")
+            before = (int(ms), run_id)
+        records, cursor = await self._store.list_runs(request.workflow, status, size, before)
+        return runs_pb2.ListRunsResponse(
+            runs=[run_to_proto(r) for r in records],
+            next_page_token=_encode_token(str(cursor[0]), cursor[1]) if cursor else "",
+        )
+
+    async def CancelRun(
+        self, request: runs_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> runs_pb2.CancelRunResponse:
+        run_id = _require_run_id(request.run_id)
+        reason = request.reason[:1000] or "cancelled by request"
+        outcome = await self._store.cancel(run_id, reason)
+        if outcome.previous == "RUNNING" and outcome.worker_id:
+            await self._store.redis.publish(
+                keys.CONTROL_CHANNEL,
+                json.dumps(
+                    {
+                        "cancel": run_id,
+                        "attempt": outcome.attempt,
+                        "worker_id": outcome.worker_id,
+                        "reason": reason,
+                    }
+                ),
+            )
+        record = await self._store.get_run(run_id)
+        return runs_pb2.CancelRunResponse(run=run_to_proto(record))
+
+    async def StreamRun(
+        self, request: runs_pb2.StreamRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[runs_pb2.StreamRunResponse]:
+        run_id = _require_run_id(request.run_id)
+        if request.after_event_id:
+            parse_event_id(request.after_event_id)
+        await self._store.get_run(run_id)  # NOT_FOUND before any event
+        async for event in self._hub.events(run_id, request.after_event_id):
+            yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
+
+    async def ListWorkflows(
+        self, request: runs_pb2.ListWorkflowsRequest, context: grpc.aio.ServicerContext
+    ) -> runs_pb2.ListWorkflowsResponse:
+        size = _page_size(request.page_size)
+        after = _decode_token(request.page_token, 1)[0] if request.page_token else ""
+        rows = [row for row in await self._store.list_workflows() if row[0] > after]
+        page = rows[:size]
+        return runs_pb2.ListWorkflowsResponse(
+            workflows=[runs_pb2.Workflow(name=n, description=d, workers=w) for n, d, w in page],
+            next_page_token=_encode_token(page[-1][0]) if len(rows) > size else "",
+        )

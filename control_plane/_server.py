@@ -1,0 +1,142 @@
+"""One control-plane replica: the gRPC server and its background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from longline._store import Store, connect, keys
+from longline.v1 import runs_pb2, runs_pb2_grpc, worker_pb2, worker_pb2_grpc
+
+from ._errors import ErrorInterceptor
+from ._hub import EventHub
+from ._runs import RunServicer
+from ._settings import ControlPlaneSettings
+from ._workers import Dispatcher, WorkerServicer
+
+log = logging.getLogger("longline.control_plane")
+
+SERVICES = (
+    runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+    worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+)
+
+
+class ControlPlane:
+    """A control-plane replica. `async with ControlPlane(settings) as cp:` serves on cp.port."""
+
+    def __init__(self, settings: ControlPlaneSettings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._stopping = asyncio.Event()
+        self._main: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def __aenter__(self) -> ControlPlane:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def start(self) -> None:
+        """Start serving in the background; returns once the port is bound."""
+        self._main = asyncio.create_task(self.run(), name="longline-control-plane")
+        ready = asyncio.create_task(self._ready.wait())
+        done, _ = await asyncio.wait({self._main, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if self._main in done:
+            ready.cancel()
+            self._main.result()  # raises why it could not start
+
+    async def shutdown(self) -> None:
+        """Stop serving and wait for it; safe to call twice."""
+        self._stopping.set()
+        if self._main is not None:
+            await self._main
+
+    def request_stop(self) -> None:
+        """Ask run() to stop (for signal handlers)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Serve until request_stop(); every part runs in one TaskGroup."""
+        s = self.settings
+        name = f"longline-{s.replica_id}"
+        pool = connect(s.redis_url, client_name=name, max_connections=s.redis_pool_size)
+        # Blocking readers get connections of their own with no socket timeout.
+        hub_reader = connect(s.redis_url, client_name=name + "-events", single_connection_client=True)
+        dispatch_reader = connect(
+            s.redis_url, client_name=name + "-dispatch", single_connection_client=True
+        )
+        store = Store(pool)
+        hub = EventHub(store, hub_reader, s.replica_id)
+        dispatcher = Dispatcher(store, dispatch_reader, s)
+
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", s.max_input_bytes + 64 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        runs_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(store, hub, s), server)
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(
+            WorkerServicer(store, dispatcher, s), server
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            await pool.ping()
+            self.port = server.add_insecure_port(s.listen)
+            if self.port == 0:
+                raise RuntimeError(f"could not listen on {s.listen}")
+            await server.start()
+            for service in ("", *SERVICES):
+                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            log.info("control plane %s serving on port %d", s.replica_id, self.port)
+            self._ready.set()
+            async with asyncio.TaskGroup() as tasks:
+                background = [
+                    tasks.create_task(hub.run(), name="event-hub"),
+                    tasks.create_task(dispatcher.run(), name="dispatcher"),
+                    tasks.create_task(self._control_listener(pool, dispatcher), name="control"),
+                ]
+                await self._stopping.wait()
+                for service in ("", *SERVICES):
+                    await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+                await server.stop(s.shutdown_grace)
+                for task in background:
+                    task.cancel()
+        finally:
+            await server.stop(0)
+            for client in (hub_reader, dispatch_reader, pool):
+                await client.aclose()
+
+    async def _control_listener(self, pool: Any, dispatcher: Dispatcher) -> None:
+        """Cancel notices from any replica, forwarded to the worker if it is connected here."""
+        async with pool.pubsub() as pubsub:
+            await pubsub.subscribe(keys.CONTROL_CHANNEL)
+            async for message in pubsub.listen():
+                if message.get("type") != "message":
+                    continue
+                notice = json.loads(message["data"])
+                session = dispatcher.sessions.get(notice.get("worker_id", ""))
+                if session is None or "cancel" not in notice:
+                    continue
+                session.send(
+                    worker_pb2.ConnectResponse(
+                        cancel=worker_pb2.CancelAssignment(
+                            run=worker_pb2.RunRef(run_id=notice["cancel"], attempt=notice["attempt"]),
+                            reason=notice.get("reason", ""),
+                        )
+                    )
+                )

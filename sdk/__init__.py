@@ -1,0 +1,62 @@
+"""longline: durable, resumable, streamable long-running AI workflows.
+
+Author workflows with `workflow` and `component`; run them with
+`longline worker`; start and watch them with `Client`.
+"""
+
+from __future__ import annotations
+
+from ._client import Client, RunHandle
+from ._component import Component, ComponentTimeout, Retry, component
+from ._context import Context, current
+from ._errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    LeaseLost,
+    LonglineError,
+    NonRetryable,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    RpcError,
+    RunCancelled,
+    RunFailed,
+    Unauthenticated,
+    Unavailable,
+)
+from ._types import Event, EventType, Run, RunErrorInfo, RunStatus, WorkflowInfo
+from ._workflow import Workflow, workflow
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "Component",
+    "ComponentTimeout",
+    "Context",
+    "Event",
+    "EventType",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "LeaseLost",
+    "LonglineError",
+    "NonRetryable",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Retry",
+    "RpcError",
+    "Run",
+    "RunCancelled",
+    "RunErrorInfo",
+    "RunFailed",
+    "RunHandle",
+    "RunStatus",
+    "Unauthenticated",
+    "Unavailable",
+    "Workflow",
+    "WorkflowInfo",
+    "component",
+    "current",
+    "workflow",
+]

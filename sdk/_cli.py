@@ -1,0 +1,368 @@
+"""The `longline` command. Entry point code: it owns the event loop and the signals.
+
+Every flag also reads LONGLINE_<FLAG> (e.g. --redis from LONGLINE_REDIS). The SDK
+library never imports the planes; this entry point imports them lazily, per command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TextIO
+
+from ._client import Client
+from ._errors import LonglineError
+from ._types import Event, EventType, RunStatus
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _env(name: str, default: Any) -> Any:
+    return os.environ.get("LONGLINE_" + name.upper().replace("-", "_"), default)
+
+
+def _add(parser: argparse.ArgumentParser, flag: str, default: Any = None, **kw: Any) -> None:
+    """A flag whose default comes from LONGLINE_<FLAG>, then `default`."""
+    name = flag.lstrip("-")
+    env_default = _env(name, default)
+    if "type" in kw and env_default is not None and isinstance(env_default, str):
+        env_default = kw["type"](env_default)
+    env = "LONGLINE_" + name.upper().replace("-", "_")
+    kw["help"] = (kw.get("help", "") + f" [env {env}]").strip()
+    parser.add_argument(flag, default=env_default, **kw)
+
+
+class LiveView:
+    """Prints a run's events as a person wants to watch them."""
+
+    def __init__(self, out: TextIO = sys.stdout, verbose: bool = False) -> None:
+        self.out = out
+        self.verbose = verbose
+        self.last_event_id = ""
+        self._mid_line = False
+
+    def _line(self, text: str) -> None:
+        if self._mid_line:
+            self.out.write("\n")
+            self._mid_line = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def show(self, event: Event) -> None:
+        """Print one event."""
+        self.last_event_id = event.event_id
+        t = event.type
+        if t is EventType.OUTPUT:
+            self.out.write(event.message)
+            self.out.flush()
+            self._mid_line = not event.message.endswith("\n")
+        elif t is EventType.STATUS:
+            self._line(f"· {event.message}")
+        elif t is EventType.RUN_QUEUED:
+            self._line(f"queued run {event.run_id}")
+        elif t is EventType.RUN_STARTED:
+            self._line(f"▶ {event.message}")
+        elif t is EventType.RUN_RETRYING:
+            self._line(f"↻ retrying (attempt {event.attempt}): {event.message}")
+        elif t in (EventType.COMPONENT_STARTED, EventType.COMPONENT_FINISHED):
+            if self.verbose or (t is EventType.COMPONENT_FINISHED and "error" in (event.data or {})):
+                verb = "started" if t is EventType.COMPONENT_STARTED else "finished"
+                extra = f": {event.message}" if event.message else ""
+                self._line(f"  [{event.component} {verb}{extra}]")
+        elif t is EventType.RUN_SUCCEEDED:
+            self._line("✓ succeeded; result:")
+            self._line(json.dumps(event.data, indent=2, ensure_ascii=False))
+        elif t is EventType.RUN_FAILED:
+            self._line(f"✗ failed: {event.message}")
+        elif t is EventType.RUN_CANCELLED:
+            self._line(f"■ cancelled: {event.message}")
+
+
+async def _follow(target: str, run_id: str, after: str, view: LiveView) -> int:
+    async with Client(target) as client:
+        handle = client.get_run(run_id)
+        async for event in handle.events(after=after or None):
+            view.show(event)
+        run = await handle.describe()
+    return {RunStatus.SUCCEEDED: 0, RunStatus.CANCELLED: 2}.get(run.status, 1)
+
+
+def _detached(run_id: str, view: LiveView) -> None:
+    after = f" --after {view.last_event_id}" if view.last_event_id else ""
+    print(f"\ndetached; the run goes on. Follow it again with:\n  longline watch {run_id}{after}")
+
+
+async def _cmd_run(args: argparse.Namespace, view: LiveView, state: dict[str, str]) -> int:
+    try:
+        payload = json.loads(args.input)
+    except ValueError as exc:
+        raise SystemExit(f"--input is not valid JSON: {exc}") from None
+    async with Client(args.control_plane) as client:
+        handle = await client.start(
+            args.workflow, payload, idempotency_key=args.idempotency_key or ""
+        )
+    state["run_id"] = handle.run_id
+    return await _follow(args.control_plane, handle.run_id, "", view)
+
+
+def _serve(
+    main: Callable[[], Coroutine[Any, Any, int]], stoppers: list[Callable[[], None]] | None = None
+) -> int:
+    """Run main(); SIGINT/SIGTERM ask every stopper to stop (or, with none, cancel main).
+
+    A second signal quits at once.
+    """
+
+    async def runner() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        hits = 0
+
+        def on_signal() -> None:
+            nonlocal hits
+            hits += 1
+            if hits > 1:
+                os._exit(130)
+            if stoppers is None and task is not None:
+                task.cancel()
+            for stop in stoppers or []:
+                stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            return await main()
+        except asyncio.CancelledError:
+            return 130
+
+    return asyncio.run(runner())
+
+
+def _cmd_control_plane(args: argparse.Namespace) -> int:
+    from longline.control_plane import ControlPlane, ControlPlaneSettings
+
+    settings = ControlPlaneSettings(
+        redis_url=args.redis,
+        listen=args.listen,
+        max_input_bytes=args.max_input_bytes,
+        lease_timeout=args.lease_timeout,
+        heartbeat_interval=args.heartbeat_interval,
+        **({"replica_id": args.replica_id} if args.replica_id else {}),
+    )
+    cp = ControlPlane(settings)
+
+    async def main() -> int:
+        await cp.run()
+        return 0
+
+    return _serve(main, [cp.request_stop])
+
+
+def _worker(args: argparse.Namespace, module: str, control_plane: str, redis: str) -> Any:
+    from longline.compute_plane import Worker, WorkerSettings, load_workflows
+
+    try:
+        workflows = load_workflows(module)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    settings = WorkerSettings(
+        redis_url=redis,
+        control_plane=control_plane,
+        slots=args.slots,
+        build_id=args.build_id or "",
+        heartbeat_interval=args.heartbeat_interval,
+        drain_timeout=args.drain_timeout,
+        health_listen=args.health_listen or "",
+        **({"worker_id": args.worker_id} if getattr(args, "worker_id", None) else {}),
+    )
+    return Worker(settings, workflows)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    worker = _worker(args, args.module, args.control_plane, args.redis)
+
+    async def main() -> int:
+        await worker.run()
+        return 0
+
+    return _serve(main, [worker.request_stop])
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from longline.control_plane import ControlPlane, ControlPlaneSettings
+
+    from ._embedded import EmbeddedRedis
+
+    embedded = None
+    redis_url = args.redis
+    if not redis_url:
+        embedded = EmbeddedRedis().start()
+        redis_url = embedded.url
+        print(f"started an embedded Redis ({embedded.binary}) at {redis_url}")
+    print("dev mode: authentication is off; do not expose this to a network")
+    cp = ControlPlane(ControlPlaneSettings(redis_url=redis_url, listen=args.listen))
+    view = LiveView(verbose=args.verbose)
+    state: dict[str, str] = {}
+
+    async def main() -> int:
+        await cp.start()
+        target = f"127.0.0.1:{cp.port}"
+        worker = _worker(args, args.module, target, redis_url)
+        worker_task = asyncio.create_task(worker.run())
+        try:
+            await worker.connected.wait()
+            print(f"control plane on {target}; a worker serves {', '.join(sorted(worker.workflows))}")
+            if args.run:
+                ns = argparse.Namespace(
+                    control_plane=target, workflow=args.run, input=args.input, idempotency_key=""
+                )
+                return await _cmd_run(ns, view, state)
+            await asyncio.Event().wait()  # serve until interrupted
+            return 0
+        except asyncio.CancelledError:
+            if state.get("run_id"):
+                _detached(state["run_id"], view)
+            raise
+        finally:
+            worker.request_stop()
+            await worker_task
+            await cp.shutdown()
+
+    try:
+        return _serve(main)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    view = LiveView(verbose=getattr(args, "verbose", False))
+    state: dict[str, str] = {}
+
+    async def main() -> int:
+        if args.command == "run":
+            return await _cmd_run(args, view, state)
+        if args.command == "watch":
+            state["run_id"] = args.run_id
+            return await _follow(args.control_plane, args.run_id, args.after or "", view)
+        async with Client(args.control_plane) as client:
+            if args.command == "cancel":
+                run = await client.get_run(args.run_id).cancel(args.reason or "")
+                print(f"run {run.run_id}: {run.status}")
+            elif args.command == "runs":
+                runs, _ = await client.list_runs(
+                    workflow=args.workflow or "", status=args.status, page_size=args.limit
+                )
+                for r in runs:
+                    created = r.create_time.strftime("%Y-%m-%d %H:%M:%S") if r.create_time else ""
+                    print(f"{r.run_id}  {r.status:<10} {r.workflow:<20} attempt {r.attempt}  {created}")
+            elif args.command == "workflows":
+                for w in await client.list_workflows():
+                    print(f"{w.name:<24} {w.workers} workers  {w.description}")
+        return 0
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        if state.get("run_id"):
+            _detached(state["run_id"], view)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `longline` argument parser."""
+    parser = argparse.ArgumentParser(prog="longline", description=__doc__.split("\n")[0])
+    _add(parser, "--log-level", "WARNING", help="logging level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def worker_flags(p: argparse.ArgumentParser) -> None:
+        _add(p, "--slots", 16, type=int, help="runs held at once")
+        _add(p, "--build-id", "", help="the build this worker runs (blue-green deploys)")
+        _add(p, "--worker-id", "", help="unique id (default: host-pid-random)")
+        _add(p, "--heartbeat-interval", 2.0, type=float, help="seconds between lease renewals")
+        _add(p, "--drain-timeout", 25.0, type=float, help="seconds to finish runs after SIGTERM")
+        _add(p, "--health-listen", "", help="HOST:PORT for the gRPC health service")
+
+    p = sub.add_parser("dev", help="embedded Redis, a control plane and a worker, on this machine")
+    _add(p, "--redis", "", help="Redis URL (default: start an embedded Redis)")
+    _add(p, "--listen", "127.0.0.1:50051", help="control-plane address")
+    _add(p, "--module", "longline.examples", help="workflows to serve")
+    _add(p, "--run", "", help="run this workflow live, then exit")
+    _add(p, "--input", "null", help="JSON input for --run")
+    _add(p, "--verbose", False, action="store_true", help="show component events")
+    worker_flags(p)
+
+    p = sub.add_parser("control-plane", help="one control-plane replica")
+    _add(p, "--listen", "127.0.0.1:50051", help="HOST:PORT to serve gRPC on")
+    _add(p, "--redis", "redis://127.0.0.1:6379/0", help="Redis URL")
+    _add(p, "--replica-id", "", help="unique replica id (default: random)")
+    _add(p, "--max-input-bytes", 1024 * 1024, type=int, help="largest input_json accepted")
+    _add(p, "--lease-timeout", 10.0, type=float, help="seconds a lease lasts without a heartbeat")
+    _add(p, "--heartbeat-interval", 2.0, type=float, help="seconds between worker heartbeats")
+
+    p = sub.add_parser("worker", help="one worker serving the workflows of MODULE")
+    p.add_argument("module", help="a dotted module path or a .py file")
+    _add(p, "--control-plane", DEFAULT_TARGET, help="HOST:PORT, or several separated by commas")
+    _add(p, "--redis", "redis://127.0.0.1:6379/0", help="Redis URL")
+    worker_flags(p)
+
+    def client_flags(p: argparse.ArgumentParser) -> None:
+        _add(p, "--control-plane", DEFAULT_TARGET, help="control-plane HOST:PORT")
+
+    p = sub.add_parser("run", help="start a run and show it live until it ends")
+    p.add_argument("workflow")
+    _add(p, "--input", "null", help="JSON input")
+    _add(p, "--idempotency-key", "", help="a second run with this key returns the first")
+    _add(p, "--verbose", False, action="store_true", help="show component events")
+    client_flags(p)
+
+    p = sub.add_parser("watch", help="follow a run live from where it is, or from --after")
+    p.add_argument("run_id")
+    _add(p, "--after", "", help="resume after this event id")
+    _add(p, "--verbose", False, action="store_true", help="show component events")
+    client_flags(p)
+
+    p = sub.add_parser("runs", help="list runs, newest first")
+    _add(p, "--workflow", "", help="only this workflow")
+    _add(p, "--status", None, type=str.upper, help="only this status, e.g. RUNNING")
+    _add(p, "--limit", 20, type=int, help="how many")
+    client_flags(p)
+
+    p = sub.add_parser("cancel", help="cancel a queued or running run")
+    p.add_argument("run_id")
+    _add(p, "--reason", "", help="why (recorded in the run)")
+    client_flags(p)
+
+    p = sub.add_parser("workflows", help="list the workflows workers serve")
+    client_flags(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the longline command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "dev": _cmd_dev,
+        "control-plane": _cmd_control_plane,
+        "worker": _cmd_worker,
+    }
+    try:
+        return commands.get(args.command, _cmd_client)(args)
+    except LonglineError as exc:
+        print(f"longline: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,278 @@
+"""The client: start runs, watch them live with automatic resume, get their results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ._errors import RunCancelled, RunFailed, Unavailable, map_rpc_error
+from ._types import Event, EventType, Run, RunErrorInfo, RunStatus, WorkflowInfo
+from .v1 import runs_pb2, runs_pb2_grpc
+
+__all__ = ["Client", "RunHandle"]
+
+# Codes after which a stream is resumed from its cursor rather than failed.
+_RESUMABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+
+
+def _time(ts: Timestamp) -> datetime | None:
+    return ts.ToDatetime().astimezone() if ts.seconds or ts.nanos else None
+
+
+def run_from_proto(msg: runs_pb2.Run) -> Run:
+    """The SDK's Run for a runs_pb2.Run."""
+    error = None
+    if msg.HasField("error") and msg.error.type:
+        error = RunErrorInfo(
+            type=msg.error.type,
+            message=msg.error.message,
+            component=msg.error.component,
+            attempt=msg.error.attempt,
+        )
+    return Run(
+        run_id=msg.run_id,
+        workflow=msg.workflow,
+        status=RunStatus(runs_pb2.RunStatus.Name(msg.status).removeprefix("RUN_STATUS_")),
+        attempt=msg.attempt,
+        result_json=msg.result_json,
+        error=error,
+        create_time=_time(msg.create_time),
+        update_time=_time(msg.update_time),
+        last_event_id=msg.last_event_id,
+        labels=dict(msg.labels),
+        input_json=msg.input_json,
+    )
+
+
+def event_from_proto(msg: runs_pb2.RunEvent) -> Event:
+    """The SDK's Event for a runs_pb2.RunEvent."""
+    return Event(
+        event_id=msg.event_id,
+        run_id=msg.run_id,
+        type=EventType(runs_pb2.EventType.Name(msg.type).removeprefix("EVENT_TYPE_")),
+        time=_time(msg.time),
+        attempt=msg.attempt,
+        message=msg.message,
+        data_json=msg.data_json,
+        component=msg.component,
+        span_id=msg.span_id,
+        parent_span_id=msg.parent_span_id,
+    )
+
+
+class Client:
+    """A connection to a longline control plane (`async with longline.Client(...)`).
+
+    `target` is a gRPC target, e.g. "localhost:50051". `resume_for` bounds how
+    long an events() iterator keeps reconnecting before it gives up.
+    """
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        resume_for: float = 60.0,
+        channel_options: list[tuple[str, Any]] | None = None,
+    ) -> None:
+        self.target = target
+        self.resume_for = resume_for
+        self._channel = grpc.aio.insecure_channel(target, options=channel_options or [])
+        self._stub = runs_pb2_grpc.RunServiceStub(self._channel)
+        self._closed = False
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            await self._channel.close()
+
+    @property
+    def stub(self) -> runs_pb2_grpc.RunServiceStub:
+        """The generated RunService stub, for what the SDK does not wrap."""
+        return self._stub
+
+    async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise map_rpc_error(exc) from exc
+
+    async def start(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        idempotency_key: str = "",
+        labels: dict[str, str] | None = None,
+    ) -> RunHandle:
+        """Queue a run and return at once; `handle.created` is False on an idempotency hit."""
+        response = await self._call(
+            self._stub.StartRun,
+            runs_pb2.StartRunRequest(
+                workflow=workflow,
+                input_json=json.dumps(input),
+                idempotency_key=idempotency_key,
+                labels=labels or {},
+            ),
+        )
+        return RunHandle(self, response.run.run_id, created=response.created)
+
+    async def run(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        idempotency_key: str = "",
+        labels: dict[str, str] | None = None,
+    ) -> Any:
+        """Start a run, wait for it to end, and return its decoded result (raises RunFailed)."""
+        response = await self._call(
+            self._stub.RunWorkflow,
+            runs_pb2.RunWorkflowRequest(
+                workflow=workflow,
+                input_json=json.dumps(input),
+                idempotency_key=idempotency_key,
+                labels=labels or {},
+            ),
+        )
+        handle = RunHandle(self, response.run.run_id, created=response.created)
+        return await handle.result(run_from_proto(response.run))
+
+    def get_run(self, run_id: str) -> RunHandle:
+        """A handle to a run started anywhere."""
+        return RunHandle(self, run_id)
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str = "",
+        status: RunStatus | str | None = None,
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> tuple[list[Run], str]:
+        """One page of runs, newest first, and the token of the next page ('' at the end)."""
+        status_value = (
+            runs_pb2.RunStatus.Value(f"RUN_STATUS_{RunStatus(status)}") if status else 0
+        )
+        response = await self._call(
+            self._stub.ListRuns,
+            runs_pb2.ListRunsRequest(
+                workflow=workflow, status=status_value, page_size=page_size, page_token=page_token
+            ),
+        )
+        return [run_from_proto(r) for r in response.runs], response.next_page_token
+
+    async def list_workflows(self) -> list[WorkflowInfo]:
+        """Every workflow some worker announced, with its live worker count."""
+        out: list[WorkflowInfo] = []
+        token = ""
+        while True:
+            response = await self._call(
+                self._stub.ListWorkflows,
+                runs_pb2.ListWorkflowsRequest(page_size=1000, page_token=token),
+            )
+            out += [WorkflowInfo(w.name, w.description, w.workers) for w in response.workflows]
+            token = response.next_page_token
+            if not token:
+                return out
+
+
+class RunHandle:
+    """One run: its state, its events, its result."""
+
+    def __init__(self, client: Client, run_id: str, *, created: bool | None = None) -> None:
+        self._client = client
+        self.run_id = run_id
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.run_id}>"
+
+    async def describe(self) -> Run:
+        """The run's current state."""
+        response = await self._client._call(
+            self._client._stub.GetRun, runs_pb2.GetRunRequest(run_id=self.run_id)
+        )
+        return run_from_proto(response.run)
+
+    async def cancel(self, reason: str = "") -> Run:
+        """Cancel the run (FailedPrecondition if it already ended)."""
+        response = await self._client._call(
+            self._client._stub.CancelRun,
+            runs_pb2.CancelRunRequest(run_id=self.run_id, reason=reason),
+        )
+        return run_from_proto(response.run)
+
+    async def events(self, after: str | None = None) -> AsyncIterator[Event]:
+        """The run's events after `after` (default: from the first), live, to the terminal one.
+
+        A dropped connection is resumed from the last event seen, with backoff, for up
+        to the client's `resume_for` seconds: no event is missed or repeated.
+        """
+        cursor = after or ""
+        delay = 0.05
+        failing_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            call = self._client._stub.StreamRun(
+                runs_pb2.StreamRunRequest(run_id=self.run_id, after_event_id=cursor)
+            )
+            try:
+                async for response in call:
+                    event = event_from_proto(response.event)
+                    cursor = event.event_id
+                    failing_since, delay = None, 0.05
+                    yield event
+                    if event.type.terminal:
+                        return
+                return  # the server ended the stream: the run had ended
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RESUMABLE:
+                    raise map_rpc_error(exc) from exc
+                now = loop.time()
+                failing_since = failing_since or now
+                if now - failing_since > self._client.resume_for:
+                    raise Unavailable(
+                        exc.code().name,
+                        f"gave up resuming run {self.run_id} after "
+                        f"{self._client.resume_for:g} s: {exc.details()}",
+                    ) from exc
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+            finally:
+                call.cancel()
+
+    async def result(self, run: Run | None = None) -> Any:
+        """Wait for the run to end; its decoded result, or RunFailed / RunCancelled."""
+        run = run or await self.describe()
+        if not run.status.terminal:
+            async for _ in self.events(after=run.last_event_id):
+                pass
+            run = await self.describe()
+        if run.status is RunStatus.SUCCEEDED:
+            return run.result
+        if run.status is RunStatus.CANCELLED:
+            raise RunCancelled(run)
+        raise RunFailed(run)

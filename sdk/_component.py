@@ -1,0 +1,234 @@
+"""Components: the steps of a workflow, each traced, retried, timed out and an error boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import tenacity
+
+from . import _context
+from ._errors import LeaseLost, NonRetryable
+
+__all__ = ["Component", "ComponentTimeout", "Retry", "component", "component_of"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_COMPONENT_ATTR = "__longline_component__"
+
+
+def component_of(exc: BaseException) -> str:
+    """The innermost component an exception came out of ('' if none)."""
+    return str(getattr(exc, _COMPONENT_ATTR, ""))
+
+
+class ComponentTimeout(TimeoutError):
+    """A component call ran past its timeout."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Exponential backoff: wait `initial` seconds, then multiply, up to `maximum`.
+
+    `max_attempts` counts the first try. Exceptions of `retry_on` are retried, never
+    `NonRetryable` nor cancellation.
+    """
+
+    max_attempts: int = 3
+    initial: float = 0.5
+    maximum: float = 20.0
+    multiplier: float = 2.0
+    jitter: bool = True
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"Retry.max_attempts must be at least 1, got {self.max_attempts}")
+        if self.initial < 0 or self.maximum < 0:
+            raise ValueError("Retry waits must not be negative")
+
+    def _wait(self) -> tenacity.wait.wait_base:
+        if self.jitter:
+            return tenacity.wait_random_exponential(
+                multiplier=self.initial, max=self.maximum, exp_base=self.multiplier
+            )
+        return tenacity.wait_exponential(
+            multiplier=self.initial, max=self.maximum, exp_base=self.multiplier
+        )
+
+    def _should_retry(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.retry_on) and not isinstance(exc, NonRetryable | LeaseLost)
+
+
+class Component(Generic[P, R]):
+    """A decorated step. Call it like the function; configure it fluently."""
+
+    def __init__(
+        self,
+        fn: Callable[P, Awaitable[R]] | Callable[P, R],
+        name: str,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        self.timeout = timeout
+        functools.update_wrapper(self, fn)
+
+    def _copy(self, **changes: Any) -> Component[P, R]:
+        fields = {"fn": self.fn, "name": self.name, "retry": self.retry, "timeout": self.timeout}
+        fields.update(changes)
+        return Component(**fields)
+
+    def with_retry(self, **policy: Any) -> Component[P, R]:
+        """A copy with a retry policy (the Retry fields, on top of the current policy)."""
+        base = self.retry or Retry()
+        return self._copy(retry=replace(base, **policy))
+
+    def with_timeout(self, seconds: float) -> Component[P, R]:
+        """A copy whose every try fails with ComponentTimeout after `seconds`."""
+        if seconds <= 0:
+            raise ValueError(f"timeout must be positive, got {seconds}")
+        return self._copy(timeout=seconds)
+
+    def with_cache(self, ttl: float) -> Component[P, R]:
+        """A copy whose results are cached across runs. Not available yet."""
+        raise NotImplementedError(
+            "component result caching is not implemented yet (tracked as issue 4)"
+        )
+
+    async def _try_once(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        if inspect.iscoroutinefunction(self.fn):
+            call: Awaitable[Any] = self.fn(*args, **kwargs)
+        else:
+            call = asyncio.to_thread(self.fn, *args, **kwargs)
+        if self.timeout is None:
+            return await call  # type: ignore[no-any-return]
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await call  # type: ignore[no-any-return]
+        except TimeoutError as exc:
+            raise ComponentTimeout(
+                f"component {self.name!r} did not finish within its {self.timeout:g} s timeout"
+            ) from exc
+
+    async def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[R, int]:
+        if self.retry is None:
+            return await self._try_once(args, kwargs), 1
+        policy = self.retry
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(policy.max_attempts),
+            wait=policy._wait(),
+            retry=tenacity.retry_if_exception(policy._should_retry),
+            reraise=True,
+        )
+        tries = 0
+        async for attempt in retrying:
+            with attempt:
+                tries += 1
+                result = await self._try_once(args, kwargs)
+        return result, tries
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = _context.current_or_none()
+        if ctx is None:  # outside a run: an ordinary function, with its policies
+            return (await self._invoke(args, kwargs))[0]
+        step = ctx.next_step(self.name)
+        span = _context.new_span_id()
+        parent = _context.current_span.get() or ctx.span_id
+        await ctx.emit(
+            "COMPONENT_STARTED",
+            component=self.name,
+            span_id=span,
+            parent_span_id=parent,
+            data_json=_context.to_json({"step": step, "input": {"args": args, "kwargs": kwargs}}),
+        )
+        token = _context.current_span.set(span)
+        started = time.perf_counter()
+        try:
+            result, tries = await self._invoke(args, kwargs)
+        except (asyncio.CancelledError, LeaseLost):
+            raise
+        except Exception as exc:
+            if not component_of(exc):
+                setattr(exc, _COMPONENT_ATTR, self.name)
+            await ctx.emit(
+                "COMPONENT_FINISHED",
+                component=self.name,
+                span_id=span,
+                parent_span_id=parent,
+                message=f"{type(exc).__name__}: {exc}",
+                data_json=_context.to_json(
+                    {
+                        "step": step,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "error": {"type": type(exc).__name__, "message": str(exc)},
+                    }
+                ),
+            )
+            raise
+        finally:
+            _context.current_span.reset(token)
+        await ctx.emit(
+            "COMPONENT_FINISHED",
+            component=self.name,
+            span_id=span,
+            parent_span_id=parent,
+            data_json=_context.to_json(
+                {
+                    "step": step,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "tries": tries,
+                    "output": result,
+                }
+            ),
+        )
+        return result
+
+    def __repr__(self) -> str:
+        return f"<longline component {self.name!r}>"
+
+
+@overload
+def component(fn: Callable[P, Awaitable[R]], /) -> Component[P, R]: ...
+@overload
+def component(
+    name: str | None = None,
+    *,
+    retry: Retry | None = None,
+    cache: Any = None,
+    timeout: float | None = None,
+) -> Callable[[Callable[P, Awaitable[R]] | Callable[P, R]], Component[P, R]]: ...
+
+
+def component(
+    name: Any = None,
+    *,
+    retry: Retry | None = None,
+    cache: Any = None,
+    timeout: float | None = None,
+) -> Any:
+    """Make a function a component: one traced, retried, checkpointable step of a workflow.
+
+    `@longline.component` or `@longline.component("name", retry=..., timeout=...)`.
+    A plain `def` runs in a thread.
+    """
+    if cache is not None:
+        raise NotImplementedError(
+            "component result caching is not implemented yet (tracked as issue 4)"
+        )
+    if callable(name):
+        return Component(name, name.__name__, retry=retry, timeout=timeout)
+
+    def wrap(fn: Callable[P, Any]) -> Component[P, Any]:
+        c: Component[P, Any] = Component(fn, name or fn.__name__, retry=retry)
+        return c.with_timeout(timeout) if timeout is not None else c
+
+    return wrap

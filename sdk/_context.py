@@ -1,0 +1,99 @@
+"""The running context of a workflow attempt, reachable with `longline.current()`."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import secrets
+from typing import Any, Protocol
+
+__all__ = ["Context", "EventSink", "current", "new_span_id"]
+
+
+class EventSink(Protocol):
+    """Where a run's events go (the worker's fenced Redis writer, or memory in tests)."""
+
+    async def emit(
+        self,
+        type: str,
+        *,
+        message: str = "",
+        data_json: str = "",
+        component: str = "",
+        span_id: str = "",
+        parent_span_id: str = "",
+    ) -> str:
+        """Record one event; return its id."""
+        ...
+
+
+_current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+    "longline_context", default=None
+)
+# The span of the innermost component call, so nested calls nest in the trace.
+current_span: contextvars.ContextVar[str] = contextvars.ContextVar("longline_span", default="")
+
+
+def new_span_id() -> str:
+    """A random 64-bit span id, hex, as OpenTelemetry writes them."""
+    return secrets.token_hex(8)
+
+
+def current() -> Context:
+    """The Context of the run this code is part of; RuntimeError outside a run."""
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("longline.current() was called outside a running workflow")
+    return ctx
+
+
+def current_or_none() -> Context | None:
+    """The running Context, or None outside a run."""
+    return _current.get()
+
+
+class Context:
+    """What a workflow knows about its run, and how it talks to its watchers."""
+
+    def __init__(self, run_id: str, attempt: int, workflow: str, sink: EventSink) -> None:
+        self.run_id = run_id
+        self.attempt = attempt
+        self.workflow = workflow
+        self.span_id = new_span_id()  # the attempt's own span: the root of its components
+        self._sink = sink
+        self._steps: dict[str, int] = {}
+
+    async def status(self, text: str) -> None:
+        """Tell watchers what the run is doing now (a STATUS event)."""
+        await self._sink.emit("STATUS", message=str(text), parent_span_id=current_span.get())
+
+    async def output(self, chunk: str) -> None:
+        """Stream a piece of output to watchers (an OUTPUT event)."""
+        await self._sink.emit("OUTPUT", message=str(chunk), parent_span_id=current_span.get())
+
+    async def emit(self, type: str, **fields: Any) -> str:
+        """Write any event; used by components and the worker."""
+        return await self._sink.emit(type, **fields)
+
+    def next_step(self, name: str) -> str:
+        """The deterministic key of the next call of a component: name#call-number."""
+        n = self._steps.get(name, 0) + 1
+        self._steps[name] = n
+        return f"{name}#{n}"
+
+    def activate(self) -> contextvars.Token[Context | None]:
+        """Make this the current context (the worker does this in the run's task)."""
+        return _current.set(self)
+
+    @staticmethod
+    def deactivate(token: contextvars.Token[Context | None]) -> None:
+        """Undo activate()."""
+        _current.reset(token)
+
+
+def to_json(value: Any, limit: int = 4096) -> str:
+    """A JSON text of value for event payloads; not-JSON values as repr, cut at limit."""
+    text = json.dumps(value, default=repr, ensure_ascii=False)
+    if len(text) > limit:
+        text = json.dumps({"truncated": True, "preview": text[: limit - 64]})
+    return text

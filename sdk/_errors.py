@@ -1,0 +1,140 @@
+"""The exceptions of longline, all in one tree.
+
+    LonglineError
+    ├── RpcError                    a control-plane call failed (has .code, .details)
+    │   ├── NotFound                unknown run or workflow
+    │   ├── InvalidArgument         bad input, e.g. input that is not JSON
+    │   ├── FailedPrecondition      e.g. cancelling a finished run
+    │   ├── ResourceExhausted       e.g. input over the size limit
+    │   ├── Unauthenticated
+    │   ├── PermissionDenied
+    │   └── Unavailable             the control plane cannot be reached
+    ├── RunFailed                   run.result() of a FAILED run (has .run, .error)
+    ├── RunCancelled                run.result() of a CANCELLED run (has .run)
+    ├── LeaseLost                   inside a worker: this attempt no longer owns the run
+    └── NonRetryable                raise it (or subclass it) to stop a component's retries
+
+gRPC errors are turned into this tree in one place, `map_rpc_error`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+if TYPE_CHECKING:
+    from ._types import Run, RunErrorInfo
+
+__all__ = [
+    "FailedPrecondition",
+    "InvalidArgument",
+    "LeaseLost",
+    "LonglineError",
+    "NonRetryable",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RpcError",
+    "RunCancelled",
+    "RunFailed",
+    "Unauthenticated",
+    "Unavailable",
+    "map_rpc_error",
+]
+
+
+class LonglineError(Exception):
+    """The base of every exception longline raises."""
+
+
+class RpcError(LonglineError):
+    """A call to the control plane failed with a gRPC status."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code = code
+        self.details = details
+
+
+class NotFound(RpcError):
+    """The run or workflow does not exist."""
+
+
+class InvalidArgument(RpcError):
+    """The request was malformed; the message says how."""
+
+
+class FailedPrecondition(RpcError):
+    """The request does not fit the run's state, e.g. cancelling a finished run."""
+
+
+class ResourceExhausted(RpcError):
+    """A limit was hit, e.g. the input size limit."""
+
+
+class Unauthenticated(RpcError):
+    """No valid credentials were given."""
+
+
+class PermissionDenied(RpcError):
+    """The credentials do not allow this call."""
+
+
+class Unavailable(RpcError):
+    """The control plane could not be reached."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+}
+
+
+def map_rpc_error(exc: grpc.aio.AioRpcError) -> RpcError:
+    """The longline exception for a failed gRPC call (use as `raise map_rpc_error(e) from e`)."""
+    code = exc.code()
+    cls = _BY_CODE.get(code, RpcError)
+    return cls(code.name, exc.details() or "")
+
+
+class RunFailed(LonglineError):
+    """The run ended FAILED; `.error` says which component raised what, on which attempt."""
+
+    def __init__(self, run: Run) -> None:
+        error = run.error
+        where = f" in component {error.component!r}" if error and error.component else ""
+        what = f"{error.type}: {error.message}" if error else "unknown error"
+        super().__init__(f"run {run.run_id} failed{where}: {what}")
+        self.run = run
+        self.error: RunErrorInfo | None = error
+
+
+class RunCancelled(LonglineError):
+    """The run ended CANCELLED."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(f"run {run.run_id} was cancelled")
+        self.run = run
+
+
+class LeaseLost(LonglineError):
+    """This attempt no longer holds the run (cancelled, or its lease moved on).
+
+    Raised inside workflow code by any write for the run; the worker abandons
+    the attempt. Do not catch it.
+    """
+
+    def __init__(self, run_id: str, attempt: int, *args: Any) -> None:
+        super().__init__(f"attempt {attempt} of run {run_id} no longer holds the run")
+        self.run_id = run_id
+        self.attempt = attempt
+
+
+class NonRetryable(LonglineError):
+    """Raise this (or a subclass) from a component to fail at once, with no retry."""

@@ -1,0 +1,412 @@
+"""The Redis schema both planes share: keys, Lua scripts, the event encoding.
+
+The planes never import each other; they meet over gRPC, Redis and this module.
+Everything that must be atomic is one Lua script in `_scripts`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .._errors import LeaseLost
+from . import _keys as keys
+from . import _scripts
+from ._errors import (
+    DomainError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    TooLargeError,
+)
+
+__all__ = [
+    "TERMINAL_EVENTS",
+    "TERMINAL_STATUSES",
+    "CancelOutcome",
+    "DomainError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "RunRecord",
+    "RunWriter",
+    "Store",
+    "StoredEvent",
+    "TooLargeError",
+    "connect",
+    "encode_event",
+    "event_id_key",
+    "keys",
+    "parse_event_id",
+]
+
+TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+TERMINAL_EVENTS = frozenset({"RUN_SUCCEEDED", "RUN_FAILED", "RUN_CANCELLED"})
+_EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+
+
+def connect(url: str, *, max_connections: int = 0, **kwargs: Any) -> aioredis.Redis:
+    """A client for `url` that answers str, the way every longline process talks to Redis.
+
+    With max_connections, callers wait for a free connection instead of opening more:
+    the number of Redis connections of a process stays bounded whatever its load.
+    """
+    if max_connections:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=None, decode_responses=True, **kwargs
+        )
+        return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_url(url, decode_responses=True, **kwargs)
+
+
+def parse_event_id(event_id: str) -> tuple[int, int]:
+    """The (milliseconds, sequence) of an event id; InvalidArgumentError when malformed."""
+    match = _EVENT_ID.match(event_id)
+    if not match:
+        raise InvalidArgumentError(
+            f"after_event_id {event_id[:60]!r} is not an event id: expected the "
+            "'<milliseconds>-<sequence>' form of an event_id this server sent, e.g. "
+            "'1732630000000-0', or empty to start from the first event"
+        )
+    return int(match.group(1)), int(match.group(2))
+
+
+def event_id_key(event_id: str) -> tuple[int, int]:
+    """Sort key of a well-formed event id (ids compare by time, then sequence)."""
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One event as stored in a run's stream."""
+
+    event_id: str
+    type: str  # the EventType name without its prefix, e.g. "STATUS"
+    attempt: int
+    message: str = ""
+    data_json: str = ""
+    component: str = ""
+    span_id: str = ""
+    parent_span_id: str = ""
+
+    @property
+    def time_ms(self) -> int:
+        """When Redis stored the event (the id's millisecond part)."""
+        return event_id_key(self.event_id)[0]
+
+    @property
+    def terminal(self) -> bool:
+        """Whether this is the run's one terminal event."""
+        return self.type in TERMINAL_EVENTS
+
+    @classmethod
+    def decode(cls, event_id: str, fields: dict[str, str]) -> StoredEvent:
+        """From a stream entry."""
+        return cls(
+            event_id=event_id,
+            type=fields.get("t", "UNSPECIFIED"),
+            attempt=int(fields.get("a", "0")),
+            message=fields.get("m", ""),
+            data_json=fields.get("d", ""),
+            component=fields.get("c", ""),
+            span_id=fields.get("s", ""),
+            parent_span_id=fields.get("p", ""),
+        )
+
+
+def encode_event(
+    type: str,
+    attempt: int,
+    message: str = "",
+    data_json: str = "",
+    component: str = "",
+    span_id: str = "",
+    parent_span_id: str = "",
+) -> list[str]:
+    """The flat field list of a stream entry; empty fields are left out."""
+    out = ["t", type, "a", str(attempt)]
+    for name, value in (
+        ("m", message),
+        ("d", data_json),
+        ("c", component),
+        ("s", span_id),
+        ("p", parent_span_id),
+    ):
+        if value:
+            out += [name, value]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """The state of one run as stored in its hash."""
+
+    run_id: str
+    workflow: str
+    status: str
+    attempt: int
+    input_json: str
+    result_json: str
+    error_type: str
+    error_message: str
+    error_component: str
+    create_ms: int
+    update_ms: int
+    last_event_id: str
+    worker_id: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the run has ended."""
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def decode(cls, h: dict[str, str]) -> RunRecord:
+        """From the run's hash."""
+        return cls(
+            run_id=h["run_id"],
+            workflow=h.get("workflow", ""),
+            status=h.get("status", "UNSPECIFIED"),
+            attempt=int(h.get("attempt") or 0),
+            input_json=h.get("input_json", ""),
+            result_json=h.get("result_json", ""),
+            error_type=h.get("error_type", ""),
+            error_message=h.get("error_message", ""),
+            error_component=h.get("error_component", ""),
+            create_ms=int(h.get("create_ms") or 0),
+            update_ms=int(h.get("update_ms") or 0),
+            last_event_id=h.get("last_event_id", ""),
+            worker_id=h.get("worker_id", ""),
+            labels=json.loads(h.get("labels_json") or "{}"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    """What CANCEL_RUN did: `previous` status; `worker_id` holds the task to stop."""
+
+    previous: str
+    attempt: int
+    worker_id: str
+
+
+class Store:
+    """Run state, queues, events and presence in Redis, for both planes."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._create = redis.register_script(_scripts.CREATE_RUN)
+        self._claim = redis.register_script(_scripts.CLAIM_RUN)
+        self._cancel = redis.register_script(_scripts.CANCEL_RUN)
+        self._requeue = redis.register_script(_scripts.REQUEUE_RUN)
+        self._append = redis.register_script(_scripts.APPEND_EVENTS)
+        self._finish = redis.register_script(_scripts.FINISH_RUN)
+        self._heartbeat = redis.register_script(_scripts.HEARTBEAT)
+
+    # -- runs -------------------------------------------------------------
+
+    async def create_run(
+        self,
+        run_id: str,
+        workflow: str,
+        input_json: str,
+        labels: dict[str, str],
+        idempotency_key: str = "",
+    ) -> tuple[bool, str]:
+        """Queue a new run; (created, run_id), where run_id is the earlier run's on a key match."""
+        idem = keys.idempotency_key(idempotency_key) if idempotency_key else keys.run_key(run_id)
+        created, found_id = await self._create(
+            keys=[
+                keys.run_key(run_id),
+                keys.events_key(run_id),
+                idem,
+                keys.RUNS_INDEX,
+                keys.runs_by_workflow_key(workflow),
+                keys.queue_key(workflow),
+            ],
+            args=[run_id, workflow, input_json, json.dumps(labels, sort_keys=True), idempotency_key],
+        )
+        return bool(created), str(found_id)
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        """The run's state; NotFoundError when there is no such run."""
+        h = await self.redis.hgetall(keys.run_key(run_id))
+        if not h:
+            raise NotFoundError(f"run {run_id!r} not found")
+        return RunRecord.decode(h)
+
+    async def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """Several runs in one round trip; missing runs are left out."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hgetall(keys.run_key(run_id))
+            hashes = await pipe.execute()
+        return [RunRecord.decode(h) for h in hashes if h]
+
+    async def list_runs(
+        self, workflow: str, status: str, page_size: int, before: tuple[int, str] | None
+    ) -> tuple[list[RunRecord], tuple[int, str] | None]:
+        """Runs newest first, after the cursor (create_ms, run_id); returns the next cursor."""
+        index = keys.runs_by_workflow_key(workflow) if workflow else keys.RUNS_INDEX
+        max_score = "+inf" if before is None else str(before[0])
+        found: list[RunRecord] = []
+        offset = 0
+        batch_size = page_size + 1
+        while True:
+            batch = await self.redis.zrevrangebyscore(
+                index, max_score, "-inf", start=offset, num=batch_size, withscores=True
+            )
+            offset += len(batch)
+            # Ties on the millisecond are ordered by id, as the cursor tuple is.
+            candidates = [
+                run_id for run_id, score in batch if before is None or (int(score), run_id) < before
+            ]
+            for record in await self.get_runs(candidates) if candidates else []:
+                if status and record.status != status:
+                    continue
+                if len(found) == page_size:
+                    last = found[-1]
+                    return found, (last.create_ms, last.run_id)
+                found.append(record)
+            if len(batch) < batch_size:
+                return found, None
+
+    async def claim(
+        self, run_id: str, attempt: int, worker_id: str, replica_id: str, lease_ms: int
+    ) -> tuple[str, str] | None:
+        """Make `attempt` of a queued run RUNNING on a worker; (workflow, input) or None."""
+        reply = await self._claim(
+            keys=[keys.run_key(run_id)], args=[attempt, worker_id, replica_id, lease_ms]
+        )
+        if not reply or int(reply[0]) != 1:
+            return None
+        return str(reply[1]), str(reply[2])
+
+    async def cancel(self, run_id: str, reason: str) -> CancelOutcome:
+        """Cancel a queued or running run, writing RUN_CANCELLED once."""
+        reply = await self._cancel(keys=[keys.run_key(run_id), keys.events_key(run_id)], args=[reason])
+        outcome = int(reply[0])
+        if outcome == -1:
+            raise NotFoundError(f"run {run_id!r} not found")
+        if outcome == 0:
+            raise FailedPreconditionError(
+                f"run {run_id!r} already ended {reply[1]}; only a QUEUED or RUNNING run can be "
+                "cancelled"
+            )
+        return CancelOutcome(previous=str(reply[1]), attempt=int(reply[2]), worker_id=str(reply[3]))
+
+    async def requeue(self, run_id: str, workflow: str, attempt: int, reason: str) -> bool:
+        """Put a held attempt back in the queue as the next attempt; False if not held."""
+        done = await self._requeue(
+            keys=[keys.run_key(run_id), keys.events_key(run_id), keys.queue_key(workflow)],
+            args=[attempt, reason],
+        )
+        return bool(done)
+
+    # -- events -----------------------------------------------------------
+
+    async def read_events(self, run_id: str, after: str, count: int) -> list[StoredEvent]:
+        """Up to `count` events after the cursor ('' = from the first)."""
+        start = f"({after}" if after else "-"
+        entries = await self.redis.xrange(keys.events_key(run_id), start, "+", count=count)
+        return [StoredEvent.decode(i, f) for i, f in entries]
+
+    # -- workflows and workers ---------------------------------------------
+
+    async def announce(
+        self, worker_id: str, workflows: Iterable[tuple[str, str]], ttl_ms: int
+    ) -> None:
+        """Record the workflows (name, description) and the worker's presence for ttl_ms."""
+        workflows = list(workflows)
+        if not workflows:
+            return
+        now = await self._now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.WORKFLOWS, mapping=dict(workflows))
+            for name, _ in workflows:
+                pipe.zadd(keys.workflow_workers_key(name), {worker_id: now + ttl_ms})
+            await pipe.execute()
+
+    async def withdraw(self, worker_id: str, workflows: Iterable[str]) -> None:
+        """Remove a worker's presence (it stopped)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in workflows:
+                pipe.zrem(keys.workflow_workers_key(name), worker_id)
+            await pipe.execute()
+
+    async def workflow_known(self, workflow: str) -> bool:
+        """Whether any worker ever announced the workflow."""
+        return bool(await self.redis.hexists(keys.WORKFLOWS, workflow))
+
+    async def list_workflows(self) -> list[tuple[str, str, int]]:
+        """(name, description, live workers) of every announced workflow, by name."""
+        known = await self.redis.hgetall(keys.WORKFLOWS)
+        names = sorted(known)
+        now = await self._now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcount(keys.workflow_workers_key(name), now, "+inf")
+            counts = await pipe.execute()
+        return [(n, known[n], int(c)) for n, c in zip(names, counts, strict=True)]
+
+    async def heartbeat(self, attempts: Sequence[tuple[str, int]], lease_ms: int) -> list[bool]:
+        """Extend the leases of (run_id, attempt) pairs in one round trip; False = lost."""
+        if not attempts:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id, attempt in attempts:
+                await self._heartbeat(keys=[keys.run_key(run_id)], args=[attempt, lease_ms], client=pipe)
+            replies = await pipe.execute()
+        return [bool(r) for r in replies]
+
+    async def _now_ms(self) -> int:
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+
+class RunWriter:
+    """A worker's fenced writes for one attempt of one run.
+
+    Every write is refused inside Redis once the attempt no longer holds the run;
+    the writer then raises LeaseLost.
+    """
+
+    def __init__(self, store: Store, run_id: str, attempt: int) -> None:
+        self._store = store
+        self.run_id = run_id
+        self.attempt = attempt
+        self._keys = [keys.run_key(run_id), keys.events_key(run_id)]
+
+    async def append(self, events: Sequence[list[str]]) -> list[str]:
+        """Append encoded events (see encode_event); returns their ids."""
+        args: list[Any] = [self.attempt, len(events)]
+        for fields in events:
+            args.append(len(fields))
+            args.extend(fields)
+        ids = await self._store._append(keys=self._keys, args=args)
+        if ids is None:
+            raise LeaseLost(self.run_id, self.attempt)
+        return [str(i) for i in ids]
+
+    async def finish(
+        self,
+        status: str,
+        *,
+        result_json: str = "",
+        error: tuple[str, str, str] = ("", "", ""),
+        event: list[str],
+    ) -> str:
+        """Write the terminal state and event at once; error is (type, message, component)."""
+        event_id = await self._store._finish(
+            keys=self._keys, args=[self.attempt, status, result_json, *error, *event]
+        )
+        if event_id is None:
+            raise LeaseLost(self.run_id, self.attempt)
+        return str(event_id)

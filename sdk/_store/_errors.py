@@ -1,0 +1,37 @@
+"""Domain errors raised by server code; one interceptor turns them into gRPC statuses."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """An error a caller can act on. `code` names a grpc.StatusCode."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFoundError(DomainError):
+    """A run or workflow that does not exist."""
+
+    code = "NOT_FOUND"
+
+
+class InvalidArgumentError(DomainError):
+    """Malformed input."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class TooLargeError(DomainError):
+    """Input over a configured limit."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class FailedPreconditionError(DomainError):
+    """A request that does not fit the run's state."""
+
+    code = "FAILED_PRECONDITION"

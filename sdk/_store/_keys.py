@@ -1,0 +1,51 @@
+"""Every Redis key longline uses, in one place.
+
+All keys of one run share the hash tag ``{run_id}`` so that they land in one
+Redis Cluster slot. Global keys (queues, indexes, presence) are few and named
+here too.
+"""
+
+from __future__ import annotations
+
+PREFIX = "ll:"
+
+# Global keys.
+RUNS_INDEX = PREFIX + "runs"  # zset: run_id -> create time (ms), for ListRuns
+WORKFLOWS = PREFIX + "workflows"  # hash: workflow name -> description
+CONTROL_CHANNEL = PREFIX + "control"  # pub/sub: cancel notices between replicas
+DISPATCH_GROUP = "dispatch"  # consumer group on every queue stream
+
+
+def run_key(run_id: str) -> str:
+    """The run's record (a hash)."""
+    return f"{PREFIX}{{{run_id}}}:run"
+
+
+def events_key(run_id: str) -> str:
+    """The run's append-only event stream; entry ids are event ids."""
+    return f"{PREFIX}{{{run_id}}}:events"
+
+
+def queue_key(workflow: str) -> str:
+    """The stream of queued attempts of one workflow, read by a consumer group."""
+    return f"{PREFIX}queue:{workflow}"
+
+
+def runs_by_workflow_key(workflow: str) -> str:
+    """zset: run_id -> create time (ms), the runs of one workflow."""
+    return f"{PREFIX}runs:wf:{workflow}"
+
+
+def idempotency_key(key: str) -> str:
+    """string: the run id first started with this idempotency key."""
+    return f"{PREFIX}idem:{key}"
+
+
+def workflow_workers_key(workflow: str) -> str:
+    """zset: worker_id -> presence expiry (ms), the live workers of a workflow."""
+    return f"{PREFIX}workers:{workflow}"
+
+
+def wake_key(replica_id: str) -> str:
+    """A tiny stream that wakes one replica's multiplexed event reader."""
+    return f"{PREFIX}wake:{replica_id}"

@@ -1,0 +1,108 @@
+"""Small value objects the SDK returns: runs, events, workflows. Never protobuf messages."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run is in its life."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether a run in this status has ended."""
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class EventType(enum.StrEnum):
+    """The kind of one event in a run's stream."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    RUN_QUEUED = "RUN_QUEUED"
+    RUN_STARTED = "RUN_STARTED"
+    STATUS = "STATUS"
+    OUTPUT = "OUTPUT"
+    COMPONENT_STARTED = "COMPONENT_STARTED"
+    COMPONENT_FINISHED = "COMPONENT_FINISHED"
+    RUN_RETRYING = "RUN_RETRYING"
+    RUN_SUCCEEDED = "RUN_SUCCEEDED"
+    RUN_FAILED = "RUN_FAILED"
+    RUN_CANCELLED = "RUN_CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether this is a run's last event."""
+        return self in (EventType.RUN_SUCCEEDED, EventType.RUN_FAILED, EventType.RUN_CANCELLED)
+
+
+@dataclass(frozen=True)
+class RunErrorInfo:
+    """Why a run failed: the exception's type and message, the component, the attempt."""
+
+    type: str
+    message: str
+    component: str = ""
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Run:
+    """A snapshot of one run."""
+
+    run_id: str
+    workflow: str
+    status: RunStatus
+    attempt: int
+    result_json: str = ""
+    error: RunErrorInfo | None = None
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    last_event_id: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    input_json: str = ""
+
+    @property
+    def result(self) -> Any:
+        """The decoded result (None until the run SUCCEEDED)."""
+        return json.loads(self.result_json) if self.result_json else None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of a run. Pass `event_id` as `after=` to resume from it."""
+
+    event_id: str
+    run_id: str
+    type: EventType
+    time: datetime | None
+    attempt: int
+    message: str = ""
+    data_json: str = ""
+    component: str = ""
+    span_id: str = ""
+    parent_span_id: str = ""
+
+    @property
+    def data(self) -> Any:
+        """The decoded structured payload, or None."""
+        return json.loads(self.data_json) if self.data_json else None
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """A workflow some worker announced, and how many live workers serve it."""
+
+    name: str
+    description: str
+    workers: int

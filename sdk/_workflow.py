@@ -1,0 +1,52 @@
+"""Workflows: `async def f(ctx, input)` functions that workers serve by name."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._context import Context
+
+__all__ = ["Workflow", "workflow"]
+
+WorkflowFn = Callable[[Context, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A workflow a worker can run. Calling it runs the function directly."""
+
+    name: str
+    description: str
+    fn: WorkflowFn
+    max_attempts: int = 3
+
+    async def __call__(self, ctx: Context, input: Any) -> Any:
+        return await self.fn(ctx, input)
+
+
+def workflow(
+    name: str | WorkflowFn | None = None, *, description: str = "", max_attempts: int = 3
+) -> Any:
+    """Make `async def f(ctx, input)` a workflow named `name` (default: the function's name).
+
+    The input is the run's decoded `input_json`; the return value becomes its
+    `result_json` and must be JSON-serialisable.
+    """
+
+    def wrap(fn: WorkflowFn) -> Workflow:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"workflow {fn.__name__!r} must be an `async def f(ctx, input)`")
+        doc = (inspect.getdoc(fn) or "").strip().split("\n")[0]
+        return Workflow(
+            name=name if isinstance(name, str) else fn.__name__,
+            description=description or doc,
+            fn=fn,
+            max_attempts=max_attempts,
+        )
+
+    if callable(name):
+        return wrap(name)
+    return wrap

@@ -1,0 +1,7 @@
+"""Example workflows; `longline dev` serves every workflow in this package."""
+
+from __future__ import annotations
+
+from .blog_post import blog_post
+
+__all__ = ["blog_post"]

@@ -1,0 +1,65 @@
+"""Helpers for testing workflows without a control plane, worker or Redis."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._component import component_of
+from ._context import Context
+from ._workflow import Workflow
+
+__all__ = ["LocalRun", "RecordedEvent", "run_local"]
+
+
+@dataclass
+class RecordedEvent:
+    """An event a workflow emitted during run_local."""
+
+    type: str
+    message: str = ""
+    data_json: str = ""
+    component: str = ""
+    span_id: str = ""
+    parent_span_id: str = ""
+
+
+@dataclass
+class LocalRun:
+    """What run_local saw: the result or the error, and every event."""
+
+    result: Any = None
+    error: BaseException | None = None
+    error_component: str = ""
+    events: list[RecordedEvent] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> list[str]:
+        """The OUTPUT chunks, in order."""
+        return [e.message for e in self.events if e.type == "OUTPUT"]
+
+
+class _MemorySink:
+    def __init__(self, run: LocalRun) -> None:
+        self._run = run
+        self._ids = itertools.count(1)
+
+    async def emit(self, type: str, **fields: Any) -> str:
+        self._run.events.append(RecordedEvent(type=type, **fields))
+        return f"0-{next(self._ids)}"
+
+
+async def run_local(workflow: Workflow, input: Any = None, *, run_id: str = "local") -> LocalRun:
+    """Run a workflow in this process, recording its events; errors are captured, not raised."""
+    run = LocalRun()
+    ctx = Context(run_id, 1, workflow.name, _MemorySink(run))
+    token = ctx.activate()
+    try:
+        run.result = await workflow(ctx, input)
+    except Exception as exc:
+        run.error = exc
+        run.error_component = component_of(exc)
+    finally:
+        Context.deactivate(token)
+    return run
