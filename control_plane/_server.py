@@ -37,6 +37,12 @@ class ControlPlane:
         self._stopping = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._hub: EventHub | None = None
+
+    @property
+    def watchers(self) -> int:
+        """StreamRun and RunWorkflow calls this replica is serving from its event hub."""
+        return self._hub.watchers if self._hub is not None else 0
 
     async def __aenter__(self) -> ControlPlane:
         await self.start()
@@ -75,7 +81,7 @@ class ControlPlane:
             s.redis_url, client_name=name + "-dispatch", single_connection_client=True
         )
         store = Store(pool)
-        hub = EventHub(store, hub_reader, s.replica_id)
+        hub = self._hub = EventHub(store, hub_reader, s.replica_id)
         dispatcher = Dispatcher(store, dispatch_reader, s)
 
         server = grpc.aio.server(

@@ -60,7 +60,7 @@ def connect(url: str, *, max_connections: int = 0, **kwargs: Any) -> aioredis.Re
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=None, decode_responses=True, **kwargs
         )
-        return aioredis.Redis(connection_pool=pool)
+        return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
     return aioredis.Redis.from_url(url, decode_responses=True, **kwargs)
 
 

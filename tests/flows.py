@@ -1,0 +1,82 @@
+"""Workflows the tests run (served by in-process and subprocess workers alike)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import redis.asyncio as aioredis
+
+import longline
+
+
+def _redis() -> aioredis.Redis:
+    return aioredis.Redis.from_url(os.environ["LONGLINE_TEST_REDIS"], decode_responses=True)
+
+
+@longline.workflow(description="Returns its input.")
+async def echo(ctx: longline.Context, input: Any) -> Any:
+    await ctx.status("echoing")
+    return input
+
+
+@longline.component
+async def count_step(run_id: str, step: int) -> int:
+    """A side effect per execution, so a test can tell whether a step ran twice."""
+    r = _redis()
+    try:
+        async with r.pipeline(transaction=False) as pipe:
+            pipe.hincrby(f"test:steps:{run_id}", str(step), 1)
+            pipe.hincrby("test:by_pid", str(os.getpid()), 1)
+            await pipe.execute()
+    finally:
+        await r.aclose()
+    return step
+
+
+@longline.workflow(description="Three counted steps.")
+async def counted(ctx: longline.Context, input: Any) -> Any:
+    for step in range(3):
+        await ctx.status(f"step {step}")
+        await count_step(ctx.run_id, step)
+    return {"steps": 3}
+
+
+@longline.component
+async def tick(n: int, delay: float) -> int:
+    await asyncio.sleep(delay)
+    return n
+
+
+@longline.workflow(description="Emits a status every `delay` seconds, `steps` times.")
+async def slow(ctx: longline.Context, input: Any) -> Any:
+    steps = int(input.get("steps", 100))
+    delay = float(input.get("delay", 0.05))
+    for n in range(steps):
+        await ctx.status(f"tick {n}")
+        await tick(n, delay)
+    return {"ticks": steps}
+
+
+@longline.component
+async def explode(message: str) -> None:
+    raise ValueError(message)
+
+
+@longline.workflow(description="Fails inside a component.")
+async def boom(ctx: longline.Context, input: Any) -> Any:
+    await ctx.status("about to fail")
+    await explode("the widget broke")
+    return None
+
+
+@longline.workflow(description="Streams `chunks` output chunks.")
+async def chatty(ctx: longline.Context, input: Any) -> Any:
+    n = int(input.get("chunks", 10))
+    delay = float(input.get("delay", 0.0))
+    for i in range(n):
+        await ctx.output(f"chunk {i}\n")
+        if delay:
+            await asyncio.sleep(delay)
+    return {"chunks": n}

@@ -1,0 +1,117 @@
+"""Bad input gets the right status and a message a person can act on; the server lives on."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+import grpc
+import pytest
+
+from longline.v1 import runs_pb2
+from tests.integration.conftest import Stack
+
+
+async def _status(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value.code(), info.value.details() or ""
+
+
+async def _stream_status(stack: Stack, **fields: str) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stack.stub.StreamRun(runs_pb2.StreamRunRequest(**fields)):
+            pass
+    return info.value.code(), info.value.details() or ""
+
+
+async def test_unknown_workflow_is_not_found(stack: Stack) -> None:
+    code, message = await _status(
+        stack.stub.StartRun(runs_pb2.StartRunRequest(workflow="no_such_flow"))
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "'no_such_flow' is not known" in message and "echo" in message
+
+
+async def test_missing_workflow_is_invalid(stack: Stack) -> None:
+    code, message = await _status(stack.stub.StartRun(runs_pb2.StartRunRequest()))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "workflow is required" in message
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2", "nul", "\"unterminated"])
+async def test_input_that_is_not_json_is_invalid(stack: Stack, text: str) -> None:
+    code, message = await _status(
+        stack.stub.StartRun(runs_pb2.StartRunRequest(workflow="echo", input_json=text))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("input_json is not valid JSON")
+
+
+async def test_input_over_the_limit_is_resource_exhausted(stack: Stack) -> None:
+    big = '"' + "x" * (64 * 1024) + '"'  # the stack's limit is 64 KiB
+    code, message = await _status(
+        stack.stub.StartRun(runs_pb2.StartRunRequest(workflow="echo", input_json=big))
+    )
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"input_json is {len(big)} bytes, over the limit of 65536 bytes" in message
+    # just under the limit is fine
+    ok = await stack.stub.StartRun(
+        runs_pb2.StartRunRequest(workflow="echo", input_json='"' + "x" * 60_000 + '"')
+    )
+    assert ok.created
+
+
+async def test_unknown_run_id_is_not_found_everywhere(stack: Stack) -> None:
+    missing = "0123456789abcdef0123456789abcdef"
+    code, message = await _status(stack.stub.GetRun(runs_pb2.GetRunRequest(run_id=missing)))
+    assert (code, message) == (grpc.StatusCode.NOT_FOUND, f"run '{missing}' not found")
+    code, message = await _status(stack.stub.CancelRun(runs_pb2.CancelRunRequest(run_id=missing)))
+    assert (code, message) == (grpc.StatusCode.NOT_FOUND, f"run '{missing}' not found")
+    code, message = await _stream_status(stack, run_id=missing)
+    assert (code, message) == (grpc.StatusCode.NOT_FOUND, f"run '{missing}' not found")
+
+
+async def test_empty_run_id_is_invalid(stack: Stack) -> None:
+    code, message = await _status(stack.stub.GetRun(runs_pb2.GetRunRequest()))
+    assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
+
+
+async def test_cancelling_a_finished_run_is_failed_precondition(stack: Stack) -> None:
+    handle = await stack.client.start("echo", 1)
+    await handle.result()
+    code, message = await _status(
+        stack.stub.CancelRun(runs_pb2.CancelRunRequest(run_id=handle.run_id))
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already ended SUCCEEDED" in message
+
+
+@pytest.mark.parametrize("cursor", ["abc", "12", "1-2-3", "-1-0", "1.5-0", "99999999999999999999999-0"])
+async def test_malformed_after_event_id_is_invalid(stack: Stack, cursor: str) -> None:
+    handle = await stack.client.start("echo", 1)
+    code, message = await _stream_status(stack, run_id=handle.run_id, after_event_id=cursor)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not an event id" in message
+
+
+@pytest.mark.parametrize(
+    ("request_", "needle"),
+    [
+        (runs_pb2.ListRunsRequest(page_size=-1), "page_size must not be negative"),
+        (runs_pb2.ListRunsRequest(page_token="garbage!"), "page_token is not one this server"),
+        (runs_pb2.ListRunsRequest(status=99), "status 99 is not a RunStatus"),
+    ],
+)
+async def test_bad_list_requests_are_invalid(
+    stack: Stack, request_: runs_pb2.ListRunsRequest, needle: str
+) -> None:
+    code, message = await _status(stack.stub.ListRuns(request_))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in message
+
+
+async def test_server_keeps_serving_after_bad_input(stack: Stack) -> None:
+    for text in ["{", "x" * 100_000]:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stack.stub.StartRun(runs_pb2.StartRunRequest(workflow="echo", input_json=text))
+    assert await stack.client.run("echo", {"fine": True}) == {"fine": True}

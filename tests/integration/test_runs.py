@@ -1,0 +1,180 @@
+"""RunService behaviour against a real control plane, worker and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import pytest
+
+import longline
+from longline.v1 import runs_pb2
+from tests.conftest import eventually
+from tests.integration.conftest import Stack
+
+
+async def test_run_succeeds_with_events_in_order(stack: Stack) -> None:
+    handle = await stack.client.start("echo", {"x": 1})
+    types = [e.type async for e in handle.events()]
+    assert types == ["RUN_QUEUED", "RUN_STARTED", "STATUS", "RUN_SUCCEEDED"]
+    assert await handle.result() == {"x": 1}
+    run = await handle.describe()
+    assert run.status is longline.RunStatus.SUCCEEDED and run.attempt == 1
+    assert run.last_event_id
+
+
+async def test_component_failure_names_the_component(stack: Stack) -> None:
+    handle = await stack.client.start("boom")
+    with pytest.raises(longline.RunFailed) as info:
+        await handle.result()
+    error = info.value.error
+    assert error is not None
+    assert (error.type, error.message, error.component) == ("ValueError", "the widget broke", "explode")
+    events = [e async for e in handle.events()]
+    assert events[-1].type is longline.EventType.RUN_FAILED
+    assert events[-1].data == {
+        "type": "ValueError", "message": "the widget broke", "component": "explode", "attempt": 1
+    }
+    # the worker keeps serving after a failure
+    assert await stack.client.run("echo", "still here") == "still here"
+
+
+async def test_idempotency_key_returns_the_first_run(stack: Stack) -> None:
+    first = await stack.client.start("echo", 1, idempotency_key="key-1")
+    second = await stack.client.start("echo", 2, idempotency_key="key-1")
+    other = await stack.client.start("echo", 3, idempotency_key="key-2")
+    assert first.created is True and second.created is False
+    assert second.run_id == first.run_id
+    assert other.run_id != first.run_id
+    assert await second.result() == 1
+
+
+async def test_run_workflow_returns_the_terminal_run(stack: Stack) -> None:
+    response = await stack.stub.RunWorkflow(
+        runs_pb2.RunWorkflowRequest(workflow="echo", input_json='{"a": 2}'), timeout=20
+    )
+    assert response.run.status == runs_pb2.RUN_STATUS_SUCCEEDED
+    assert json.loads(response.run.result_json) == {"a": 2}
+
+
+async def test_run_workflow_deadline_answers_early_and_the_run_completes(stack: Stack) -> None:
+    response = await stack.stub.RunWorkflow(
+        runs_pb2.RunWorkflowRequest(workflow="slow", input_json='{"steps": 20, "delay": 0.05}'),
+        timeout=0.6,
+    )
+    assert response.run.status in (runs_pb2.RUN_STATUS_QUEUED, runs_pb2.RUN_STATUS_RUNNING)
+    handle = stack.client.get_run(response.run.run_id)
+    assert await handle.result() == {"ticks": 20}
+
+
+async def test_cancel_running_run_stops_the_task_and_frees_the_slot(stack: Stack) -> None:
+    handle = await stack.client.start("slow", {"steps": 10_000, "delay": 0.01})
+    async for event in handle.events():
+        if event.type is longline.EventType.STATUS:
+            break
+    assert stack.worker.running == 1
+    run = await handle.cancel("enough")
+    assert run.status is longline.RunStatus.CANCELLED
+    await eventually(lambda: _true(stack.worker.running == 0), what="the worker to free the slot")
+    events = [e async for e in handle.events()]
+    assert events[-1].type is longline.EventType.RUN_CANCELLED
+    assert events[-1].message == "enough"
+    assert [e.type for e in events].count(longline.EventType.RUN_CANCELLED) == 1
+    with pytest.raises(longline.RunCancelled):
+        await handle.result()
+    # the freed slot takes new work
+    assert await stack.client.run("echo", "next") == "next"
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_cancel_queued_run_never_starts(stack: Stack, redis_url: str) -> None:
+    # Fill all 4 slots so the fifth run stays queued.
+    blockers = [await stack.client.start("slow", {"steps": 10_000, "delay": 0.01}) for _ in range(4)]
+    await eventually(lambda: _true(stack.worker.running == 4), what="four runs running")
+    queued = await stack.client.start("echo", "never")
+    assert (await queued.describe()).status is longline.RunStatus.QUEUED
+    await queued.cancel()
+    for b in blockers:
+        await b.cancel()
+    await eventually(lambda: _true(stack.worker.running == 0), what="slots to free")
+    assert await stack.client.run("echo", "after") == "after"
+    events = [e.type async for e in queued.events()]
+    assert events == ["RUN_QUEUED", "RUN_CANCELLED"]
+
+
+async def test_list_runs_pages_newest_first_and_filters(stack: Stack) -> None:
+    handles = [await stack.client.start("echo", i) for i in range(7)]
+    for h in handles:
+        await h.result()
+    failed = await stack.client.start("boom")
+    with pytest.raises(longline.RunFailed):
+        await failed.result()
+    seen: list[str] = []
+    token = ""
+    while True:
+        page, token = await stack.client.list_runs(workflow="echo", page_size=3, page_token=token)
+        assert len(page) <= 3
+        seen += [r.run_id for r in page]
+        if not token:
+            break
+    assert seen == [h.run_id for h in reversed(handles)]
+    only_failed, _ = await stack.client.list_runs(status="FAILED")
+    assert [r.run_id for r in only_failed] == [failed.run_id]
+
+
+async def test_list_workflows_counts_live_workers(stack: Stack) -> None:
+    workflows = {w.name: w for w in await stack.client.list_workflows()}
+    assert {"echo", "counted", "slow", "boom", "chatty"} <= set(workflows)
+    assert workflows["echo"].workers == 1
+    assert workflows["echo"].description == "Returns its input."
+
+
+async def test_stream_resumes_from_any_event_id(stack: Stack) -> None:
+    handle = await stack.client.start("chatty", {"chunks": 30})
+    await handle.result()
+    everything = [e async for e in handle.events()]
+    for cut in (0, 5, len(everything) - 2):
+        rest = [e.event_id async for e in handle.events(after=everything[cut].event_id)]
+        assert rest == [e.event_id for e in everything[cut + 1 :]]
+
+
+async def test_health_and_reflection_are_served(stack: Stack) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with grpc.aio.insecure_channel(stack.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="longline.v1.RunService"))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = reflect.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        async for response in call:
+            names = {s.name for s in response.list_services_response.service}
+            assert {"longline.v1.RunService", "longline.v1.WorkerService"} <= names
+            break
+        call.cancel()
+
+
+async def test_many_watchers_of_one_run_all_see_every_event(stack: Stack) -> None:
+    handle = await stack.client.start("chatty", {"chunks": 50, "delay": 0.002})
+
+    async def watch() -> list[str]:
+        return [e.event_id async for e in handle.events()]
+
+    results = await asyncio.gather(*[watch() for _ in range(25)])
+    full = [e.event_id async for e in handle.events()]
+    assert all(r == full for r in results)
+    assert len(full) == 50 + 3
+
+
+async def test_stream_of_unknown_run_is_not_found(stack: Stack) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stack.stub.StreamRun(runs_pb2.StreamRunRequest(run_id="nope")):
+            pass
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
