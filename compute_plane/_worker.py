@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from redis.exceptions import RedisError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from redis.exceptions import RedisError
 
 from longline import Context, LeaseLost, Workflow
 from longline._component import component_of
@@ -121,17 +121,29 @@ class Worker:
         return server, servicer
 
     async def _drain(self) -> None:
-        self._send(worker_pb2.ConnectRequest(draining=worker_pb2.WorkerDraining(
-            deadline_seconds=self.settings.drain_timeout)))
+        self._send(
+            worker_pb2.ConnectRequest(
+                draining=worker_pb2.WorkerDraining(deadline_seconds=self.settings.drain_timeout)
+            )
+        )
         pending = [r.task for r in self._running.values()]
         if pending:
-            log.info("draining: waiting up to %gs for %d runs", self.settings.drain_timeout, len(pending))
+            log.info(
+                "draining: waiting up to %gs for %d runs", self.settings.drain_timeout, len(pending)
+            )
             await asyncio.wait(pending, timeout=self.settings.drain_timeout)
         for run_id, running in list(self._running.items()):
-            log.warning("releasing run %s (attempt %d) at the drain deadline", run_id, running.attempt)
-            self._send(worker_pb2.ConnectRequest(released=worker_pb2.WorkerReleased(
-                run=worker_pb2.RunRef(run_id=run_id, attempt=running.attempt),
-                reason="worker drained before the run finished")))
+            log.warning(
+                "releasing run %s (attempt %d) at the drain deadline", run_id, running.attempt
+            )
+            self._send(
+                worker_pb2.ConnectRequest(
+                    released=worker_pb2.WorkerReleased(
+                        run=worker_pb2.RunRef(run_id=run_id, attempt=running.attempt),
+                        reason="worker drained before the run finished",
+                    )
+                )
+            )
             running.task.cancel()
         if self._running:
             await asyncio.wait([r.task for r in self._running.values()], timeout=5)
@@ -182,7 +194,9 @@ class Worker:
             outbox.put_nowait(self._hello())
             try:
                 async with grpc.aio.insecure_channel(target) as channel:
-                    call = worker_pb2_grpc.WorkerServiceStub(channel).Connect(self._requests(outbox))
+                    call = worker_pb2_grpc.WorkerServiceStub(channel).Connect(
+                        self._requests(outbox)
+                    )
                     async for response in call:
                         if response.HasField("welcome"):
                             self._on_welcome(response.welcome, outbox)
@@ -218,13 +232,23 @@ class Worker:
         workflow = self.workflows.get(a.workflow)
         if workflow is None or a.run_id in self._running or self._stopping.is_set():
             reason = "draining" if self._stopping.is_set() else f"cannot run {a.workflow!r} here"
-            self._send(worker_pb2.ConnectRequest(released=worker_pb2.WorkerReleased(
-                run=worker_pb2.RunRef(run_id=a.run_id, attempt=a.attempt), reason=reason)))
+            self._send(
+                worker_pb2.ConnectRequest(
+                    released=worker_pb2.WorkerReleased(
+                        run=worker_pb2.RunRef(run_id=a.run_id, attempt=a.attempt), reason=reason
+                    )
+                )
+            )
             return
         task = asyncio.create_task(self._execute(workflow, a), name=f"run-{a.run_id}")
         self._running[a.run_id] = _Running(a.attempt, task)
-        self._send(worker_pb2.ConnectRequest(accepted=worker_pb2.WorkerAccepted(
-            run=worker_pb2.RunRef(run_id=a.run_id, attempt=a.attempt))))
+        self._send(
+            worker_pb2.ConnectRequest(
+                accepted=worker_pb2.WorkerAccepted(
+                    run=worker_pb2.RunRef(run_id=a.run_id, attempt=a.attempt)
+                )
+            )
+        )
 
     def _on_cancel(self, cancel: worker_pb2.CancelAssignment) -> None:
         running = self._running.get(cancel.run.run_id)
@@ -248,7 +272,8 @@ class Worker:
                 result_json = json.dumps(result)
             except (TypeError, ValueError) as exc:
                 raise TypeError(
-                    f"workflow {workflow.name!r} returned a value that is not JSON-serialisable: {exc}"
+                    f"workflow {workflow.name!r} returned a value that is not "
+                    f"JSON-serialisable: {exc}"
                 ) from exc
             await writer.finish(
                 "SUCCEEDED",
@@ -266,8 +291,13 @@ class Worker:
             await self._fail(writer, ctx, exc)
         finally:
             self._running.pop(a.run_id, None)
-            self._send(worker_pb2.ConnectRequest(finished=worker_pb2.WorkerFinished(
-                run=worker_pb2.RunRef(run_id=a.run_id, attempt=a.attempt))))
+            self._send(
+                worker_pb2.ConnectRequest(
+                    finished=worker_pb2.WorkerFinished(
+                        run=worker_pb2.RunRef(run_id=a.run_id, attempt=a.attempt)
+                    )
+                )
+            )
 
     async def _fail(self, writer: RunWriter, ctx: Context, exc: Exception) -> None:
         component = component_of(exc)

@@ -90,14 +90,14 @@ class EventHub:
                     self._wake_cursor = entries[-1][0]
                     continue
                 run_id = stream.split("{", 1)[1].split("}", 1)[0]
-                watch = self._watches.get(run_id)
-                if watch is None:
+                watched = self._watches.get(run_id)
+                if watched is None:
                     continue  # its last watcher left while the read was in flight
                 for event_id, fields in entries:
                     event = StoredEvent.decode(event_id, fields)
-                    for subscriber in watch.subscribers:
+                    for subscriber in watched.subscribers:
                         subscriber.offer(event)
-                watch.cursor = entries[-1][0]
+                watched.cursor = entries[-1][0]
 
     async def events(self, run_id: str, after: str = "") -> AsyncIterator[StoredEvent]:
         """The run's events after `after`, live, ending with the terminal event."""

@@ -201,7 +201,11 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         size = _page_size(request.page_size)
         status = ""
         if request.status:
-            name = runs_pb2.RunStatus.Name(request.status) if request.status in runs_pb2.RunStatus.values() else ""
+            name = (
+                runs_pb2.RunStatus.Name(request.status)
+                if request.status in runs_pb2.RunStatus.values()
+                else ""
+            )
             if not name:
                 raise InvalidArgumentError(f"status {request.status} is not a RunStatus")
             status = name.removeprefix("RUN_STATUS_")

@@ -76,7 +76,9 @@ class ControlPlane:
         name = f"longline-{s.replica_id}"
         pool = connect(s.redis_url, client_name=name, max_connections=s.redis_pool_size)
         # Blocking readers get connections of their own with no socket timeout.
-        hub_reader = connect(s.redis_url, client_name=name + "-events", single_connection_client=True)
+        hub_reader = connect(
+            s.redis_url, client_name=name + "-events", single_connection_client=True
+        )
         dispatch_reader = connect(
             s.redis_url, client_name=name + "-dispatch", single_connection_client=True
         )
@@ -141,7 +143,9 @@ class ControlPlane:
                 session.send(
                     worker_pb2.ConnectResponse(
                         cancel=worker_pb2.CancelAssignment(
-                            run=worker_pb2.RunRef(run_id=notice["cancel"], attempt=notice["attempt"]),
+                            run=worker_pb2.RunRef(
+                                run_id=notice["cancel"], attempt=notice["attempt"]
+                            ),
                             reason=notice.get("reason", ""),
                         )
                     )

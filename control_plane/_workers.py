@@ -38,9 +38,7 @@ class WorkerSession:
     slots: int
     running: dict[str, int] = field(default_factory=dict)  # run_id -> attempt
     draining: bool = False
-    outbox: asyncio.Queue[worker_pb2.ConnectResponse | None] = field(
-        default_factory=asyncio.Queue
-    )
+    outbox: asyncio.Queue[worker_pb2.ConnectResponse | None] = field(default_factory=asyncio.Queue)
     closed: bool = False
 
     @property
@@ -80,7 +78,9 @@ class Dispatcher:
         if stream in self._groups:
             return
         try:
-            await self._store.redis.xgroup_create(stream, keys.DISPATCH_GROUP, id="0", mkstream=True)
+            await self._store.redis.xgroup_create(
+                stream, keys.DISPATCH_GROUP, id="0", mkstream=True
+            )
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -124,7 +124,9 @@ class Dispatcher:
                 continue
             for stream, entries in reply or []:
                 if stream == self._wake_key:
-                    await self._store.redis.xack(stream, keys.DISPATCH_GROUP, *[e[0] for e in entries])
+                    await self._store.redis.xack(
+                        stream, keys.DISPATCH_GROUP, *[e[0] for e in entries]
+                    )
                     continue
                 workflow = stream.removeprefix(keys.queue_key(""))
                 for entry_id, fields in entries:
@@ -148,7 +150,9 @@ class Dispatcher:
             await self._store.redis.xack(keys.queue_key(workflow), keys.DISPATCH_GROUP, entry_id)
         self._backlog = waiting
 
-    async def _assign(self, session: WorkerSession, workflow: str, run_id: str, attempt: int) -> None:
+    async def _assign(
+        self, session: WorkerSession, workflow: str, run_id: str, attempt: int
+    ) -> None:
         claimed = await self._store.claim(
             run_id,
             attempt,
@@ -188,7 +192,9 @@ class Dispatcher:
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     """The control plane's end of each worker's Connect stream."""
 
-    def __init__(self, store: Store, dispatcher: Dispatcher, settings: ControlPlaneSettings) -> None:
+    def __init__(
+        self, store: Store, dispatcher: Dispatcher, settings: ControlPlaneSettings
+    ) -> None:
         self._store = store
         self._dispatcher = dispatcher
         self._settings = settings
@@ -225,7 +231,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._dispatcher.sessions[session.worker_id] = session
         log.info(
             "worker %s connected (build %s, %d slots, workflows %s)",
-            session.worker_id, session.build_id or "-", session.slots, sorted(session.workflows),
+            session.worker_id,
+            session.build_id or "-",
+            session.slots,
+            sorted(session.workflows),
         )
         await context.write(
             worker_pb2.ConnectResponse(

@@ -72,7 +72,9 @@ class LiveView:
         elif t is EventType.RUN_RETRYING:
             self._line(f"↻ retrying (attempt {event.attempt}): {event.message}")
         elif t in (EventType.COMPONENT_STARTED, EventType.COMPONENT_FINISHED):
-            if self.verbose or (t is EventType.COMPONENT_FINISHED and "error" in (event.data or {})):
+            if self.verbose or (
+                t is EventType.COMPONENT_FINISHED and "error" in (event.data or {})
+            ):
                 verb = "started" if t is EventType.COMPONENT_STARTED else "finished"
                 extra = f": {event.message}" if event.message else ""
                 self._line(f"  [{event.component} {verb}{extra}]")
@@ -218,7 +220,9 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         worker_task = asyncio.create_task(worker.run())
         try:
             await worker.connected.wait()
-            print(f"control plane on {target}; a worker serves {', '.join(sorted(worker.workflows))}")
+            print(
+                f"control plane on {target}; a worker serves {', '.join(sorted(worker.workflows))}"
+            )
             if args.run:
                 ns = argparse.Namespace(
                     control_plane=target, workflow=args.run, input=args.input, idempotency_key=""
@@ -262,7 +266,10 @@ def _cmd_client(args: argparse.Namespace) -> int:
                 )
                 for r in runs:
                     created = r.create_time.strftime("%Y-%m-%d %H:%M:%S") if r.create_time else ""
-                    print(f"{r.run_id}  {r.status:<10} {r.workflow:<20} attempt {r.attempt}  {created}")
+                    print(
+                        f"{r.run_id}  {r.status:<10} {r.workflow:<20} "
+                        f"attempt {r.attempt}  {created}"
+                    )
             elif args.command == "workflows":
                 for w in await client.list_workflows():
                     print(f"{w.name:<24} {w.workers} workers  {w.description}")

@@ -173,9 +173,7 @@ class Client:
         page_token: str = "",
     ) -> tuple[list[Run], str]:
         """One page of runs, newest first, and the token of the next page ('' at the end)."""
-        status_value = (
-            runs_pb2.RunStatus.Value(f"RUN_STATUS_{RunStatus(status)}") if status else 0
-        )
+        status_value = f"RUN_STATUS_{RunStatus(status)}" if status else None
         response = await self._call(
             self._stub.ListRuns,
             runs_pb2.ListRunsRequest(

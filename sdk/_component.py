@@ -8,7 +8,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 import tenacity
 
@@ -82,21 +82,16 @@ class Component(Generic[P, R]):
         self.timeout = timeout
         functools.update_wrapper(self, fn)
 
-    def _copy(self, **changes: Any) -> Component[P, R]:
-        fields = {"fn": self.fn, "name": self.name, "retry": self.retry, "timeout": self.timeout}
-        fields.update(changes)
-        return Component(**fields)
-
     def with_retry(self, **policy: Any) -> Component[P, R]:
         """A copy with a retry policy (the Retry fields, on top of the current policy)."""
         base = self.retry or Retry()
-        return self._copy(retry=replace(base, **policy))
+        return Component(self.fn, self.name, replace(base, **policy), self.timeout)
 
     def with_timeout(self, seconds: float) -> Component[P, R]:
         """A copy whose every try fails with ComponentTimeout after `seconds`."""
         if seconds <= 0:
             raise ValueError(f"timeout must be positive, got {seconds}")
-        return self._copy(timeout=seconds)
+        return Component(self.fn, self.name, self.retry, seconds)
 
     def with_cache(self, ttl: float) -> Component[P, R]:
         """A copy whose results are cached across runs. Not available yet."""
@@ -196,8 +191,17 @@ class Component(Generic[P, R]):
         return f"<longline component {self.name!r}>"
 
 
+class ComponentDecorator(Protocol):
+    """What `component(...)` returns: a decorator of async or plain functions."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Component[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Component[P, R]: ...
+
+
 @overload
-def component(fn: Callable[P, Awaitable[R]], /) -> Component[P, R]: ...
+def component(name: Callable[P, Awaitable[R]], /) -> Component[P, R]: ...
 @overload
 def component(
     name: str | None = None,
@@ -205,7 +209,7 @@ def component(
     retry: Retry | None = None,
     cache: Any = None,
     timeout: float | None = None,
-) -> Callable[[Callable[P, Awaitable[R]] | Callable[P, R]], Component[P, R]]: ...
+) -> ComponentDecorator: ...
 
 
 def component(

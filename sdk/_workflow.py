@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from ._context import Context
 
@@ -27,9 +27,17 @@ class Workflow:
         return await self.fn(ctx, input)
 
 
+@overload
+def workflow(name: WorkflowFn, /) -> Workflow: ...
+@overload
+def workflow(
+    name: str | None = None, *, description: str = "", max_attempts: int = 3
+) -> Callable[[WorkflowFn], Workflow]: ...
+
+
 def workflow(
     name: str | WorkflowFn | None = None, *, description: str = "", max_attempts: int = 3
-) -> Any:
+) -> Workflow | Callable[[WorkflowFn], Workflow]:
     """Make `async def f(ctx, input)` a workflow named `name` (default: the function's name).
 
     The input is the run's decoded `input_json`; the return value becomes its

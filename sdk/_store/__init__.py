@@ -231,7 +231,13 @@ class Store:
                 keys.runs_by_workflow_key(workflow),
                 keys.queue_key(workflow),
             ],
-            args=[run_id, workflow, input_json, json.dumps(labels, sort_keys=True), idempotency_key],
+            args=[
+                run_id,
+                workflow,
+                input_json,
+                json.dumps(labels, sort_keys=True),
+                idempotency_key,
+            ],
         )
         return bool(created), str(found_id)
 
@@ -291,7 +297,9 @@ class Store:
 
     async def cancel(self, run_id: str, reason: str) -> CancelOutcome:
         """Cancel a queued or running run, writing RUN_CANCELLED once."""
-        reply = await self._cancel(keys=[keys.run_key(run_id), keys.events_key(run_id)], args=[reason])
+        reply = await self._cancel(
+            keys=[keys.run_key(run_id), keys.events_key(run_id)], args=[reason]
+        )
         outcome = int(reply[0])
         if outcome == -1:
             raise NotFoundError(f"run {run_id!r} not found")
@@ -362,7 +370,9 @@ class Store:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for run_id, attempt in attempts:
-                await self._heartbeat(keys=[keys.run_key(run_id)], args=[attempt, lease_ms], client=pipe)
+                await self._heartbeat(
+                    keys=[keys.run_key(run_id)], args=[attempt, lease_ms], client=pipe
+                )
             replies = await pipe.execute()
         return [bool(r) for r in replies]
 

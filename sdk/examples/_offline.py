@@ -10,16 +10,50 @@ import hashlib
 import random
 
 _NOUNS = (
-    "current", "shoreline", "moon", "basin", "harbour", "estuary", "surge", "cycle",
-    "gradient", "reef", "channel", "forecast", "range", "pull", "coast", "swell",
+    "current",
+    "shoreline",
+    "moon",
+    "basin",
+    "harbour",
+    "estuary",
+    "surge",
+    "cycle",
+    "gradient",
+    "reef",
+    "channel",
+    "forecast",
+    "range",
+    "pull",
+    "coast",
+    "swell",
 )
 _VERBS = (
-    "shapes", "follows", "amplifies", "drains", "reveals", "delays", "steers", "balances",
-    "feeds", "explains", "reshapes", "tracks",
+    "shapes",
+    "follows",
+    "amplifies",
+    "drains",
+    "reveals",
+    "delays",
+    "steers",
+    "balances",
+    "feeds",
+    "explains",
+    "reshapes",
+    "tracks",
 )
 _ADJECTIVES = (
-    "semidiurnal", "shallow", "coastal", "seasonal", "narrow", "resonant", "gentle",
-    "predictable", "hidden", "local", "vast", "steady",
+    "semidiurnal",
+    "shallow",
+    "coastal",
+    "seasonal",
+    "narrow",
+    "resonant",
+    "gentle",
+    "predictable",
+    "hidden",
+    "local",
+    "vast",
+    "steady",
 )
 
 NOTICE = "offline text generator (no model provider configured): the text is filler"

@@ -38,7 +38,7 @@ async def test_missing_workflow_is_invalid(stack: Stack) -> None:
     assert "workflow is required" in message
 
 
-@pytest.mark.parametrize("text", ["{not json", "[1, 2", "nul", "\"unterminated"])
+@pytest.mark.parametrize("text", ["{not json", "[1, 2", "nul", '"unterminated'])
 async def test_input_that_is_not_json_is_invalid(stack: Stack, text: str) -> None:
     code, message = await _status(
         stack.stub.StartRun(runs_pb2.StartRunRequest(workflow="echo", input_json=text))
@@ -86,7 +86,9 @@ async def test_cancelling_a_finished_run_is_failed_precondition(stack: Stack) ->
     assert "already ended SUCCEEDED" in message
 
 
-@pytest.mark.parametrize("cursor", ["abc", "12", "1-2-3", "-1-0", "1.5-0", "99999999999999999999999-0"])
+@pytest.mark.parametrize(
+    "cursor", ["abc", "12", "1-2-3", "-1-0", "1.5-0", "99999999999999999999999-0"]
+)
 async def test_malformed_after_event_id_is_invalid(stack: Stack, cursor: str) -> None:
     handle = await stack.client.start("echo", 1)
     code, message = await _stream_status(stack, run_id=handle.run_id, after_event_id=cursor)

@@ -30,11 +30,18 @@ async def test_component_failure_names_the_component(stack: Stack) -> None:
         await handle.result()
     error = info.value.error
     assert error is not None
-    assert (error.type, error.message, error.component) == ("ValueError", "the widget broke", "explode")
+    assert (error.type, error.message, error.component) == (
+        "ValueError",
+        "the widget broke",
+        "explode",
+    )
     events = [e async for e in handle.events()]
     assert events[-1].type is longline.EventType.RUN_FAILED
     assert events[-1].data == {
-        "type": "ValueError", "message": "the widget broke", "component": "explode", "attempt": 1
+        "type": "ValueError",
+        "message": "the widget broke",
+        "component": "explode",
+        "attempt": 1,
     }
     # the worker keeps serving after a failure
     assert await stack.client.run("echo", "still here") == "still here"
@@ -93,7 +100,9 @@ async def _true(value: bool) -> bool:
 
 async def test_cancel_queued_run_never_starts(stack: Stack, redis_url: str) -> None:
     # Fill all 4 slots so the fifth run stays queued.
-    blockers = [await stack.client.start("slow", {"steps": 10_000, "delay": 0.01}) for _ in range(4)]
+    blockers = [
+        await stack.client.start("slow", {"steps": 10_000, "delay": 0.01}) for _ in range(4)
+    ]
     await eventually(lambda: _true(stack.worker.running == 4), what="four runs running")
     queued = await stack.client.start("echo", "never")
     assert (await queued.describe()).status is longline.RunStatus.QUEUED

@@ -44,7 +44,9 @@ async def test_200_watchers_use_a_bounded_number_of_redis_connections(
             seen: list[list[str]] = [[] for _ in range(WATCHERS)]
 
             async def watch(i: int) -> None:
-                async for response in stub.StreamRun(runs_pb2.StreamRunRequest(run_id=handle.run_id)):
+                async for response in stub.StreamRun(
+                    runs_pb2.StreamRunRequest(run_id=handle.run_id)
+                ):
                     seen[i].append(response.event.event_id)
 
             watchers = [asyncio.create_task(watch(i)) for i in range(WATCHERS)]

@@ -1,0 +1,116 @@
+"""The `longline` command against real processes, as a user types it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import longline
+from tests.conftest import ROOT
+from tests.procs import Proc, start_control_plane, start_worker
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "longline._cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def test_dev_runs_the_demo_end_to_end() -> None:
+    """What `make demo` does, on an embedded Redis and a free port."""
+    done = cli(
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--run",
+        "blog_post",
+        "--input",
+        '{"topic": "tides", "sections": 2, "pace": 0}',
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "started an embedded Redis" in out
+    assert "offline text generator" in out
+    assert out.count("## ") >= 2  # the sections were streamed
+    assert "✓ succeeded; result:" in out
+    assert '"topic": "tides"' in out
+
+
+async def test_run_watch_runs_cancel_and_workflows(redis_url: str, procs: list[Proc]) -> None:
+    cp, target = await start_control_plane(redis_url)
+    procs.append(cp)
+    procs.append(await start_worker(redis_url, target))
+    flag = ("--control-plane", target)
+
+    ran = cli("run", "echo", "--input", '{"a": 1}', *flag)
+    assert ran.returncode == 0, ran.stderr
+    run_id = re.search(r"queued run (\w+)", ran.stdout).group(1)  # type: ignore[union-attr]
+    assert '"a": 1' in ran.stdout
+
+    failed = cli("run", "boom", *flag)
+    assert failed.returncode == 1
+    assert "✗ failed: ValueError in explode: the widget broke" in failed.stdout
+
+    listed = cli("runs", "--workflow", "echo", *flag)
+    assert run_id in listed.stdout and "SUCCEEDED" in listed.stdout
+
+    async with longline.Client(target) as client:
+        events = [e async for e in client.get_run(run_id).events()]
+    watched = cli("watch", run_id, "--after", events[1].event_id, *flag)
+    assert watched.returncode == 0
+    assert "queued run" not in watched.stdout and "· echoing" in watched.stdout
+
+    refused = cli("cancel", run_id, *flag)
+    assert refused.returncode == 1
+    assert f"run '{run_id}' already ended SUCCEEDED" in refused.stderr
+
+    unknown = cli("run", "nope", *flag)
+    assert unknown.returncode == 1 and "'nope' is not known" in unknown.stderr
+
+    workflows = cli("workflows", *flag)
+    assert re.search(r"echo\s+1 workers\s+Returns its input.", workflows.stdout)
+
+
+async def test_ctrl_c_detaches_and_prints_how_to_resume(redis_url: str, procs: list[Proc]) -> None:
+    cp, target = await start_control_plane(redis_url)
+    procs.append(cp)
+    procs.append(await start_worker(redis_url, target))
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "longline._cli",
+            "run",
+            "slow",
+            "--input",
+            '{"steps": 100000, "delay": 0.01}',
+            "--control-plane",
+            target,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as run:
+        assert run.stdout is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if "· tick 3" in run.stdout.readline():
+                break
+        run.send_signal(signal.SIGINT)
+        rest = run.stdout.read()
+        assert run.wait(10) == 130
+    match = re.search(r"longline watch (\w+) --after (\d+-\d+)", rest)
+    assert match, rest
+    async with longline.Client(target) as client:
+        handle = client.get_run(match.group(1))
+        assert (await handle.describe()).status is longline.RunStatus.RUNNING  # it went on
+        await handle.cancel()

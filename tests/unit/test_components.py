@@ -1,0 +1,140 @@
+"""Components and workflows run in process with longline.testing: no server needed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+import longline
+from longline.testing import run_local
+
+
+async def test_component_outside_a_workflow_is_an_ordinary_function() -> None:
+    @longline.component
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    assert await add(2, 3) == 5
+
+
+async def test_component_events_nest_and_name_steps() -> None:
+    @longline.component
+    async def inner(x: int) -> int:
+        return x * 2
+
+    @longline.component
+    async def outer(x: int) -> int:
+        return await inner(x) + await inner(x)
+
+    @longline.workflow
+    async def flow(ctx: longline.Context, input: int) -> int:
+        return await outer(input)
+
+    run = await run_local(flow, 3)
+    assert run.result == 12
+    started = [e for e in run.events if e.type == "COMPONENT_STARTED"]
+    assert [e.component for e in started] == ["outer", "inner", "inner"]
+    assert started[1].parent_span_id == started[0].span_id == started[2].parent_span_id
+    steps = [json.loads(e.data_json)["step"] for e in started]
+    assert steps == ["outer#1", "inner#1", "inner#2"]
+
+
+async def test_retry_retries_until_success_and_records_tries() -> None:
+    calls = 0
+
+    @longline.component(retry=longline.Retry(max_attempts=4, initial=0, maximum=0))
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionError("try again")
+        return "ok"
+
+    @longline.workflow
+    async def flow(ctx: longline.Context, input: None) -> str:
+        return await flaky()
+
+    run = await run_local(flow)
+    assert run.result == "ok" and calls == 3
+    finished = [e for e in run.events if e.type == "COMPONENT_FINISHED"]
+    assert json.loads(finished[0].data_json)["tries"] == 3
+
+
+async def test_non_retryable_is_not_retried_and_names_the_component() -> None:
+    calls = 0
+
+    @longline.component(retry=longline.Retry(max_attempts=5, initial=0))
+    async def picky() -> None:
+        nonlocal calls
+        calls += 1
+        raise longline.NonRetryable("bad request")
+
+    @longline.workflow
+    async def flow(ctx: longline.Context, input: None) -> None:
+        await picky()
+
+    run = await run_local(flow)
+    assert calls == 1
+    assert isinstance(run.error, longline.NonRetryable)
+    assert run.error_component == "picky"
+
+
+async def test_timeout_fails_with_the_component_and_limit() -> None:
+    @longline.component
+    async def sleepy() -> None:
+        await asyncio.sleep(10)
+
+    with pytest.raises(
+        longline.ComponentTimeout, match=r"'sleepy' did not finish within its 0.05 s"
+    ):
+        await sleepy.with_timeout(0.05)()
+
+
+def test_fluent_configuration_returns_a_new_component() -> None:
+    @longline.component
+    async def step() -> None: ...
+
+    retried = step.with_retry(max_attempts=8)
+    assert step.retry is None and retried.retry is not None and retried.retry.max_attempts == 8
+    assert retried.with_timeout(3).timeout == 3 and retried.timeout is None
+
+
+def test_cache_says_it_is_not_available_yet() -> None:
+    @longline.component
+    async def step() -> None: ...
+
+    with pytest.raises(NotImplementedError, match="caching is not implemented yet"):
+        step.with_cache(ttl=60)
+
+
+async def test_plain_def_component_runs_in_a_thread() -> None:
+    import threading
+
+    @longline.component
+    def blocking() -> str:
+        return threading.current_thread().name
+
+    assert await blocking() != threading.current_thread().name
+
+
+async def test_current_outside_a_run_says_so() -> None:
+    with pytest.raises(RuntimeError, match="outside a running workflow"):
+        longline.current()
+
+
+def test_workflow_must_be_async() -> None:
+    with pytest.raises(TypeError, match="must be an `async def"):
+        longline.workflow(lambda ctx, input: None)  # type: ignore[arg-type]
+
+
+async def test_blog_post_example_runs_offline() -> None:
+    from longline.examples import blog_post
+
+    run = await run_local(blog_post, {"topic": "tides", "sections": 2, "pace": 0})
+    assert run.error is None
+    assert run.result["sections"] and len(run.result["sections"]) == 2
+    statuses = [e.message for e in run.events if e.type == "STATUS"]
+    assert "offline text generator" in statuses[0]
+    assert "".join(run.outputs).count("## ") == 2
