@@ -26,7 +26,7 @@ log = logging.getLogger("longline.control_plane.hub")
 
 _PAGE = 500
 _QUEUE_LIMIT = 10_000  # events buffered for one slow subscriber before it falls back to XRANGE
-_BLOCK_MS = 30_000
+BLOCK_MS = 10_000  # the longest a blocking read waits; readers' socket timeout is longer
 
 
 @dataclass(eq=False)
@@ -80,7 +80,7 @@ class EventHub:
             for run_id, watch in self._watches.items():
                 streams[keys.events_key(run_id)] = watch.cursor
             try:
-                reply = await self._reader.xread(streams, count=_PAGE, block=_BLOCK_MS)
+                reply = await self._reader.xread(streams, count=_PAGE, block=BLOCK_MS)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("event reader lost Redis (%s); reconnecting", exc)
                 await asyncio.sleep(0.5)

@@ -15,7 +15,7 @@ from longline._store import Store, connect, keys
 from longline.v1 import runs_pb2, runs_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 from ._errors import ErrorInterceptor
-from ._hub import EventHub
+from ._hub import BLOCK_MS, EventHub
 from ._runs import RunServicer
 from ._settings import ControlPlaneSettings
 from ._workers import Dispatcher, WorkerServicer
@@ -75,12 +75,20 @@ class ControlPlane:
         s = self.settings
         name = f"longline-{s.replica_id}"
         pool = connect(s.redis_url, client_name=name, max_connections=s.redis_pool_size)
-        # Blocking readers get connections of their own with no socket timeout.
+        # Blocking readers get connections of their own, with a socket timeout longer than
+        # their BLOCK (redis-py's default of 5 s would cut every blocking read short).
+        reader_timeout = BLOCK_MS / 1000 + 10
         hub_reader = connect(
-            s.redis_url, client_name=name + "-events", single_connection_client=True
+            s.redis_url,
+            client_name=name + "-events",
+            max_connections=1,
+            socket_timeout=reader_timeout,
         )
         dispatch_reader = connect(
-            s.redis_url, client_name=name + "-dispatch", single_connection_client=True
+            s.redis_url,
+            client_name=name + "-dispatch",
+            max_connections=1,
+            socket_timeout=reader_timeout,
         )
         store = Store(pool)
         hub = self._hub = EventHub(store, hub_reader, s.replica_id)

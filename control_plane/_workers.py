@@ -21,11 +21,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from longline._store import InvalidArgumentError, Store, keys
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
+from ._hub import BLOCK_MS
 from ._settings import ControlPlaneSettings
 
 log = logging.getLogger("longline.control_plane.workers")
-
-_BLOCK_MS = 30_000
 
 
 @dataclass(eq=False)
@@ -66,6 +65,9 @@ class Dispatcher:
         self._wake_key = keys.wake_key(settings.replica_id + ":dispatch")
         self._groups: set[str] = set()
         self._backlog: list[tuple[str, str, int, str]] = []  # (workflow, run_id, attempt, entry)
+        # Entries delivered to this replica but not yet handled are in its pending list; they
+        # are re-read from there at start and after any lost reply, so none is stranded.
+        self._recover = True
 
     async def wake(self) -> None:
         """Make the dispatcher look at its workers again (a slot freed, a worker came)."""
@@ -85,6 +87,7 @@ class Dispatcher:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._groups.add(stream)
+        self._recover = True  # entries an earlier life of this replica was handed come first
 
     def _capacity(self) -> dict[str, int]:
         free: dict[str, int] = {}
@@ -105,16 +108,20 @@ class Dispatcher:
                 await self._ensure_group(keys.queue_key(name))
                 streams[keys.queue_key(name)] = ">"
             count = min(capacity.values()) if capacity else 1
+            recovering = self._recover
+            if recovering:  # everything this replica was handed, for any workflow
+                streams = {k: "0" for k in sorted(self._groups | set(streams))}
             try:
                 reply = await self._reader.xreadgroup(
                     keys.DISPATCH_GROUP,
                     self._settings.replica_id,
                     streams,
-                    count=max(1, count),
-                    block=_BLOCK_MS,
+                    count=None if recovering else max(1, count),
+                    block=None if recovering else BLOCK_MS,
                 )
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("dispatcher lost Redis (%s); reconnecting", exc)
+                self._recover = True
                 await asyncio.sleep(0.5)
                 continue
             except ResponseError as exc:
@@ -122,17 +129,24 @@ class Dispatcher:
                     raise
                 self._groups.clear()  # the group vanished (Redis flushed): create it again
                 continue
+            self._recover = False
             for stream, entries in reply or []:
+                if not entries:
+                    continue
                 if stream == self._wake_key:
                     await self._store.redis.xack(
                         stream, keys.DISPATCH_GROUP, *[e[0] for e in entries]
                     )
                     continue
                 workflow = stream.removeprefix(keys.queue_key(""))
+                held = {item[3] for item in self._backlog}
                 for entry_id, fields in entries:
-                    self._backlog.append(
-                        (workflow, fields["run_id"], int(fields["attempt"]), entry_id)
-                    )
+                    if not fields:  # trimmed away while pending: nothing left to assign
+                        await self._store.redis.xack(stream, keys.DISPATCH_GROUP, entry_id)
+                    elif entry_id not in held:
+                        self._backlog.append(
+                            (workflow, fields["run_id"], int(fields["attempt"]), entry_id)
+                        )
 
     async def _drain_backlog(self) -> None:
         waiting = []
@@ -144,7 +158,15 @@ class Dispatcher:
                 default=None,
             )
             if session is None:
-                waiting.append(item)  # claimed by this replica; assigned when a slot frees
+                if any(workflow in s.workflows for s in self.sessions.values()):
+                    waiting.append(item)  # assigned here when a local slot frees
+                else:  # no local worker serves it any more: hand it back to every replica
+                    await self._store.redis.xadd(
+                        keys.queue_key(workflow), {"run_id": run_id, "attempt": str(attempt)}
+                    )
+                    await self._store.redis.xack(
+                        keys.queue_key(workflow), keys.DISPATCH_GROUP, entry_id
+                    )
                 continue
             await self._assign(session, workflow, run_id, attempt)
             await self._store.redis.xack(keys.queue_key(workflow), keys.DISPATCH_GROUP, entry_id)

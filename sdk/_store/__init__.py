@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,18 +52,46 @@ TERMINAL_EVENTS = frozenset({"RUN_SUCCEEDED", "RUN_FAILED", "RUN_CANCELLED"})
 _EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 
 
-def connect(url: str, *, max_connections: int = 0, **kwargs: Any) -> aioredis.Redis:
+# Python 3.11's asyncio.timeout can swallow a task's cancellation while redis-py waits for a
+# reply inside it, leaving the task hung for good (a StreamRun whose client left, a run being
+# cancelled mid-write). 3.12 fixed it. On 3.11 we therefore read without a socket timeout and
+# find dead connections with TCP keepalive instead.
+_TIMEOUTS_ARE_CANCEL_SAFE = sys.version_info >= (3, 12)
+_KEEPALIVE = {
+    opt: value
+    for opt, value in (
+        (getattr(socket, "TCP_KEEPIDLE", None), 10),
+        (getattr(socket, "TCP_KEEPINTVL", None), 5),
+        (getattr(socket, "TCP_KEEPCNT", None), 3),
+    )
+    if opt is not None
+}
+
+
+def connect(
+    url: str, *, max_connections: int = 0, socket_timeout: float | None = 10.0, **kwargs: Any
+) -> aioredis.Redis:
     """A client for `url` that answers str, the way every longline process talks to Redis.
 
     With max_connections, callers wait for a free connection instead of opening more:
     the number of Redis connections of a process stays bounded whatever its load.
+    A blocking reader must pass a socket_timeout longer than its BLOCK.
     """
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "protocol": 2,  # reply shapes must not depend on what the server offers
+        "socket_timeout": socket_timeout if _TIMEOUTS_ARE_CANCEL_SAFE else None,
+        "socket_connect_timeout": 10.0 if _TIMEOUTS_ARE_CANCEL_SAFE else None,
+        "socket_keepalive": True,
+        "socket_keepalive_options": _KEEPALIVE,
+        **kwargs,
+    }
     if max_connections:
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=None, decode_responses=True, **kwargs
+            url, max_connections=max_connections, timeout=None, **options
         )
         return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-    return aioredis.Redis.from_url(url, decode_responses=True, **kwargs)
+    return aioredis.Redis.from_url(url, **options)
 
 
 def parse_event_id(event_id: str) -> tuple[int, int]:

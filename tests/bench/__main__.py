@@ -13,7 +13,6 @@ import asyncio
 import json
 import statistics
 import time
-from pathlib import Path
 
 import longline
 from longline._embedded import EmbeddedRedis

@@ -1,0 +1,52 @@
+"""Queue entries handed to a replica are never stranded in its pending list."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+import longline
+from longline._store import keys
+from longline.compute_plane import Worker, WorkerSettings, load_workflows
+from longline.control_plane import ControlPlane, ControlPlaneSettings
+from tests.conftest import FLOWS
+
+
+async def _serve_worker(redis_url: str, target: str) -> tuple[Worker, asyncio.Task[None]]:
+    worker = Worker(
+        WorkerSettings(redis_url=redis_url, control_plane=target, slots=2, drain_timeout=1),
+        load_workflows(str(FLOWS)),
+    )
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.connected.wait(), 10)
+    return worker, task
+
+
+async def test_entries_delivered_before_a_restart_are_assigned_after_it(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    settings = ControlPlaneSettings(redis_url=redis_url, listen="127.0.0.1:0", replica_id="cp-a")
+    async with ControlPlane(settings) as cp:
+        target = f"127.0.0.1:{cp.port}"
+        worker, task = await _serve_worker(redis_url, target)
+        worker.request_stop()  # the workflow is now known, but nobody can run it
+        await task
+        async with longline.Client(target) as client:
+            handle = await client.start("echo", "survives")
+        # The replica is handed the entry and dies before it can act on it.
+        got = await redis.xreadgroup(
+            keys.DISPATCH_GROUP, "cp-a", {keys.queue_key("echo"): ">"}, count=10
+        )
+        assert got and got[0][1][0][1]["run_id"] == handle.run_id
+
+    async with ControlPlane(settings) as cp:  # the same replica, restarted
+        target = f"127.0.0.1:{cp.port}"
+        worker, task = await _serve_worker(redis_url, target)
+        async with longline.Client(target) as client:
+            result = await asyncio.wait_for(client.get_run(handle.run_id).result(), 20)
+        assert result == "survives"
+        pending = await redis.xpending(keys.queue_key("echo"), keys.DISPATCH_GROUP)
+        assert pending["pending"] == 0
+        worker.request_stop()
+        await task
