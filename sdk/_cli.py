@@ -209,12 +209,19 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         redis_url = embedded.url
         print(f"started an embedded Redis ({embedded.binary}) at {redis_url}")
     print("dev mode: authentication is off; do not expose this to a network")
-    cp = ControlPlane(ControlPlaneSettings(redis_url=redis_url, listen=args.listen))
     view = LiveView(verbose=args.verbose)
     state: dict[str, str] = {}
+    cp = ControlPlane(ControlPlaneSettings(redis_url=redis_url, listen=args.listen))
 
     async def main() -> int:
-        await cp.start()
+        nonlocal cp
+        try:
+            await cp.start()
+        except RuntimeError as exc:  # the port is taken: a demo should still run
+            host = args.listen.rsplit(":", 1)[0]
+            print(f"{exc}; using a free port instead")
+            cp = ControlPlane(ControlPlaneSettings(redis_url=redis_url, listen=f"{host}:0"))
+            await cp.start()
         target = f"127.0.0.1:{cp.port}"
         worker = _worker(args, args.module, target, redis_url)
         worker_task = asyncio.create_task(worker.run())
