@@ -7,6 +7,7 @@ import json
 import grpc
 
 import longline
+from longline._embedded import free_port
 from longline.v1 import runs_pb2, runs_pb2_grpc
 from tests.procs import Proc, spawn, start_control_plane, start_worker, wait_serving
 
@@ -14,7 +15,10 @@ from tests.procs import Proc, spawn, start_control_plane, start_worker, wait_ser
 async def test_run_workflow_idempotency_and_cancel(redis_url: str, procs: list[Proc]) -> None:
     cp, target = await start_control_plane(redis_url)
     procs.append(cp)
-    procs.append(await start_worker(redis_url, target, "--slots", "1"))
+    health = f"127.0.0.1:{free_port()}"
+    worker = await start_worker(redis_url, target, "--slots", "1", "--health-listen", health)
+    procs.append(worker)
+    await wait_serving(health, worker)  # the worker answers the standard health service
     async with grpc.aio.insecure_channel(target) as channel:
         stub = runs_pb2_grpc.RunServiceStub(channel)
         done = await stub.RunWorkflow(
