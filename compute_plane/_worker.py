@@ -41,16 +41,18 @@ class _RedisSink:
         component: str = "",
         span_id: str = "",
         parent_span_id: str = "",
+        checkpoint: tuple[str, str] | None = None,
     ) -> str:
         fields = encode_event(
             type, self._writer.attempt, message, data_json, component, span_id, parent_span_id
         )
-        return (await self._writer.append([fields]))[0]
+        return (await self._writer.append([fields], checkpoint))[0]
 
 
 @dataclass(eq=False)
 class _Running:
     attempt: int
+    workflow: str
     task: asyncio.Task[None]
 
 
@@ -133,23 +135,32 @@ class Worker:
             )
             await asyncio.wait(pending, timeout=self.settings.drain_timeout)
         for run_id, running in list(self._running.items()):
-            log.warning(
-                "releasing run %s (attempt %d) at the drain deadline", run_id, running.attempt
-            )
-            self._send(
-                worker_pb2.ConnectRequest(
-                    released=worker_pb2.WorkerReleased(
-                        run=worker_pb2.RunRef(run_id=run_id, attempt=running.attempt),
-                        reason="worker drained before the run finished",
-                    )
-                )
-            )
-            running.task.cancel()
+            await self._release(run_id, running)
         if self._running:
             await asyncio.wait([r.task for r in self._running.values()], timeout=5)
         if self._outbox is not None:
             self._outbox.put_nowait(None)
             await asyncio.sleep(0)  # let the request stream hand over the last messages
+
+    async def _release(self, run_id: str, running: _Running) -> None:
+        """Give a run back at the drain deadline: requeued at once, resumed from checkpoints."""
+        assert self._store is not None
+        log.warning("releasing run %s (attempt %d) at the drain deadline", run_id, running.attempt)
+        reason = f"worker {self.settings.worker_id} drained before the run finished"
+        try:
+            # In Redis first (fenced, so harmless if the lease already moved on): the hand-off
+            # does not depend on the control plane being reachable right now.
+            await self._store.requeue(run_id, running.workflow, running.attempt, reason)
+        except RedisError as exc:
+            log.error("could not release run %s (%s); its lease will run out", run_id, exc)
+        running.task.cancel()
+        self._send(
+            worker_pb2.ConnectRequest(
+                released=worker_pb2.WorkerReleased(
+                    run=worker_pb2.RunRef(run_id=run_id, attempt=running.attempt), reason=reason
+                )
+            )
+        )
 
     def _send(self, message: worker_pb2.ConnectRequest) -> None:
         if self._outbox is not None:
@@ -171,7 +182,9 @@ class Worker:
                 worker_id=s.worker_id,
                 build_id=s.build_id,
                 workflows=[
-                    worker_pb2.WorkflowInfo(name=w.name, description=w.description)
+                    worker_pb2.WorkflowInfo(
+                        name=w.name, description=w.description, max_attempts=w.max_attempts
+                    )
                     for w in self.workflows.values()
                 ],
                 slots=s.slots,
@@ -241,7 +254,7 @@ class Worker:
             )
             return
         task = asyncio.create_task(self._execute(workflow, a), name=f"run-{a.run_id}")
-        self._running[a.run_id] = _Running(a.attempt, task)
+        self._running[a.run_id] = _Running(a.attempt, a.workflow, task)
         self._send(
             worker_pb2.ConnectRequest(
                 accepted=worker_pb2.WorkerAccepted(
@@ -259,12 +272,20 @@ class Worker:
     async def _execute(self, workflow: Workflow, a: worker_pb2.Assignment) -> None:
         assert self._store is not None
         writer = RunWriter(self._store, a.run_id, a.attempt)
-        ctx = Context(a.run_id, a.attempt, workflow.name, _RedisSink(writer))
+        try:
+            checkpoints = await self._store.load_checkpoints(a.run_id)
+        except RedisError as exc:  # the lease runs out and another attempt starts
+            log.error("run %s attempt %d could not start: %s", a.run_id, a.attempt, exc)
+            self._running.pop(a.run_id, None)
+            return
+        ctx = Context(a.run_id, a.attempt, workflow.name, _RedisSink(writer), checkpoints)
         ctx.activate()  # this task's own copy of the context variables
+        resumed = f", resuming after {len(checkpoints)} finished steps" if checkpoints else ""
         try:
             await ctx.emit(
                 "RUN_STARTED",
-                message=f"attempt {a.attempt} started on worker {self.settings.worker_id}",
+                message=f"attempt {a.attempt} started on worker {self.settings.worker_id}"
+                + resumed,
                 span_id=ctx.span_id,
             )
             result = await workflow(ctx, json.loads(a.input_json or "null"))

@@ -10,12 +10,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.exceptions import RedisError
 
 from longline._store import Store, connect, keys
 from longline.v1 import runs_pb2, runs_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 from ._errors import ErrorInterceptor
 from ._hub import BLOCK_MS, EventHub
+from ._monitor import LeaseMonitor
 from ._runs import RunServicer
 from ._settings import ControlPlaneSettings
 from ._workers import Dispatcher, WorkerServicer
@@ -93,6 +95,7 @@ class ControlPlane:
         store = Store(pool)
         hub = self._hub = EventHub(store, hub_reader, s.replica_id)
         dispatcher = Dispatcher(store, dispatch_reader, s)
+        monitor = LeaseMonitor(store, s.lease_timeout)
 
         server = grpc.aio.server(
             interceptors=[ErrorInterceptor()],
@@ -125,6 +128,7 @@ class ControlPlane:
                     tasks.create_task(hub.run(), name="event-hub"),
                     tasks.create_task(dispatcher.run(), name="dispatcher"),
                     tasks.create_task(self._control_listener(pool, dispatcher), name="control"),
+                    tasks.create_task(monitor.run(), name="lease-monitor"),
                 ]
                 await self._stopping.wait()
                 for service in ("", *SERVICES):
@@ -138,7 +142,19 @@ class ControlPlane:
                 await client.aclose()
 
     async def _control_listener(self, pool: Any, dispatcher: Dispatcher) -> None:
-        """Cancel notices from any replica, forwarded to the worker if it is connected here."""
+        """Cancel notices from any replica, forwarded to the worker if it is connected here.
+
+        A notice lost while Redis is away is not fatal: the worker's next heartbeat or
+        write finds the run cancelled and stops it.
+        """
+        while True:
+            try:
+                await self._listen(pool, dispatcher)
+            except RedisError as exc:
+                log.warning("control channel lost Redis (%s); resubscribing", exc)
+                await asyncio.sleep(0.5)
+
+    async def _listen(self, pool: Any, dispatcher: Dispatcher) -> None:
         async with pool.pubsub() as pubsub:
             await pubsub.subscribe(keys.CONTROL_CHANNEL)
             async for message in pubsub.listen():

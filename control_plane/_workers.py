@@ -33,7 +33,7 @@ class WorkerSession:
 
     worker_id: str
     build_id: str
-    workflows: dict[str, str]
+    workflows: dict[str, worker_pb2.WorkflowInfo]
     slots: int
     running: dict[str, int] = field(default_factory=dict)  # run_id -> attempt
     draining: bool = False
@@ -181,6 +181,7 @@ class Dispatcher:
             session.worker_id,
             self._settings.replica_id,
             int(self._settings.lease_timeout * 1000),
+            session.workflows[workflow].max_attempts or 3,
         )
         if claimed is None:
             return  # cancelled while queued, or this attempt was already taken
@@ -237,13 +238,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         session = WorkerSession(
             worker_id=hello.worker_id,
             build_id=hello.build_id,
-            workflows={w.name: w.description for w in hello.workflows},
+            workflows={w.name: w for w in hello.workflows},
             slots=hello.slots,
             running={r.run_id: r.attempt for r in hello.running},
         )
         await self._store.announce(
             session.worker_id,
-            session.workflows.items(),
+            [(w.name, w.description) for w in session.workflows.values()],
             int(self._settings.heartbeat_interval * 3000),
         )
         previous = self._dispatcher.sessions.get(session.worker_id)

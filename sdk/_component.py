@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -21,6 +23,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _COMPONENT_ATTR = "__longline_component__"
+log = logging.getLogger("longline")
+
+# A step's own key: a string, or a function of the call's arguments that returns one.
+StepKey = str | Callable[..., str]
 
 
 def component_of(exc: BaseException) -> str:
@@ -75,23 +81,38 @@ class Component(Generic[P, R]):
         name: str,
         retry: Retry | None = None,
         timeout: float | None = None,
+        key: StepKey | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
         self.retry = retry
         self.timeout = timeout
+        self.key = key
         functools.update_wrapper(self, fn)
 
     def with_retry(self, **policy: Any) -> Component[P, R]:
         """A copy with a retry policy (the Retry fields, on top of the current policy)."""
         base = self.retry or Retry()
-        return Component(self.fn, self.name, replace(base, **policy), self.timeout)
+        return Component(self.fn, self.name, replace(base, **policy), self.timeout, self.key)
 
     def with_timeout(self, seconds: float) -> Component[P, R]:
         """A copy whose every try fails with ComponentTimeout after `seconds`."""
         if seconds <= 0:
             raise ValueError(f"timeout must be positive, got {seconds}")
-        return Component(self.fn, self.name, self.retry, seconds)
+        return Component(self.fn, self.name, self.retry, seconds, self.key)
+
+    def with_key(self, key: StepKey) -> Component[P, R]:
+        """A copy whose steps are keyed by `key` (a string, or a function of the call's
+        arguments) instead of by call order: see "Checkpoints" in the README."""
+        return Component(self.fn, self.name, self.retry, self.timeout, key)
+
+    def _user_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        if self.key is None:
+            return ""
+        key = self.key(*args, **kwargs) if callable(self.key) else self.key
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"the step key of component {self.name!r} must be a non-empty str")
+        return key
 
     def with_cache(self, ttl: float) -> Component[P, R]:
         """A copy whose results are cached across runs. Not available yet."""
@@ -135,7 +156,10 @@ class Component(Generic[P, R]):
         ctx = _context.current_or_none()
         if ctx is None:  # outside a run: an ordinary function, with its policies
             return (await self._invoke(args, kwargs))[0]
-        step = ctx.next_step(self.name)
+        step = ctx.next_step(self.name, self._user_key(args, kwargs))
+        if step in ctx.checkpoints:  # finished by an earlier attempt: not run, not re-announced
+            ctx.replayed.append(step)
+            return json.loads(ctx.checkpoints[step])  # type: ignore[no-any-return]
         span = _context.new_span_id()
         parent = _context.current_span.get() or ctx.span_id
         await ctx.emit(
@@ -146,6 +170,7 @@ class Component(Generic[P, R]):
             data_json=_context.to_json({"step": step, "input": {"args": args, "kwargs": kwargs}}),
         )
         token = _context.current_span.set(span)
+        step_token = _context.current_step.set(step)
         started = time.perf_counter()
         try:
             result, tries = await self._invoke(args, kwargs)
@@ -171,6 +196,17 @@ class Component(Generic[P, R]):
             raise
         finally:
             _context.current_span.reset(token)
+            _context.current_step.reset(step_token)
+        try:
+            checkpoint: tuple[str, str] | None = (step, json.dumps(result))
+        except (TypeError, ValueError):
+            log.warning(
+                "component %r returned a value that is not JSON: step %s is not checkpointed "
+                "and will run again on a later attempt",
+                self.name,
+                step,
+            )
+            checkpoint = None
         await ctx.emit(
             "COMPONENT_FINISHED",
             component=self.name,
@@ -184,6 +220,7 @@ class Component(Generic[P, R]):
                     "output": result,
                 }
             ),
+            checkpoint=checkpoint,
         )
         return result
 
@@ -209,6 +246,7 @@ def component(
     retry: Retry | None = None,
     cache: Any = None,
     timeout: float | None = None,
+    key: StepKey | None = None,
 ) -> ComponentDecorator: ...
 
 
@@ -218,6 +256,7 @@ def component(
     retry: Retry | None = None,
     cache: Any = None,
     timeout: float | None = None,
+    key: StepKey | None = None,
 ) -> Any:
     """Make a function a component: one traced, retried, checkpointable step of a workflow.
 
@@ -232,7 +271,7 @@ def component(
         return Component(name, name.__name__, retry=retry, timeout=timeout)
 
     def wrap(fn: Callable[P, Any]) -> Component[P, Any]:
-        c: Component[P, Any] = Component(fn, name or fn.__name__, retry=retry)
+        c: Component[P, Any] = Component(fn, name or fn.__name__, retry=retry, key=key)
         return c.with_timeout(timeout) if timeout is not None else c
 
     return wrap

@@ -22,8 +22,9 @@ class EventSink(Protocol):
         component: str = "",
         span_id: str = "",
         parent_span_id: str = "",
+        checkpoint: tuple[str, str] | None = None,
     ) -> str:
-        """Record one event; return its id."""
+        """Record one event (with a step's checkpoint: (step key, JSON result)); its id."""
         ...
 
 
@@ -32,6 +33,8 @@ _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
 )
 # The span of the innermost component call, so nested calls nest in the trace.
 current_span: contextvars.ContextVar[str] = contextvars.ContextVar("longline_span", default="")
+# The step key of the innermost component call: nested steps are numbered within it.
+current_step: contextvars.ContextVar[str] = contextvars.ContextVar("longline_step", default="")
 
 
 def new_span_id() -> str:
@@ -55,13 +58,22 @@ def current_or_none() -> Context | None:
 class Context:
     """What a workflow knows about its run, and how it talks to its watchers."""
 
-    def __init__(self, run_id: str, attempt: int, workflow: str, sink: EventSink) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        attempt: int,
+        workflow: str,
+        sink: EventSink,
+        checkpoints: dict[str, str] | None = None,
+    ) -> None:
         self.run_id = run_id
         self.attempt = attempt
         self.workflow = workflow
         self.span_id = new_span_id()  # the attempt's own span: the root of its components
+        self.checkpoints: dict[str, str] = dict(checkpoints or {})  # step key -> JSON result
+        self.replayed: list[str] = []  # steps this attempt took from checkpoints
         self._sink = sink
-        self._steps: dict[str, int] = {}
+        self._calls: dict[tuple[str, str], int] = {}
 
     async def status(self, text: str) -> None:
         """Tell watchers what the run is doing now (a STATUS event)."""
@@ -75,11 +87,22 @@ class Context:
         """Write any event; used by components and the worker."""
         return await self._sink.emit(type, **fields)
 
-    def next_step(self, name: str) -> str:
-        """The deterministic key of the next call of a component: name#call-number."""
-        n = self._steps.get(name, 0) + 1
-        self._steps[name] = n
-        return f"{name}#{n}"
+    def next_step(self, name: str, key: str = "") -> str:
+        """The deterministic key of the next call of a component.
+
+        `name#n` for the n-th call of the component within its parent step (or the
+        workflow), or `name:key` for a key the user gave; a nested step's key starts
+        with its parent's, so replaying a parent from its checkpoint leaves the
+        numbering of everything else as it was.
+        """
+        scope = current_step.get()
+        if key:
+            own = f"{name}:{key}"
+        else:
+            n = self._calls.get((scope, name), 0) + 1
+            self._calls[(scope, name)] = n
+            own = f"{name}#{n}"
+        return f"{scope}/{own}" if scope else own
 
     def activate(self) -> contextvars.Token[Context | None]:
         """Make this the current context (the worker does this in the run's task)."""

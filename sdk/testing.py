@@ -33,6 +33,8 @@ class LocalRun:
     error: BaseException | None = None
     error_component: str = ""
     events: list[RecordedEvent] = field(default_factory=list)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    replayed: list[str] = field(default_factory=list)
 
     @property
     def outputs(self) -> list[str]:
@@ -45,15 +47,31 @@ class _MemorySink:
         self._run = run
         self._ids = itertools.count(1)
 
-    async def emit(self, type: str, **fields: Any) -> str:
+    async def emit(
+        self, type: str, checkpoint: tuple[str, str] | None = None, **fields: Any
+    ) -> str:
+        if checkpoint is not None:
+            self._run.checkpoints[checkpoint[0]] = checkpoint[1]
         self._run.events.append(RecordedEvent(type=type, **fields))
         return f"0-{next(self._ids)}"
 
 
-async def run_local(workflow: Workflow, input: Any = None, *, run_id: str = "local") -> LocalRun:
-    """Run a workflow in this process, recording its events; errors are captured, not raised."""
-    run = LocalRun()
-    ctx = Context(run_id, 1, workflow.name, _MemorySink(run))
+async def run_local(
+    workflow: Workflow,
+    input: Any = None,
+    *,
+    run_id: str = "local",
+    checkpoints: dict[str, str] | None = None,
+) -> LocalRun:
+    """Run a workflow in this process, recording its events; errors are captured, not raised.
+
+    Pass the `checkpoints` of an earlier LocalRun to replay it as a later attempt would:
+    steps found there are not run again (see `LocalRun.replayed`).
+    """
+    run = LocalRun(checkpoints=dict(checkpoints or {}))
+    ctx = Context(
+        run_id, 1 if checkpoints is None else 2, workflow.name, _MemorySink(run), checkpoints
+    )
     token = ctx.activate()
     try:
         run.result = await workflow(ctx, input)
@@ -62,4 +80,5 @@ async def run_local(workflow: Workflow, input: Any = None, *, run_id: str = "loc
         run.error_component = component_of(exc)
     finally:
         Context.deactivate(token)
+        run.replayed = list(ctx.replayed)
     return run

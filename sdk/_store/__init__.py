@@ -6,15 +6,19 @@ Everything that must be atomic is one Lua script in `_scripts`.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import socket
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._errors import LeaseLost
 from . import _keys as keys
@@ -46,6 +50,8 @@ __all__ = [
     "keys",
     "parse_event_id",
 ]
+
+log = logging.getLogger("longline.store")
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 TERMINAL_EVENTS = frozenset({"RUN_SUCCEEDED", "RUN_FAILED", "RUN_CANCELLED"})
@@ -239,6 +245,7 @@ class Store:
         self._append = redis.register_script(_scripts.APPEND_EVENTS)
         self._finish = redis.register_script(_scripts.FINISH_RUN)
         self._heartbeat = redis.register_script(_scripts.HEARTBEAT)
+        self._expire = redis.register_script(_scripts.EXPIRE_LEASE)
 
     # -- runs -------------------------------------------------------------
 
@@ -315,11 +322,18 @@ class Store:
                 return found, None
 
     async def claim(
-        self, run_id: str, attempt: int, worker_id: str, replica_id: str, lease_ms: int
+        self,
+        run_id: str,
+        attempt: int,
+        worker_id: str,
+        replica_id: str,
+        lease_ms: int,
+        max_attempts: int,
     ) -> tuple[str, str] | None:
         """Make `attempt` of a queued run RUNNING on a worker; (workflow, input) or None."""
         reply = await self._claim(
-            keys=[keys.run_key(run_id)], args=[attempt, worker_id, replica_id, lease_ms]
+            keys=[keys.run_key(run_id), keys.LEASES],
+            args=[attempt, worker_id, replica_id, lease_ms, max_attempts],
         )
         if not reply or int(reply[0]) != 1:
             return None
@@ -328,7 +342,7 @@ class Store:
     async def cancel(self, run_id: str, reason: str) -> CancelOutcome:
         """Cancel a queued or running run, writing RUN_CANCELLED once."""
         reply = await self._cancel(
-            keys=[keys.run_key(run_id), keys.events_key(run_id)], args=[reason]
+            keys=[keys.run_key(run_id), keys.events_key(run_id), keys.LEASES], args=[reason]
         )
         outcome = int(reply[0])
         if outcome == -1:
@@ -343,10 +357,52 @@ class Store:
     async def requeue(self, run_id: str, workflow: str, attempt: int, reason: str) -> bool:
         """Put a held attempt back in the queue as the next attempt; False if not held."""
         done = await self._requeue(
-            keys=[keys.run_key(run_id), keys.events_key(run_id), keys.queue_key(workflow)],
+            keys=[
+                keys.run_key(run_id),
+                keys.events_key(run_id),
+                keys.queue_key(workflow),
+                keys.LEASES,
+            ],
             args=[attempt, reason],
         )
         return bool(done)
+
+    async def expire_leases(self, lease_timeout: float, limit: int = 100) -> list[tuple[str, str]]:
+        """Requeue (or fail) the runs whose lease ran out; [(run_id, 'requeued'|'failed')]."""
+        now = await self._now_ms()
+        due = await self.redis.zrangebyscore(keys.LEASES, "-inf", now, start=0, num=limit)
+        if not due:
+            return []
+        workflows = await self._workflows_of(due)
+        acted = []
+        for run_id, workflow in zip(due, workflows, strict=True):
+            outcome = await self._expire(
+                keys=[
+                    keys.run_key(run_id),
+                    keys.events_key(run_id),
+                    keys.queue_key(workflow or ""),
+                    keys.LEASES,
+                ],
+                args=[run_id, f"{lease_timeout:g}"],
+            )
+            if outcome:
+                acted.append((run_id, str(outcome)))
+        return acted
+
+    async def next_lease_expiry_ms(self) -> int | None:
+        """When the earliest lease runs out (Redis time, ms), or None with no leases."""
+        first = await self.redis.zrange(keys.LEASES, 0, 0, withscores=True)
+        return int(first[0][1]) if first else None
+
+    async def _workflows_of(self, run_ids: Sequence[str]) -> list[str | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hget(keys.run_key(run_id), "workflow")
+            return list(await pipe.execute())
+
+    async def load_checkpoints(self, run_id: str) -> dict[str, str]:
+        """The run's finished steps: step key -> JSON result."""
+        return dict(await self.redis.hgetall(keys.steps_key(run_id)))
 
     # -- events -----------------------------------------------------------
 
@@ -401,7 +457,7 @@ class Store:
         async with self.redis.pipeline(transaction=False) as pipe:
             for run_id, attempt in attempts:
                 await self._heartbeat(
-                    keys=[keys.run_key(run_id)], args=[attempt, lease_ms], client=pipe
+                    keys=[keys.run_key(run_id), keys.LEASES], args=[attempt, lease_ms], client=pipe
                 )
             replies = await pipe.execute()
         return [bool(r) for r in replies]
@@ -415,25 +471,52 @@ class RunWriter:
     """A worker's fenced writes for one attempt of one run.
 
     Every write is refused inside Redis once the attempt no longer holds the run;
-    the writer then raises LeaseLost.
+    the writer then raises LeaseLost. Writes are sent one at a time, in order, each
+    with the next sequence number, and retried with backoff while Redis is away:
+    a retried write whose first try did land is not applied twice.
     """
 
     def __init__(self, store: Store, run_id: str, attempt: int) -> None:
         self._store = store
         self.run_id = run_id
         self.attempt = attempt
+        self._seq = 0
+        self._lock = asyncio.Lock()
         self._keys = [keys.run_key(run_id), keys.events_key(run_id)]
 
-    async def append(self, events: Sequence[list[str]]) -> list[str]:
-        """Append encoded events (see encode_event); returns their ids."""
-        args: list[Any] = [self.attempt, len(events)]
-        for fields in events:
-            args.append(len(fields))
-            args.extend(fields)
-        ids = await self._store._append(keys=self._keys, args=args)
+    async def _send(self, call: Callable[[int], Awaitable[Any]]) -> Any:
+        async with self._lock:
+            self._seq += 1
+            delay = 0.05
+            while True:
+                try:
+                    return await call(self._seq)
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    log.warning(
+                        "run %s: write %d waits for Redis (%s)", self.run_id, self._seq, exc
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+    async def append(
+        self, events: Sequence[list[str]], checkpoint: tuple[str, str] | None = None
+    ) -> list[str]:
+        """Append encoded events (see encode_event), and store a step checkpoint with them."""
+        step, value = checkpoint or ("", "")
+
+        async def call(seq: int) -> Any:
+            args: list[Any] = [self.attempt, seq, step, value, len(events)]
+            for fields in events:
+                args.append(len(fields))
+                args.extend(fields)
+            return await self._store._append(
+                keys=[*self._keys, keys.steps_key(self.run_id)], args=args
+            )
+
+        ids = await self._send(call)
         if ids is None:
             raise LeaseLost(self.run_id, self.attempt)
-        return [str(i) for i in ids]
+        return [str(i) for i in ids] or [""] * len(events)
 
     async def finish(
         self,
@@ -444,9 +527,14 @@ class RunWriter:
         event: list[str],
     ) -> str:
         """Write the terminal state and event at once; error is (type, message, component)."""
-        event_id = await self._store._finish(
-            keys=self._keys, args=[self.attempt, status, result_json, *error, *event]
-        )
+
+        async def call(seq: int) -> Any:
+            return await self._store._finish(
+                keys=[*self._keys, keys.LEASES],
+                args=[self.attempt, seq, status, result_json, *error, *event],
+            )
+
+        event_id = await self._send(call)
         if event_id is None:
             raise LeaseLost(self.run_id, self.attempt)
         return str(event_id)

@@ -11,6 +11,7 @@ PREFIX = "ll:"
 
 # Global keys.
 RUNS_INDEX = PREFIX + "runs"  # zset: run_id -> create time (ms), for ListRuns
+LEASES = PREFIX + "leases"  # zset: run_id -> lease expiry (ms) of every RUNNING run
 WORKFLOWS = PREFIX + "workflows"  # hash: workflow name -> description
 CONTROL_CHANNEL = PREFIX + "control"  # pub/sub: cancel notices between replicas
 DISPATCH_GROUP = "dispatch"  # consumer group on every queue stream
@@ -24,6 +25,11 @@ def run_key(run_id: str) -> str:
 def events_key(run_id: str) -> str:
     """The run's append-only event stream; entry ids are event ids."""
     return f"{PREFIX}{{{run_id}}}:events"
+
+
+def steps_key(run_id: str) -> str:
+    """The run's step checkpoints (a hash: step key -> JSON result)."""
+    return f"{PREFIX}{{{run_id}}}:steps"
 
 
 def queue_key(workflow: str) -> str:

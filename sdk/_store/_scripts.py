@@ -2,7 +2,15 @@
 
 A worker's writes are fenced: they name the attempt they belong to and are
 refused (nil reply) unless the run is RUNNING under that very attempt, so a
-worker whose lease moved on can no longer touch the run.
+worker whose lease moved on can no longer touch the run. They also carry a
+per-attempt sequence number, so a write retried after a lost reply (a Redis
+blip) is applied once.
+
+Run hash fields: run_id workflow status attempt input_json labels_json
+idempotency_key create_ms update_ms last_event_id worker_id replica_id
+lease_expires_ms max_attempts lost (lease expiries so far) seq (last applied
+write of the attempt) result_json error_type error_message error_component
+cancel_reason.
 """
 
 from __future__ import annotations
@@ -10,11 +18,20 @@ from __future__ import annotations
 _PRELUDE = """
 local function now_ms()
   local t = redis.call('TIME')
-  return string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function fmt(n) return string.format('%.0f', n) end
 local function holds(run, attempt)
   local st = redis.call('HMGET', run, 'status', 'attempt')
   return st[1] == 'RUNNING' and st[2] == attempt
+end
+-- 0: not held; 1: apply; 2: already applied (a retried write)
+local function fenced(run, attempt, seq)
+  if not holds(run, attempt) then return 0 end
+  local last = tonumber(redis.call('HGET', run, 'seq') or '0')
+  if tonumber(seq) <= last then return 2 end
+  redis.call('HSET', run, 'seq', seq)
+  return 1
 end
 """
 
@@ -28,11 +45,11 @@ if ARGV[5] ~= '' then
   if existing then return {0, existing} end
   redis.call('SET', KEYS[3], ARGV[1])
 end
-local now = now_ms()
+local now = fmt(now_ms())
 local id = redis.call('XADD', KEYS[2], '*', 't', 'RUN_QUEUED', 'a', '1', 'm', 'queued')
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'QUEUED',
   'attempt', '1', 'input_json', ARGV[3], 'labels_json', ARGV[4], 'idempotency_key', ARGV[5],
-  'create_ms', now, 'update_ms', now, 'last_event_id', id)
+  'create_ms', now, 'update_ms', now, 'last_event_id', id, 'lost', '0')
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 redis.call('XADD', KEYS[6], '*', 'run_id', ARGV[1], 'attempt', '1')
@@ -40,91 +57,153 @@ return {1, ARGV[1]}
 """
 )
 
-# KEYS: run. ARGV: attempt, worker_id, replica_id, lease_ms
+# KEYS: run, leases. ARGV: attempt, worker_id, replica_id, lease_ms, max_attempts
 # Returns {1, workflow, input_json} when this caller now holds the attempt, else {0}.
 CLAIM_RUN = (
     _PRELUDE
     + """
-local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'workflow', 'input_json')
+local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'workflow', 'input_json', 'run_id')
 if st[1] ~= 'QUEUED' or st[2] ~= ARGV[1] then return {0} end
 local now = now_ms()
+local expires = fmt(now + tonumber(ARGV[4]))
 redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'worker_id', ARGV[2], 'replica_id', ARGV[3],
-  'lease_expires_ms', string.format('%.0f', tonumber(now) + tonumber(ARGV[4])), 'update_ms', now)
+  'lease_expires_ms', expires, 'update_ms', fmt(now), 'max_attempts', ARGV[5], 'seq', '0')
+redis.call('ZADD', KEYS[2], expires, st[5])
 return {1, st[3], st[4]}
 """
 )
 
-# KEYS: run, events. ARGV: attempt, n, then per event: field count, field, value, ...
-# Returns the new event ids, or nil when the attempt no longer holds the run.
+# KEYS: run, events, steps. ARGV: attempt, seq, step key ('' = none), step value, n, then per
+# event: field count, field, value, ... Returns the new event ids ({} for a write already
+# applied), or nil when the attempt no longer holds the run.
 APPEND_EVENTS = (
     _PRELUDE
     + """
-if not holds(KEYS[1], ARGV[1]) then return false end
+local state = fenced(KEYS[1], ARGV[1], ARGV[2])
+if state == 0 then return false end
+if state == 2 then return {} end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], ARGV[3], ARGV[4]) end
 local ids = {}
-local i = 3
-for _ = 1, tonumber(ARGV[2]) do
+local i = 6
+for _ = 1, tonumber(ARGV[5]) do
   local n = tonumber(ARGV[i])
   ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 1, i + n))
   i = i + n + 1
 end
-redis.call('HSET', KEYS[1], 'last_event_id', ids[#ids])
+if #ids > 0 then redis.call('HSET', KEYS[1], 'last_event_id', ids[#ids]) end
 return ids
 """
 )
 
-# KEYS: run, events. ARGV: attempt, status, result_json, error_type, error_message,
-# error_component, then the terminal event's fields. Returns the event id or nil.
+# KEYS: run, events, leases. ARGV: attempt, seq, status, result_json, error_type,
+# error_message, error_component, then the terminal event's fields.
+# Returns the event id ('' for a write already applied) or nil.
 FINISH_RUN = (
     _PRELUDE
     + """
-if not holds(KEYS[1], ARGV[1]) then return false end
-local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 7))
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'result_json', ARGV[3], 'error_type', ARGV[4],
-  'error_message', ARGV[5], 'error_component', ARGV[6], 'update_ms', now_ms(),
+local state = fenced(KEYS[1], ARGV[1], ARGV[2])
+if state == 0 then return false end
+if state == 2 then return '' end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result_json', ARGV[4], 'error_type', ARGV[5],
+  'error_message', ARGV[6], 'error_component', ARGV[7], 'update_ms', fmt(now_ms()),
   'last_event_id', id, 'lease_expires_ms', '')
+redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'run_id'))
 return id
 """
 )
 
-# KEYS: run, events. ARGV: reason.
+# KEYS: run, events, leases. ARGV: reason.
 # Returns {-1} unknown run, {0, status} already finished, {1, previous status, attempt, worker}.
 CANCEL_RUN = (
     _PRELUDE
     + """
-local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker_id')
+local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker_id', 'run_id')
 if not st[1] then return {-1} end
 if st[1] ~= 'QUEUED' and st[1] ~= 'RUNNING' then return {0, st[1]} end
 local id = redis.call('XADD', KEYS[2], '*', 't', 'RUN_CANCELLED', 'a', st[2], 'm', ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'cancel_reason', ARGV[1],
-  'update_ms', now_ms(), 'last_event_id', id, 'lease_expires_ms', '')
+  'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '')
+redis.call('ZREM', KEYS[3], st[4])
 return {1, st[1], st[2], st[3] or ''}
 """
 )
 
-# KEYS: run. ARGV: attempt, lease_ms. Returns 1 while the attempt holds the run, else 0.
+# KEYS: run, leases. ARGV: attempt, lease_ms. Returns 1 while the attempt holds the run, else 0.
 HEARTBEAT = (
     _PRELUDE
     + """
 if not holds(KEYS[1], ARGV[1]) then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'lease_expires_ms', string.format('%.0f', now + tonumber(ARGV[2])))
+local expires = fmt(now_ms() + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'lease_expires_ms', expires)
+redis.call('ZADD', KEYS[2], expires, redis.call('HGET', KEYS[1], 'run_id'))
 return 1
 """
 )
 
-# KEYS: run, events, queue. ARGV: attempt, reason.
-# Puts a held attempt back in the queue as the next attempt. Returns 1, or 0 when not held.
+local_requeue = """
+local function requeue(run, events, queue, leases, attempt, message)
+  local next_attempt = tostring(tonumber(attempt) + 1)
+  local run_id = redis.call('HGET', run, 'run_id')
+  local id = redis.call('XADD', events, '*', 't', 'RUN_RETRYING', 'a', next_attempt, 'm', message)
+  redis.call('HSET', run, 'status', 'QUEUED', 'attempt', next_attempt, 'worker_id', '',
+    'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '', 'seq', '0')
+  redis.call('ZREM', leases, run_id)
+  redis.call('XADD', queue, '*', 'run_id', run_id, 'attempt', next_attempt)
+end
+"""
+
+# KEYS: run, events, queue, leases. ARGV: attempt, reason.
+# Puts a held attempt back in the queue as the next attempt at once (a worker that drains or
+# disconnects gives it back); it does not count as a lost attempt. Returns 1, or 0 if not held.
 REQUEUE_RUN = (
     _PRELUDE
+    + local_requeue
     + """
 if not holds(KEYS[1], ARGV[1]) then return 0 end
-local next_attempt = tostring(tonumber(ARGV[1]) + 1)
-local id = redis.call('XADD', KEYS[2], '*', 't', 'RUN_RETRYING', 'a', next_attempt, 'm', ARGV[2])
-redis.call('HSET', KEYS[1], 'status', 'QUEUED', 'attempt', next_attempt, 'worker_id', '',
-  'update_ms', now_ms(), 'last_event_id', id, 'lease_expires_ms', '')
-redis.call('XADD', KEYS[3], '*', 'run_id', redis.call('HGET', KEYS[1], 'run_id'),
-  'attempt', next_attempt)
+requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
 return 1
+"""
+)
+
+# KEYS: run, events, queue, leases. ARGV: run_id, lease timeout (s, for the message).
+# Acts only on a RUNNING run whose lease really expired, so of several replicas racing on
+# one expiry exactly one acts. Returns 'requeued', 'failed', or '' (nothing to do).
+EXPIRE_LEASE = (
+    _PRELUDE
+    + local_requeue
+    + """
+local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'lease_expires_ms', 'worker_id',
+  'max_attempts', 'lost')
+if st[1] ~= 'RUNNING' or not st[3] or st[3] == '' then
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return ''
+end
+local now = now_ms()
+if tonumber(st[3]) > now then
+  redis.call('ZADD', KEYS[4], st[3], ARGV[1])
+  return ''
+end
+local lost = tonumber(st[6] or '0') + 1
+local limit = tonumber(st[5] or '3')
+local why = 'worker ' .. (st[4] or '?') .. ' stopped renewing the lease of attempt ' .. st[2] ..
+  ' for ' .. ARGV[2] .. ' s (it crashed, hung or lost its network)'
+redis.call('HSET', KEYS[1], 'lost', tostring(lost))
+if lost >= limit then
+  local message = 'gave up after ' .. lost .. ' lost attempts (max_attempts ' .. limit ..
+    '): ' .. why
+  local data = cjson.encode({type = 'AttemptsExhausted', message = message, component = '',
+    attempt = tonumber(st[2])})
+  local id = redis.call('XADD', KEYS[2], '*', 't', 'RUN_FAILED', 'a', st[2],
+    'm', 'AttemptsExhausted: ' .. message, 'd', data)
+  redis.call('HSET', KEYS[1], 'status', 'FAILED', 'error_type', 'AttemptsExhausted',
+    'error_message', message, 'error_component', '', 'update_ms', fmt(now),
+    'last_event_id', id, 'lease_expires_ms', '')
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return 'failed'
+end
+requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], st[2], why .. '; retrying as attempt ' ..
+  tostring(tonumber(st[2]) + 1))
+return 'requeued'
 """
 )

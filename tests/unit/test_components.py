@@ -38,7 +38,7 @@ async def test_component_events_nest_and_name_steps() -> None:
     assert [e.component for e in started] == ["outer", "inner", "inner"]
     assert started[1].parent_span_id == started[0].span_id == started[2].parent_span_id
     steps = [json.loads(e.data_json)["step"] for e in started]
-    assert steps == ["outer#1", "inner#1", "inner#2"]
+    assert steps == ["outer#1", "outer#1/inner#1", "outer#1/inner#2"]
 
 
 async def test_retry_retries_until_success_and_records_tries() -> None:
@@ -138,3 +138,70 @@ async def test_blog_post_example_runs_offline() -> None:
     statuses = [e.message for e in run.events if e.type == "STATUS"]
     assert "offline text generator" in statuses[0]
     assert "".join(run.outputs).count("## ") == 2
+
+
+async def test_a_later_attempt_replays_finished_steps_without_running_them() -> None:
+    calls: list[str] = []
+
+    @longline.component
+    async def step(name: str) -> dict[str, str]:
+        calls.append(name)
+        return {"done": name}
+
+    @longline.component
+    async def fragile(fail: bool) -> str:
+        calls.append("fragile")
+        if fail:
+            raise ConnectionError("worker died here")
+        return "ok"
+
+    @longline.workflow
+    async def flow(ctx: longline.Context, input: dict[str, bool]) -> list[object]:
+        return [await step("a"), await step("b"), await fragile(input["fail"])]
+
+    first = await run_local(flow, {"fail": True})
+    assert isinstance(first.error, ConnectionError)
+    assert set(first.checkpoints) == {"step#1", "step#2"}
+    calls.clear()
+    second = await run_local(flow, {"fail": False}, checkpoints=first.checkpoints)
+    assert second.result == [{"done": "a"}, {"done": "b"}, "ok"]
+    assert calls == ["fragile"]  # the finished steps did not run again
+    assert second.replayed == ["step#1", "step#2"]
+    started = [e.component for e in second.events if e.type == "COMPONENT_STARTED"]
+    assert started == ["fragile"]  # and wrote no events again
+
+
+async def test_replaying_a_parent_step_keeps_the_numbering_of_later_steps() -> None:
+    @longline.component
+    async def inner(x: int) -> int:
+        return x
+
+    @longline.component
+    async def outer() -> int:
+        return await inner(1) + await inner(2)
+
+    @longline.workflow
+    async def flow(ctx: longline.Context, input: None) -> list[int]:
+        return [await outer(), await inner(10)]
+
+    first = await run_local(flow)
+    only_outer = {k: v for k, v in first.checkpoints.items() if k == "outer#1"}
+    second = await run_local(flow, checkpoints=only_outer)
+    assert second.result == [3, 10]
+    assert "inner#1" in second.checkpoints  # the top-level inner is still call #1
+
+
+async def test_user_keys_name_steps_independently_of_call_order() -> None:
+    @longline.component(key=lambda city: city)
+    async def forecast(city: str) -> str:
+        return f"sunny in {city}"
+
+    @longline.workflow
+    async def flow(ctx: longline.Context, cities: list[str]) -> list[str]:
+        return [await forecast(c) for c in cities]
+
+    first = await run_local(flow, ["oslo", "lima"])
+    assert set(first.checkpoints) == {"forecast:oslo", "forecast:lima"}
+    reordered = await run_local(flow, ["lima", "oslo"], checkpoints=first.checkpoints)
+    assert reordered.replayed == ["forecast:lima", "forecast:oslo"]
+    assert reordered.result == ["sunny in lima", "sunny in oslo"]

@@ -1,0 +1,51 @@
+"""The lease monitor: requeues (or fails) runs whose worker stopped renewing its lease.
+
+Every replica runs one. Leases sit in one sorted set scored by expiry, so the
+monitor sleeps until the earliest one is due; EXPIRE_LEASE re-checks the run
+atomically, so when several replicas race on one expiry exactly one acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from redis.exceptions import RedisError
+
+from longline._store import Store
+
+log = logging.getLogger("longline.control_plane.monitor")
+
+
+class LeaseMonitor:
+    """Expires leases not renewed within `lease_timeout` seconds."""
+
+    def __init__(self, store: Store, lease_timeout: float) -> None:
+        self._store = store
+        self._lease_timeout = lease_timeout
+        self.expired = 0  # attempts this replica found lost (requeued or failed)
+        # After losing Redis, give workers one lease timeout to renew before judging them:
+        # their heartbeats could not land either.
+        self._judge_after = 0.0
+
+    async def run(self) -> None:
+        """The monitor loop; runs until cancelled."""
+        longest_nap = max(0.05, min(1.0, self._lease_timeout / 4))
+        while True:
+            try:
+                if time.monotonic() >= self._judge_after:
+                    for run_id, outcome in await self._store.expire_leases(self._lease_timeout):
+                        self.expired += 1
+                        log.warning("run %s lost its worker: %s", run_id, outcome)
+                now_ms = await self._store._now_ms()
+                due = await self._store.next_lease_expiry_ms()
+            except RedisError as exc:
+                log.warning("lease monitor lost Redis (%s); retrying", exc)
+                self._judge_after = time.monotonic() + self._lease_timeout
+                await asyncio.sleep(0.5)
+                continue
+            # Leases only ever move later, so the earliest one bounds the next expiry; new
+            # leases start a whole lease timeout from now, later than the nap.
+            nap = longest_nap if due is None else (due - now_ms) / 1000 + 0.005
+            await asyncio.sleep(min(max(nap, 0.005), longest_nap))
