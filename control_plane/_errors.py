@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from longline._store import DomainError
 
@@ -21,6 +23,12 @@ log = logging.getLogger("longline.control_plane")
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, DomainError):
         await context.abort(grpc.StatusCode[exc.code], exc.message)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        log.warning("%s: Redis unavailable: %s", method, exc)
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            "the control plane cannot reach Redis right now; retry shortly (nothing was lost)",
+        )
     ref = secrets.token_hex(4)
     log.error("internal error in %s (ref %s)", method, ref, exc_info=exc)
     await context.abort(

@@ -79,7 +79,9 @@ def event_from_proto(msg: runs_pb2.RunEvent) -> Event:
 class Client:
     """A connection to a longline control plane (`async with longline.Client(...)`).
 
-    `target` is a gRPC target, e.g. "localhost:50051". `resume_for` bounds how
+    `target` is a gRPC target, e.g. "localhost:50051", or several replicas separated
+    by commas: when one becomes unreachable the client moves to the next, and an
+    events() iterator resumes there from its last event. `resume_for` bounds how
     long an events() iterator keeps reconnecting before it gives up.
     """
 
@@ -90,11 +92,31 @@ class Client:
         resume_for: float = 60.0,
         channel_options: list[tuple[str, Any]] | None = None,
     ) -> None:
-        self.target = target
+        self.targets = [t.strip() for t in target.split(",") if t.strip()]
+        if not self.targets:
+            raise ValueError("Client needs a target such as 'localhost:50051'")
         self.resume_for = resume_for
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options or [])
-        self._stub = runs_pb2_grpc.RunServiceStub(self._channel)
+        self._options = channel_options or []
+        self._current = 0
+        self._old_channels: list[grpc.aio.Channel] = []
         self._closed = False
+        self._connect()
+
+    @property
+    def target(self) -> str:
+        """The replica this client talks to now."""
+        return self.targets[self._current]
+
+    def _connect(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+        self._stub = runs_pb2_grpc.RunServiceStub(self._channel)
+
+    def _failover(self) -> None:
+        """Move to the next replica (a no-op with only one)."""
+        if len(self.targets) > 1:
+            self._old_channels.append(self._channel)
+            self._current = (self._current + 1) % len(self.targets)
+            self._connect()
 
     async def __aenter__(self) -> Client:
         return self
@@ -106,17 +128,20 @@ class Client:
         """Close the connection; safe to call twice."""
         if not self._closed:
             self._closed = True
-            await self._channel.close()
+            for channel in (*self._old_channels, self._channel):
+                await channel.close()
 
     @property
     def stub(self) -> runs_pb2_grpc.RunServiceStub:
         """The generated RunService stub, for what the SDK does not wrap."""
         return self._stub
 
-    async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
-            return await method(request, timeout=timeout)
+            return await getattr(self._stub, method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self._failover()  # the next call goes elsewhere; this one is not retried
             raise map_rpc_error(exc) from exc
 
     async def start(
@@ -129,7 +154,7 @@ class Client:
     ) -> RunHandle:
         """Queue a run and return at once; `handle.created` is False on an idempotency hit."""
         response = await self._call(
-            self._stub.StartRun,
+            "StartRun",
             runs_pb2.StartRunRequest(
                 workflow=workflow,
                 input_json=json.dumps(input),
@@ -149,7 +174,7 @@ class Client:
     ) -> Any:
         """Start a run, wait for it to end, and return its decoded result (raises RunFailed)."""
         response = await self._call(
-            self._stub.RunWorkflow,
+            "RunWorkflow",
             runs_pb2.RunWorkflowRequest(
                 workflow=workflow,
                 input_json=json.dumps(input),
@@ -175,7 +200,7 @@ class Client:
         """One page of runs, newest first, and the token of the next page ('' at the end)."""
         status_value = f"RUN_STATUS_{RunStatus(status)}" if status else None
         response = await self._call(
-            self._stub.ListRuns,
+            "ListRuns",
             runs_pb2.ListRunsRequest(
                 workflow=workflow, status=status_value, page_size=page_size, page_token=page_token
             ),
@@ -188,7 +213,7 @@ class Client:
         token = ""
         while True:
             response = await self._call(
-                self._stub.ListWorkflows,
+                "ListWorkflows",
                 runs_pb2.ListWorkflowsRequest(page_size=1000, page_token=token),
             )
             out += [WorkflowInfo(w.name, w.description, w.workers) for w in response.workflows]
@@ -210,15 +235,13 @@ class RunHandle:
 
     async def describe(self) -> Run:
         """The run's current state."""
-        response = await self._client._call(
-            self._client._stub.GetRun, runs_pb2.GetRunRequest(run_id=self.run_id)
-        )
+        response = await self._client._call("GetRun", runs_pb2.GetRunRequest(run_id=self.run_id))
         return run_from_proto(response.run)
 
     async def cancel(self, reason: str = "") -> Run:
         """Cancel the run (FailedPrecondition if it already ended)."""
         response = await self._client._call(
-            self._client._stub.CancelRun,
+            "CancelRun",
             runs_pb2.CancelRunRequest(run_id=self.run_id, reason=reason),
         )
         return run_from_proto(response.run)
@@ -234,7 +257,7 @@ class RunHandle:
         failing_since: float | None = None
         loop = asyncio.get_running_loop()
         while True:
-            call = self._client._stub.StreamRun(
+            call = self._client.stub.StreamRun(
                 runs_pb2.StreamRunRequest(run_id=self.run_id, after_event_id=cursor)
             )
             try:
@@ -249,6 +272,8 @@ class RunHandle:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _RESUMABLE:
                     raise map_rpc_error(exc) from exc
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._client._failover()
                 now = loop.time()
                 failing_since = failing_since or now
                 if now - failing_since > self._client.resume_for:

@@ -41,8 +41,9 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process; `url` once started. Use as a context manager."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
         self.port = port or free_port()
+        self.appendonly = appendonly
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.binary = find_redis_server()
         self._dir = tempfile.TemporaryDirectory(prefix="longline-redis-")
@@ -60,7 +61,7 @@ class EmbeddedRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
                 "--dir",
                 self._dir.name,
                 "--maxclients",
@@ -85,10 +86,9 @@ class EmbeddedRedis:
         self.stop()
         raise RuntimeError(f"{self.binary} did not answer PING on port {self.port} in {timeout} s")
 
-    def stop(self) -> None:
-        """Stop the server and remove its directory; safe to call twice."""
+    def _halt(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
+            self._proc.terminate()  # redis-server flushes its append-only file on SIGTERM
             try:
                 self._proc.wait(5)
             except subprocess.TimeoutExpired:
@@ -97,6 +97,17 @@ class EmbeddedRedis:
         if self._proc is not None and self._proc.stderr:
             self._proc.stderr.close()
         self._proc = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop the server, stay down `down_for` seconds, and start it again on the same
+        port and data (with appendonly, nothing acknowledged is lost)."""
+        self._halt()
+        time.sleep(down_for)
+        self.start()
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory; safe to call twice."""
+        self._halt()
         self._dir.cleanup()
 
     def __enter__(self) -> EmbeddedRedis:

@@ -80,3 +80,37 @@ async def chatty(ctx: longline.Context, input: Any) -> Any:
         if delay:
             await asyncio.sleep(delay)
     return {"chunks": n}
+
+
+@longline.component
+async def chaos_step(run_id: str, n: int, delay: float) -> int:
+    """Counts each execution (before its work), then works for `delay` seconds."""
+    r = _redis()
+    try:
+        await r.hincrby(f"test:steps:{run_id}", str(n), 1)
+    finally:
+        await r.aclose()
+    await asyncio.sleep(delay)
+    return n
+
+
+@longline.workflow(description="Five counted steps of `delay` seconds each.")
+async def five_steps(ctx: longline.Context, input: Any) -> Any:
+    delay = float(input.get("delay", 0.3))
+    for n in range(1, 6):
+        await ctx.status(f"step {n}")
+        await chaos_step(ctx.run_id, n, delay)
+    return {"steps": 5}
+
+
+@longline.component
+async def crash_process() -> None:
+    """Takes the whole worker process down, as a segfault or OOM kill would."""
+    os._exit(17)
+
+
+@longline.workflow(description="Kills its worker on every attempt.", max_attempts=2)
+async def crasher(ctx: longline.Context, input: Any) -> Any:
+    await ctx.status("about to take the worker down")
+    await crash_process()
+    return None

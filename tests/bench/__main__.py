@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import time
 
@@ -74,7 +75,88 @@ async def bench(runs: int) -> list[tuple[str, str, str]]:
         finally:
             for p in procs:
                 p.stop()
+        rows += await _recovery(redis.url)
     return rows
+
+
+async def _first(handle: longline.RunHandle, pred: object) -> longline.Event:
+    async for event in handle.events():
+        if pred(event):  # type: ignore[operator]
+            return event
+    raise RuntimeError("the run ended first")
+
+
+def _restarted(event: longline.Event) -> bool:
+    return event.type is longline.EventType.RUN_STARTED and event.attempt == 2
+
+
+async def _recovery(redis_url: str, rounds: int = 3) -> list[tuple[str, str, str]]:
+    """kill -9 -> RUN_STARTED of attempt 2, and SIGTERM drain deadline -> RUN_STARTED."""
+    lease = ("--lease-timeout", "2", "--heartbeat-interval", "0.5")
+    crash, handoff = [], []
+    procs: list[Proc] = []
+    try:
+        cp, target = await start_control_plane(redis_url, *lease)
+        procs.append(cp)
+        async with longline.Client(target) as client:
+            for i in range(rounds):
+                a = await start_worker(redis_url, target, "--worker-id", f"a{i}", name=f"a{i}")
+                procs.append(a)
+                handle = await client.start("five_steps", {"delay": 0.5})
+                await _first(handle, lambda e: e.type is longline.EventType.COMPONENT_STARTED)
+                b = await start_worker(
+                    redis_url,
+                    target,
+                    "--worker-id",
+                    f"b{i}",
+                    "--drain-timeout",
+                    "0.5",
+                    name=f"b{i}",
+                )
+                procs.append(b)
+                killed = time.time()
+                a.kill()
+                started = await _first(handle, _restarted)
+                assert started.time is not None
+                crash.append(started.time.timestamp() - killed)
+                await handle.result()
+
+                handle = await client.start("five_steps", {"delay": 0.5})
+                await _first(handle, lambda e: e.type is longline.EventType.COMPONENT_STARTED)
+                holder = b
+                c = await start_worker(
+                    redis_url,
+                    target,
+                    "--worker-id",
+                    f"c{i}",
+                    "--drain-timeout",
+                    "0.5",
+                    name=f"c{i}",
+                )
+                procs.append(c)
+                deadline = time.time() + 0.5
+                holder.popen.send_signal(signal.SIGTERM)
+                started = await _first(handle, _restarted)
+                assert started.time is not None
+                handoff.append(started.time.timestamp() - deadline)
+                await handle.result()
+                for p in (b, c):  # the next round starts with no worker
+                    p.stop()
+    finally:
+        for p in procs:
+            p.stop()
+    return [
+        (
+            "recovery: kill -9 to attempt 2 started (lease 2 s, heartbeat 0.5 s)",
+            f"p50 {statistics.median(crash):.2f} s",
+            f"max {max(crash):.2f} s",
+        ),
+        (
+            "drain hand-off: drain deadline to attempt 2 started",
+            f"p50 {statistics.median(handoff) * 1000:.0f} ms",
+            f"max {max(handoff) * 1000:.0f} ms",
+        ),
+    ]
 
 
 def main() -> None:
@@ -83,7 +165,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = asyncio.run(bench(args.runs))
     width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure':<{width}}  {'time':>12}  {'rate':>14}")
+    print(f"\n{'measure':<{width}}  {'result':>12}  {'detail':>14}")
     for name, a, b in rows:
         print(f"{name:<{width}}  {a:>12}  {b:>14}")
     RESULTS.mkdir(parents=True, exist_ok=True)
