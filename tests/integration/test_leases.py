@@ -1,0 +1,88 @@
+"""Lease expiry and fencing, straight against the Redis scripts both planes share."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from longline import LeaseLost
+from longline._store import RunWriter, Store, connect, encode_event, keys
+from tests.conftest import eventually
+
+
+async def _expired_run(store: Store, redis: aioredis.Redis, max_attempts: int = 3) -> str:
+    await store.create_run("r1", "flow", "null", {})
+    assert await store.claim("r1", 1, "w1", "cp", lease_ms=1, max_attempts=max_attempts)
+
+    async def lease_over() -> bool:
+        return await store._now_ms() > int(await redis.hget(keys.run_key("r1"), "lease_expires_ms"))
+
+    await eventually(lease_over, what="the 1 ms lease to run out")
+    return "r1"
+
+
+async def test_of_several_replicas_exactly_one_acts_on_an_expiry(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    replicas = [Store(connect(redis_url)) for _ in range(4)]
+    run_id = await _expired_run(replicas[0], redis)
+    outcomes = await asyncio.gather(*(s.expire_leases(10) for s in replicas))
+    assert sum(len(o) for o in outcomes) == 1
+    record = await replicas[0].get_run(run_id)
+    assert (record.status, record.attempt) == ("QUEUED", 2)
+    events = await replicas[0].read_events(run_id, "", 100)
+    assert [e.type for e in events] == ["RUN_QUEUED", "RUN_RETRYING"]
+    assert "stopped renewing the lease of attempt 1 for 10 s" in events[1].message
+    for s in replicas:
+        await s.redis.aclose()
+
+
+async def test_the_last_allowed_loss_fails_the_run_saying_why(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    store = Store(connect(redis_url))
+    run_id = await _expired_run(store, redis, max_attempts=1)
+    assert await store.expire_leases(10) == [(run_id, "failed")]
+    record = await store.get_run(run_id)
+    assert record.status == "FAILED" and record.error_type == "AttemptsExhausted"
+    assert record.error_message.startswith("gave up after 1 lost attempts (max_attempts 1)")
+    assert await redis.zscore(keys.LEASES, run_id) is None
+    await store.redis.aclose()
+
+
+async def test_a_write_of_an_attempt_that_lost_its_lease_is_refused(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    store = Store(connect(redis_url))
+    run_id = await _expired_run(store, redis)
+    zombie = RunWriter(store, run_id, 1)
+    await store.expire_leases(10)
+    with pytest.raises(LeaseLost):
+        await zombie.append([encode_event("STATUS", 1, "still here?")])
+    with pytest.raises(LeaseLost):
+        await zombie.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
+    assert [e.type for e in await store.read_events(run_id, "", 10)] == [
+        "RUN_QUEUED",
+        "RUN_RETRYING",
+    ]
+    await store.redis.aclose()
+
+
+async def test_a_retried_write_is_applied_once(redis_url: str, redis: aioredis.Redis) -> None:
+    store = Store(connect(redis_url))
+    await store.create_run("r2", "flow", "null", {})
+    await store.claim("r2", 1, "w1", "cp", lease_ms=10_000, max_attempts=3)
+    fields = encode_event("OUTPUT", 1, "chunk")
+    args = [1, 1, "", "", 1, len(fields), *fields]  # attempt 1, sequence number 1
+    first = await store._append(
+        keys=[keys.run_key("r2"), keys.events_key("r2"), keys.steps_key("r2")], args=args
+    )
+    again = await store._append(
+        keys=[keys.run_key("r2"), keys.events_key("r2"), keys.steps_key("r2")], args=args
+    )
+    assert len(first) == 1 and again == []  # the reply was lost; the retry is a no-op
+    events = await store.read_events("r2", "", 10)
+    assert [e.type for e in events] == ["RUN_QUEUED", "OUTPUT"]
+    await store.redis.aclose()
