@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from longline import Context, LeaseLost, Workflow
 from longline._component import component_of
 from longline._store import RunWriter, Store, connect, encode_event
+from longline._store._services import RedisServices
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
 from ._settings import WorkerSettings
@@ -71,6 +72,7 @@ class Worker:
         self._heartbeat_interval = settings.heartbeat_interval
         self._lease_ms = int(settings.heartbeat_interval * 5000)
         self._store: Store | None = None
+        self._services: RedisServices | None = None
 
     @property
     def connected(self) -> asyncio.Event:
@@ -93,6 +95,7 @@ class Worker:
             s.redis_url, client_name=f"longline-worker-{s.worker_id}", max_connections=64
         )
         self._store = Store(redis)
+        self._services = RedisServices(redis)
         health_server = await self._start_health()
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -278,7 +281,9 @@ class Worker:
             log.error("run %s attempt %d could not start: %s", a.run_id, a.attempt, exc)
             self._running.pop(a.run_id, None)
             return
-        ctx = Context(a.run_id, a.attempt, workflow.name, _RedisSink(writer), checkpoints)
+        ctx = Context(
+            a.run_id, a.attempt, workflow.name, _RedisSink(writer), checkpoints, self._services
+        )
         ctx.activate()  # this task's own copy of the context variables
         resumed = f", resuming after {len(checkpoints)} finished steps" if checkpoints else ""
         try:

@@ -24,15 +24,18 @@ from ._errors import (
     Unauthenticated,
     Unavailable,
 )
+from ._policies import Cache, Concurrency, RateLimit
 from ._types import Event, EventType, Run, RunErrorInfo, RunStatus, WorkflowInfo
 from ._workflow import Workflow, workflow
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cache",
     "Client",
     "Component",
     "ComponentTimeout",
+    "Concurrency",
     "Context",
     "Event",
     "EventType",
@@ -43,6 +46,7 @@ __all__ = [
     "NonRetryable",
     "NotFound",
     "PermissionDenied",
+    "RateLimit",
     "ResourceExhausted",
     "Retry",
     "RpcError",

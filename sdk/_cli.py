@@ -39,6 +39,17 @@ def _add(parser: argparse.ArgumentParser, flag: str, default: Any = None, **kw: 
     parser.add_argument(flag, default=env_default, **kw)
 
 
+def _abridged(value: Any, limit: int = 240) -> Any:
+    """The value with long strings cut, for a terminal (GetRun has the whole result)."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit].replace("\n", " ") + f"… ({len(value)} characters)"
+    if isinstance(value, dict):
+        return {k: _abridged(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_abridged(v, limit) for v in value]
+    return value
+
+
 class LiveView:
     """Prints a run's events as a person wants to watch them."""
 
@@ -80,7 +91,7 @@ class LiveView:
                 self._line(f"  [{event.component} {verb}{extra}]")
         elif t is EventType.RUN_SUCCEEDED:
             self._line("✓ succeeded; result:")
-            self._line(json.dumps(event.data, indent=2, ensure_ascii=False))
+            self._line(json.dumps(_abridged(event.data), indent=2, ensure_ascii=False))
         elif t is EventType.RUN_FAILED:
             self._line(f"✗ failed: {event.message}")
         elif t is EventType.RUN_CANCELLED:
@@ -197,6 +208,33 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return _serve(main, [worker.request_stop])
 
 
+def _cmd_offline_model(args: argparse.Namespace) -> int:
+    from ._offline_model import Faults, OfflineModel
+
+    host, _, port = args.listen.rpartition(":")
+    faults = Faults(
+        rate_limit=args.rate_limit,
+        retry_after=args.retry_after,
+        server_error=args.server_error,
+        drop=args.drop,
+        slow_first_token=args.slow_first_token,
+        token_delay=args.token_delay,
+        seed=args.seed,
+    )
+    model = OfflineModel(host or "127.0.0.1", int(port or 0), faults)
+
+    async def main() -> int:
+        await model.start()
+        print(f"offline model serving at {model.base_url}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await model.aclose()
+        return 0
+
+    return _serve(main)
+
+
 def _cmd_dev(args: argparse.Namespace) -> int:
     from longline.control_plane import ControlPlane, ControlPlaneSettings
 
@@ -209,12 +247,30 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         redis_url = embedded.url
         print(f"started an embedded Redis ({embedded.binary}) at {redis_url}")
     print("dev mode: authentication is off; do not expose this to a network")
+    offline = None
+    if not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
+        from ._offline_model import Faults, OfflineModel
+
+        offline = OfflineModel(faults=Faults(token_delay=args.offline_token_delay))
     view = LiveView(verbose=args.verbose)
     state: dict[str, str] = {}
     cp = ControlPlane(ControlPlaneSettings(redis_url=redis_url, listen=args.listen))
 
     async def main() -> int:
         nonlocal cp
+        if offline is not None:
+            await offline.start()
+            # The worker runs in this process and reads these at call time.
+            os.environ.update(
+                OPENAI_BASE_URL=offline.base_url,
+                OPENAI_API_KEY="offline",
+                LONGLINE_OFFLINE_MODEL="1",
+                LONGLINE_LLM_MODEL=os.environ.get("LONGLINE_LLM_MODEL", "offline"),
+            )
+            print(
+                "no OPENAI_API_KEY or OPENAI_BASE_URL set: serving the OFFLINE model at "
+                f"{offline.base_url} (deterministic filler text, not a real model)"
+            )
         try:
             await cp.start()
         except RuntimeError as exc:  # the port is taken: a demo should still run
@@ -245,6 +301,8 @@ def _cmd_dev(args: argparse.Namespace) -> int:
             worker.request_stop()
             await worker_task
             await cp.shutdown()
+            if offline is not None:
+                await offline.aclose()
 
     try:
         return _serve(main)
@@ -311,7 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "--run", "", help="run this workflow live, then exit")
     _add(p, "--input", "null", help="JSON input for --run")
     _add(p, "--verbose", False, action="store_true", help="show component events")
+    _add(p, "--offline-token-delay", 0.01, type=float, help="offline model: seconds per token")
     worker_flags(p)
+
+    p = sub.add_parser("offline-model", help="the offline OpenAI-compatible model server")
+    _add(p, "--listen", "127.0.0.1:8089", help="HOST:PORT to serve on")
+    _add(p, "--rate-limit", 0.0, type=float, help="share of requests answered 429")
+    _add(p, "--retry-after", 1.0, type=float, help="seconds sent as Retry-After with a 429")
+    _add(p, "--server-error", 0.0, type=float, help="share of requests answered 500")
+    _add(p, "--drop", 0.0, type=float, help="share of streams cut off half-way")
+    _add(p, "--slow-first-token", 0.0, type=float, help="seconds before the first token")
+    _add(p, "--token-delay", 0.0, type=float, help="seconds between streamed tokens")
+    _add(p, "--seed", 0, type=int, help="seed of the fault dice")
 
     p = sub.add_parser("control-plane", help="one control-plane replica")
     _add(p, "--listen", "127.0.0.1:50051", help="HOST:PORT to serve gRPC on")
@@ -367,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "dev": _cmd_dev,
+        "offline-model": _cmd_offline_model,
         "control-plane": _cmd_control_plane,
         "worker": _cmd_worker,
     }

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextvars
 import json
 import secrets
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["Context", "EventSink", "current", "new_span_id"]
+from ._policies import Limit
+
+__all__ = ["Context", "EventSink", "Services", "current", "new_span_id", "step_facts"]
 
 
 class EventSink(Protocol):
@@ -28,11 +31,39 @@ class EventSink(Protocol):
         ...
 
 
+class Services(Protocol):
+    """What components need from the cluster: a result cache and shared limits."""
+
+    async def cache_get(self, key: str) -> str | None:
+        """The cached JSON result under key, or None."""
+        ...
+
+    async def cache_set(self, key: str, value: str, ttl: float) -> None:
+        """Cache a JSON result for ttl seconds."""
+        ...
+
+    async def acquire(self, limits: Sequence[Limit]) -> Callable[[], Awaitable[None]]:
+        """Wait until every limit admits one more call; returns the release."""
+        ...
+
+    async def record_tokens(self, limits: Sequence[Limit], tokens: int) -> None:
+        """Count tokens a call used against the limits' token budgets."""
+        ...
+
+    async def pause(self, limits: Sequence[Limit], seconds: float) -> None:
+        """Hold back every caller of these limits for `seconds` (a provider said so)."""
+        ...
+
+
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
     "longline_context", default=None
 )
 # The span of the innermost component call, so nested calls nest in the trace.
 current_span: contextvars.ContextVar[str] = contextvars.ContextVar("longline_span", default="")
+# Facts about the running step that land on its COMPONENT_FINISHED event (LLM usage...).
+step_facts: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "longline_step_facts", default=None
+)
 # The step key of the innermost component call: nested steps are numbered within it.
 current_step: contextvars.ContextVar[str] = contextvars.ContextVar("longline_step", default="")
 
@@ -65,6 +96,7 @@ class Context:
         workflow: str,
         sink: EventSink,
         checkpoints: dict[str, str] | None = None,
+        services: Services | None = None,
     ) -> None:
         self.run_id = run_id
         self.attempt = attempt
@@ -72,6 +104,7 @@ class Context:
         self.span_id = new_span_id()  # the attempt's own span: the root of its components
         self.checkpoints: dict[str, str] = dict(checkpoints or {})  # step key -> JSON result
         self.replayed: list[str] = []  # steps this attempt took from checkpoints
+        self.services = services
         self._sink = sink
         self._calls: dict[tuple[str, str], int] = {}
 

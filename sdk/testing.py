@@ -3,14 +3,42 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._component import component_of
-from ._context import Context
+from ._context import Context, Services
+from ._offline_model import Faults, OfflineModel
+from ._policies import Limit
 from ._workflow import Workflow
 
-__all__ = ["LocalRun", "RecordedEvent", "run_local"]
+__all__ = ["Faults", "LocalRun", "MemoryServices", "OfflineModel", "RecordedEvent", "run_local"]
+
+
+class MemoryServices:
+    """In-process Services: a result cache in a dict; limits admit everything."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, str] = {}
+
+    async def cache_get(self, key: str) -> str | None:
+        return self.cache.get(key)
+
+    async def cache_set(self, key: str, value: str, ttl: float) -> None:
+        self.cache[key] = value
+
+    async def acquire(self, limits: Sequence[Limit]) -> Callable[[], Awaitable[None]]:
+        async def release() -> None:
+            return None
+
+        return release
+
+    async def record_tokens(self, limits: Sequence[Limit], tokens: int) -> None:
+        return None
+
+    async def pause(self, limits: Sequence[Limit], seconds: float) -> None:
+        return None
 
 
 @dataclass
@@ -62,16 +90,17 @@ async def run_local(
     *,
     run_id: str = "local",
     checkpoints: dict[str, str] | None = None,
+    services: Services | None = None,
 ) -> LocalRun:
     """Run a workflow in this process, recording its events; errors are captured, not raised.
 
     Pass the `checkpoints` of an earlier LocalRun to replay it as a later attempt would:
-    steps found there are not run again (see `LocalRun.replayed`).
+    steps found there are not run again (see `LocalRun.replayed`). Pass `services`
+    (e.g. MemoryServices()) for components' caches and limits.
     """
     run = LocalRun(checkpoints=dict(checkpoints or {}))
-    ctx = Context(
-        run_id, 1 if checkpoints is None else 2, workflow.name, _MemorySink(run), checkpoints
-    )
+    attempt = 1 if checkpoints is None else 2
+    ctx = Context(run_id, attempt, workflow.name, _MemorySink(run), checkpoints, services)
     token = ctx.activate()
     try:
         run.result = await workflow(ctx, input)

@@ -114,3 +114,28 @@ async def crasher(ctx: longline.Context, input: Any) -> Any:
     await ctx.status("about to take the worker down")
     await crash_process()
     return None
+
+
+# -- model calls, through longline.llm and the offline model ----------------------------------
+
+from longline import llm  # noqa: E402
+from longline.examples.blog_post import blog_post  # noqa: E402,F401  (served too)
+
+cached_chat = llm.chat.with_cache(ttl=600)
+limited_chat = llm.chat.with_limits(longline.RateLimit("offline-test", requests_per_minute=60))
+
+
+@longline.workflow(description="One model call; input: prompt, stream, cached.")
+async def ask(ctx: longline.Context, input: Any) -> Any:
+    return await llm.complete(
+        input["prompt"],
+        stream=bool(input.get("stream")),
+        using=cached_chat if input.get("cached") else None,
+    )
+
+
+@longline.workflow(description="`calls` model calls at once, under a shared 60/min limit.")
+async def ask_many(ctx: longline.Context, input: Any) -> Any:
+    prompts = [f'Say something about "{input["tag"]} {i}"' for i in range(int(input["calls"]))]
+    answers = await asyncio.gather(*(llm.complete(p, using=limited_chat) for p in prompts))
+    return len(answers)

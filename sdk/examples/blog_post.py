@@ -1,70 +1,71 @@
-"""blog_post: research a topic, outline it, write each section (streamed), assemble.
+"""blog_post: research a topic, outline it, write the sections in parallel, assemble.
 
-Runs with no API key: an offline text generator stands in for the model and the
-run says so in its first status.
+Every model call goes through `longline.llm`: with no provider configured,
+`longline dev` serves an offline model and the run's first status says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from typing import Any
 
 import longline
-
-from . import _offline
-
-
-@longline.component(retry=longline.Retry(max_attempts=3, initial=0.2, maximum=2))
-async def research(topic: str) -> list[str]:
-    """Gather notes on the topic."""
-    return _offline.facts(topic)
+from longline import llm
 
 
-@longline.component(retry=longline.Retry(max_attempts=3, initial=0.2, maximum=2))
-async def outline(topic: str, notes: list[str], sections: int) -> list[str]:
-    """Plan the section titles."""
-    return _offline.titles(topic, sections)
-
-
-@longline.component(retry=longline.Retry(max_attempts=3, initial=0.2, maximum=2))
-async def write_section(topic: str, title: str, pace: float) -> str:
-    """Write one section, streaming it word by word to watchers."""
-    ctx = longline.current()
-    await ctx.output(f"\n## {title}\n\n")
-    words = _offline.paragraph_words(topic, title)
-    for i, word in enumerate(words):
-        await ctx.output(word + (" " if i < len(words) - 1 else "\n"))
-        if pace:
-            await asyncio.sleep(pace)
-    return " ".join(words)
+def _title(line: str) -> str:
+    words = re.sub(r"^[\s\-*\d.)#]+", "", line).rstrip(".").split()
+    return " ".join(words[:7]).strip() or "Untitled"
 
 
 @longline.component
-async def assemble(topic: str, titles: list[str], bodies: list[str]) -> str:
-    """Join the sections into one markdown article."""
-    parts = [f"# {topic.title()}"]
+async def assemble(topic: str, intro: str, titles: list[str], bodies: list[str]) -> str:
+    """Join the intro and sections into one markdown article."""
+    parts = [f"# {topic.title()}", intro.strip()]
     for title, body in zip(titles, bodies, strict=True):
-        parts.append(f"## {title}\n\n{body}")
+        parts.append(f"## {title}\n\n{body.strip()}")
     return "\n\n".join(parts) + "\n"
 
 
 @longline.workflow(name="blog_post", description="Research, outline, write and assemble a post.")
 async def blog_post(ctx: longline.Context, input: Any) -> dict[str, Any]:
-    """Research, outline, write and assemble a blog post about input["topic"]."""
+    """Research, outline, write (in parallel) and assemble a post about input["topic"]."""
     if not isinstance(input, dict) or not isinstance(input.get("topic"), str):
         raise longline.NonRetryable('blog_post needs an input like {"topic": "tides"}')
     topic = input["topic"]
-    sections = int(input.get("sections", 4))
-    pace = float(input.get("pace", 0.02))
-    await ctx.status(f"using the {_offline.NOTICE}")
-    await ctx.status(f"researching {topic}")
-    notes = await research(topic)
+    n = max(1, min(int(input.get("sections", 4)), 12))
+    provider = llm.providers()[0]
+    where = "the offline model" if os.environ.get("LONGLINE_OFFLINE_MODEL") else provider.name
+    await ctx.status(f"writing with {provider.model} at {where}")
+
+    await ctx.status(f'researching "{topic}"')
+    notes = await llm.complete(f'List the key facts a reader should know about "{topic}".')
     await ctx.status("outlining")
-    titles = await outline(topic, notes, sections)
-    bodies = []
-    for n, title in enumerate(titles, 1):
-        await ctx.status(f"writing section {n} of {len(titles)}: {title}")
-        bodies.append(await write_section(topic, title, pace))
+    outline = await llm.complete(
+        f'Outline a blog post about "{topic}" in {n} sections, one title per line.\n\n{notes}'
+    )
+    titles = [_title(line) for line in outline.splitlines() if line.strip()][:n]
+    titles += [f"{topic.title()}, part {i + 1}" for i in range(len(titles), n)]
+
+    await ctx.status("introduction")
+    await ctx.output(f"# {topic.title()}\n\n")
+    intro = await llm.complete(f'Write a short introduction to "{topic}".', stream=True)
+    await ctx.output("\n")
+
+    await ctx.status(f"writing {n} sections in parallel")
+    done = 0
+
+    async def write(title: str) -> str:
+        nonlocal done
+        body = await llm.complete(f'For a post about "{topic}", write the section: {title}.')
+        done += 1
+        await ctx.output(f"\n## {title}\n\n{body.strip()}\n")
+        await ctx.status(f"{done}/{n} sections written")
+        return body
+
+    bodies = await asyncio.gather(*(write(t) for t in titles))
     await ctx.status("assembling")
-    article = await assemble(topic, titles, bodies)
+    article = await assemble(topic, intro, titles, list(bodies))
     return {"topic": topic, "sections": titles, "words": len(article.split()), "article": article}

@@ -7,9 +7,11 @@ import inspect
 import longline
 
 EXPECTED = {
+    "Cache",
     "Client",
     "Component",
     "ComponentTimeout",
+    "Concurrency",
     "Context",
     "Event",
     "EventType",
@@ -20,6 +22,7 @@ EXPECTED = {
     "NonRetryable",
     "NotFound",
     "PermissionDenied",
+    "RateLimit",
     "ResourceExhausted",
     "Retry",
     "RpcError",

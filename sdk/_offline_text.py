@@ -59,7 +59,8 @@ _ADJECTIVES = (
 NOTICE = "offline text generator (no model provider configured): the text is filler"
 
 
-def _rng(*parts: str) -> random.Random:
+def seeded(*parts: str) -> random.Random:
+    """A random generator seeded by the parts: the same parts, the same sequence."""
     seed = hashlib.sha256("\x1f".join(parts).encode()).digest()
     return random.Random(int.from_bytes(seed[:8], "big"))
 
@@ -82,13 +83,13 @@ def sentence(rng: random.Random, topic: str) -> str:
 
 def facts(topic: str, n: int = 5) -> list[str]:
     """n short research notes about topic."""
-    rng = _rng("facts", topic)
+    rng = seeded("facts", topic)
     return [sentence(rng, topic) for _ in range(n)]
 
 
 def titles(topic: str, n: int) -> list[str]:
     """n section titles for an article about topic."""
-    rng = _rng("titles", topic)
+    rng = seeded("titles", topic)
     out: list[str] = []
     while len(out) < n:
         title = f"{rng.choice(_ADJECTIVES).title()} {rng.choice(_NOUNS)}s and {topic}"
@@ -99,6 +100,6 @@ def titles(topic: str, n: int) -> list[str]:
 
 def paragraph_words(topic: str, title: str, sentences: int = 4) -> list[str]:
     """The words of one section, to stream one by one."""
-    rng = _rng("section", topic, title)
+    rng = seeded("section", topic, title)
     text = " ".join(sentence(rng, topic) for _ in range(sentences))
     return text.split(" ")
