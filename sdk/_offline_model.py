@@ -60,6 +60,8 @@ class _State:
     faults: Faults
     served: list[Served] = field(default_factory=list)
     asked: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    peak_in_flight: int = 0
 
 
 def _words(messages: list[dict[str, Any]]) -> int:
@@ -154,6 +156,7 @@ class OfflineModel:
         return web.json_response(
             {
                 "requests": len(self.served),
+                "peak_in_flight": self.peak_in_flight,
                 "served": [asdict(s) for s in self.served],
                 "faults": asdict(self.faults),
             }
@@ -168,8 +171,19 @@ class OfflineModel:
         self.set_faults(**body)
         return web.json_response(asdict(self.faults))
 
+    @property
+    def peak_in_flight(self) -> int:
+        """The most requests it was answering at once."""
+        return self._state.peak_in_flight
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._answer(request, time.time())
+        state = self._state
+        state.in_flight += 1
+        state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+        try:
+            return await self._answer(request, time.time())
+        finally:
+            state.in_flight -= 1
 
     async def _answer(self, request: web.Request, arrived: float) -> web.StreamResponse:
         try:

@@ -119,7 +119,7 @@ async def crasher(ctx: longline.Context, input: Any) -> Any:
 # -- model calls, through longline.llm and the offline model ----------------------------------
 
 from longline import llm  # noqa: E402
-from longline.examples.blog_post import blog_post  # noqa: E402,F401  (served too)
+from longline.examples import blog_post, onboard_site  # noqa: E402,F401  (served too)
 
 cached_chat = llm.chat.with_cache(ttl=600)
 limited_chat = llm.chat.with_limits(longline.RateLimit("offline-test", requests_per_minute=60))

@@ -123,3 +123,16 @@ async def test_a_workflow_runs_in_process_against_the_offline_model(model: Offli
     assert len(run.result["sections"]) == 2
     assert "".join(run.outputs).count("## ") == 2
     assert len(model.served) == 1 + 1 + 1 + 2  # research, outline, introduction, 2 sections
+
+
+async def test_onboard_site_reads_pages_under_its_concurrency_limit(
+    stack: Stack, model: OfflineModel
+) -> None:
+    model.set_faults(slow_first_token=0.05)  # calls overlap, so the limit has work to do
+    handle = await stack.client.start("onboard_site", {"pages": 40, "concurrency": 4})
+    result = await handle.result()
+    assert result["pages"] == 40 and len(result["facts"]) == 40
+    assert 2 <= model.peak_in_flight <= 4  # calls overlapped, and never more than 4
+    assert len(model.served) == 1 + 40  # the pick, then one extraction per page
+    statuses = [e.message async for e in handle.events() if e.type is EventType.STATUS]
+    assert "40/40 pages" in statuses and "1/40 pages" in statuses
