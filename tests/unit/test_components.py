@@ -280,3 +280,21 @@ async def test_retry_after_is_honoured() -> None:
 
     assert await limited() == "ok"
     assert seen[1] - seen[0] >= 0.3  # the wait came from the provider, not the 0 s backoff
+
+
+async def test_a_result_over_the_cache_size_limit_is_not_cached() -> None:
+    from longline.testing import MemoryServices
+
+    @longline.component(cache=longline.Cache(ttl=60, max_bytes=10))
+    async def big() -> str:
+        return "x" * 100
+
+    @longline.workflow
+    async def flow(ctx: longline.Context, input: None) -> str:
+        return await big()
+
+    services = MemoryServices()
+    run = await run_local(flow, services=services)
+    assert run.result == "x" * 100 and services.cache == {}
+    (finished,) = [json.loads(e.data_json) for e in run.events if e.type == "COMPONENT_FINISHED"]
+    assert finished["cache"] == "too large"
