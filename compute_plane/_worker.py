@@ -14,6 +14,8 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from redis.exceptions import RedisError
 
 from longline import Context, LeaseLost, Workflow
@@ -25,6 +27,7 @@ from longline.v1 import worker_pb2, worker_pb2_grpc
 from ._settings import WorkerSettings
 
 log = logging.getLogger("longline.compute_plane")
+_tracer = trace.get_tracer("longline.compute_plane")
 
 
 class _RedisSink:
@@ -285,6 +288,22 @@ class Worker:
             a.run_id, a.attempt, workflow.name, _RedisSink(writer), checkpoints, self._services
         )
         ctx.activate()  # this task's own copy of the context variables
+        # The attempt is traced as a child of the run's span, whichever process made it.
+        attempt_span = _tracer.start_span(
+            f"attempt {a.attempt}: {workflow.name}",
+            context=propagate.extract({"traceparent": a.traceparent}) if a.traceparent else None,
+            attributes={
+                "longline.run_id": a.run_id,
+                "longline.workflow": workflow.name,
+                "longline.attempt": a.attempt,
+                "longline.worker_id": self.settings.worker_id,
+                "longline.checkpoints": len(checkpoints),
+            },
+        )
+        otel_context.attach(trace.set_span_in_context(attempt_span))
+        span_context = attempt_span.get_span_context()
+        if span_context.is_valid:
+            ctx.span_id = format(span_context.span_id, "016x")
         resumed = f", resuming after {len(checkpoints)} finished steps" if checkpoints else ""
         try:
             await ctx.emit(
@@ -292,6 +311,9 @@ class Worker:
                 message=f"attempt {a.attempt} started on worker {self.settings.worker_id}"
                 + resumed,
                 span_id=ctx.span_id,
+                data_json=json.dumps(
+                    {"worker": self.settings.worker_id, "checkpoints": sorted(checkpoints)}
+                ),
             )
             result = await workflow(ctx, json.loads(a.input_json or "null"))
             try:
@@ -309,13 +331,18 @@ class Worker:
                 ),
             )
         except LeaseLost:
+            attempt_span.set_status(trace.Status(trace.StatusCode.ERROR, "lease lost"))
             log.info("run %s attempt %d no longer ours; abandoned", a.run_id, a.attempt)
         except RedisError as exc:
             # Nothing more can be written now; the lease runs out and the run is retried.
             log.error("run %s attempt %d lost Redis: %s", a.run_id, a.attempt, exc)
         except Exception as exc:
+            attempt_span.record_exception(exc)
+            attempt_span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}"))
             await self._fail(writer, ctx, exc)
         finally:
+            attempt_span.set_attribute("longline.replayed_steps", len(ctx.replayed))
+            attempt_span.end()
             self._running.pop(a.run_id, None)
             self._send(
                 worker_pb2.ConnectRequest(

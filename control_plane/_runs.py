@@ -7,10 +7,11 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import propagate, trace
 
 from longline._store import (
     InvalidArgumentError,
@@ -27,6 +28,7 @@ from longline.v1 import runs_pb2, runs_pb2_grpc
 from ._hub import EventHub
 from ._settings import ControlPlaneSettings
 
+_tracer = trace.get_tracer("longline.control_plane")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_IDEMPOTENCY_KEY = 256
@@ -124,7 +126,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         self._settings = settings
 
     async def _start(
-        self, request: runs_pb2.StartRunRequest | runs_pb2.RunWorkflowRequest
+        self,
+        request: runs_pb2.StartRunRequest | runs_pb2.RunWorkflowRequest,
+        metadata: Sequence[tuple[str, str]],
     ) -> tuple[RunRecord, bool]:
         if not request.workflow:
             raise InvalidArgumentError("workflow is required: the name of a workflow to run")
@@ -157,25 +161,41 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 f"workflow {request.workflow[:100]!r} is not known: no worker has announced it. "
                 f"Known workflows: {', '.join(known) or 'none (is a worker running?)'}"
             )
-        created, run_id = await self._store.create_run(
-            uuid.uuid4().hex,
-            request.workflow,
-            input_json,
-            dict(request.labels),
-            request.idempotency_key,
+        new_id = uuid.uuid4().hex
+        # The run's span is a child of the caller's (from the gRPC span, or the traceparent
+        # it sent); attempts on workers become its children through the stored traceparent.
+        current = trace.get_current_span().get_span_context()
+        parent = None if current.is_valid else propagate.extract(dict(metadata))
+        run_span = _tracer.start_span(
+            f"run {request.workflow}",
+            context=parent,
+            attributes={"longline.run_id": new_id, "longline.workflow": request.workflow},
         )
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(run_span))
+        try:
+            created, run_id = await self._store.create_run(
+                new_id,
+                request.workflow,
+                input_json,
+                dict(request.labels),
+                request.idempotency_key,
+                carrier.get("traceparent", ""),
+            )
+        finally:
+            run_span.end()
         return await self._store.get_run(run_id), created
 
     async def StartRun(
         self, request: runs_pb2.StartRunRequest, context: grpc.aio.ServicerContext
     ) -> runs_pb2.StartRunResponse:
-        record, created = await self._start(request)
+        record, created = await self._start(request, context.invocation_metadata() or ())
         return runs_pb2.StartRunResponse(run=run_to_proto(record), created=created)
 
     async def RunWorkflow(
         self, request: runs_pb2.RunWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> runs_pb2.RunWorkflowResponse:
-        record, created = await self._start(request)
+        record, created = await self._start(request, context.invocation_metadata() or ())
         remaining = context.time_remaining()
         if not record.terminal:
             wait = None if remaining is None else max(0.0, remaining - _DEADLINE_MARGIN)

@@ -185,7 +185,7 @@ class Dispatcher:
         )
         if claimed is None:
             return  # cancelled while queued, or this attempt was already taken
-        _, input_json = claimed
+        _, input_json, traceparent = claimed
         session.running[run_id] = attempt
         session.send(
             worker_pb2.ConnectResponse(
@@ -197,6 +197,7 @@ class Dispatcher:
                     lease_token=attempt,
                     stream_key=keys.events_key(run_id),
                     run_key=keys.run_key(run_id),
+                    traceparent=traceparent,
                 )
             )
         )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import propagate, trace
 
 from ._errors import RunCancelled, RunFailed, Unavailable, map_rpc_error
 from ._types import Event, EventType, Run, RunErrorInfo, RunStatus, WorkflowInfo
@@ -29,6 +30,16 @@ _RESUMABLE = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
     }
 )
+
+
+_tracer = trace.get_tracer("longline.client")
+
+
+def _trace_metadata() -> list[tuple[str, str]]:
+    """The caller's trace context, as gRPC metadata, so the run joins the caller's trace."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return list(carrier.items())
 
 
 def _time(ts: Timestamp) -> datetime | None:
@@ -136,9 +147,15 @@ class Client:
         """The generated RunService stub, for what the SDK does not wrap."""
         return self._stub
 
-    async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+    async def _call(
+        self,
+        method: str,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> Any:
         try:
-            return await getattr(self._stub, method)(request, timeout=timeout)
+            return await getattr(self._stub, method)(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 self._failover()  # the next call goes elsewhere; this one is not retried
@@ -153,15 +170,18 @@ class Client:
         labels: dict[str, str] | None = None,
     ) -> RunHandle:
         """Queue a run and return at once; `handle.created` is False on an idempotency hit."""
-        response = await self._call(
-            "StartRun",
-            runs_pb2.StartRunRequest(
-                workflow=workflow,
-                input_json=json.dumps(input),
-                idempotency_key=idempotency_key,
-                labels=labels or {},
-            ),
-        )
+        with _tracer.start_as_current_span(f"start {workflow}", kind=trace.SpanKind.CLIENT) as span:
+            response = await self._call(
+                "StartRun",
+                runs_pb2.StartRunRequest(
+                    workflow=workflow,
+                    input_json=json.dumps(input),
+                    idempotency_key=idempotency_key,
+                    labels=labels or {},
+                ),
+                metadata=_trace_metadata(),
+            )
+            span.set_attribute("longline.run_id", response.run.run_id)
         return RunHandle(self, response.run.run_id, created=response.created)
 
     async def run(
@@ -173,15 +193,18 @@ class Client:
         labels: dict[str, str] | None = None,
     ) -> Any:
         """Start a run, wait for it to end, and return its decoded result (raises RunFailed)."""
-        response = await self._call(
-            "RunWorkflow",
-            runs_pb2.RunWorkflowRequest(
-                workflow=workflow,
-                input_json=json.dumps(input),
-                idempotency_key=idempotency_key,
-                labels=labels or {},
-            ),
-        )
+        with _tracer.start_as_current_span(f"run {workflow}", kind=trace.SpanKind.CLIENT) as span:
+            response = await self._call(
+                "RunWorkflow",
+                runs_pb2.RunWorkflowRequest(
+                    workflow=workflow,
+                    input_json=json.dumps(input),
+                    idempotency_key=idempotency_key,
+                    labels=labels or {},
+                ),
+                metadata=_trace_metadata(),
+            )
+            span.set_attribute("longline.run_id", response.run.run_id)
         handle = RunHandle(self, response.run.run_id, created=response.created)
         return await handle.result(run_from_proto(response.run))
 

@@ -14,9 +14,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 import tenacity
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from . import _context
-from ._context import Services
+from ._context import Context, Services
 from ._errors import LeaseLost, NonRetryable
 from ._policies import Cache, Limit
 
@@ -35,6 +37,7 @@ R = TypeVar("R")
 
 _COMPONENT_ATTR = "__longline_component__"
 log = logging.getLogger("longline")
+_tracer = trace.get_tracer("longline")
 
 # A step's own key: a string, or a function of the call's arguments that returns one.
 StepKey = str | Callable[..., str]
@@ -155,8 +158,10 @@ class Component(Generic[P, R]):
         key: StepKey | None = None,
         cache: Cache | None = None,
         limits: tuple[Limit, ...] = (),
+        secret: tuple[str, ...] = (),
     ) -> None:
         self.fn = fn
+        self.secret = secret
         self.name = name
         self.retry = retry
         self.timeout = timeout
@@ -174,6 +179,7 @@ class Component(Generic[P, R]):
             "key": self.key,
             "cache": self.cache,
             "limits": self.limits,
+            "secret": self.secret,
         }
         current.update(changes)
         return Component(**current)  # type: ignore[arg-type]
@@ -279,17 +285,63 @@ class Component(Generic[P, R]):
         if ctx is None:  # outside a run: an ordinary function, with its retry and timeout
             return await self._invoke(args, kwargs, None, [])
         step = ctx.next_step(self.name, self._user_key(args, kwargs))
+        attributes = {
+            "longline.component": self.name,
+            "longline.step": step,
+            "longline.run_id": ctx.run_id,
+            "longline.attempt": ctx.attempt,
+        }
         if step in ctx.checkpoints:  # finished by an earlier attempt: not run, not re-announced
             ctx.replayed.append(step)
+            _tracer.start_span(
+                self.name, attributes={**attributes, "longline.checkpoint.replayed": True}
+            ).end()
             return json.loads(ctx.checkpoints[step])  # type: ignore[no-any-return]
-        span = _context.new_span_id()
+        inputs = self._visible_inputs(args, kwargs)
+        otel_span = _tracer.start_span(
+            self.name, attributes={**attributes, "longline.input": _context.to_json(inputs)}
+        )
+        otel_token = otel_context.attach(trace.set_span_in_context(otel_span))
+        span = _span_hex(otel_span) or _context.new_span_id()
         parent = _context.current_span.get() or ctx.span_id
+        try:
+            return await self._run_step(ctx, step, span, parent, inputs, otel_span, args, kwargs)
+        finally:
+            otel_context.detach(otel_token)
+            otel_span.end()
+
+    def _visible_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments as they may leave the process: secret ones masked."""
+        if not self.secret:
+            return {"args": args, "kwargs": kwargs}
+        try:
+            bound = inspect.signature(self.fn).bind_partial(*args, **kwargs)
+        except TypeError:
+            return {"args": "[hidden: a secret argument could not be told apart]"}
+        return {
+            "kwargs": {
+                name: "[secret]" if name in self.secret else value
+                for name, value in bound.arguments.items()
+            }
+        }
+
+    async def _run_step(
+        self,
+        ctx: Context,
+        step: str,
+        span: str,
+        parent: str,
+        inputs: dict[str, Any],
+        otel_span: trace.Span,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> R:
         await ctx.emit(
             "COMPONENT_STARTED",
             component=self.name,
             span_id=span,
             parent_span_id=parent,
-            data_json=_context.to_json({"step": step, "input": {"args": args, "kwargs": kwargs}}),
+            data_json=_context.to_json({"step": step, "input": inputs}),
         )
         facts: dict[str, Any] = {"step": step}
         tries: list[dict[str, Any]] = []
@@ -310,6 +362,11 @@ class Component(Generic[P, R]):
         except Exception as exc:
             if not component_of(exc):
                 setattr(exc, _COMPONENT_ATTR, self.name)
+            otel_span.record_exception(exc)
+            otel_span.set_status(
+                trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+            )
+            _annotate(otel_span, facts, tries)
             facts.update(
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
                 tries=len(tries),
@@ -350,6 +407,8 @@ class Component(Generic[P, R]):
             retries=tries[:-1],
             output=result,
         )
+        _annotate(otel_span, facts, tries)
+        otel_span.set_attribute("longline.output", _context.to_json(result))
         await ctx.emit(
             "COMPONENT_FINISHED",
             component=self.name,
@@ -388,6 +447,30 @@ class Component(Generic[P, R]):
         return f"<longline component {self.name!r}>"
 
 
+def _span_hex(span: trace.Span) -> str:
+    """The span's id as events carry it, or '' when tracing is off (a non-recording span)."""
+    context = span.get_span_context()
+    return format(context.span_id, "016x") if context.is_valid else ""
+
+
+def _annotate(span: trace.Span, facts: dict[str, Any], tries: list[dict[str, Any]]) -> None:
+    """Put a step's facts on its span, LLM calls per the GenAI semantic conventions."""
+    span.set_attribute("longline.tries", len(tries))
+    span.set_attribute("longline.retries", max(0, len(tries) - 1))
+    span.set_attribute("longline.cache.hit", facts.get("cache") == "hit")
+    span.set_attribute("longline.checkpoint.replayed", False)
+    llm = facts.get("llm")
+    if isinstance(llm, dict):
+        usage = llm.get("usage") or {}
+        span.set_attribute("gen_ai.operation.name", "chat")
+        span.set_attribute("gen_ai.system", "openai")
+        span.set_attribute("gen_ai.provider.name", str(llm.get("provider", "")))
+        span.set_attribute("gen_ai.request.model", str(llm.get("requested_model", "")))
+        span.set_attribute("gen_ai.response.model", str(llm.get("model", "")))
+        span.set_attribute("gen_ai.usage.input_tokens", int(usage.get("input_tokens", 0)))
+        span.set_attribute("gen_ai.usage.output_tokens", int(usage.get("output_tokens", 0)))
+
+
 class ComponentDecorator(Protocol):
     """What `component(...)` returns: a decorator of async or plain functions."""
 
@@ -408,6 +491,7 @@ def component(
     timeout: float | None = None,
     key: StepKey | None = None,
     limits: Sequence[Limit] | None = None,
+    secret: Sequence[str] = (),
 ) -> ComponentDecorator: ...
 
 
@@ -419,12 +503,14 @@ def component(
     timeout: float | None = None,
     key: StepKey | None = None,
     limits: Sequence[Limit] | None = None,
+    secret: Sequence[str] = (),
 ) -> Any:
     """Make a function a component: one traced, retried, checkpointable step of a workflow.
 
     `@longline.component` or `@longline.component("name", retry=..., timeout=...,
     cache=Cache(ttl=...), limits=[RateLimit(...), Concurrency(...)], key=...)`.
-    A plain `def` runs in a thread.
+    A plain `def` runs in a thread. `secret=("api_key",)` names parameters whose values
+    never leave the process: masked in events and spans.
     """
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
@@ -432,6 +518,8 @@ def component(
         return Component(name, name.__name__)
 
     def wrap(fn: Callable[P, Any]) -> Component[P, Any]:
-        return Component(fn, name or fn.__name__, retry, timeout, key, cache, tuple(limits or ()))
+        return Component(
+            fn, name or fn.__name__, retry, timeout, key, cache, tuple(limits or ()), tuple(secret)
+        )
 
     return wrap

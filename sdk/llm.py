@@ -147,6 +147,7 @@ async def _chat(
             if facts is not None:
                 facts["llm"] = {
                     "provider": p.name,
+                    "requested_model": model or p.model,
                     "model": served_model,
                     "usage": usage,
                     "latency_ms": round((time.perf_counter() - started) * 1000, 3),

@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("longline.store")
+_STATS = (keys.STATS_STATUS, keys.STATS_QUEUED)
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 TERMINAL_EVENTS = frozenset({"RUN_SUCCEEDED", "RUN_FAILED", "RUN_CANCELLED"})
@@ -256,6 +257,7 @@ class Store:
         input_json: str,
         labels: dict[str, str],
         idempotency_key: str = "",
+        traceparent: str = "",
     ) -> tuple[bool, str]:
         """Queue a new run; (created, run_id), where run_id is the earlier run's on a key match."""
         idem = keys.idempotency_key(idempotency_key) if idempotency_key else keys.run_key(run_id)
@@ -267,6 +269,7 @@ class Store:
                 keys.RUNS_INDEX,
                 keys.runs_by_workflow_key(workflow),
                 keys.queue_key(workflow),
+                *_STATS,
             ],
             args=[
                 run_id,
@@ -274,9 +277,21 @@ class Store:
                 input_json,
                 json.dumps(labels, sort_keys=True),
                 idempotency_key,
+                traceparent,
             ],
         )
         return bool(created), str(found_id)
+
+    async def stats(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(runs by status, queued runs by workflow), kept exact by the scripts."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.STATS_STATUS)
+            pipe.hgetall(keys.STATS_QUEUED)
+            by_status, queued = await pipe.execute()
+        return (
+            {k: int(v) for k, v in by_status.items()},
+            {k: int(v) for k, v in queued.items()},
+        )
 
     async def get_run(self, run_id: str) -> RunRecord:
         """The run's state; NotFoundError when there is no such run."""
@@ -329,20 +344,22 @@ class Store:
         replica_id: str,
         lease_ms: int,
         max_attempts: int,
-    ) -> tuple[str, str] | None:
-        """Make `attempt` of a queued run RUNNING on a worker; (workflow, input) or None."""
+    ) -> tuple[str, str, str] | None:
+        """Make `attempt` of a queued run RUNNING on a worker; (workflow, input, traceparent)
+        or None."""
         reply = await self._claim(
-            keys=[keys.run_key(run_id), keys.LEASES],
+            keys=[keys.run_key(run_id), keys.LEASES, *_STATS],
             args=[attempt, worker_id, replica_id, lease_ms, max_attempts],
         )
         if not reply or int(reply[0]) != 1:
             return None
-        return str(reply[1]), str(reply[2])
+        return str(reply[1]), str(reply[2]), str(reply[3])
 
     async def cancel(self, run_id: str, reason: str) -> CancelOutcome:
         """Cancel a queued or running run, writing RUN_CANCELLED once."""
         reply = await self._cancel(
-            keys=[keys.run_key(run_id), keys.events_key(run_id), keys.LEASES], args=[reason]
+            keys=[keys.run_key(run_id), keys.events_key(run_id), keys.LEASES, *_STATS],
+            args=[reason],
         )
         outcome = int(reply[0])
         if outcome == -1:
@@ -362,6 +379,7 @@ class Store:
                 keys.events_key(run_id),
                 keys.queue_key(workflow),
                 keys.LEASES,
+                *_STATS,
             ],
             args=[attempt, reason],
         )
@@ -382,6 +400,7 @@ class Store:
                     keys.events_key(run_id),
                     keys.queue_key(workflow or ""),
                     keys.LEASES,
+                    *_STATS,
                 ],
                 args=[run_id, f"{lease_timeout:g}"],
             )
@@ -530,7 +549,7 @@ class RunWriter:
 
         async def call(seq: int) -> Any:
             return await self._store._finish(
-                keys=[*self._keys, keys.LEASES],
+                keys=[*self._keys, keys.LEASES, *_STATS],
                 args=[self.attempt, seq, status, result_json, *error, *event],
             )
 

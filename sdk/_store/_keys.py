@@ -12,6 +12,8 @@ PREFIX = "ll:"
 # Global keys.
 RUNS_INDEX = PREFIX + "runs"  # zset: run_id -> create time (ms), for ListRuns
 LEASES = PREFIX + "leases"  # zset: run_id -> lease expiry (ms) of every RUNNING run
+STATS_STATUS = PREFIX + "stats:status"  # hash: status -> runs in it now (kept by the scripts)
+STATS_QUEUED = PREFIX + "stats:queued"  # hash: workflow -> runs queued now
 WORKFLOWS = PREFIX + "workflows"  # hash: workflow name -> description
 CONTROL_CHANNEL = PREFIX + "control"  # pub/sub: cancel notices between replicas
 DISPATCH_GROUP = "dispatch"  # consumer group on every queue stream

@@ -25,6 +25,13 @@ local function holds(run, attempt)
   local st = redis.call('HMGET', run, 'status', 'attempt')
   return st[1] == 'RUNNING' and st[2] == attempt
 end
+-- Run counts by status and queued runs by workflow, for metrics; the last two KEYS.
+local STATS = KEYS[#KEYS - 1]
+local QUEUED = KEYS[#KEYS]
+local function moved(from, to)
+  if from then redis.call('HINCRBY', STATS, from, -1) end
+  if to then redis.call('HINCRBY', STATS, to, 1) end
+end
 -- 0: not held; 1: apply; 2: already applied (a retried write)
 local function fenced(run, attempt, seq)
   if not holds(run, attempt) then return 0 end
@@ -35,8 +42,9 @@ local function fenced(run, attempt, seq)
 end
 """
 
+# Every script's last two KEYS are STATS_STATUS and STATS_QUEUED.
 # KEYS: run, events, idempotency, runs index, workflow index, queue
-# ARGV: run_id, workflow, input_json, labels_json, idempotency key ('' = none)
+# ARGV: run_id, workflow, input_json, labels_json, idempotency key ('' = none), traceparent
 CREATE_RUN = (
     _PRELUDE
     + """
@@ -49,7 +57,9 @@ local now = fmt(now_ms())
 local id = redis.call('XADD', KEYS[2], '*', 't', 'RUN_QUEUED', 'a', '1', 'm', 'queued')
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'QUEUED',
   'attempt', '1', 'input_json', ARGV[3], 'labels_json', ARGV[4], 'idempotency_key', ARGV[5],
-  'create_ms', now, 'update_ms', now, 'last_event_id', id, 'lost', '0')
+  'create_ms', now, 'update_ms', now, 'last_event_id', id, 'lost', '0', 'traceparent', ARGV[6])
+moved(nil, 'QUEUED')
+redis.call('HINCRBY', QUEUED, ARGV[2], 1)
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 redis.call('XADD', KEYS[6], '*', 'run_id', ARGV[1], 'attempt', '1')
@@ -58,18 +68,21 @@ return {1, ARGV[1]}
 )
 
 # KEYS: run, leases. ARGV: attempt, worker_id, replica_id, lease_ms, max_attempts
-# Returns {1, workflow, input_json} when this caller now holds the attempt, else {0}.
+# Returns {1, workflow, input_json, traceparent} when this caller now holds the attempt, else {0}.
 CLAIM_RUN = (
     _PRELUDE
     + """
-local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'workflow', 'input_json', 'run_id')
+local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'workflow', 'input_json', 'run_id',
+  'traceparent')
 if st[1] ~= 'QUEUED' or st[2] ~= ARGV[1] then return {0} end
 local now = now_ms()
 local expires = fmt(now + tonumber(ARGV[4]))
 redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'worker_id', ARGV[2], 'replica_id', ARGV[3],
   'lease_expires_ms', expires, 'update_ms', fmt(now), 'max_attempts', ARGV[5], 'seq', '0')
 redis.call('ZADD', KEYS[2], expires, st[5])
-return {1, st[3], st[4]}
+moved('QUEUED', 'RUNNING')
+redis.call('HINCRBY', QUEUED, st[3], -1)
+return {1, st[3], st[4], st[6] or ''}
 """
 )
 
@@ -109,6 +122,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result_json', ARGV[4], 'error_ty
   'error_message', ARGV[6], 'error_component', ARGV[7], 'update_ms', fmt(now_ms()),
   'last_event_id', id, 'lease_expires_ms', '')
 redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'run_id'))
+moved('RUNNING', ARGV[3])
 return id
 """
 )
@@ -118,13 +132,15 @@ return id
 CANCEL_RUN = (
     _PRELUDE
     + """
-local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker_id', 'run_id')
+local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker_id', 'run_id', 'workflow')
 if not st[1] then return {-1} end
 if st[1] ~= 'QUEUED' and st[1] ~= 'RUNNING' then return {0, st[1]} end
 local id = redis.call('XADD', KEYS[2], '*', 't', 'RUN_CANCELLED', 'a', st[2], 'm', ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'cancel_reason', ARGV[1],
   'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '')
 redis.call('ZREM', KEYS[3], st[4])
+moved(st[1], 'CANCELLED')
+if st[1] == 'QUEUED' then redis.call('HINCRBY', QUEUED, st[5], -1) end
 return {1, st[1], st[2], st[3] or ''}
 """
 )
@@ -150,6 +166,8 @@ local function requeue(run, events, queue, leases, attempt, message)
     'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '', 'seq', '0')
   redis.call('ZREM', leases, run_id)
   redis.call('XADD', queue, '*', 'run_id', run_id, 'attempt', next_attempt)
+  moved('RUNNING', 'QUEUED')
+  redis.call('HINCRBY', QUEUED, redis.call('HGET', run, 'workflow'), 1)
 end
 """
 
@@ -200,6 +218,7 @@ if lost >= limit then
     'error_message', message, 'error_component', '', 'update_ms', fmt(now),
     'last_event_id', id, 'lease_expires_ms', '')
   redis.call('ZREM', KEYS[4], ARGV[1])
+  moved('RUNNING', 'FAILED')
   return 'failed'
 end
 requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], st[2], why .. '; retrying as attempt ' ..

@@ -33,6 +33,21 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_RUN_SUCCEEDED: _ClassVar[EventType]
     EVENT_TYPE_RUN_FAILED: _ClassVar[EventType]
     EVENT_TYPE_RUN_CANCELLED: _ClassVar[EventType]
+
+class TraceSpanKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRACE_SPAN_KIND_UNSPECIFIED: _ClassVar[TraceSpanKind]
+    TRACE_SPAN_KIND_ATTEMPT: _ClassVar[TraceSpanKind]
+    TRACE_SPAN_KIND_COMPONENT: _ClassVar[TraceSpanKind]
+
+class TraceSpanStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRACE_SPAN_STATUS_UNSPECIFIED: _ClassVar[TraceSpanStatus]
+    TRACE_SPAN_STATUS_OK: _ClassVar[TraceSpanStatus]
+    TRACE_SPAN_STATUS_ERROR: _ClassVar[TraceSpanStatus]
+    TRACE_SPAN_STATUS_RUNNING: _ClassVar[TraceSpanStatus]
+    TRACE_SPAN_STATUS_INTERRUPTED: _ClassVar[TraceSpanStatus]
+    TRACE_SPAN_STATUS_REPLAYED: _ClassVar[TraceSpanStatus]
 RUN_STATUS_UNSPECIFIED: RunStatus
 RUN_STATUS_QUEUED: RunStatus
 RUN_STATUS_RUNNING: RunStatus
@@ -50,6 +65,15 @@ EVENT_TYPE_RUN_RETRYING: EventType
 EVENT_TYPE_RUN_SUCCEEDED: EventType
 EVENT_TYPE_RUN_FAILED: EventType
 EVENT_TYPE_RUN_CANCELLED: EventType
+TRACE_SPAN_KIND_UNSPECIFIED: TraceSpanKind
+TRACE_SPAN_KIND_ATTEMPT: TraceSpanKind
+TRACE_SPAN_KIND_COMPONENT: TraceSpanKind
+TRACE_SPAN_STATUS_UNSPECIFIED: TraceSpanStatus
+TRACE_SPAN_STATUS_OK: TraceSpanStatus
+TRACE_SPAN_STATUS_ERROR: TraceSpanStatus
+TRACE_SPAN_STATUS_RUNNING: TraceSpanStatus
+TRACE_SPAN_STATUS_INTERRUPTED: TraceSpanStatus
+TRACE_SPAN_STATUS_REPLAYED: TraceSpanStatus
 
 class RunError(_message.Message):
     __slots__ = ("type", "message", "component", "attempt")
@@ -259,3 +283,59 @@ class ListWorkflowsResponse(_message.Message):
     workflows: _containers.RepeatedCompositeFieldContainer[Workflow]
     next_page_token: str
     def __init__(self, workflows: _Optional[_Iterable[_Union[Workflow, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetRunTraceRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class TraceSpan(_message.Message):
+    __slots__ = ("span_id", "parent_span_id", "name", "kind", "attempt", "step", "start_time", "end_time", "status", "error", "tries", "cache_hit", "model", "provider", "input_tokens", "output_tokens", "worker")
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    TRIES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: TraceSpanKind
+    attempt: int
+    step: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    status: TraceSpanStatus
+    error: str
+    tries: int
+    cache_hit: bool
+    model: str
+    provider: str
+    input_tokens: int
+    output_tokens: int
+    worker: str
+    def __init__(self, span_id: _Optional[str] = ..., parent_span_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TraceSpanKind, str]] = ..., attempt: _Optional[int] = ..., step: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[TraceSpanStatus, str]] = ..., error: _Optional[str] = ..., tries: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., worker: _Optional[str] = ...) -> None: ...
+
+class GetRunTraceResponse(_message.Message):
+    __slots__ = ("run", "spans", "input_tokens", "output_tokens")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    SPANS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    spans: _containers.RepeatedCompositeFieldContainer[TraceSpan]
+    input_tokens: int
+    output_tokens: int
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., spans: _Optional[_Iterable[_Union[TraceSpan, _Mapping]]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...

@@ -72,6 +72,11 @@ class RunServiceStub:
                 request_serializer=longline_dot_v1_dot_runs__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=longline_dot_v1_dot_runs__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.GetRunTrace = channel.unary_unary(
+                '/longline.v1.RunService/GetRunTrace',
+                request_serializer=longline_dot_v1_dot_runs__pb2.GetRunTraceRequest.SerializeToString,
+                response_deserializer=longline_dot_v1_dot_runs__pb2.GetRunTraceResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -130,6 +135,14 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRunTrace(self, request, context):
+        """GetRunTrace returns the run's trace tree, rebuilt from its events: every
+        attempt, every component call, with durations, tokens and errors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +180,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=longline_dot_v1_dot_runs__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=longline_dot_v1_dot_runs__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'GetRunTrace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunTrace,
+                    request_deserializer=longline_dot_v1_dot_runs__pb2.GetRunTraceRequest.FromString,
+                    response_serializer=longline_dot_v1_dot_runs__pb2.GetRunTraceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +378,33 @@ class RunService:
             '/longline.v1.RunService/ListWorkflows',
             longline_dot_v1_dot_runs__pb2.ListWorkflowsRequest.SerializeToString,
             longline_dot_v1_dot_runs__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunTrace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longline.v1.RunService/GetRunTrace',
+            longline_dot_v1_dot_runs__pb2.GetRunTraceRequest.SerializeToString,
+            longline_dot_v1_dot_runs__pb2.GetRunTraceResponse.FromString,
             options,
             channel_credentials,
             insecure,
