@@ -24,6 +24,7 @@ class WorkerSettings:
     heartbeat_interval: float = 2.0
     drain_timeout: float = 25.0
     health_listen: str = ""  # host:port for grpc.health.v1; empty: none
+    metrics_listen: str = ""  # HOST:PORT for Prometheus; empty: none
 
     @property
     def targets(self) -> list[str]:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from prometheus_client import CollectorRegistry, start_http_server
 from redis.exceptions import RedisError
 
 from longline import Context, LeaseLost, Workflow
@@ -24,6 +26,7 @@ from longline._store import RunWriter, Store, connect, encode_event
 from longline._store._services import RedisServices
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
+from ._metrics import WorkerMetrics
 from ._settings import WorkerSettings
 
 log = logging.getLogger("longline.compute_plane")
@@ -33,8 +36,9 @@ _tracer = trace.get_tracer("longline.compute_plane")
 class _RedisSink:
     """The EventSink of one attempt: fenced appends to the run's stream."""
 
-    def __init__(self, writer: RunWriter) -> None:
+    def __init__(self, writer: RunWriter, metrics: WorkerMetrics | None) -> None:
         self._writer = writer
+        self._metrics = metrics
 
     async def emit(
         self,
@@ -50,7 +54,13 @@ class _RedisSink:
         fields = encode_event(
             type, self._writer.attempt, message, data_json, component, span_id, parent_span_id
         )
-        return (await self._writer.append([fields], checkpoint))[0]
+        started = time.perf_counter()
+        event_id = (await self._writer.append([fields], checkpoint))[0]
+        if self._metrics is not None:
+            self._metrics.event_write.observe(time.perf_counter() - started)
+            if type == "COMPONENT_FINISHED":
+                self._metrics.step_finished(component, data_json)
+        return event_id
 
 
 @dataclass(eq=False)
@@ -76,6 +86,8 @@ class Worker:
         self._lease_ms = int(settings.heartbeat_interval * 5000)
         self._store: Store | None = None
         self._services: RedisServices | None = None
+        self.metrics = WorkerMetrics(CollectorRegistry()) if settings.metrics_listen else None
+        self.metrics_port = 0  # the bound Prometheus port, with settings.metrics_listen
 
     @property
     def connected(self) -> asyncio.Event:
@@ -100,6 +112,14 @@ class Worker:
         self._store = Store(redis)
         self._services = RedisServices(redis)
         health_server = await self._start_health()
+        metrics_server = None
+        if self.metrics is not None:
+            self.metrics.watch(lambda: len(self._running), s.slots)
+            host, _, port = s.metrics_listen.rpartition(":")
+            metrics_server, _ = start_http_server(
+                int(port), addr=host or "127.0.0.1", registry=self.metrics.registry
+            )
+            self.metrics_port = metrics_server.server_port
         try:
             async with asyncio.TaskGroup() as tasks:
                 session = tasks.create_task(self._session_loop(), name="connect")
@@ -115,6 +135,9 @@ class Worker:
                 await self._store.withdraw(s.worker_id, self.workflows)
             if health_server is not None:
                 await health_server[0].stop(0)
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             await redis.aclose()
 
     async def _start_health(self) -> tuple[grpc.aio.Server, Any] | None:
@@ -285,7 +308,12 @@ class Worker:
             self._running.pop(a.run_id, None)
             return
         ctx = Context(
-            a.run_id, a.attempt, workflow.name, _RedisSink(writer), checkpoints, self._services
+            a.run_id,
+            a.attempt,
+            workflow.name,
+            _RedisSink(writer, self.metrics),
+            checkpoints,
+            self._services,
         )
         ctx.activate()  # this task's own copy of the context variables
         # The attempt is traced as a child of the run's span, whichever process made it.
@@ -330,6 +358,8 @@ class Worker:
                     "RUN_SUCCEEDED", a.attempt, "succeeded", result_json, span_id=ctx.span_id
                 ),
             )
+            if self.metrics is not None:
+                self.metrics.finished.labels("succeeded").inc()
         except LeaseLost:
             attempt_span.set_status(trace.Status(trace.StatusCode.ERROR, "lease lost"))
             log.info("run %s attempt %d no longer ours; abandoned", a.run_id, a.attempt)
@@ -340,6 +370,8 @@ class Worker:
             attempt_span.record_exception(exc)
             attempt_span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}"))
             await self._fail(writer, ctx, exc)
+            if self.metrics is not None:
+                self.metrics.finished.labels("failed").inc()
         finally:
             attempt_span.set_attribute("longline.replayed_steps", len(ctx.replayed))
             attempt_span.end()

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -58,6 +59,7 @@ class EventHub:
         self._wake_key = keys.wake_key(replica_id + ":hub")
         self._wake_cursor = "0-0"
         self._watches: dict[str, _Watch] = {}
+        self.on_delivery: Callable[[float], None] | None = None  # seconds from write to fan-out
 
     @property
     def watchers(self) -> int:
@@ -93,10 +95,13 @@ class EventHub:
                 watched = self._watches.get(run_id)
                 if watched is None:
                     continue  # its last watcher left while the read was in flight
+                now_ms = time.time() * 1000
                 for event_id, fields in entries:
                     event = StoredEvent.decode(event_id, fields)
                     for subscriber in watched.subscribers:
                         subscriber.offer(event)
+                    if self.on_delivery is not None:
+                        self.on_delivery(max(0.0, (now_ms - event.time_ms) / 1000))
                 watched.cursor = entries[-1][0]
 
     async def events(self, run_id: str, after: str = "") -> AsyncIterator[StoredEvent]:

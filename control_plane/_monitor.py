@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
@@ -21,8 +22,11 @@ log = logging.getLogger("longline.control_plane.monitor")
 class LeaseMonitor:
     """Expires leases not renewed within `lease_timeout` seconds."""
 
-    def __init__(self, store: Store, lease_timeout: float) -> None:
+    def __init__(
+        self, store: Store, lease_timeout: float, on_expired: Callable[[], None] | None = None
+    ) -> None:
         self._store = store
+        self._on_expired = on_expired
         self._lease_timeout = lease_timeout
         self.expired = 0  # attempts this replica found lost (requeued or failed)
         # After losing Redis, give workers one lease timeout to renew before judging them:
@@ -37,6 +41,8 @@ class LeaseMonitor:
                 if time.monotonic() >= self._judge_after:
                     for run_id, outcome in await self._store.expire_leases(self._lease_timeout):
                         self.expired += 1
+                        if self._on_expired is not None:
+                            self._on_expired()
                         log.warning("run %s lost its worker: %s", run_id, outcome)
                 now_ms = await self._store._now_ms()
                 due = await self._store.next_lease_expiry_ms()

@@ -20,6 +20,7 @@ from longline._store import (
     Store,
     StoredEvent,
     TooLargeError,
+    _trace,
     keys,
     parse_event_id,
 )
@@ -84,6 +85,30 @@ def event_to_proto(run_id: str, e: StoredEvent) -> runs_pb2.RunEvent:
         span_id=e.span_id,
         parent_span_id=e.parent_span_id,
     )
+
+
+def _span_to_proto(s: _trace.SpanRecord) -> runs_pb2.TraceSpan:
+    msg = runs_pb2.TraceSpan(
+        span_id=s.span_id,
+        parent_span_id=s.parent_span_id,
+        name=s.name,
+        kind=runs_pb2.TraceSpanKind.Value(f"TRACE_SPAN_KIND_{s.kind}"),
+        attempt=s.attempt,
+        step=s.step,
+        start_time=_timestamp(s.start_ms),
+        status=runs_pb2.TraceSpanStatus.Value(f"TRACE_SPAN_STATUS_{s.status}"),
+        error=s.error,
+        tries=s.tries,
+        cache_hit=s.cache_hit,
+        model=s.model,
+        provider=s.provider,
+        input_tokens=s.input_tokens,
+        output_tokens=s.output_tokens,
+        worker=s.worker,
+    )
+    if s.end_ms is not None:
+        msg.end_time.CopyFrom(_timestamp(s.end_ms))
+    return msg
 
 
 def _require_run_id(run_id: str) -> str:
@@ -271,6 +296,28 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         await self._store.get_run(run_id)  # NOT_FOUND before any event
         async for event in self._hub.events(run_id, request.after_event_id):
             yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
+
+    async def GetRunTrace(
+        self, request: runs_pb2.GetRunTraceRequest, context: grpc.aio.ServicerContext
+    ) -> runs_pb2.GetRunTraceResponse:
+        run_id = _require_run_id(request.run_id)
+        record = await self._store.get_run(run_id)
+        events: list[StoredEvent] = []
+        while True:
+            page = await self._store.read_events(
+                run_id, events[-1].event_id if events else "", 1000
+            )
+            events += page
+            if len(page) < 1000:
+                break
+        spans = [_span_to_proto(s) for s in _trace.build(events)]
+        live = [s for s in spans if s.status != runs_pb2.TRACE_SPAN_STATUS_REPLAYED]
+        return runs_pb2.GetRunTraceResponse(
+            run=run_to_proto(record),
+            spans=spans,
+            input_tokens=sum(s.input_tokens for s in live),
+            output_tokens=sum(s.output_tokens for s in live),
+        )
 
     async def ListWorkflows(
         self, request: runs_pb2.ListWorkflowsRequest, context: grpc.aio.ServicerContext

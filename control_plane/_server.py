@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
 from redis.exceptions import RedisError
 
 from longline._store import Store, connect, keys
@@ -17,6 +18,7 @@ from longline.v1 import runs_pb2, runs_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 from ._errors import ErrorInterceptor
 from ._hub import BLOCK_MS, EventHub
+from ._metrics import ControlPlaneMetrics
 from ._monitor import LeaseMonitor
 from ._runs import RunServicer
 from ._settings import ControlPlaneSettings
@@ -40,6 +42,7 @@ class ControlPlane:
         self._main: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._hub: EventHub | None = None
+        self.metrics_port = 0  # the bound Prometheus port, with settings.metrics_listen
 
     @property
     def watchers(self) -> int:
@@ -95,7 +98,19 @@ class ControlPlane:
         store = Store(pool)
         hub = self._hub = EventHub(store, hub_reader, s.replica_id)
         dispatcher = Dispatcher(store, dispatch_reader, s)
-        monitor = LeaseMonitor(store, s.lease_timeout)
+        metrics = ControlPlaneMetrics(CollectorRegistry()) if s.metrics_listen else None
+        monitor = LeaseMonitor(
+            store, s.lease_timeout, metrics.lease_expiries.inc if metrics else None
+        )
+        metrics_server = None
+        if metrics is not None:
+            metrics.watch(lambda: hub.watchers, lambda: len(dispatcher.sessions))
+            hub.on_delivery = metrics.delivery.observe
+            host, _, port = s.metrics_listen.rpartition(":")
+            metrics_server, _ = start_http_server(
+                int(port), addr=host or "127.0.0.1", registry=metrics.registry
+            )
+            self.metrics_port = metrics_server.server_port
 
         server = grpc.aio.server(
             interceptors=[ErrorInterceptor()],
@@ -129,6 +144,11 @@ class ControlPlane:
                     tasks.create_task(dispatcher.run(), name="dispatcher"),
                     tasks.create_task(self._control_listener(pool, dispatcher), name="control"),
                     tasks.create_task(monitor.run(), name="lease-monitor"),
+                    *(
+                        [tasks.create_task(metrics.refresh(store), name="metrics")]
+                        if metrics
+                        else []
+                    ),
                 ]
                 await self._stopping.wait()
                 for service in ("", *SERVICES):
@@ -137,6 +157,9 @@ class ControlPlane:
                 for task in background:
                     task.cancel()
         finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             await server.stop(0)
             for client in (hub_reader, dispatch_reader, pool):
                 await client.aclose()

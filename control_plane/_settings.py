@@ -18,3 +18,4 @@ class ControlPlaneSettings:
     heartbeat_interval: float = 2.0
     redis_pool_size: int = 32
     shutdown_grace: float = 5.0
+    metrics_listen: str = ""  # HOST:PORT for Prometheus; empty: none

@@ -25,7 +25,16 @@ from ._errors import (
     Unavailable,
 )
 from ._policies import Cache, Concurrency, RateLimit
-from ._types import Event, EventType, Run, RunErrorInfo, RunStatus, WorkflowInfo
+from ._types import (
+    Event,
+    EventType,
+    Run,
+    RunErrorInfo,
+    RunStatus,
+    RunTrace,
+    TraceSpan,
+    WorkflowInfo,
+)
 from ._workflow import Workflow, workflow
 
 __version__ = "0.1.0"
@@ -56,6 +65,8 @@ __all__ = [
     "RunFailed",
     "RunHandle",
     "RunStatus",
+    "RunTrace",
+    "TraceSpan",
     "Unauthenticated",
     "Unavailable",
     "Workflow",

@@ -17,9 +17,10 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TextIO
 
+from . import _telemetry
 from ._client import Client
 from ._errors import LonglineError
-from ._types import Event, EventType, RunStatus
+from ._types import Event, EventType, RunStatus, RunTrace, TraceSpan
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -37,6 +38,51 @@ def _add(parser: argparse.ArgumentParser, flag: str, default: Any = None, **kw: 
     env = "LONGLINE_" + name.upper().replace("-", "_")
     kw["help"] = (kw.get("help", "") + f" [env {env}]").strip()
     parser.add_argument(flag, default=env_default, **kw)
+
+
+def _seconds(span: TraceSpan) -> str:
+    d = span.duration
+    if d is None:
+        return "running"
+    return f"{d * 1000:.0f} ms" if d < 1 else f"{d:.2f} s"
+
+
+def print_trace(t: RunTrace, out: TextIO = sys.stdout) -> None:
+    """Print a run's trace tree."""
+    run = t.run
+    attempts = t.children("")
+    tokens = t.input_tokens + t.output_tokens
+    out.write(
+        f"run {run.run_id} {run.workflow} {run.status}: {len(attempts)} attempt"
+        f"{'s' if len(attempts) != 1 else ''}, {tokens} tokens "
+        f"({t.input_tokens} in, {t.output_tokens} out)\n"
+    )
+
+    def walk(span_id: str, prefix: str) -> None:
+        kids = t.children(span_id)
+        for n, s in enumerate(kids):
+            last = n == len(kids) - 1
+            branch = "└─ " if last else "├─ "
+            if s.status == "REPLAYED":
+                line = f"↺ {s.step} replayed from a checkpoint (not run again)"
+            else:
+                line = f"{s.step or s.name} {_seconds(s)} {s.status.lower()}"
+                if s.tries > 1:
+                    line += f" after {s.tries} tries"
+                if s.cache_hit:
+                    line += ", cache hit"
+                if s.model:
+                    line += f" · {s.model} at {s.provider}, {s.input_tokens}+{s.output_tokens} tok"
+                if s.error:
+                    line += f" · {s.error}"
+            out.write(f"{prefix}{branch}{line}\n")
+            walk(s.span_id, prefix + ("   " if last else "│  "))
+
+    for a in attempts:
+        where = f" on {a.worker}" if a.worker else ""
+        why = f": {a.error}" if a.error else ""
+        out.write(f"{a.name}{where} · {_seconds(a)} · {a.status.lower()}{why}\n")
+        walk(a.span_id, "  ")
 
 
 def _abridged(value: Any, limit: int = 240) -> Any:
@@ -167,15 +213,20 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
         max_input_bytes=args.max_input_bytes,
         lease_timeout=args.lease_timeout,
         heartbeat_interval=args.heartbeat_interval,
+        metrics_listen=args.metrics_listen,
         **({"replica_id": args.replica_id} if args.replica_id else {}),
     )
+    shutdown_tracing = _telemetry.setup("longline-control-plane")
     cp = ControlPlane(settings)
 
     async def main() -> int:
         await cp.run()
         return 0
 
-    return _serve(main, [cp.request_stop])
+    try:
+        return _serve(main, [cp.request_stop])
+    finally:
+        shutdown_tracing()
 
 
 def _worker(args: argparse.Namespace, module: str, control_plane: str, redis: str) -> Any:
@@ -193,19 +244,24 @@ def _worker(args: argparse.Namespace, module: str, control_plane: str, redis: st
         heartbeat_interval=args.heartbeat_interval,
         drain_timeout=args.drain_timeout,
         health_listen=args.health_listen or "",
+        metrics_listen=args.metrics_listen or "",
         **({"worker_id": args.worker_id} if getattr(args, "worker_id", None) else {}),
     )
     return Worker(settings, workflows)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    shutdown_tracing = _telemetry.setup("longline-worker")
     worker = _worker(args, args.module, args.control_plane, args.redis)
 
     async def main() -> int:
         await worker.run()
         return 0
 
-    return _serve(main, [worker.request_stop])
+    try:
+        return _serve(main, [worker.request_stop])
+    finally:
+        shutdown_tracing()
 
 
 def _cmd_offline_model(args: argparse.Namespace) -> int:
@@ -335,6 +391,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
                         f"{r.run_id}  {r.status:<10} {r.workflow:<20} "
                         f"attempt {r.attempt}  {created}"
                     )
+            elif args.command == "trace":
+                print_trace(await client.get_run(args.run_id).trace())
             elif args.command == "workflows":
                 for w in await client.list_workflows():
                     print(f"{w.name:<24} {w.workers} workers  {w.description}")
@@ -361,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add(p, "--heartbeat-interval", 2.0, type=float, help="seconds between lease renewals")
         _add(p, "--drain-timeout", 25.0, type=float, help="seconds to finish runs after SIGTERM")
         _add(p, "--health-listen", "", help="HOST:PORT for the gRPC health service")
+        _add(p, "--metrics-listen", "", help="HOST:PORT for Prometheus metrics")
 
     p = sub.add_parser("dev", help="embedded Redis, a control plane and a worker, on this machine")
     _add(p, "--redis", "", help="Redis URL (default: start an embedded Redis)")
@@ -389,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "--max-input-bytes", 1024 * 1024, type=int, help="largest input_json accepted")
     _add(p, "--lease-timeout", 10.0, type=float, help="seconds a lease lasts without a heartbeat")
     _add(p, "--heartbeat-interval", 2.0, type=float, help="seconds between worker heartbeats")
+    _add(p, "--metrics-listen", "", help="HOST:PORT for Prometheus metrics")
 
     p = sub.add_parser("worker", help="one worker serving the workflows of MODULE")
     p.add_argument("module", help="a dotted module path or a .py file")
@@ -421,6 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel a queued or running run")
     p.add_argument("run_id")
     _add(p, "--reason", "", help="why (recorded in the run)")
+    client_flags(p)
+
+    p = sub.add_parser("trace", help="a run's trace tree: attempts, steps, durations, tokens")
+    p.add_argument("run_id")
     client_flags(p)
 
     p = sub.add_parser("workflows", help="list the workflows workers serve")

@@ -14,7 +14,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import propagate, trace
 
 from ._errors import RunCancelled, RunFailed, Unavailable, map_rpc_error
-from ._types import Event, EventType, Run, RunErrorInfo, RunStatus, WorkflowInfo
+from ._types import (
+    Event,
+    EventType,
+    Run,
+    RunErrorInfo,
+    RunStatus,
+    RunTrace,
+    TraceSpan,
+    WorkflowInfo,
+)
 from .v1 import runs_pb2, runs_pb2_grpc
 
 __all__ = ["Client", "RunHandle"]
@@ -170,7 +179,9 @@ class Client:
         labels: dict[str, str] | None = None,
     ) -> RunHandle:
         """Queue a run and return at once; `handle.created` is False on an idempotency hit."""
-        with _tracer.start_as_current_span(f"start {workflow}", kind=trace.SpanKind.CLIENT) as span:
+        with _tracer.start_as_current_span(
+            f"StartRun {workflow}", kind=trace.SpanKind.CLIENT
+        ) as span:
             response = await self._call(
                 "StartRun",
                 runs_pb2.StartRunRequest(
@@ -193,7 +204,9 @@ class Client:
         labels: dict[str, str] | None = None,
     ) -> Any:
         """Start a run, wait for it to end, and return its decoded result (raises RunFailed)."""
-        with _tracer.start_as_current_span(f"run {workflow}", kind=trace.SpanKind.CLIENT) as span:
+        with _tracer.start_as_current_span(
+            f"RunWorkflow {workflow}", kind=trace.SpanKind.CLIENT
+        ) as span:
             response = await self._call(
                 "RunWorkflow",
                 runs_pb2.RunWorkflowRequest(
@@ -260,6 +273,37 @@ class RunHandle:
         """The run's current state."""
         response = await self._client._call("GetRun", runs_pb2.GetRunRequest(run_id=self.run_id))
         return run_from_proto(response.run)
+
+    async def trace(self) -> RunTrace:
+        """The run's trace tree: attempts, component calls, durations, tokens, errors."""
+        response = await self._client._call(
+            "GetRunTrace", runs_pb2.GetRunTraceRequest(run_id=self.run_id)
+        )
+        spans = [
+            TraceSpan(
+                span_id=s.span_id,
+                parent_span_id=s.parent_span_id,
+                name=s.name,
+                kind=runs_pb2.TraceSpanKind.Name(s.kind).removeprefix("TRACE_SPAN_KIND_"),
+                attempt=s.attempt,
+                step=s.step,
+                start_time=_time(s.start_time),
+                end_time=_time(s.end_time) if s.HasField("end_time") else None,
+                status=runs_pb2.TraceSpanStatus.Name(s.status).removeprefix("TRACE_SPAN_STATUS_"),
+                error=s.error,
+                tries=s.tries,
+                cache_hit=s.cache_hit,
+                model=s.model,
+                provider=s.provider,
+                input_tokens=s.input_tokens,
+                output_tokens=s.output_tokens,
+                worker=s.worker,
+            )
+            for s in response.spans
+        ]
+        return RunTrace(
+            run_from_proto(response.run), spans, response.input_tokens, response.output_tokens
+        )
 
     async def cancel(self, reason: str = "") -> Run:
         """Cancel the run (FailedPrecondition if it already ended)."""

@@ -285,7 +285,7 @@ class Component(Generic[P, R]):
         if ctx is None:  # outside a run: an ordinary function, with its retry and timeout
             return await self._invoke(args, kwargs, None, [])
         step = ctx.next_step(self.name, self._user_key(args, kwargs))
-        attributes = {
+        attributes: dict[str, str | int | bool] = {
             "longline.component": self.name,
             "longline.step": step,
             "longline.run_id": ctx.run_id,

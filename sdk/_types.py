@@ -100,6 +100,50 @@ class Event:
 
 
 @dataclass(frozen=True)
+class TraceSpan:
+    """One node of a run's trace: an attempt (kind "ATTEMPT") or a component call."""
+
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: str
+    attempt: int
+    step: str
+    start_time: datetime | None
+    end_time: datetime | None
+    status: str  # OK, ERROR, RUNNING, INTERRUPTED, REPLAYED
+    error: str = ""
+    tries: int = 0
+    cache_hit: bool = False
+    model: str = ""
+    provider: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    worker: str = ""
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds, once ended."""
+        if self.start_time is None or self.end_time is None:
+            return None
+        return (self.end_time - self.start_time).total_seconds()
+
+
+@dataclass(frozen=True)
+class RunTrace:
+    """A run's trace tree, rebuilt from its events; spans come parents first."""
+
+    run: Run
+    spans: list[TraceSpan]
+    input_tokens: int
+    output_tokens: int
+
+    def children(self, span_id: str) -> list[TraceSpan]:
+        """The spans directly under span_id ('' for the attempts)."""
+        return [s for s in self.spans if s.parent_span_id == span_id]
+
+
+@dataclass(frozen=True)
 class WorkflowInfo:
     """A workflow some worker announced, and how many live workers serve it."""
 

@@ -139,3 +139,22 @@ async def ask_many(ctx: longline.Context, input: Any) -> Any:
     prompts = [f'Say something about "{input["tag"]} {i}"' for i in range(int(input["calls"]))]
     answers = await asyncio.gather(*(llm.complete(p, using=limited_chat) for p in prompts))
     return len(answers)
+
+
+@longline.component(secret=("token",))
+async def prepare(topic: str, token: str) -> str:
+    """Uses a credential that must never leave the process."""
+    assert token
+    return f'Write one line about "{topic}".'
+
+
+@longline.component
+async def polish(text: str) -> str:
+    return text.strip().upper()
+
+
+@longline.workflow(description="Three components, one of them an LLM call.")
+async def traced(ctx: longline.Context, input: Any) -> Any:
+    prompt = await prepare(input["topic"], token=input["token"])
+    text = await llm.complete(prompt)
+    return await polish(text)

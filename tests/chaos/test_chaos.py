@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import grpc
@@ -17,7 +19,7 @@ import longline
 from longline._embedded import EmbeddedRedis, free_port
 from longline._store import keys
 from tests.chaos.conftest import LEASE
-from tests.conftest import eventually
+from tests.conftest import ROOT, eventually
 from tests.procs import Proc, start_control_plane, start_worker
 
 EventType = longline.EventType
@@ -64,6 +66,23 @@ async def test_kill_9_of_a_worker_mid_step_resumes_elsewhere_from_checkpoints(
     assert any(e.attempt == 2 and e.type is EventType.RUN_STARTED for e in events)
     assert len(_terminal(events)) == 1
     assert await _holder(redis, handle.run_id) != victim  # the other worker finished it
+
+    # The trace, rebuilt from the events alone, tells the story.
+    shown = subprocess.run(
+        [sys.executable, "-m", "longline._cli", "trace", handle.run_id, "--control-plane", target],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "five_steps SUCCEEDED: 2 attempts" in out
+    assert f"attempt 1 on {victim}" in out and "interrupted: worker" in out
+    assert "attempt 2 on " in out and " · ok" in out
+    assert "↺ chaos_step#1 replayed from a checkpoint" in out
+    assert "↺ chaos_step#2 replayed from a checkpoint" in out
+    assert "chaos_step#3" in out.split("attempt 2")[1]  # ran again in attempt 2
 
 
 async def test_a_paused_worker_that_wakes_up_writes_nothing_more(

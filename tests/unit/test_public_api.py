@@ -32,6 +32,8 @@ EXPECTED = {
     "RunFailed",
     "RunHandle",
     "RunStatus",
+    "RunTrace",
+    "TraceSpan",
     "Unauthenticated",
     "Unavailable",
     "Workflow",
