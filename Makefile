@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: all demo test lint protos bench dev clean
+.PHONY: all demo test lint protos protos-release bench dev clean
 
 all: test
 
@@ -22,12 +22,12 @@ demo: $(STAMP)
 	$(BIN)/longline dev --run blog_post --input '{"topic": "tides", "sections": 3}'
 
 test: $(STAMP)
-	cd protos && ../$(BIN)/buf lint
+	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf breaking --against baseline.binpb
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # mypy cannot follow setuptools' editable-install import hook, so it checks a plain install.
 lint: $(STAMP)
-	cd protos && ../$(BIN)/buf lint
+	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf breaking --against baseline.binpb
 	$(BIN)/ruff check .
 	rm -rf $(VENV)/lint-site
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --target $(VENV)/lint-site . 2>/dev/null
@@ -36,6 +36,10 @@ lint: $(STAMP)
 
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
+
+# At a release: the protos as they are become the baseline that `buf breaking` holds us to.
+protos-release: $(STAMP)
+	cd protos && ../$(BIN)/buf build -o baseline.binpb
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench

@@ -9,9 +9,11 @@ import inspect
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any as AnyValue
 
 import grpc
+from google.protobuf.any_pb2 import Any
+from google.rpc import error_details_pb2, status_pb2
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -20,19 +22,41 @@ from longline._store import DomainError
 log = logging.getLogger("longline.control_plane")
 
 
+ERROR_DOMAIN = "longline.dev"
+
+
+def _details(code: grpc.StatusCode, message: str, reason: str) -> tuple[tuple[str, bytes]]:
+    """google.rpc.Status with an ErrorInfo, as the trailing metadata gRPC carries it in."""
+    info = Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[info])
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+async def _fail(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, reason: str
+) -> None:
+    await context.abort(code, message, trailing_metadata=_details(code, message, reason))
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, DomainError):
-        await context.abort(grpc.StatusCode[exc.code], exc.message)
+        await _fail(context, grpc.StatusCode[exc.code], exc.message, exc.reason)
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         log.warning("%s: Redis unavailable: %s", method, exc)
-        await context.abort(
+        await _fail(
+            context,
             grpc.StatusCode.UNAVAILABLE,
             "the control plane cannot reach Redis right now; retry shortly (nothing was lost)",
+            "BACKEND_UNAVAILABLE",
         )
     ref = secrets.token_hex(4)
     log.error("internal error in %s (ref %s)", method, ref, exc_info=exc)
-    await context.abort(
-        grpc.StatusCode.INTERNAL, f"internal error in {method} (ref {ref}; see the server log)"
+    await _fail(
+        context,
+        grpc.StatusCode.INTERNAL,
+        f"internal error in {method} (ref {ref}; see the server log)",
+        "INTERNAL",
     )
 
 
@@ -69,8 +93,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+def _wrap_unary(behavior: Callable[..., AnyValue], method: str) -> Callable[..., AnyValue]:
+    async def wrapped(request: AnyValue, context: grpc.aio.ServicerContext) -> AnyValue:
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
@@ -81,12 +105,12 @@ def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]
     return wrapped
 
 
-def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _wrap_stream(behavior: Callable[..., AnyValue], method: str) -> Callable[..., AnyValue]:
     if inspect.isasyncgenfunction(behavior):
 
         async def wrapped_gen(
-            request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+            request: AnyValue, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[AnyValue]:
             try:
                 async for response in behavior(request, context):
                     yield response

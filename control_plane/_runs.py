@@ -113,15 +113,17 @@ def _span_to_proto(s: _trace.SpanRecord) -> runs_pb2.TraceSpan:
 
 def _require_run_id(run_id: str) -> str:
     if not run_id:
-        raise InvalidArgumentError("run_id is required")
+        raise InvalidArgumentError("run_id is required", "RUN_ID_REQUIRED")
     if len(run_id) > 128 or "{" in run_id or "}" in run_id:
-        raise NotFoundError(f"run {run_id[:128]!r} not found")
+        raise NotFoundError(f"run {run_id[:128]!r} not found", "RUN_NOT_FOUND")
     return run_id
 
 
 def _page_size(requested: int) -> int:
     if requested < 0:
-        raise InvalidArgumentError(f"page_size must not be negative, got {requested}")
+        raise InvalidArgumentError(
+            f"page_size must not be negative, got {requested}", "INVALID_PAGE_SIZE"
+        )
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
@@ -137,7 +139,8 @@ def _decode_token(token: str, n: int) -> list[str]:
     if len(parts) != n:
         raise InvalidArgumentError(
             "page_token is not one this server gave out: pass next_page_token from the "
-            "previous response unchanged, or leave it empty for the first page"
+            "previous response unchanged, or leave it empty for the first page",
+            "INVALID_PAGE_TOKEN",
         )
     return parts
 
@@ -156,35 +159,43 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         metadata: Sequence[tuple[str, str]],
     ) -> tuple[RunRecord, bool]:
         if not request.workflow:
-            raise InvalidArgumentError("workflow is required: the name of a workflow to run")
+            raise InvalidArgumentError(
+                "workflow is required: the name of a workflow to run", "WORKFLOW_REQUIRED"
+            )
         size = len(request.input_json.encode())
         if size > self._settings.max_input_bytes:
             raise TooLargeError(
                 f"input_json is {size} bytes, over the limit of {self._settings.max_input_bytes} "
-                "bytes: pass a reference to large data (a URL or object key) instead"
+                "bytes: pass a reference to large data (a URL or object key) instead",
+                "INPUT_TOO_LARGE",
             )
         input_json = request.input_json or "null"
         try:
             json.loads(input_json)
         except (ValueError, RecursionError) as exc:
-            raise InvalidArgumentError(f"input_json is not valid JSON: {exc}") from None
+            raise InvalidArgumentError(
+                f"input_json is not valid JSON: {exc}", "INPUT_NOT_JSON"
+            ) from None
         if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
             raise InvalidArgumentError(
-                f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters"
+                f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters",
+                "INVALID_IDEMPOTENCY_KEY",
             )
         if len(request.labels) > MAX_LABELS:
-            raise InvalidArgumentError(f"at most {MAX_LABELS} labels are allowed")
+            raise InvalidArgumentError(f"at most {MAX_LABELS} labels are allowed", "INVALID_LABELS")
         for k, v in request.labels.items():
             if not k or len(k) > MAX_LABEL_BYTES or len(v) > MAX_LABEL_BYTES:
                 raise InvalidArgumentError(
                     f"label keys must be non-empty and keys and values at most {MAX_LABEL_BYTES} "
-                    f"characters (label {k[:40]!r})"
+                    f"characters (label {k[:40]!r})",
+                    "INVALID_LABELS",
                 )
         if not await self._store.workflow_known(request.workflow):
             known = [name for name, _, _ in await self._store.list_workflows()]
             raise NotFoundError(
                 f"workflow {request.workflow[:100]!r} is not known: no worker has announced it. "
-                f"Known workflows: {', '.join(known) or 'none (is a worker running?)'}"
+                f"Known workflows: {', '.join(known) or 'none (is a worker running?)'}",
+                "WORKFLOW_NOT_FOUND",
             )
         new_id = uuid.uuid4().hex
         # The run's span is a child of the caller's (from the gRPC span, or the traceparent
@@ -252,13 +263,17 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 else ""
             )
             if not name:
-                raise InvalidArgumentError(f"status {request.status} is not a RunStatus")
+                raise InvalidArgumentError(
+                    f"status {request.status} is not a RunStatus", "INVALID_STATUS"
+                )
             status = name.removeprefix("RUN_STATUS_")
         before = None
         if request.page_token:
             ms, run_id = _decode_token(request.page_token, 2)
             if not ms.isdigit():
-                raise InvalidArgumentError("page_token is not one this server gave out")
+                raise InvalidArgumentError(
+                    "page_token is not one this server gave out", "INVALID_PAGE_TOKEN"
+                )
             before = (int(ms), run_id)
         records, cursor = await self._store.list_runs(request.workflow, status, size, before)
         return runs_pb2.ListRunsResponse(

@@ -232,10 +232,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if first is None:
             return
         if not first.HasField("hello"):
-            raise InvalidArgumentError("the first message on Connect must be a WorkerHello")
+            raise InvalidArgumentError(
+                "the first message on Connect must be a WorkerHello", "INVALID_WORKER_STREAM"
+            )
         hello = first.hello
         if not hello.worker_id or hello.slots < 1:
-            raise InvalidArgumentError("WorkerHello needs a worker_id and slots >= 1")
+            raise InvalidArgumentError(
+                "WorkerHello needs a worker_id and slots >= 1", "INVALID_WORKER_STREAM"
+            )
         session = WorkerSession(
             worker_id=hello.worker_id,
             build_id=hello.build_id,
@@ -309,4 +313,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         elif kind == "draining":
             session.draining = True
         elif kind == "hello":
-            raise InvalidArgumentError("WorkerHello may only be sent once per Connect stream")
+            raise InvalidArgumentError(
+                "WorkerHello may only be sent once per Connect stream", "INVALID_WORKER_STREAM"
+            )

@@ -1,7 +1,7 @@
 """The exceptions of longline, all in one tree.
 
     LonglineError
-    ├── RpcError                    a control-plane call failed (has .code, .details)
+    ├── RpcError                    a control-plane call failed (.code, .details, .reason)
     │   ├── NotFound                unknown run or workflow
     │   ├── InvalidArgument         bad input, e.g. input that is not JSON
     │   ├── FailedPrecondition      e.g. cancelling a finished run
@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 if TYPE_CHECKING:
     from ._types import Run, RunErrorInfo
@@ -51,10 +52,11 @@ class LonglineError(Exception):
 class RpcError(LonglineError):
     """A call to the control plane failed with a gRPC status."""
 
-    def __init__(self, code: str, details: str) -> None:
+    def __init__(self, code: str, details: str, reason: str = "") -> None:
         super().__init__(f"{code}: {details}")
         self.code = code
         self.details = details
+        self.reason = reason  # the server's ErrorInfo reason, e.g. "RUN_NOT_FOUND"
 
 
 class NotFound(RpcError):
@@ -100,7 +102,19 @@ def map_rpc_error(exc: grpc.aio.AioRpcError) -> RpcError:
     """The longline exception for a failed gRPC call (use as `raise map_rpc_error(e) from e`)."""
     code = exc.code()
     cls = _BY_CODE.get(code, RpcError)
-    return cls(code.name, exc.details() or "")
+    return cls(code.name, exc.details() or "", error_reason(exc))
+
+
+def error_reason(exc: grpc.aio.AioRpcError) -> str:
+    """The google.rpc.ErrorInfo reason a longline server attached to an error ('' if none)."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return str(info.reason)
+    return ""
 
 
 class RunFailed(LonglineError):

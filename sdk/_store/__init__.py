@@ -108,7 +108,8 @@ def parse_event_id(event_id: str) -> tuple[int, int]:
         raise InvalidArgumentError(
             f"after_event_id {event_id[:60]!r} is not an event id: expected the "
             "'<milliseconds>-<sequence>' form of an event_id this server sent, e.g. "
-            "'1732630000000-0', or empty to start from the first event"
+            "'1732630000000-0', or empty to start from the first event",
+            "INVALID_EVENT_ID",
         )
     return int(match.group(1)), int(match.group(2))
 
@@ -297,7 +298,7 @@ class Store:
         """The run's state; NotFoundError when there is no such run."""
         h = await self.redis.hgetall(keys.run_key(run_id))
         if not h:
-            raise NotFoundError(f"run {run_id!r} not found")
+            raise NotFoundError(f"run {run_id!r} not found", "RUN_NOT_FOUND")
         return RunRecord.decode(h)
 
     async def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
@@ -363,11 +364,12 @@ class Store:
         )
         outcome = int(reply[0])
         if outcome == -1:
-            raise NotFoundError(f"run {run_id!r} not found")
+            raise NotFoundError(f"run {run_id!r} not found", "RUN_NOT_FOUND")
         if outcome == 0:
             raise FailedPreconditionError(
                 f"run {run_id!r} already ended {reply[1]}; only a QUEUED or RUNNING run can be "
-                "cancelled"
+                "cancelled",
+                "RUN_ALREADY_ENDED",
             )
         return CancelOutcome(previous=str(reply[1]), attempt=int(reply[2]), worker_id=str(reply[3]))
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 
 class DomainError(Exception):
-    """An error a caller can act on. `code` names a grpc.StatusCode."""
+    """An error a caller can act on. `code` names a grpc.StatusCode; `reason` is the stable,
+    machine-readable google.rpc.ErrorInfo reason clients in any language branch on."""
 
     code = "INTERNAL"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason or self.code
 
 
 class NotFoundError(DomainError):

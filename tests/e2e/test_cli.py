@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 
 import longline
 from tests.conftest import ROOT
@@ -85,31 +85,29 @@ async def test_ctrl_c_detaches_and_prints_how_to_resume(redis_url: str, procs: l
     cp, target = await start_control_plane(redis_url)
     procs.append(cp)
     procs.append(await start_worker(redis_url, target))
-    with subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "longline._cli",
-            "run",
-            "slow",
-            "--input",
-            '{"steps": 100000, "delay": 0.01}',
-            "--control-plane",
-            target,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    run = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "longline._cli",
+        "run",
+        "slow",
+        "--input",
+        '{"steps": 100000, "delay": 0.01}',
+        "--control-plane",
+        target,
+        stdout=asyncio.subprocess.PIPE,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    ) as run:
-        assert run.stdout is not None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if "· tick 3" in run.stdout.readline():
-                break
-        run.send_signal(signal.SIGINT)
-        rest = run.stdout.read()
-        assert run.wait(10) == 130
+    )
+    assert run.stdout is not None
+    seen = ""
+    while "· tick 3" not in seen:
+        line = await asyncio.wait_for(run.stdout.readline(), 20)
+        assert line, f"longline run ended early: {seen}"
+        seen += line.decode()
+    run.send_signal(signal.SIGINT)
+    rest = (await asyncio.wait_for(run.stdout.read(), 20)).decode()
+    assert await asyncio.wait_for(run.wait(), 10) == 130
     match = re.search(r"longline watch (\w+) --after (\d+-\d+)", rest)
     assert match, rest
     async with longline.Client(target) as client:

@@ -7,6 +7,7 @@ from collections.abc import Awaitable
 import grpc
 import pytest
 
+import longline
 from longline.v1 import runs_pb2
 from tests.integration.conftest import Stack
 
@@ -117,3 +118,35 @@ async def test_server_keeps_serving_after_bad_input(stack: Stack) -> None:
         with pytest.raises(grpc.aio.AioRpcError):
             await stack.stub.StartRun(runs_pb2.StartRunRequest(workflow="echo", input_json=text))
     assert await stack.client.run("echo", {"fine": True}) == {"fine": True}
+
+
+async def test_every_error_carries_a_stable_machine_readable_reason(stack: Stack) -> None:
+    """google.rpc.ErrorInfo in the status details, for clients in any language to branch on."""
+    from longline._errors import error_reason
+
+    async def reason(call: Awaitable[object]) -> str:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        return error_reason(info.value)
+
+    s = stack.stub
+    done = await stack.client.start("echo", 1)
+    await done.result()
+    assert await reason(s.StartRun(runs_pb2.StartRunRequest(workflow="nope"))) == (
+        "WORKFLOW_NOT_FOUND"
+    )
+    assert await reason(s.StartRun(runs_pb2.StartRunRequest(workflow="echo", input_json="{"))) == (
+        "INPUT_NOT_JSON"
+    )
+    big = runs_pb2.StartRunRequest(workflow="echo", input_json='"' + "x" * 70_000 + '"')
+    assert await reason(s.StartRun(big)) == "INPUT_TOO_LARGE"
+    assert await reason(s.GetRun(runs_pb2.GetRunRequest(run_id="nope"))) == "RUN_NOT_FOUND"
+    assert await reason(s.CancelRun(runs_pb2.CancelRunRequest(run_id=done.run_id))) == (
+        "RUN_ALREADY_ENDED"
+    )
+    assert await reason(s.ListRuns(runs_pb2.ListRunsRequest(page_token="x"))) == (
+        "INVALID_PAGE_TOKEN"
+    )
+    with pytest.raises(longline.NotFound) as sdk_error:
+        await stack.client.get_run("nope").describe()
+    assert sdk_error.value.reason == "RUN_NOT_FOUND"
