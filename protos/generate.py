@@ -1,7 +1,9 @@
-"""Regenerate the Python stubs of protos/longline/v1 into sdk/v1 (run by `make protos`).
+"""Regenerate the stubs of protos/longline/v1 (run by `make protos`).
 
-`python protos/generate.py [OUT_DIR]` writes the stubs to OUT_DIR (default: sdk/v1).
-The stub-drift test calls `generate(tmp)` and compares the result with sdk/v1.
+`python protos/generate.py [OUT_DIR]` writes the Python stubs to OUT_DIR (default: sdk/v1)
+and, when sdk/node has its npm packages installed, the TypeScript client of
+sdk/node/src/gen (protobuf-ts). The drift tests call `generate(tmp)` and
+`generate_node(tmp)` and compare the results with what is committed.
 """
 
 from __future__ import annotations
@@ -47,7 +49,45 @@ def generate(out_dir: Path) -> list[Path]:
     return written
 
 
+NODE = ROOT / "sdk" / "node"
+
+
+def generate_node(out_dir: Path) -> list[Path]:
+    """Run protoc with protobuf-ts's plugin for the Node.js client (RunService, google.rpc)."""
+    import importlib.util
+
+    import grpc_tools
+    from grpc_tools import protoc
+
+    plugin = NODE / "node_modules" / ".bin" / "protoc-gen-ts"
+    if not plugin.exists():
+        raise FileNotFoundError(f"{plugin} is missing: run `npm ci` in sdk/node first")
+    rpc = importlib.util.find_spec("google.rpc")
+    assert rpc is not None and rpc.submodule_search_locations
+    site = Path(next(iter(rpc.submodule_search_locations))).parent.parent
+    include = Path(grpc_tools.__file__).parent / "_proto"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        "protoc",
+        f"-I{HERE}",
+        f"-I{include}",
+        f"-I{site}",
+        f"--plugin=protoc-gen-ts={plugin}",
+        f"--ts_out={out_dir}",
+        "--ts_opt=long_type_number,optimize_code_size",
+        "longline/v1/runs.proto",
+        "google/rpc/status.proto",
+        "google/rpc/error_details.proto",
+    ]
+    if protoc.main(args) != 0:
+        raise RuntimeError(f"protoc failed: {' '.join(args)}")
+    return sorted(p for p in out_dir.rglob("*.ts"))
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "sdk" / "v1"
     for path in generate(target):
         print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    if len(sys.argv) == 1 and (NODE / "node_modules").exists():
+        for path in generate_node(NODE / "src" / "gen"):
+            print(f"wrote {path.relative_to(ROOT)}")
