@@ -49,6 +49,6 @@ async def test_list_services_and_start_a_run_by_reflection_alone(
     )
     assert type_name == "longline.v1.StartRunResponse"
     assert response["created"] is True
-    assert (
-        response["run"]["workflow"] == "echo" and response["run"]["status"] == "RUN_STATUS_QUEUED"
-    )
+    assert response["run"]["workflow"] == "echo"
+    # a worker may take it between StartRun's write and its answer
+    assert response["run"]["status"] in ("RUN_STATUS_QUEUED", "RUN_STATUS_RUNNING")
