@@ -398,12 +398,18 @@ def _cmd_client(args: argparse.Namespace) -> int:
                     print(f"{w.name:<24} {w.workers} workers  {w.description}")
         return 0
 
-    try:
-        return asyncio.run(main())
-    except KeyboardInterrupt:
-        if state.get("run_id"):
-            _detached(state["run_id"], view)
-        return 130
+    async def runner() -> int:
+        def detach() -> None:
+            # Watching holds nothing on the server, so leave at once: no cleanup can hang.
+            if state.get("run_id"):
+                _detached(state["run_id"], view)
+            sys.stdout.flush()
+            os._exit(130)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, detach)
+        return await main()
+
+    return asyncio.run(runner())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,14 +28,15 @@ from .v1 import runs_pb2, runs_pb2_grpc
 
 __all__ = ["Client", "RunHandle"]
 
-# Codes after which a stream is resumed from its cursor rather than failed.
+# Codes after which a stream is resumed from its cursor rather than failed. Not CANCELLED:
+# gRPC reports our own task's cancellation (Ctrl-C, a timeout) that way, and resuming then
+# would swallow the cancellation and stream forever.
 _RESUMABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.ABORTED,
         grpc.StatusCode.INTERNAL,
         grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.CANCELLED,
         grpc.StatusCode.DEADLINE_EXCEEDED,
     }
 )
@@ -170,6 +171,32 @@ class Client:
                 self._failover()  # the next call goes elsewhere; this one is not retried
             raise map_rpc_error(exc) from exc
 
+    async def _launch(
+        self,
+        method: str,
+        request_type: type[Any],
+        workflow: str,
+        input: Any,
+        idempotency_key: str,
+        labels: dict[str, str] | None,
+    ) -> Any:
+        """StartRun or RunWorkflow, in a client span whose context travels with the call."""
+        with _tracer.start_as_current_span(
+            f"{method} {workflow}", kind=trace.SpanKind.CLIENT
+        ) as span:
+            response = await self._call(
+                method,
+                request_type(
+                    workflow=workflow,
+                    input_json=json.dumps(input),
+                    idempotency_key=idempotency_key,
+                    labels=labels or {},
+                ),
+                metadata=_trace_metadata(),
+            )
+            span.set_attribute("longline.run_id", response.run.run_id)
+        return response
+
     async def start(
         self,
         workflow: str,
@@ -179,20 +206,9 @@ class Client:
         labels: dict[str, str] | None = None,
     ) -> RunHandle:
         """Queue a run and return at once; `handle.created` is False on an idempotency hit."""
-        with _tracer.start_as_current_span(
-            f"StartRun {workflow}", kind=trace.SpanKind.CLIENT
-        ) as span:
-            response = await self._call(
-                "StartRun",
-                runs_pb2.StartRunRequest(
-                    workflow=workflow,
-                    input_json=json.dumps(input),
-                    idempotency_key=idempotency_key,
-                    labels=labels or {},
-                ),
-                metadata=_trace_metadata(),
-            )
-            span.set_attribute("longline.run_id", response.run.run_id)
+        response = await self._launch(
+            "StartRun", runs_pb2.StartRunRequest, workflow, input, idempotency_key, labels
+        )
         return RunHandle(self, response.run.run_id, created=response.created)
 
     async def run(
@@ -204,20 +220,9 @@ class Client:
         labels: dict[str, str] | None = None,
     ) -> Any:
         """Start a run, wait for it to end, and return its decoded result (raises RunFailed)."""
-        with _tracer.start_as_current_span(
-            f"RunWorkflow {workflow}", kind=trace.SpanKind.CLIENT
-        ) as span:
-            response = await self._call(
-                "RunWorkflow",
-                runs_pb2.RunWorkflowRequest(
-                    workflow=workflow,
-                    input_json=json.dumps(input),
-                    idempotency_key=idempotency_key,
-                    labels=labels or {},
-                ),
-                metadata=_trace_metadata(),
-            )
-            span.set_attribute("longline.run_id", response.run.run_id)
+        response = await self._launch(
+            "RunWorkflow", runs_pb2.RunWorkflowRequest, workflow, input, idempotency_key, labels
+        )
         handle = RunHandle(self, response.run.run_id, created=response.created)
         return await handle.result(run_from_proto(response.run))
 
@@ -337,6 +342,9 @@ class RunHandle:
                         return
                 return  # the server ended the stream: the run had ended
             except grpc.aio.AioRpcError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
                 if exc.code() not in _RESUMABLE:
                     raise map_rpc_error(exc) from exc
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:

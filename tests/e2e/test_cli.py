@@ -100,14 +100,19 @@ async def test_ctrl_c_detaches_and_prints_how_to_resume(redis_url: str, procs: l
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert run.stdout is not None
-    seen = ""
-    while "· tick 3" not in seen:
-        line = await asyncio.wait_for(run.stdout.readline(), 20)
-        assert line, f"longline run ended early: {seen}"
-        seen += line.decode()
-    run.send_signal(signal.SIGINT)
-    rest = (await asyncio.wait_for(run.stdout.read(), 20)).decode()
-    assert await asyncio.wait_for(run.wait(), 10) == 130
+    try:
+        seen = ""
+        while "· tick 3" not in seen:
+            line = await asyncio.wait_for(run.stdout.readline(), 20)
+            assert line, f"longline run ended early: {seen}"
+            seen += line.decode()
+        run.send_signal(signal.SIGINT)
+        rest = (await asyncio.wait_for(run.stdout.read(), 20)).decode()
+        assert await asyncio.wait_for(run.wait(), 10) == 130
+    finally:
+        if run.returncode is None:
+            run.kill()
+            await run.wait()
     match = re.search(r"longline watch (\w+) --after (\d+-\d+)", rest)
     assert match, rest
     async with longline.Client(target) as client:

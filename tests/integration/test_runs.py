@@ -187,3 +187,22 @@ async def test_stream_of_unknown_run_is_not_found(stack: Stack) -> None:
         async for _ in stack.stub.StreamRun(runs_pb2.StreamRunRequest(run_id="nope")):
             pass
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_cancelling_a_task_that_follows_events_ends_it(stack: Stack) -> None:
+    """gRPC reports a local cancellation as CANCELLED: it must not be mistaken for a dropped
+    stream to resume, or Ctrl-C on `longline run` would never end it."""
+    handle = await stack.client.start("slow", {"steps": 100_000, "delay": 0.002})
+
+    async def follow() -> None:
+        async for _ in handle.events():
+            pass
+
+    for n in range(30):
+        task = asyncio.create_task(follow())
+        for _ in range(n % 7):
+            await asyncio.sleep(0.003)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, f"a cancelled events() iterator kept going (round {n})"
+    await handle.cancel()
