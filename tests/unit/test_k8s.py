@@ -1,0 +1,140 @@
+"""The manifests in k8s/: every overlay renders, validates against the Kubernetes schemas
+offline, and keeps the invariants a deploy depends on."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+KUBECTL = str(Path(sys.executable).parent / "kubectl")
+K8S_VERSION = "1.37"
+RENDERED = {
+    "dev": ROOT / "k8s" / "overlays" / "dev",
+    "prod": ROOT / "k8s" / "overlays" / "prod",
+}
+HPA = ROOT / "k8s" / "autoscaling" / "hpa"  # for clusters without KEDA
+
+
+def render(path: Path) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=sorted(RENDERED))
+def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    return render(RENDERED[request.param])
+
+
+def _of(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def test_every_object_is_valid_for_kubernetes(objects: list[dict[str, Any]]) -> None:
+    for obj in objects:
+        if obj["apiVersion"].startswith("keda.sh/"):  # a CRD: no upstream schema to check
+            assert (
+                obj["spec"]["scaleTargetRef"]["name"]
+                in {d["metadata"]["name"] for d in _of(objects, "Deployment")}
+                or len(objects) == 1
+            )
+            continue
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def _pods(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (o["metadata"]["name"], o["spec"]["template"]["spec"])
+        for o in objects
+        if o["kind"] in ("Deployment", "StatefulSet")
+    ]
+
+
+def test_nothing_runs_as_root_and_no_image_floats(objects: list[dict[str, Any]]) -> None:
+    for name, pod in _pods(objects):
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] != 0, name
+        for c in pod["containers"]:
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False, name
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, name
+            image = c["image"]
+            assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), image
+
+
+def test_every_deployment_has_a_disruption_budget(objects: list[dict[str, Any]]) -> None:
+    budgets = {
+        p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        for p in _of(objects, "PodDisruptionBudget")
+    }
+    for d in _of(objects, "Deployment"):
+        assert d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] in budgets
+
+
+def _flag(args: list[str], name: str) -> str:
+    for n, arg in enumerate(args):
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+        if arg == name:
+            return args[n + 1]
+    raise AssertionError(f"{name} missing from {args}")
+
+
+def test_planes_are_probed_on_the_grpc_health_service(objects: list[dict[str, Any]]) -> None:
+    for d in _of(objects, "Deployment"):
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        flag = "--listen" if "control-plane" in c["args"] else "--health-listen"
+        port = int(_flag(c["args"], flag).rsplit(":", 1)[1])
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"]["port"] == port, (d["metadata"]["name"], probe)
+
+
+def test_workers_get_their_whole_drain_before_sigkill(objects: list[dict[str, Any]]) -> None:
+    (config,) = _of(objects, "ConfigMap")
+    drain = float(config["data"]["LONGLINE_DRAIN_TIMEOUT"])
+    for d in _of(objects, "Deployment"):
+        if d["metadata"]["name"] != "longline-worker":
+            continue
+        pod = d["spec"]["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] >= drain + 10
+        stop = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+        assert "kill -TERM 1" in " ".join(stop)
+
+
+def test_control_plane_is_reached_through_a_headless_service(
+    objects: list[dict[str, Any]],
+) -> None:
+    for s in _of(objects, "Service"):
+        if s["metadata"]["name"] == "longline-control-plane":
+            assert s["spec"]["clusterIP"] == "None"
+
+
+def test_prod_runs_several_control_planes_and_autoscales_workers() -> None:
+    prod = render(RENDERED["prod"])
+    (cp,) = [
+        d for d in _of(prod, "Deployment") if d["metadata"]["name"] == "longline-control-plane"
+    ]
+    assert cp["spec"]["replicas"] >= 2
+    (scaled,) = _of(prod, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "longline-worker"
+    assert "longline_queue_depth" in scaled["spec"]["triggers"][0]["metadata"]["query"]
+    assert not _of(prod, "StatefulSet")  # a managed Redis, named in LONGLINE_REDIS
+    (config,) = _of(prod, "ConfigMap")
+    assert config["data"]["LONGLINE_REDIS"].startswith("rediss://")
+
+
+def test_the_image_is_slim_pinned_and_not_root() -> None:
+    dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert bases and all(":" in b and "latest" not in b and "slim" in b for b in bases)
+    assert re.search(r"^USER 10001", dockerfile, re.M)
