@@ -19,3 +19,6 @@ class ControlPlaneSettings:
     redis_pool_size: int = 32
     shutdown_grace: float = 5.0
     metrics_listen: str = ""  # HOST:PORT for Prometheus; empty: none
+    # Queue entries another replica was handed and has not acted on for this long are taken
+    # over (that replica died between reading and assigning them).
+    reclaim_after: float = 30.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -68,6 +69,8 @@ class Dispatcher:
         # Entries delivered to this replica but not yet handled are in its pending list; they
         # are re-read from there at start and after any lost reply, so none is stranded.
         self._recover = True
+        # Wake at least as often as abandoned entries are looked for.
+        self._block_ms = min(BLOCK_MS, max(100, int(settings.reclaim_after * 1000 / 3)))
 
     async def wake(self) -> None:
         """Make the dispatcher look at its workers again (a slot freed, a worker came)."""
@@ -97,10 +100,37 @@ class Dispatcher:
                     free[name] = free.get(name, 0) + session.free
         return free
 
+    async def _reclaim(self) -> None:
+        """Take over entries other replicas were handed but never acted on (they died).
+
+        Safe even if the other replica is alive and only slow: CLAIM_RUN lets exactly one
+        assignment of an attempt through, and the loser just acknowledges the entry.
+        """
+        idle_ms = int(self._settings.reclaim_after * 1000)
+        held = {item[3] for item in self._backlog}
+        for stream in sorted(self._groups - {self._wake_key}):
+            reply = await self._store.redis.xautoclaim(
+                stream, keys.DISPATCH_GROUP, self._settings.replica_id, idle_ms, "0-0", count=100
+            )
+            workflow = stream.removeprefix(keys.queue_key(""))
+            for entry_id, fields in reply[1] if len(reply) > 1 else []:
+                if fields and entry_id not in held:
+                    log.warning("taking over queued run %s from a silent replica", fields["run_id"])
+                    self._backlog.append(
+                        (workflow, fields["run_id"], int(fields["attempt"]), entry_id)
+                    )
+
     async def run(self) -> None:
         """The dispatch loop; runs until cancelled."""
         await self._ensure_group(self._wake_key)
+        next_reclaim = 0.0
         while True:
+            if time.monotonic() >= next_reclaim:
+                try:
+                    await self._reclaim()
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    log.warning("could not look for abandoned queue entries: %s", exc)
+                next_reclaim = time.monotonic() + max(0.1, self._settings.reclaim_after / 3)
             await self._drain_backlog()
             capacity = self._capacity()
             streams = {self._wake_key: ">"}
@@ -117,7 +147,7 @@ class Dispatcher:
                     self._settings.replica_id,
                     streams,
                     count=None if recovering else max(1, count),
-                    block=None if recovering else BLOCK_MS,
+                    block=None if recovering else self._block_ms,
                 )
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("dispatcher lost Redis (%s); reconnecting", exc)

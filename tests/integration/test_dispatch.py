@@ -50,3 +50,29 @@ async def test_entries_delivered_before_a_restart_are_assigned_after_it(
         assert pending["pending"] == 0
         worker.request_stop()
         await task
+
+
+async def test_entries_held_by_a_replica_that_died_are_taken_over(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    settings = ControlPlaneSettings(
+        redis_url=redis_url, listen="127.0.0.1:0", replica_id="cp-live", reclaim_after=0.3
+    )
+    async with ControlPlane(settings) as cp:
+        target = f"127.0.0.1:{cp.port}"
+        worker, task = await _serve_worker(redis_url, target)
+        worker.request_stop()  # the workflow is known; for now nobody runs it
+        await task
+        async with longline.Client(target) as client:
+            handle = await client.start("echo", "rescued")
+            # Another replica is handed the entry, then dies: it never assigns or acks it.
+            got = await redis.xreadgroup(
+                keys.DISPATCH_GROUP, "cp-dead", {keys.queue_key("echo"): ">"}, count=10
+            )
+            assert got and got[0][1][0][1]["run_id"] == handle.run_id
+            worker, task = await _serve_worker(redis_url, target)
+            assert await asyncio.wait_for(handle.result(), 20) == "rescued"
+        pending = await redis.xpending(keys.queue_key("echo"), keys.DISPATCH_GROUP)
+        assert pending["pending"] == 0
+        worker.request_stop()
+        await task
