@@ -150,3 +150,17 @@ async def test_every_error_carries_a_stable_machine_readable_reason(stack: Stack
     with pytest.raises(longline.NotFound) as sdk_error:
         await stack.client.get_run("nope").describe()
     assert sdk_error.value.reason == "RUN_NOT_FOUND"
+
+
+async def test_trace_of_an_unknown_or_unnamed_run(stack: Stack) -> None:
+    from longline._errors import error_reason
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stack.stub.GetRunTrace(runs_pb2.GetRunTraceRequest(run_id="nope"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (info.value.details(), error_reason(info.value)) == (
+        "run 'nope' not found",
+        "RUN_NOT_FOUND",
+    )
+    code, message = await _status(stack.stub.GetRunTrace(runs_pb2.GetRunTraceRequest()))
+    assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
