@@ -7,6 +7,8 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 
+from longline._store import check_build_id
+
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -25,6 +27,9 @@ class WorkerSettings:
     drain_timeout: float = 25.0
     health_listen: str = ""  # host:port for grpc.health.v1; empty: none
     metrics_listen: str = ""  # HOST:PORT for Prometheus; empty: none
+
+    def __post_init__(self) -> None:
+        check_build_id(self.build_id, allow_empty=True)
 
     @property
     def targets(self) -> list[str]:

@@ -132,7 +132,7 @@ class Worker:
                 beat.cancel()
         finally:
             with contextlib.suppress(Exception):
-                await self._store.withdraw(s.worker_id, self.workflows)
+                await self._store.withdraw(s.worker_id, self.workflows, s.build_id)
             if health_server is not None:
                 await health_server[0].stop(0)
             if metrics_server is not None:
@@ -340,7 +340,11 @@ class Worker:
                 + resumed,
                 span_id=ctx.span_id,
                 data_json=json.dumps(
-                    {"worker": self.settings.worker_id, "checkpoints": sorted(checkpoints)}
+                    {
+                        "worker": self.settings.worker_id,
+                        "build": self.settings.build_id,
+                        "checkpoints": sorted(checkpoints),
+                    }
                 ),
             )
             result = await workflow(ctx, json.loads(a.input_json or "null"))
@@ -418,6 +422,8 @@ class Worker:
                     s.worker_id,
                     [(w.name, w.description) for w in self.workflows.values()],
                     int(self._heartbeat_interval * 3000),
+                    s.build_id,
+                    draining=self._stopping.is_set(),
                 )
             except RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)

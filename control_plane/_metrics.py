@@ -43,6 +43,13 @@ class ControlPlaneMetrics:
         self.workers = Gauge(
             "longline_connected_workers", "Workers connected to this replica", registry=registry
         )
+        self.unserved = Gauge(
+            "longline_runs_unserved",
+            "Queued runs no live worker will take: their build has no worker left, or the "
+            "current build has none (cluster-wide; see `longline builds list`)",
+            ["workflow"],
+            registry=registry,
+        )
         self.delivery = Histogram(
             "longline_event_delivery_seconds",
             "From an event's write in Redis to its fan-out to this replica's watchers",
@@ -61,6 +68,7 @@ class ControlPlaneMetrics:
         while True:
             try:
                 by_status, queued = await store.stats()
+                builds = await store.list_builds()
             except RedisError as exc:
                 log.warning("metrics could not read Redis: %s", exc)
             else:
@@ -71,4 +79,6 @@ class ControlPlaneMetrics:
                 for workflow, n in queued.items():
                     self.queue_depth.labels(workflow).set(n)
                 seen |= set(queued)
+                for w in builds:
+                    self.unserved.labels(w.workflow).set(w.unserved)
             await asyncio.sleep(interval)

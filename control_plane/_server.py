@@ -14,8 +14,16 @@ from prometheus_client import CollectorRegistry, start_http_server
 from redis.exceptions import RedisError
 
 from longline._store import Store, connect, keys
-from longline.v1 import runs_pb2, runs_pb2_grpc, worker_pb2, worker_pb2_grpc
+from longline.v1 import (
+    builds_pb2,
+    builds_pb2_grpc,
+    runs_pb2,
+    runs_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
 
+from ._builds import BuildServicer
 from ._errors import ErrorInterceptor
 from ._hub import BLOCK_MS, EventHub
 from ._metrics import ControlPlaneMetrics
@@ -28,6 +36,7 @@ log = logging.getLogger("longline.control_plane")
 
 SERVICES = (
     runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+    builds_pb2.DESCRIPTOR.services_by_name["BuildService"].full_name,
     worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
 )
 
@@ -120,6 +129,7 @@ class ControlPlane:
             ],
         )
         runs_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(store, hub, s), server)
+        builds_pb2_grpc.add_BuildServiceServicer_to_server(BuildServicer(store, dispatcher), server)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerServicer(store, dispatcher, s), server
         )

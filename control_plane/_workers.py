@@ -19,7 +19,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from longline._store import InvalidArgumentError, Store, keys
+from longline._store import BuildView, InvalidArgumentError, Store, check_build_id, keys
+from longline._store._builds import queue_workflow
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
 from ._hub import BLOCK_MS
@@ -53,8 +54,33 @@ class WorkerSession:
         self.outbox.put_nowait(message)
 
 
+ROUTING_REFRESH = 1.0  # seconds between reads of the builds (blue-green routing)
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    """A queue entry this replica holds: an attempt of a run to assign."""
+
+    stream: str
+    workflow: str
+    run_id: str
+    attempt: int
+    entry_id: str
+
+    @classmethod
+    def of(cls, stream: str, entry_id: str, fields: dict[str, str]) -> _Queued:
+        return cls(
+            stream, queue_workflow(stream)[0], fields["run_id"], int(fields["attempt"]), entry_id
+        )
+
+
 class Dispatcher:
-    """Reads the queues of workflows that local workers have room for and assigns runs."""
+    """Reads the queues that local workers have room for and assigns runs.
+
+    Which queues a worker reads follows its build (see longline._store._builds): the view
+    of current builds and live builds is refreshed every ROUTING_REFRESH seconds, at once
+    after a promotion here, and whenever a claim finds the view was stale.
+    """
 
     def __init__(
         self, store: Store, reader: aioredis.Redis, settings: ControlPlaneSettings
@@ -65,12 +91,16 @@ class Dispatcher:
         self.sessions: dict[str, WorkerSession] = {}
         self._wake_key = keys.wake_key(settings.replica_id + ":dispatch")
         self._groups: set[str] = set()
-        self._backlog: list[tuple[str, str, int, str]] = []  # (workflow, run_id, attempt, entry)
+        self._backlog: list[_Queued] = []
         # Entries delivered to this replica but not yet handled are in its pending list; they
         # are re-read from there at start and after any lost reply, so none is stranded.
         self._recover = True
-        # Wake at least as often as abandoned entries are looked for.
-        self._block_ms = min(BLOCK_MS, max(100, int(settings.reclaim_after * 1000 / 3)))
+        # Wake at least as often as abandoned entries are looked for and builds change.
+        self._block_ms = min(
+            BLOCK_MS, int(ROUTING_REFRESH * 1000), max(100, int(settings.reclaim_after * 1000 / 3))
+        )
+        self._view = BuildView()
+        self._view_due = 0.0
 
     async def wake(self) -> None:
         """Make the dispatcher look at its workers again (a slot freed, a worker came)."""
@@ -78,6 +108,11 @@ class Dispatcher:
             pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
             pipe.expire(self._wake_key, 3600)
             await pipe.execute()
+
+    async def builds_changed(self) -> None:
+        """Read the builds again before the next dispatch (a promotion, a draining worker)."""
+        self._view_due = 0.0
+        await self.wake()
 
     async def _ensure_group(self, stream: str) -> None:
         if stream in self._groups:
@@ -92,13 +127,23 @@ class Dispatcher:
         self._groups.add(stream)
         self._recover = True  # entries an earlier life of this replica was handed come first
 
-    def _capacity(self) -> dict[str, int]:
-        free: dict[str, int] = {}
+    def _readers(self) -> dict[str, list[WorkerSession]]:
+        """stream -> the local sessions that take runs from it (free slots or not)."""
+        readers: dict[str, list[WorkerSession]] = {}
         for session in self.sessions.values():
-            if session.free:
-                for name in session.workflows:
-                    free[name] = free.get(name, 0) + session.free
-        return free
+            if session.closed or session.draining:
+                continue
+            for name in session.workflows:
+                for stream in self._view.streams_for(name, session.build_id):
+                    readers.setdefault(stream, []).append(session)
+        return readers
+
+    async def _refresh_view(self) -> None:
+        if time.monotonic() < self._view_due:
+            return
+        workflows = {name for s in self.sessions.values() for name in s.workflows}
+        self._view = await self._store.build_view(workflows)
+        self._view_due = time.monotonic() + ROUTING_REFRESH
 
     async def _reclaim(self) -> None:
         """Take over entries other replicas were handed but never acted on (they died).
@@ -107,36 +152,40 @@ class Dispatcher:
         assignment of an attempt through, and the loser just acknowledges the entry.
         """
         idle_ms = int(self._settings.reclaim_after * 1000)
-        held = {item[3] for item in self._backlog}
+        held = {item.entry_id for item in self._backlog}
         for stream in sorted(self._groups - {self._wake_key}):
             reply = await self._store.redis.xautoclaim(
                 stream, keys.DISPATCH_GROUP, self._settings.replica_id, idle_ms, "0-0", count=100
             )
-            workflow = stream.removeprefix(keys.queue_key(""))
             for entry_id, fields in reply[1] if len(reply) > 1 else []:
                 if fields and entry_id not in held:
                     log.warning("taking over queued run %s from a silent replica", fields["run_id"])
-                    self._backlog.append(
-                        (workflow, fields["run_id"], int(fields["attempt"]), entry_id)
-                    )
+                    self._backlog.append(_Queued.of(stream, entry_id, fields))
 
     async def run(self) -> None:
         """The dispatch loop; runs until cancelled."""
         await self._ensure_group(self._wake_key)
         next_reclaim = 0.0
         while True:
-            if time.monotonic() >= next_reclaim:
-                try:
+            try:
+                await self._refresh_view()
+                if time.monotonic() >= next_reclaim:
                     await self._reclaim()
-                except (RedisConnectionError, RedisTimeoutError) as exc:
-                    log.warning("could not look for abandoned queue entries: %s", exc)
-                next_reclaim = time.monotonic() + max(0.1, self._settings.reclaim_after / 3)
-            await self._drain_backlog()
-            capacity = self._capacity()
+                    next_reclaim = time.monotonic() + max(0.1, self._settings.reclaim_after / 3)
+                await self._drain_backlog()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning("dispatcher lost Redis (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            capacity: dict[str, int] = {}
+            for stream, sessions in self._readers().items():
+                free = sum(s.free for s in sessions)
+                if free:
+                    capacity[stream] = free
             streams = {self._wake_key: ">"}
-            for name in sorted(capacity):
-                await self._ensure_group(keys.queue_key(name))
-                streams[keys.queue_key(name)] = ">"
+            for stream in sorted(capacity):
+                await self._ensure_group(stream)
+                streams[stream] = ">"
             count = min(capacity.values()) if capacity else 1
             recovering = self._recover
             if recovering:  # everything this replica was handed, for any workflow
@@ -168,69 +217,71 @@ class Dispatcher:
                         stream, keys.DISPATCH_GROUP, *[e[0] for e in entries]
                     )
                     continue
-                workflow = stream.removeprefix(keys.queue_key(""))
-                held = {item[3] for item in self._backlog}
+                held = {item.entry_id for item in self._backlog}
                 for entry_id, fields in entries:
                     if not fields:  # trimmed away while pending: nothing left to assign
                         await self._store.redis.xack(stream, keys.DISPATCH_GROUP, entry_id)
                     elif entry_id not in held:
-                        self._backlog.append(
-                            (workflow, fields["run_id"], int(fields["attempt"]), entry_id)
-                        )
+                        self._backlog.append(_Queued.of(stream, entry_id, fields))
 
     async def _drain_backlog(self) -> None:
-        waiting = []
-        for item in self._backlog:
-            workflow, run_id, attempt, entry_id = item
-            session = max(
-                (s for s in self.sessions.values() if s.free and workflow in s.workflows),
-                key=lambda s: s.free,
-                default=None,
-            )
-            if session is None:
-                if any(workflow in s.workflows for s in self.sessions.values()):
+        waiting: list[_Queued] = []
+        readers = self._readers()
+        for n, item in enumerate(self._backlog):
+            candidates = [s for s in readers.get(item.stream, []) if s.free]
+            if not candidates:
+                if readers.get(item.stream):
                     waiting.append(item)  # assigned here when a local slot frees
-                else:  # no local worker serves it any more: hand it back to every replica
-                    await self._store.redis.xadd(
-                        keys.queue_key(workflow), {"run_id": run_id, "attempt": str(attempt)}
-                    )
-                    await self._store.redis.xack(
-                        keys.queue_key(workflow), keys.DISPATCH_GROUP, entry_id
-                    )
+                else:  # no local worker takes it any more: hand it back to every replica
+                    await self._hand_back(item)
                 continue
-            await self._assign(session, workflow, run_id, attempt)
-            await self._store.redis.xack(keys.queue_key(workflow), keys.DISPATCH_GROUP, entry_id)
+            session = max(candidates, key=lambda s: s.free)
+            if await self._assign(session, item) == "wrong build":
+                # The run has not started yet and another build was promoted meanwhile.
+                self._view_due = 0.0
+                await self._hand_back(item)
+                waiting += self._backlog[n + 1 :]  # the rest waits for the view to be read
+                break
+            await self._store.redis.xack(item.stream, keys.DISPATCH_GROUP, item.entry_id)
         self._backlog = waiting
 
-    async def _assign(
-        self, session: WorkerSession, workflow: str, run_id: str, attempt: int
-    ) -> None:
+    async def _hand_back(self, item: _Queued) -> None:
+        async with self._store.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(item.stream, {"run_id": item.run_id, "attempt": str(item.attempt)})
+            pipe.xack(item.stream, keys.DISPATCH_GROUP, item.entry_id)
+            await pipe.execute()
+
+    async def _assign(self, session: WorkerSession, item: _Queued) -> str:
         claimed = await self._store.claim(
-            run_id,
-            attempt,
+            item.run_id,
+            item.attempt,
             session.worker_id,
             self._settings.replica_id,
             int(self._settings.lease_timeout * 1000),
-            session.workflows[workflow].max_attempts or 3,
+            session.workflows[item.workflow].max_attempts or 3,
+            session.build_id,
         )
+        if isinstance(claimed, str):
+            return "wrong build"
         if claimed is None:
-            return  # cancelled while queued, or this attempt was already taken
+            return "gone"  # cancelled while queued, or this attempt was already taken
         _, input_json, traceparent = claimed
-        session.running[run_id] = attempt
+        session.running[item.run_id] = item.attempt
         session.send(
             worker_pb2.ConnectResponse(
                 assignment=worker_pb2.Assignment(
-                    run_id=run_id,
-                    workflow=workflow,
+                    run_id=item.run_id,
+                    workflow=item.workflow,
                     input_json=input_json,
-                    attempt=attempt,
-                    lease_token=attempt,
-                    stream_key=keys.events_key(run_id),
-                    run_key=keys.run_key(run_id),
+                    attempt=item.attempt,
+                    lease_token=item.attempt,
+                    stream_key=keys.events_key(item.run_id),
+                    run_key=keys.run_key(item.run_id),
                     traceparent=traceparent,
                 )
             )
         )
+        return "assigned"
 
     async def requeue_unsent(self, session: WorkerSession) -> None:
         """Give back assignments still in a closed session's outbox, at once."""
@@ -270,6 +321,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             raise InvalidArgumentError(
                 "WorkerHello needs a worker_id and slots >= 1", "INVALID_WORKER_STREAM"
             )
+        check_build_id(hello.build_id, allow_empty=True)
         session = WorkerSession(
             worker_id=hello.worker_id,
             build_id=hello.build_id,
@@ -281,6 +333,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             session.worker_id,
             [(w.name, w.description) for w in session.workflows.values()],
             int(self._settings.heartbeat_interval * 3000),
+            session.build_id,
         )
         previous = self._dispatcher.sessions.get(session.worker_id)
         if previous is not None:
@@ -304,7 +357,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             )
         )
         writer = asyncio.create_task(self._write_loop(session, context))
-        await self._dispatcher.wake()
+        await self._dispatcher.builds_changed()
         try:
             async for request in request_iterator:
                 await self._handle(session, request)
@@ -342,6 +395,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             await self._dispatcher.wake()
         elif kind == "draining":
             session.draining = True
+            # Its build stops counting this worker at once, so pinned runs can move on.
+            await self._store.announce(
+                session.worker_id,
+                [(w.name, w.description) for w in session.workflows.values()],
+                int(self._settings.heartbeat_interval * 3000),
+                session.build_id,
+                draining=True,
+            )
+            await self._dispatcher.builds_changed()
         elif kind == "hello":
             raise InvalidArgumentError(
                 "WorkerHello may only be sent once per Connect stream", "INVALID_WORKER_STREAM"

@@ -26,6 +26,7 @@ from ._errors import (
 )
 from ._policies import Cache, Concurrency, RateLimit
 from ._types import (
+    BuildInfo,
     Event,
     EventType,
     Run,
@@ -33,6 +34,7 @@ from ._types import (
     RunStatus,
     RunTrace,
     TraceSpan,
+    WorkflowBuilds,
     WorkflowInfo,
 )
 from ._workflow import Workflow, workflow
@@ -40,6 +42,7 @@ from ._workflow import Workflow, workflow
 __version__ = "0.1.0"
 
 __all__ = [
+    "BuildInfo",
     "Cache",
     "Client",
     "Component",
@@ -70,6 +73,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Workflow",
+    "WorkflowBuilds",
     "WorkflowInfo",
     "component",
     "current",

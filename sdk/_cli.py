@@ -20,7 +20,8 @@ from typing import Any, TextIO
 from . import _telemetry
 from ._client import Client
 from ._errors import LonglineError
-from ._types import Event, EventType, RunStatus, RunTrace, TraceSpan
+from ._store import InvalidArgumentError, check_build_id
+from ._types import Event, EventType, RunStatus, RunTrace, TraceSpan, WorkflowBuilds
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -236,6 +237,10 @@ def _worker(args: argparse.Namespace, module: str, control_plane: str, redis: st
         workflows = load_workflows(module)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
+    try:
+        check_build_id(args.build_id or "", allow_empty=True)
+    except InvalidArgumentError as exc:
+        raise SystemExit(f"--build-id: {exc}") from None
     settings = WorkerSettings(
         redis_url=redis,
         control_plane=control_plane,
@@ -396,6 +401,17 @@ def _cmd_client(args: argparse.Namespace) -> int:
             elif args.command == "workflows":
                 for w in await client.list_workflows():
                     print(f"{w.name:<24} {w.workers} workers  {w.description}")
+            elif args.command == "builds" and args.builds_command == "promote":
+                builds, previous = await client.promote_build(
+                    args.workflow, args.build_id, policy=args.policy or "", force=args.force
+                )
+                print(
+                    f"{args.workflow}: build {args.build_id} is current "
+                    f"(was {previous or 'none'}); new runs go to its workers"
+                )
+                print_builds([builds])
+            elif args.command == "builds":
+                print_builds(await client.list_builds(args.workflow or ""))
         return 0
 
     async def runner() -> int:
@@ -410,6 +426,28 @@ def _cmd_client(args: argparse.Namespace) -> int:
         return await main()
 
     return asyncio.run(runner())
+
+
+def print_builds(workflows: list[WorkflowBuilds], out: TextIO = sys.stdout) -> None:
+    """A table per workflow: its builds, live workers and runs; unserved runs called out."""
+    for w in workflows:
+        current = w.current_build_id or "none (any worker takes new runs)"
+        print(f"{w.workflow}  current build: {current}  policy: {w.policy}", file=out)
+        header = f"{'BUILD':<24} {'WORKERS':>7} {'QUEUED':>7} {'RUNNING':>7} {'UNSERVED':>8}"
+        print("  " + header, file=out)
+        for b in w.builds:
+            name = (b.build_id or "(not started)") + (" *" if b.current else "")
+            print(
+                f"  {name:<24} {b.workers:>7} {b.queued_runs:>7} {b.running_runs:>7} "
+                f"{b.unserved_runs:>8}",
+                file=out,
+            )
+        if w.unserved_runs:
+            print(
+                f"  warning: {w.unserved_runs} queued runs of {w.workflow} wait for a build no "
+                "worker serves: start its workers, or promote a build that has some",
+                file=out,
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -494,6 +532,26 @@ def build_parser() -> argparse.ArgumentParser:
     client_flags(p)
 
     p = sub.add_parser("workflows", help="list the workflows workers serve")
+    client_flags(p)
+
+    p = sub.add_parser("builds", help="blue-green deploys: list builds, promote one")
+    builds = p.add_subparsers(dest="builds_command", required=True)
+    p = builds.add_parser("list", help="each workflow's builds, workers and runs")
+    p.add_argument("workflow", nargs="?", default="")
+    client_flags(p)
+    p = builds.add_parser("promote", help="make BUILD_ID the build new runs of WORKFLOW go to")
+    p.add_argument("workflow")
+    p.add_argument("build_id")
+    p.add_argument(
+        "--policy",
+        choices=["WHEN_UNSERVED", "NEVER"],
+        type=str.upper,
+        help="runs pinned to a build with no workers left: move to the current build "
+        "(WHEN_UNSERVED, the default) or wait for their own (NEVER)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="promote even if no worker of the build is live"
+    )
     client_flags(p)
     return parser
 

@@ -15,6 +15,7 @@ from opentelemetry import propagate, trace
 
 from ._errors import RunCancelled, RunFailed, Unavailable, map_rpc_error
 from ._types import (
+    BuildInfo,
     Event,
     EventType,
     Run,
@@ -22,9 +23,10 @@ from ._types import (
     RunStatus,
     RunTrace,
     TraceSpan,
+    WorkflowBuilds,
     WorkflowInfo,
 )
-from .v1 import runs_pb2, runs_pb2_grpc
+from .v1 import builds_pb2, builds_pb2_grpc, runs_pb2, runs_pb2_grpc
 
 __all__ = ["Client", "RunHandle"]
 
@@ -54,6 +56,29 @@ def _trace_metadata() -> list[tuple[str, str]]:
 
 def _time(ts: Timestamp) -> datetime | None:
     return ts.ToDatetime().astimezone() if ts.seconds or ts.nanos else None
+
+
+_BUILD_METHODS = frozenset({"PromoteBuild", "ListBuilds"})
+
+
+def _builds_from_proto(msg: builds_pb2.WorkflowBuilds) -> WorkflowBuilds:
+    return WorkflowBuilds(
+        workflow=msg.workflow,
+        current_build_id=msg.current_build_id,
+        policy=builds_pb2.RunMovePolicy.Name(msg.policy).removeprefix("RUN_MOVE_POLICY_"),
+        unserved_runs=msg.unserved_runs,
+        builds=[
+            BuildInfo(
+                build_id=b.build_id,
+                workers=b.workers,
+                queued_runs=b.queued_runs,
+                running_runs=b.running_runs,
+                unserved_runs=b.unserved_runs,
+                current=b.current,
+            )
+            for b in msg.builds
+        ],
+    )
 
 
 def run_from_proto(msg: runs_pb2.Run) -> Run:
@@ -131,6 +156,7 @@ class Client:
     def _connect(self) -> None:
         self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
         self._stub = runs_pb2_grpc.RunServiceStub(self._channel)
+        self._builds = builds_pb2_grpc.BuildServiceStub(self._channel)
 
     def _failover(self) -> None:
         """Move to the next replica (a no-op with only one)."""
@@ -164,8 +190,9 @@ class Client:
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> Any:
+        stub = self._builds if method in _BUILD_METHODS else self._stub
         try:
-            return await getattr(self._stub, method)(request, timeout=timeout, metadata=metadata)
+            return await getattr(stub, method)(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 self._failover()  # the next call goes elsewhere; this one is not retried
@@ -247,6 +274,34 @@ class Client:
             ),
         )
         return [run_from_proto(r) for r in response.runs], response.next_page_token
+
+    async def promote_build(
+        self, workflow: str, build_id: str, *, policy: str = "", force: bool = False
+    ) -> tuple[WorkflowBuilds, str]:
+        """Make `build_id` the current build of `workflow`: new runs go to its workers.
+
+        `policy` ("WHEN_UNSERVED" or "NEVER"; '' keeps the workflow's) says what happens to
+        runs pinned to a build that no worker serves any more. Without `force`, a build with
+        no live worker is refused (FailedPrecondition). Returns (the workflow's builds now,
+        the build that was current before, '' if none).
+        """
+        if policy and policy.upper() not in ("WHEN_UNSERVED", "NEVER"):
+            raise ValueError(f"policy must be 'WHEN_UNSERVED' or 'NEVER', not {policy!r}")
+        response = await self._call(
+            "PromoteBuild",
+            builds_pb2.PromoteBuildRequest(
+                workflow=workflow,
+                build_id=build_id,
+                policy=f"RUN_MOVE_POLICY_{policy.upper()}" if policy else None,
+                force=force,
+            ),
+        )
+        return _builds_from_proto(response.workflow), response.previous_build_id
+
+    async def list_builds(self, workflow: str = "") -> list[WorkflowBuilds]:
+        """Each workflow's current build and its builds' workers and runs."""
+        response = await self._call("ListBuilds", builds_pb2.ListBuildsRequest(workflow=workflow))
+        return [_builds_from_proto(w) for w in response.workflows]
 
     async def list_workflows(self) -> list[WorkflowInfo]:
         """Every workflow some worker announced, with its live worker count."""

@@ -150,3 +150,26 @@ class WorkflowInfo:
     name: str
     description: str
     workers: int
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """One build of a workflow: its live workers (draining ones excluded) and its runs."""
+
+    build_id: str
+    workers: int
+    queued_runs: int
+    running_runs: int
+    unserved_runs: int  # queued runs no live worker will take as things stand
+    current: bool
+
+
+@dataclass(frozen=True)
+class WorkflowBuilds:
+    """Where a workflow's new runs go, what happens to pinned runs, and its builds."""
+
+    workflow: str
+    current_build_id: str  # '' when none was promoted: any worker takes new runs
+    policy: str  # "WHEN_UNSERVED" or "NEVER" (see BuildService in builds.proto)
+    builds: list[BuildInfo]
+    unserved_runs: int

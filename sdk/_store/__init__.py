@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._errors import LeaseLost
 from . import _keys as keys
 from . import _scripts
+from ._builds import WHEN_UNSERVED, BuildView, check_build_id, load_view
 from ._errors import (
     DomainError,
     FailedPreconditionError,
@@ -34,6 +35,8 @@ from ._errors import (
 __all__ = [
     "TERMINAL_EVENTS",
     "TERMINAL_STATUSES",
+    "BuildStats",
+    "BuildView",
     "CancelOutcome",
     "DomainError",
     "FailedPreconditionError",
@@ -44,6 +47,8 @@ __all__ = [
     "Store",
     "StoredEvent",
     "TooLargeError",
+    "WorkflowBuilds",
+    "check_build_id",
     "connect",
     "encode_event",
     "event_id_key",
@@ -52,7 +57,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("longline.store")
-_STATS = (keys.STATS_STATUS, keys.STATS_QUEUED)
+_STATS = (keys.STATS_BUILDS, keys.STATS_STATUS, keys.STATS_QUEUED)
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 TERMINAL_EVENTS = frozenset({"RUN_SUCCEEDED", "RUN_FAILED", "RUN_CANCELLED"})
@@ -227,6 +232,33 @@ class RunRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class BuildStats:
+    """One build of one workflow: its live workers and its runs."""
+
+    build: str
+    workers: int
+    queued: int
+    running: int
+    unserved: int
+    current: bool
+
+
+@dataclass(frozen=True)
+class WorkflowBuilds:
+    """One workflow's current build, move policy and builds."""
+
+    workflow: str
+    current: str
+    policy: str
+    builds: list[BuildStats]
+
+    @property
+    def unserved(self) -> int:
+        """Queued runs no worker will take as things stand."""
+        return sum(b.unserved for b in self.builds)
+
+
+@dataclass(frozen=True)
 class CancelOutcome:
     """What CANCEL_RUN did: `previous` status; `worker_id` holds the task to stop."""
 
@@ -345,13 +377,26 @@ class Store:
         replica_id: str,
         lease_ms: int,
         max_attempts: int,
-    ) -> tuple[str, str, str] | None:
-        """Make `attempt` of a queued run RUNNING on a worker; (workflow, input, traceparent)
-        or None."""
+        build: str = "",
+    ) -> tuple[str, str, str] | str | None:
+        """Make `attempt` of a queued run RUNNING on a worker of `build`, pinning the run to it.
+
+        Returns (workflow, input, traceparent); None when the attempt is not there to take
+        (cancelled, or taken); or the current build's id when the run has not started yet and
+        `build` is not the current one.
+        """
         reply = await self._claim(
-            keys=[keys.run_key(run_id), keys.LEASES, *_STATS],
-            args=[attempt, worker_id, replica_id, lease_ms, max_attempts],
+            keys=[
+                keys.run_key(run_id),
+                keys.LEASES,
+                keys.events_key(run_id),
+                keys.BUILDS_CURRENT,
+                *_STATS,
+            ],
+            args=[attempt, worker_id, replica_id, lease_ms, max_attempts, build],
         )
+        if reply and int(reply[0]) == -1:
+            return str(reply[1])
         if not reply or int(reply[0]) != 1:
             return None
         return str(reply[1]), str(reply[2]), str(reply[3])
@@ -436,25 +481,125 @@ class Store:
     # -- workflows and workers ---------------------------------------------
 
     async def announce(
-        self, worker_id: str, workflows: Iterable[tuple[str, str]], ttl_ms: int
+        self,
+        worker_id: str,
+        workflows: Iterable[tuple[str, str]],
+        ttl_ms: int,
+        build: str = "",
+        draining: bool = False,
     ) -> None:
-        """Record the workflows (name, description) and the worker's presence for ttl_ms."""
+        """Record the workflows (name, description) and the worker's presence for ttl_ms.
+
+        A draining worker stays present but no longer counts as a worker of its build that
+        takes runs, so runs pinned to that build can move on (see _builds).
+        """
         workflows = list(workflows)
         if not workflows:
             return
         now = await self._now_ms()
+        member = f"{build}\t{worker_id}"
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(keys.WORKFLOWS, mapping=dict(workflows))
             for name, _ in workflows:
                 pipe.zadd(keys.workflow_workers_key(name), {worker_id: now + ttl_ms})
+                pipe.sadd(keys.builds_key(name), build)
+                if draining:
+                    pipe.zrem(keys.build_workers_key(name), member)
+                else:
+                    pipe.zadd(keys.build_workers_key(name), {member: now + ttl_ms})
+                pipe.zremrangebyscore(keys.build_workers_key(name), "-inf", now - 3_600_000)
             await pipe.execute()
 
-    async def withdraw(self, worker_id: str, workflows: Iterable[str]) -> None:
+    async def withdraw(self, worker_id: str, workflows: Iterable[str], build: str = "") -> None:
         """Remove a worker's presence (it stopped)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in workflows:
                 pipe.zrem(keys.workflow_workers_key(name), worker_id)
+                pipe.zrem(keys.build_workers_key(name), f"{build}\t{worker_id}")
             await pipe.execute()
+
+    # -- builds (blue-green) ------------------------------------------------
+
+    async def build_view(self, workflows: Iterable[str]) -> BuildView:
+        """The routing state of `workflows` (current builds, policies, live builds)."""
+        return await load_view(self.redis, sorted(set(workflows)))
+
+    async def promote(self, workflow: str, build: str, policy: str, force: bool) -> str:
+        """Make `build` the current build of `workflow`; returns the previous one ('')."""
+        check_build_id(build, allow_empty=False)
+        if not await self.workflow_known(workflow):
+            raise NotFoundError(
+                f"workflow {workflow[:100]!r} is not known: no worker has announced it",
+                "WORKFLOW_NOT_FOUND",
+            )
+        view = await self.build_view([workflow])
+        if not force and build not in view.live.get(workflow, set()):
+            raise FailedPreconditionError(
+                f"no live worker of build {build!r} serves workflow {workflow!r}, so new runs "
+                "would wait: start its workers first (longline worker --build-id "
+                f"{build}), or promote with force",
+                "BUILD_HAS_NO_WORKERS",
+            )
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(keys.BUILDS_CURRENT, workflow)
+            pipe.hset(keys.BUILDS_CURRENT, workflow, build)
+            pipe.sadd(keys.builds_key(workflow), build)
+            if policy:
+                pipe.hset(keys.BUILDS_POLICY, workflow, policy)
+            previous = (await pipe.execute())[0]
+        return previous or ""
+
+    async def list_builds(self, workflow: str = "") -> list[WorkflowBuilds]:
+        """Every workflow's builds with their workers and queued and running runs."""
+        names = [workflow] if workflow else sorted(await self.redis.hkeys(keys.WORKFLOWS))
+        if workflow and not await self.workflow_known(workflow):
+            raise NotFoundError(
+                f"workflow {workflow[:100]!r} is not known: no worker has announced it",
+                "WORKFLOW_NOT_FOUND",
+            )
+        view = await self.build_view(names)
+        counts: dict[tuple[str, str, str], int] = {}
+        for field_name, value in (await self.redis.hgetall(keys.STATS_BUILDS)).items():
+            wf, build, status = field_name.split("\t")
+            counts[wf, build, status] = int(value)
+        now = await self._now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zrangebyscore(keys.build_workers_key(name), now, "+inf")
+            members = await pipe.execute()
+        result = []
+        for name, live_members in zip(names, members, strict=True):
+            workers: dict[str, int] = {}
+            for member in live_members:
+                build = member.partition("\t")[0]
+                workers[build] = workers.get(build, 0) + 1
+            current = view.current.get(name, "")
+            builds = view.builds.get(name, set()) | {b for (w, b, _) in counts if w == name}
+            statuses = []
+            for build in sorted(builds):
+                queued = counts.get((name, build, "QUEUED"), 0)
+                running = counts.get((name, build, "RUNNING"), 0)
+                if not (queued or running or workers.get(build) or build == current):
+                    continue  # a build of the past: nothing left of it
+                statuses.append(
+                    BuildStats(
+                        build=build,
+                        workers=workers.get(build, 0),
+                        queued=queued,
+                        running=running,
+                        unserved=0 if view.served(name, build) else queued,
+                        current=build == current,
+                    )
+                )
+            result.append(
+                WorkflowBuilds(
+                    workflow=name,
+                    current=current,
+                    policy=view.policy.get(name, WHEN_UNSERVED),
+                    builds=statuses,
+                )
+            )
+        return result
 
     async def workflow_known(self, workflow: str) -> bool:
         """Whether any worker ever announced the workflow."""

@@ -14,7 +14,11 @@ RUNS_INDEX = PREFIX + "runs"  # zset: run_id -> create time (ms), for ListRuns
 LEASES = PREFIX + "leases"  # zset: run_id -> lease expiry (ms) of every RUNNING run
 STATS_STATUS = PREFIX + "stats:status"  # hash: status -> runs in it now (kept by the scripts)
 STATS_QUEUED = PREFIX + "stats:queued"  # hash: workflow -> runs queued now
+STATS_BUILDS = PREFIX + "stats:builds"  # hash: "workflow\tbuild\tQUEUED|RUNNING" -> runs
 WORKFLOWS = PREFIX + "workflows"  # hash: workflow name -> description
+BUILDS_CURRENT = PREFIX + "builds:current"  # hash: workflow -> promoted build id
+BUILDS_POLICY = PREFIX + "builds:policy"  # hash: workflow -> run move policy (see builds.proto)
+PINNED_QUEUE_PREFIX = PREFIX + "queue@"  # + build + ":" + workflow (build ids have no ':')
 CONTROL_CHANNEL = PREFIX + "control"  # pub/sub: cancel notices between replicas
 DISPATCH_GROUP = "dispatch"  # consumer group on every queue stream
 
@@ -34,9 +38,25 @@ def steps_key(run_id: str) -> str:
     return f"{PREFIX}{{{run_id}}}:steps"
 
 
-def queue_key(workflow: str) -> str:
-    """The stream of queued attempts of one workflow, read by a consumer group."""
+def queue_key(workflow: str, build: str = "") -> str:
+    """The stream of queued attempts of one workflow, read by a consumer group.
+
+    Runs that have not started on a build yet (and runs of workers without a build id) are
+    queued in the workflow's stream; a run pinned to a build is requeued in that build's.
+    """
+    if build:
+        return f"{PINNED_QUEUE_PREFIX}{build}:{workflow}"
     return f"{PREFIX}queue:{workflow}"
+
+
+def builds_key(workflow: str) -> str:
+    """set: every build id a worker of the workflow ever announced."""
+    return f"{PREFIX}builds:{workflow}"
+
+
+def build_workers_key(workflow: str) -> str:
+    """zset: "build\tworker_id" -> presence expiry (ms), live workers that take new runs."""
+    return f"{PREFIX}buildworkers:{workflow}"
 
 
 def runs_by_workflow_key(workflow: str) -> str:

@@ -15,6 +15,8 @@ cancel_reason.
 
 from __future__ import annotations
 
+from . import _keys as keys
+
 _PRELUDE = """
 local function now_ms()
   local t = redis.call('TIME')
@@ -25,12 +27,25 @@ local function holds(run, attempt)
   local st = redis.call('HMGET', run, 'status', 'attempt')
   return st[1] == 'RUNNING' and st[2] == attempt
 end
--- Run counts by status and queued runs by workflow, for metrics; the last two KEYS.
+-- Queued and running runs by workflow and build (for blue-green deploys), run counts by
+-- status and queued runs by workflow (for metrics): the last three KEYS.
+local BUILDS = KEYS[#KEYS - 2]
 local STATS = KEYS[#KEYS - 1]
 local QUEUED = KEYS[#KEYS]
-local function moved(from, to)
-  if from then redis.call('HINCRBY', STATS, from, -1) end
-  if to then redis.call('HINCRBY', STATS, to, 1) end
+local function per_build(run, status, delta)
+  if status ~= 'QUEUED' and status ~= 'RUNNING' then return end
+  local wb = redis.call('HMGET', run, 'workflow', 'build')
+  redis.call('HINCRBY', BUILDS, wb[1] .. '\t' .. (wb[2] or '') .. '\t' .. status, delta)
+end
+local function moved(run, from, to)
+  if from then
+    redis.call('HINCRBY', STATS, from, -1)
+    per_build(run, from, -1)
+  end
+  if to then
+    redis.call('HINCRBY', STATS, to, 1)
+    per_build(run, to, 1)
+  end
 end
 -- 0: not held; 1: apply; 2: already applied (a retried write)
 local function fenced(run, attempt, seq)
@@ -42,7 +57,7 @@ local function fenced(run, attempt, seq)
 end
 """
 
-# Every script's last two KEYS are STATS_STATUS and STATS_QUEUED.
+# Every script's last three KEYS are STATS_BUILDS, STATS_STATUS and STATS_QUEUED.
 # KEYS: run, events, idempotency, runs index, workflow index, queue
 # ARGV: run_id, workflow, input_json, labels_json, idempotency key ('' = none), traceparent
 CREATE_RUN = (
@@ -58,7 +73,7 @@ local id = redis.call('XADD', KEYS[2], '*', 't', 'RUN_QUEUED', 'a', '1', 'm', 'q
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'QUEUED',
   'attempt', '1', 'input_json', ARGV[3], 'labels_json', ARGV[4], 'idempotency_key', ARGV[5],
   'create_ms', now, 'update_ms', now, 'last_event_id', id, 'lost', '0', 'traceparent', ARGV[6])
-moved(nil, 'QUEUED')
+moved(KEYS[1], nil, 'QUEUED')
 redis.call('HINCRBY', QUEUED, ARGV[2], 1)
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
@@ -67,21 +82,40 @@ return {1, ARGV[1]}
 """
 )
 
-# KEYS: run, leases. ARGV: attempt, worker_id, replica_id, lease_ms, max_attempts
-# Returns {1, workflow, input_json, traceparent} when this caller now holds the attempt, else {0}.
+# KEYS: run, leases, events, current builds. ARGV: attempt, worker_id, replica_id, lease_ms,
+# max_attempts, the worker's build id.
+# Returns {1, workflow, input_json, traceparent} when this caller now holds the attempt,
+# {-1, current build} when the run has not started on any build yet and another build is
+# current (new runs go to the current build only), else {0}.
+# The run is pinned to the worker's build from here on; a run that moves to another build
+# (by policy, its own has no worker left) says so in a STATUS event.
 CLAIM_RUN = (
     _PRELUDE
     + """
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'workflow', 'input_json', 'run_id',
-  'traceparent')
+  'traceparent', 'build')
 if st[1] ~= 'QUEUED' or st[2] ~= ARGV[1] then return {0} end
+local pinned = st[7] or ''
+if pinned == '' then
+  local current = redis.call('HGET', KEYS[4], st[3])
+  if current and current ~= '' and current ~= ARGV[6] then return {-1, current} end
+end
 local now = now_ms()
 local expires = fmt(now + tonumber(ARGV[4]))
+moved(KEYS[1], 'QUEUED', nil)
 redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'worker_id', ARGV[2], 'replica_id', ARGV[3],
-  'lease_expires_ms', expires, 'update_ms', fmt(now), 'max_attempts', ARGV[5], 'seq', '0')
+  'lease_expires_ms', expires, 'update_ms', fmt(now), 'max_attempts', ARGV[5], 'seq', '0',
+  'build', ARGV[6])
+moved(KEYS[1], nil, 'RUNNING')
 redis.call('ZADD', KEYS[2], expires, st[5])
-moved('QUEUED', 'RUNNING')
 redis.call('HINCRBY', QUEUED, st[3], -1)
+if pinned ~= '' and pinned ~= ARGV[6] then
+  local to = ARGV[6] ~= '' and ('build ' .. ARGV[6]) or 'a worker without a build id'
+  local id = redis.call('XADD', KEYS[3], '*', 't', 'STATUS', 'a', ARGV[1],
+    'm', 'moved from build ' .. pinned .. ' to ' .. to .. ': no worker of build ' .. pinned ..
+    ' is left to run it')
+  redis.call('HSET', KEYS[1], 'last_event_id', id)
+end
 return {1, st[3], st[4], st[6] or ''}
 """
 )
@@ -122,7 +156,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result_json', ARGV[4], 'error_ty
   'error_message', ARGV[6], 'error_component', ARGV[7], 'update_ms', fmt(now_ms()),
   'last_event_id', id, 'lease_expires_ms', '')
 redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'run_id'))
-moved('RUNNING', ARGV[3])
+moved(KEYS[1], 'RUNNING', ARGV[3])
 return id
 """
 )
@@ -139,7 +173,7 @@ local id = redis.call('XADD', KEYS[2], '*', 't', 'RUN_CANCELLED', 'a', st[2], 'm
 redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'cancel_reason', ARGV[1],
   'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '')
 redis.call('ZREM', KEYS[3], st[4])
-moved(st[1], 'CANCELLED')
+moved(KEYS[1], st[1], 'CANCELLED')
 if st[1] == 'QUEUED' then redis.call('HINCRBY', QUEUED, st[5], -1) end
 return {1, st[1], st[2], st[3] or ''}
 """
@@ -157,26 +191,33 @@ return 1
 """
 )
 
-local_requeue = """
+_local_requeue = (
+    """
+-- A run pinned to a build goes back to that build's queue (keys.queue_key(workflow, build)).
 local function requeue(run, events, queue, leases, attempt, message)
   local next_attempt = tostring(tonumber(attempt) + 1)
-  local run_id = redis.call('HGET', run, 'run_id')
+  local r = redis.call('HMGET', run, 'run_id', 'workflow', 'build')
   local id = redis.call('XADD', events, '*', 't', 'RUN_RETRYING', 'a', next_attempt, 'm', message)
+  moved(run, 'RUNNING', nil)
   redis.call('HSET', run, 'status', 'QUEUED', 'attempt', next_attempt, 'worker_id', '',
     'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '', 'seq', '0')
-  redis.call('ZREM', leases, run_id)
-  redis.call('XADD', queue, '*', 'run_id', run_id, 'attempt', next_attempt)
-  moved('RUNNING', 'QUEUED')
-  redis.call('HINCRBY', QUEUED, redis.call('HGET', run, 'workflow'), 1)
+  moved(run, nil, 'QUEUED')
+  redis.call('ZREM', leases, r[1])
+  if r[3] and r[3] ~= '' then queue = '"""
+    + keys.PINNED_QUEUE_PREFIX
+    + """' .. r[3] .. ':' .. r[2] end
+  redis.call('XADD', queue, '*', 'run_id', r[1], 'attempt', next_attempt)
+  redis.call('HINCRBY', QUEUED, r[2], 1)
 end
 """
+)
 
 # KEYS: run, events, queue, leases. ARGV: attempt, reason.
 # Puts a held attempt back in the queue as the next attempt at once (a worker that drains or
 # disconnects gives it back); it does not count as a lost attempt. Returns 1, or 0 if not held.
 REQUEUE_RUN = (
     _PRELUDE
-    + local_requeue
+    + _local_requeue
     + """
 if not holds(KEYS[1], ARGV[1]) then return 0 end
 requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
@@ -189,7 +230,7 @@ return 1
 # one expiry exactly one acts. Returns 'requeued', 'failed', or '' (nothing to do).
 EXPIRE_LEASE = (
     _PRELUDE
-    + local_requeue
+    + _local_requeue
     + """
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'lease_expires_ms', 'worker_id',
   'max_attempts', 'lost')
@@ -218,7 +259,7 @@ if lost >= limit then
     'error_message', message, 'error_component', '', 'update_ms', fmt(now),
     'last_event_id', id, 'lease_expires_ms', '')
   redis.call('ZREM', KEYS[4], ARGV[1])
-  moved('RUNNING', 'FAILED')
+  moved(KEYS[1], 'RUNNING', 'FAILED')
   return 'failed'
 end
 requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], st[2], why .. '; retrying as attempt ' ..

@@ -10,7 +10,7 @@ import longline
 from longline._store import keys
 from longline.compute_plane import Worker, WorkerSettings, load_workflows
 from longline.control_plane import ControlPlane, ControlPlaneSettings
-from tests.conftest import FLOWS
+from tests.conftest import FLOWS, eventually
 
 
 async def _serve_worker(redis_url: str, target: str) -> tuple[Worker, asyncio.Task[None]]:
@@ -23,6 +23,15 @@ async def _serve_worker(redis_url: str, target: str) -> tuple[Worker, asyncio.Ta
     return worker, task
 
 
+async def _group_created(redis: aioredis.Redis) -> None:
+    """Wait until the dispatcher reads the echo queue (it does once a worker has room)."""
+
+    async def created() -> bool:
+        return await redis.exists(keys.queue_key("echo")) == 1
+
+    await eventually(created, what="the dispatcher to create the echo queue's group")
+
+
 async def test_entries_delivered_before_a_restart_are_assigned_after_it(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
@@ -30,6 +39,7 @@ async def test_entries_delivered_before_a_restart_are_assigned_after_it(
     async with ControlPlane(settings) as cp:
         target = f"127.0.0.1:{cp.port}"
         worker, task = await _serve_worker(redis_url, target)
+        await _group_created(redis)
         worker.request_stop()  # the workflow is now known, but nobody can run it
         await task
         async with longline.Client(target) as client:
@@ -61,6 +71,7 @@ async def test_entries_held_by_a_replica_that_died_are_taken_over(
     async with ControlPlane(settings) as cp:
         target = f"127.0.0.1:{cp.port}"
         worker, task = await _serve_worker(redis_url, target)
+        await _group_created(redis)
         worker.request_stop()  # the workflow is known; for now nobody runs it
         await task
         async with longline.Client(target) as client:

@@ -21,6 +21,7 @@ RENDERED = {
     "dev": ROOT / "k8s" / "overlays" / "dev",
     "prod": ROOT / "k8s" / "overlays" / "prod",
 }
+GREEN = ROOT / "k8s" / "blue-green" / "green"  # the next build's workers, beside prod's
 HPA = ROOT / "k8s" / "autoscaling" / "hpa"  # for clusters without KEDA
 
 
@@ -32,8 +33,10 @@ def render(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-@pytest.fixture(scope="module", params=sorted(RENDERED))
+@pytest.fixture(scope="module", params=[*sorted(RENDERED), "prod+green"])
 def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    if request.param == "prod+green":  # what the cluster holds during a blue-green deploy
+        return render(RENDERED["prod"]) + render(GREEN)
     return render(RENDERED[request.param])
 
 
@@ -73,12 +76,9 @@ def test_nothing_runs_as_root_and_no_image_floats(objects: list[dict[str, Any]])
 
 
 def test_every_deployment_has_a_disruption_budget(objects: list[dict[str, Any]]) -> None:
-    budgets = {
-        p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
-        for p in _of(objects, "PodDisruptionBudget")
-    }
+    budgets = [p["spec"]["selector"]["matchLabels"] for p in _of(objects, "PodDisruptionBudget")]
     for d in _of(objects, "Deployment"):
-        assert d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] in budgets
+        assert d["spec"]["selector"]["matchLabels"] in budgets, d["metadata"]["name"]
 
 
 def _flag(args: list[str], name: str) -> str:
@@ -103,7 +103,7 @@ def test_workers_get_their_whole_drain_before_sigkill(objects: list[dict[str, An
     (config,) = _of(objects, "ConfigMap")
     drain = float(config["data"]["LONGLINE_DRAIN_TIMEOUT"])
     for d in _of(objects, "Deployment"):
-        if d["metadata"]["name"] != "longline-worker":
+        if not d["metadata"]["name"].startswith("longline-worker"):
             continue
         pod = d["spec"]["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] >= drain + 10
@@ -138,3 +138,22 @@ def test_the_image_is_slim_pinned_and_not_root() -> None:
     bases = re.findall(r"^FROM (\S+)", dockerfile, re.M)
     assert bases and all(":" in b and "latest" not in b and "slim" in b for b in bases)
     assert re.search(r"^USER 10001", dockerfile, re.M)
+
+
+def test_each_build_of_workers_is_its_own_deployment_and_says_its_build() -> None:
+    workers = [
+        d
+        for d in _of(render(RENDERED["prod"]) + render(GREEN), "Deployment")
+        if d["metadata"]["name"].startswith("longline-worker")
+    ]
+    assert [d["metadata"]["name"] for d in workers] == ["longline-worker", "longline-worker-green"]
+    selectors = [d["spec"]["selector"]["matchLabels"] for d in workers]
+    assert selectors[0]["longline.dev/track"] != selectors[1]["longline.dev/track"]
+    builds = []
+    for d in workers:
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        # The build id workers announce is the image they run: promote by image tag.
+        assert env["LONGLINE_BUILD_ID"] == c["image"].rsplit(":", 1)[1]
+        builds.append(env["LONGLINE_BUILD_ID"])
+    assert builds[0] != builds[1]

@@ -7,6 +7,7 @@ import inspect
 import longline
 
 EXPECTED = {
+    "BuildInfo",
     "Cache",
     "Client",
     "Component",
@@ -37,6 +38,7 @@ EXPECTED = {
     "Unauthenticated",
     "Unavailable",
     "Workflow",
+    "WorkflowBuilds",
     "WorkflowInfo",
     "component",
     "current",
