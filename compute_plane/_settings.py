@@ -27,9 +27,27 @@ class WorkerSettings:
     drain_timeout: float = 25.0
     health_listen: str = ""  # host:port for grpc.health.v1; empty: none
     metrics_listen: str = ""  # HOST:PORT for Prometheus; empty: none
+    max_event_bytes: int = 1024 * 1024  # one event's message + data, and the result; 0: any
+    # A worker token (see the control plane's tokens file); without one the worker refuses to
+    # start unless insecure_no_auth says the control plane runs without authentication.
+    token: str = ""
+    insecure_no_auth: bool = False
+    # TLS to the control plane: verify it against tls_ca (system roots when empty and tls is
+    # set); tls_cert and tls_key present a client certificate (mutual TLS).
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def __post_init__(self) -> None:
         check_build_id(self.build_id, allow_empty=True)
+        if not self.token and not self.insecure_no_auth:
+            raise ValueError(
+                "a worker needs a worker token (--token or LONGLINE_TOKEN), or "
+                "--insecure-no-auth for a control plane that runs without authentication"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("a client certificate needs both --tls-cert and --tls-key")
 
     @property
     def targets(self) -> list[str]:

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from redis.exceptions import RedisError
 
 from longline import Context, LeaseLost, Workflow
+from longline._channel import bearer, open_channel
 from longline._component import component_of
 from longline._store import RunWriter, Store, connect, encode_event
 from longline._store._services import RedisServices
@@ -36,9 +37,12 @@ _tracer = trace.get_tracer("longline.compute_plane")
 class _RedisSink:
     """The EventSink of one attempt: fenced appends to the run's stream."""
 
-    def __init__(self, writer: RunWriter, metrics: WorkerMetrics | None) -> None:
+    def __init__(
+        self, writer: RunWriter, metrics: WorkerMetrics | None, max_event_bytes: int
+    ) -> None:
         self._writer = writer
         self._metrics = metrics
+        self._max_event_bytes = max_event_bytes
 
     async def emit(
         self,
@@ -51,6 +55,11 @@ class _RedisSink:
         parent_span_id: str = "",
         checkpoint: tuple[str, str] | None = None,
     ) -> str:
+        _check_size(
+            f"a {type} event",
+            len(message.encode()) + len(data_json.encode()),
+            self._max_event_bytes,
+        )
         fields = encode_event(
             type, self._writer.attempt, message, data_json, component, span_id, parent_span_id
         )
@@ -61,6 +70,22 @@ class _RedisSink:
             if type == "COMPONENT_FINISHED":
                 self._metrics.step_finished(component, data_json)
         return event_id
+
+
+def _check_size(what: str, size: int, limit: int) -> None:
+    if limit and size > limit:
+        raise ValueError(
+            f"{what} of {size} bytes is over the limit of {limit} bytes (--max-event-bytes): "
+            "stream long output in pieces (one ctx.output per chunk), and keep large data "
+            "outside the run (a URL or object key)"
+        )
+
+
+_REFUSED = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+)
 
 
 @dataclass(eq=False)
@@ -235,9 +260,12 @@ class Worker:
             outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
             outbox.put_nowait(self._hello())
             try:
-                async with grpc.aio.insecure_channel(target) as channel:
+                s = self.settings
+                async with open_channel(
+                    target, tls=s.tls, tls_ca=s.tls_ca, tls_cert=s.tls_cert, tls_key=s.tls_key
+                ) as channel:
                     call = worker_pb2_grpc.WorkerServiceStub(channel).Connect(
-                        self._requests(outbox)
+                        self._requests(outbox), metadata=bearer(s.token)
                     )
                     async for response in call:
                         if response.HasField("welcome"):
@@ -248,7 +276,10 @@ class Worker:
                         elif response.HasField("cancel"):
                             self._on_cancel(response.cancel)
             except grpc.aio.AioRpcError as exc:
-                log.warning("connection to control plane %s lost: %s", target, exc.details())
+                if exc.code() in _REFUSED:  # retried: the token may be rotated in meanwhile
+                    log.error("control plane %s refused this worker: %s", target, exc.details())
+                else:
+                    log.warning("connection to control plane %s lost: %s", target, exc.details())
             finally:
                 self._connected.clear()
                 self._outbox = None
@@ -311,7 +342,7 @@ class Worker:
             a.run_id,
             a.attempt,
             workflow.name,
-            _RedisSink(writer, self.metrics),
+            _RedisSink(writer, self.metrics, self.settings.max_event_bytes),
             checkpoints,
             self._services,
         )
@@ -355,6 +386,7 @@ class Worker:
                     f"workflow {workflow.name!r} returned a value that is not "
                     f"JSON-serialisable: {exc}"
                 ) from exc
+            _check_size("the result", len(result_json.encode()), self.settings.max_event_bytes)
             await writer.finish(
                 "SUCCEEDED",
                 result_json=result_json,

@@ -1,4 +1,5 @@
-"""One server interceptor turns domain errors into gRPC statuses with clear messages.
+"""The one server interceptor: it authenticates each call (see _auth), then turns domain
+errors into gRPC statuses with clear messages.
 
 Anything else becomes INTERNAL with a reference to the server log, never a stack trace.
 """
@@ -9,15 +10,19 @@ import inspect
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any as AnyValue
 
 import grpc
 from google.protobuf.any_pb2 import Any
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from longline._store import DomainError
+from longline._store import DomainError, InvalidArgumentError
+
+from ._auth import Principal, set_current
 
 log = logging.getLogger("longline.control_plane")
 
@@ -25,23 +30,40 @@ log = logging.getLogger("longline.control_plane")
 ERROR_DOMAIN = "longline.dev"
 
 
-def _details(code: grpc.StatusCode, message: str, reason: str) -> tuple[tuple[str, bytes]]:
-    """google.rpc.Status with an ErrorInfo, as the trailing metadata gRPC carries it in."""
+def _details(
+    code: grpc.StatusCode, message: str, reason: str, retry_after: float | None = None
+) -> tuple[tuple[str, bytes]]:
+    """google.rpc.Status with an ErrorInfo (and a RetryInfo when the caller should wait), as
+    the trailing metadata gRPC carries it in."""
     info = Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
-    status = status_pb2.Status(code=code.value[0], message=message, details=[info])
+    details = [info]
+    if retry_after is not None:
+        retry = Any()
+        delay = error_details_pb2.RetryInfo()
+        delay.retry_delay.FromMilliseconds(max(1, int(retry_after * 1000)))
+        retry.Pack(delay)
+        details.append(retry)
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
     return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 async def _fail(
-    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, reason: str
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    retry_after: float | None = None,
 ) -> None:
-    await context.abort(code, message, trailing_metadata=_details(code, message, reason))
+    await context.abort(
+        code, message, trailing_metadata=_details(code, message, reason, retry_after)
+    )
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, DomainError):
-        await _fail(context, grpc.StatusCode[exc.code], exc.message, exc.reason)
+        retry_after = getattr(exc, "retry_after", None)
+        await _fail(context, grpc.StatusCode[exc.code], exc.message, exc.reason, retry_after)
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         log.warning("%s: Redis unavailable: %s", method, exc)
         await _fail(
@@ -60,8 +82,15 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     )
 
 
+Authenticate = Callable[[str, grpc.aio.ServicerContext], Principal]
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps DomainError subclasses to their status code; hides everything else."""
+    """Authenticates every call with `authenticate` (the caller is then `_auth.current()`),
+    maps DomainError subclasses to their status code, and hides everything else."""
+
+    def __init__(self, authenticate: Authenticate | None = None) -> None:
+        self._authenticate = authenticate
 
     async def intercept_service(
         self,
@@ -71,53 +100,98 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        call = _Call(handler_call_details.method, self._authenticate)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(handler.unary_unary, call),
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(handler.unary_stream, call),
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method),
+                _wrap_stream(handler.stream_stream, call),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-def _wrap_unary(behavior: Callable[..., AnyValue], method: str) -> Callable[..., AnyValue]:
+@dataclass(frozen=True)
+class _Malformed:
+    """A request that did not parse (bad UTF-8 in a string field, say), kept to be answered
+    INVALID_ARGUMENT by the handler instead of gRPC's own INTERNAL."""
+
+    error: str
+
+
+def _tolerant(deserialize: Callable[[bytes], AnyValue] | None) -> Callable[[bytes], AnyValue]:
+    def parse(data: bytes) -> AnyValue:
+        try:
+            return deserialize(data) if deserialize is not None else data
+        except DecodeError as exc:
+            return _Malformed(str(exc))
+
+    return parse
+
+
+def _check(request: AnyValue) -> None:
+    if isinstance(request, _Malformed):
+        raise InvalidArgumentError(
+            f"the request is not a valid protobuf message: {request.error} (string fields must "
+            "be UTF-8; input_json is a JSON text)",
+            "MALFORMED_REQUEST",
+        )
+
+
+@dataclass(frozen=True)
+class _Call:
+    full_method: str
+    authenticate: Authenticate | None
+
+    @property
+    def method(self) -> str:
+        return self.full_method.rsplit("/", 1)[-1]
+
+    def enter(self, context: grpc.aio.ServicerContext) -> None:
+        if self.authenticate is not None:
+            set_current(self.authenticate(self.full_method, context))
+
+
+def _wrap_unary(behavior: Callable[..., AnyValue], call: _Call) -> Callable[..., AnyValue]:
     async def wrapped(request: AnyValue, context: grpc.aio.ServicerContext) -> AnyValue:
         try:
+            call.enter(context)
+            _check(request)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc, method)
+            await _abort(context, exc, call.method)
 
     return wrapped
 
 
-def _wrap_stream(behavior: Callable[..., AnyValue], method: str) -> Callable[..., AnyValue]:
+def _wrap_stream(behavior: Callable[..., AnyValue], call: _Call) -> Callable[..., AnyValue]:
     if inspect.isasyncgenfunction(behavior):
 
         async def wrapped_gen(
             request: AnyValue, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[AnyValue]:
             try:
+                call.enter(context)
+                _check(request)
                 async for response in behavior(request, context):
                     yield response
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await _abort(context, exc, method)
+                await _abort(context, exc, call.method)
 
         return wrapped_gen
-    return _wrap_unary(behavior, method)
+    return _wrap_unary(behavior, call)

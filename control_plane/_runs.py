@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,9 +17,11 @@ from opentelemetry import propagate, trace
 from longline._store import (
     InvalidArgumentError,
     NotFoundError,
+    RateLimitedError,
     RunRecord,
     Store,
     StoredEvent,
+    TenantLimits,
     TooLargeError,
     _trace,
     keys,
@@ -26,15 +29,13 @@ from longline._store import (
 )
 from longline.v1 import runs_pb2, runs_pb2_grpc
 
+from ._auth import current
 from ._hub import EventHub
 from ._settings import ControlPlaneSettings
 
 _tracer = trace.get_tracer("longline.control_plane")
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 MAX_IDEMPOTENCY_KEY = 256
-MAX_LABELS = 64
-MAX_LABEL_BYTES = 256
 # RunWorkflow answers this long before the caller's deadline so the answer arrives in time.
 _DEADLINE_MARGIN = 0.25
 
@@ -119,12 +120,12 @@ def _require_run_id(run_id: str) -> str:
     return run_id
 
 
-def _page_size(requested: int) -> int:
+def _page_size(requested: int, most: int) -> int:
     if requested < 0:
         raise InvalidArgumentError(
             f"page_size must not be negative, got {requested}", "INVALID_PAGE_SIZE"
         )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return min(requested or DEFAULT_PAGE_SIZE, most)
 
 
 def _encode_token(*parts: str) -> str:
@@ -152,6 +153,33 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         self._store = store
         self._hub = hub
         self._settings = settings
+        self._limits = TenantLimits(
+            max_queued=settings.max_queued_per_tenant,
+            start_rate=settings.start_rate_per_tenant,
+            start_burst=settings.start_burst_per_tenant,
+        )
+        self._streams: dict[str, int] = {}  # tenant -> its open streams on this replica
+
+    @contextlib.contextmanager
+    def _stream_slot(self) -> Iterator[None]:
+        """Count an open StreamRun or RunWorkflow against its tenant's limit on this replica."""
+        tenant = current().tenant
+        most = self._settings.max_streams_per_tenant
+        held = self._streams.get(tenant, 0)
+        if most and held >= most:
+            raise RateLimitedError(
+                f"this tenant has {held} open streams on this control plane, its limit: close "
+                "some, or ask the operator to raise --max-streams-per-tenant",
+                "TOO_MANY_STREAMS",
+                retry_after=1.0,
+            )
+        self._streams[tenant] = held + 1
+        try:
+            yield
+        finally:
+            self._streams[tenant] -= 1
+            if not self._streams[tenant]:
+                del self._streams[tenant]
 
     async def _start(
         self,
@@ -181,13 +209,17 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters",
                 "INVALID_IDEMPOTENCY_KEY",
             )
-        if len(request.labels) > MAX_LABELS:
-            raise InvalidArgumentError(f"at most {MAX_LABELS} labels are allowed", "INVALID_LABELS")
+        most_labels, label_bytes = self._settings.max_labels, self._settings.max_label_bytes
+        if len(request.labels) > most_labels:
+            raise InvalidArgumentError(
+                f"at most {most_labels} labels are allowed, got {len(request.labels)}",
+                "INVALID_LABELS",
+            )
         for k, v in request.labels.items():
-            if not k or len(k) > MAX_LABEL_BYTES or len(v) > MAX_LABEL_BYTES:
+            if not k or len(k.encode()) > label_bytes or len(v.encode()) > label_bytes:
                 raise InvalidArgumentError(
-                    f"label keys must be non-empty and keys and values at most {MAX_LABEL_BYTES} "
-                    f"characters (label {k[:40]!r})",
+                    f"label keys must be non-empty and keys and values at most {label_bytes} "
+                    f"bytes (label {k[:40]!r})",
                     "INVALID_LABELS",
                 )
         if not await self._store.workflow_known(request.workflow):
@@ -197,11 +229,12 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 f"Known workflows: {', '.join(known) or 'none (is a worker running?)'}",
                 "WORKFLOW_NOT_FOUND",
             )
+        tenant = current().tenant
         new_id = uuid.uuid4().hex
         # The run's span is a child of the caller's (from the gRPC span, or the traceparent
         # it sent); attempts on workers become its children through the stored traceparent.
-        current = trace.get_current_span().get_span_context()
-        parent = None if current.is_valid else propagate.extract(dict(metadata))
+        caller_span = trace.get_current_span().get_span_context()
+        parent = None if caller_span.is_valid else propagate.extract(dict(metadata))
         run_span = _tracer.start_span(
             f"run {request.workflow}",
             context=parent,
@@ -217,10 +250,12 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 dict(request.labels),
                 request.idempotency_key,
                 carrier.get("traceparent", ""),
+                tenant,
+                self._limits,
             )
         finally:
             run_span.end()
-        return await self._store.get_run(run_id), created
+        return await self._store.get_run(run_id, tenant), created
 
     async def StartRun(
         self, request: runs_pb2.StartRunRequest, context: grpc.aio.ServicerContext
@@ -229,6 +264,12 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         return runs_pb2.StartRunResponse(run=run_to_proto(record), created=created)
 
     async def RunWorkflow(
+        self, request: runs_pb2.RunWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> runs_pb2.RunWorkflowResponse:
+        with self._stream_slot():
+            return await self._run_workflow(request, context)
+
+    async def _run_workflow(
         self, request: runs_pb2.RunWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> runs_pb2.RunWorkflowResponse:
         record, created = await self._start(request, context.invocation_metadata() or ())
@@ -242,19 +283,19 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                             break
             except TimeoutError:
                 pass  # the caller's deadline comes first: answer with the run as it is
-            record = await self._store.get_run(record.run_id)
+            record = await self._store.get_run(record.run_id, record.tenant)
         return runs_pb2.RunWorkflowResponse(run=run_to_proto(record), created=created)
 
     async def GetRun(
         self, request: runs_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> runs_pb2.GetRunResponse:
-        record = await self._store.get_run(_require_run_id(request.run_id))
+        record = await self._store.get_run(_require_run_id(request.run_id), current().tenant)
         return runs_pb2.GetRunResponse(run=run_to_proto(record))
 
     async def ListRuns(
         self, request: runs_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> runs_pb2.ListRunsResponse:
-        size = _page_size(request.page_size)
+        size = _page_size(request.page_size, self._settings.max_page_size)
         status = ""
         if request.status:
             name = (
@@ -275,7 +316,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                     "page_token is not one this server gave out", "INVALID_PAGE_TOKEN"
                 )
             before = (int(ms), run_id)
-        records, cursor = await self._store.list_runs(request.workflow, status, size, before)
+        records, cursor = await self._store.list_runs(
+            request.workflow, status, size, before, current().tenant
+        )
         return runs_pb2.ListRunsResponse(
             runs=[run_to_proto(r) for r in records],
             next_page_token=_encode_token(str(cursor[0]), cursor[1]) if cursor else "",
@@ -286,6 +329,8 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     ) -> runs_pb2.CancelRunResponse:
         run_id = _require_run_id(request.run_id)
         reason = request.reason[:1000] or "cancelled by request"
+        tenant = current().tenant
+        await self._store.get_run(run_id, tenant)  # another tenant's run is not found
         outcome = await self._store.cancel(run_id, reason)
         if outcome.previous == "RUNNING" and outcome.worker_id:
             await self._store.redis.publish(
@@ -299,7 +344,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                     }
                 ),
             )
-        record = await self._store.get_run(run_id)
+        record = await self._store.get_run(run_id, tenant)
         return runs_pb2.CancelRunResponse(run=run_to_proto(record))
 
     async def StreamRun(
@@ -308,15 +353,16 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         run_id = _require_run_id(request.run_id)
         if request.after_event_id:
             parse_event_id(request.after_event_id)
-        await self._store.get_run(run_id)  # NOT_FOUND before any event
-        async for event in self._hub.events(run_id, request.after_event_id):
-            yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
+        await self._store.get_run(run_id, current().tenant)  # NOT_FOUND before any event
+        with self._stream_slot():
+            async for event in self._hub.events(run_id, request.after_event_id):
+                yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
 
     async def GetRunTrace(
         self, request: runs_pb2.GetRunTraceRequest, context: grpc.aio.ServicerContext
     ) -> runs_pb2.GetRunTraceResponse:
         run_id = _require_run_id(request.run_id)
-        record = await self._store.get_run(run_id)
+        record = await self._store.get_run(run_id, current().tenant)
         events: list[StoredEvent] = []
         while True:
             page = await self._store.read_events(
@@ -337,7 +383,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def ListWorkflows(
         self, request: runs_pb2.ListWorkflowsRequest, context: grpc.aio.ServicerContext
     ) -> runs_pb2.ListWorkflowsResponse:
-        size = _page_size(request.page_size)
+        size = _page_size(request.page_size, self._settings.max_page_size)
         after = _decode_token(request.page_token, 1)[0] if request.page_token else ""
         rows = [row for row in await self._store.list_workflows() if row[0] > after]
         page = rows[:size]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +24,7 @@ from longline.v1 import (
     worker_pb2_grpc,
 )
 
+from ._auth import Authenticator, TokenStore
 from ._builds import BuildServicer
 from ._errors import ErrorInterceptor
 from ._hub import BLOCK_MS, EventHub
@@ -41,12 +43,68 @@ SERVICES = (
 )
 
 
+def load_authenticator(s: ControlPlaneSettings) -> Authenticator:
+    """The authenticator the settings ask for; ValueError when they ask for nothing."""
+    if s.tokens_file or s.tokens:
+        return Authenticator(TokenStore(s.tokens_file, s.tokens))
+    if s.insecure_no_auth:
+        return Authenticator(None)
+    raise ValueError(
+        "refusing to start without tokens: give --tokens-file (or LONGLINE_TOKENS; "
+        "`longline tokens new` makes them), or --insecure-no-auth to serve with no "
+        "authentication at all (anyone who can reach the port can then start, read and cancel "
+        "every run and impersonate workers)"
+    )
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} {path!r}: {exc.strerror}") from None
+
+
+def _credentials(s: ControlPlaneSettings, *, for_workers: bool) -> grpc.ServerCredentials | None:
+    if not s.tls_cert:
+        return None
+    pair = (_read(s.tls_key, "TLS key"), _read(s.tls_cert, "TLS certificate"))
+    if for_workers and s.tls_client_ca:
+        return grpc.ssl_server_credentials(
+            [pair],
+            root_certificates=_read(s.tls_client_ca, "client CA"),
+            require_client_auth=True,
+        )
+    return grpc.ssl_server_credentials([pair])
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    port: int = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
+    )
+    if port == 0:
+        raise RuntimeError(f"could not listen on {address}")
+    return port
+
+
+def _describe_security(s: ControlPlaneSettings, auth: Authenticator) -> str:
+    tls = "TLS" if s.tls_cert else "plaintext (no TLS)"
+    if s.tls_client_ca:
+        tls += ", mutual TLS for workers"
+    tokens = f"{len(auth.tokens)} tokens" if auth.tokens is not None else "AUTH OFF"
+    return f"{tls}, {tokens}"
+
+
 class ControlPlane:
     """A control-plane replica. `async with ControlPlane(settings) as cp:` serves on cp.port."""
 
     def __init__(self, settings: ControlPlaneSettings) -> None:
+        """Raises ValueError when the settings cannot be served as given (no tokens, say)."""
         self.settings = settings
+        self.authenticator = load_authenticator(settings)
         self.port = 0
+        self.worker_port = 0  # == port unless settings.worker_listen
         self._stopping = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -79,6 +137,20 @@ class ControlPlane:
         self._stopping.set()
         if self._main is not None:
             await self._main
+
+    def reload_tokens(self) -> bool:
+        """Read the tokens file again (SIGHUP); False, and the old tokens stay, on an error."""
+        tokens = self.authenticator.tokens
+        return tokens.reload("SIGHUP") if tokens is not None and tokens.path else False
+
+    async def _watch_tokens(self, interval: float = 1.0) -> None:
+        """Rotation without a restart: a changed tokens file is read again within a second."""
+        tokens = self.authenticator.tokens
+        if tokens is None or not tokens.path:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            tokens.reload_if_changed()
 
     def request_stop(self) -> None:
         """Ask run() to stop (for signal handlers)."""
@@ -121,32 +193,50 @@ class ControlPlane:
             )
             self.metrics_port = metrics_server.server_port
 
-        server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
-            options=[
-                ("grpc.max_receive_message_length", s.max_input_bytes + 64 * 1024),
-                ("grpc.so_reuseport", 0),
-            ],
+        interceptors = [ErrorInterceptor(self.authenticator)]
+        options = [
+            ("grpc.max_receive_message_length", s.max_input_bytes + 64 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(interceptors=interceptors, options=options)
+        # Workers on a port of their own when asked (mutual TLS there), else beside clients.
+        worker_server = (
+            grpc.aio.server(interceptors=interceptors, options=options)
+            if s.worker_listen
+            else server
         )
         runs_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(store, hub, s), server)
         builds_pb2_grpc.add_BuildServiceServicer_to_server(BuildServicer(store, dispatcher), server)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-            WorkerServicer(store, dispatcher, s), server
+            WorkerServicer(store, dispatcher, s), worker_server
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if worker_server is not server:
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, worker_server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
             await pool.ping()
-            self.port = server.add_insecure_port(s.listen)
-            if self.port == 0:
-                raise RuntimeError(f"could not listen on {s.listen}")
+            self.port = _bind(server, s.listen, _credentials(s, for_workers=False))
+            if worker_server is not server:
+                self.worker_port = _bind(
+                    worker_server, s.worker_listen, _credentials(s, for_workers=True)
+                )
+                await worker_server.start()
+            else:
+                self.worker_port = self.port
             await server.start()
             for service in ("", *SERVICES):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-            log.info("control plane %s serving on port %d", s.replica_id, self.port)
+            log.info(
+                "control plane %s serving on port %d%s (%s)",
+                s.replica_id,
+                self.port,
+                f", workers on port {self.worker_port}" if worker_server is not server else "",
+                _describe_security(s, self.authenticator),
+            )
             self._ready.set()
             async with asyncio.TaskGroup() as tasks:
                 background = [
@@ -154,6 +244,7 @@ class ControlPlane:
                     tasks.create_task(dispatcher.run(), name="dispatcher"),
                     tasks.create_task(self._control_listener(pool, dispatcher), name="control"),
                     tasks.create_task(monitor.run(), name="lease-monitor"),
+                    tasks.create_task(self._watch_tokens(), name="tokens"),
                     *(
                         [tasks.create_task(metrics.refresh(store), name="metrics")]
                         if metrics
@@ -164,6 +255,8 @@ class ControlPlane:
                 for service in ("", *SERVICES):
                     await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
                 await server.stop(s.shutdown_grace)
+                if worker_server is not server:
+                    await worker_server.stop(s.shutdown_grace)
                 for task in background:
                     task.cancel()
         finally:
@@ -171,6 +264,7 @@ class ControlPlane:
                 metrics_server.shutdown()
                 metrics_server.server_close()
             await server.stop(0)
+            await worker_server.stop(0)
             for client in (hub_reader, dispatch_reader, pool):
                 await client.aclose()
 

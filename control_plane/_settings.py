@@ -22,3 +22,32 @@ class ControlPlaneSettings:
     # Queue entries another replica was handed and has not acted on for this long are taken
     # over (that replica died between reading and assigning them).
     reclaim_after: float = 30.0
+    # Authentication (see _auth): a tokens file, or the same TOML as text (LONGLINE_TOKENS).
+    # With neither, the control plane refuses to start unless insecure_no_auth is set.
+    tokens_file: str = ""
+    tokens: str = ""
+    insecure_no_auth: bool = False
+    # TLS: a certificate and key (PEM files) make every port TLS. worker_listen serves
+    # WorkerService on a port of its own (and not on `listen`); with tls_client_ca that port
+    # takes only workers presenting a client certificate signed by that CA (mutual TLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    worker_listen: str = ""
+    # Limits on what callers send, and per tenant (0 = no limit where noted).
+    max_labels: int = 64
+    max_label_bytes: int = 256
+    max_page_size: int = 1000
+    max_queued_per_tenant: int = 100_000  # QUEUED runs of one tenant; 0 = no limit
+    start_rate_per_tenant: float = 200.0  # StartRun/RunWorkflow per second, sustained; 0 = none
+    start_burst_per_tenant: int = 400  # ... and in a burst
+    max_streams_per_tenant: int = 1000  # concurrent StreamRun/RunWorkflow per replica; 0 = none
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
+        if self.tls_client_ca and not (self.tls_cert and self.worker_listen):
+            raise ValueError(
+                "--tls-client-ca (mutual TLS for workers) needs --tls-cert/--tls-key and a "
+                "--worker-listen port of its own"
+            )

@@ -21,8 +21,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from longline._store import BuildView, InvalidArgumentError, Store, check_build_id, keys
 from longline._store._builds import queue_workflow
+from longline._store._errors import PermissionDeniedError
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
+from ._auth import current
 from ._hub import BLOCK_MS
 from ._settings import ControlPlaneSettings
 
@@ -322,6 +324,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 "WorkerHello needs a worker_id and slots >= 1", "INVALID_WORKER_STREAM"
             )
         check_build_id(hello.build_id, allow_empty=True)
+        allowed = current().workflows
+        if allowed is not None:
+            refused = sorted({w.name for w in hello.workflows} - allowed)
+            if refused:
+                raise PermissionDeniedError(
+                    f"this worker token ({current().name}) may serve only "
+                    f"{', '.join(sorted(allowed)) or 'no workflows'}; not {', '.join(refused)}",
+                    "WORKFLOW_NOT_ALLOWED",
+                )
         session = WorkerSession(
             worker_id=hello.worker_id,
             build_id=hello.build_id,
@@ -385,8 +396,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         kind = request.WhichOneof("message")
         if kind in ("finished", "released"):
             ref = getattr(request, kind).run
-            if session.running.get(ref.run_id) == ref.attempt:
-                del session.running[ref.run_id]
+            if session.running.get(ref.run_id) != ref.attempt:
+                # A released run's task still reports finished as it unwinds: expected.
+                log.debug(
+                    "worker %s reported %s for run %s attempt %d, which it does not hold; ignored",
+                    session.worker_id,
+                    kind,
+                    ref.run_id,
+                    ref.attempt,
+                )
+                return
+            del session.running[ref.run_id]
             if kind == "released":
                 workflow = await self._store.redis.hget(keys.run_key(ref.run_id), "workflow")
                 await self._store.requeue(

@@ -36,6 +36,8 @@ def _add(parser: argparse.ArgumentParser, flag: str, default: Any = None, **kw: 
     env_default = _env(name, default)
     if "type" in kw and env_default is not None and isinstance(env_default, str):
         env_default = kw["type"](env_default)
+    if kw.get("action") == "store_true" and isinstance(env_default, str):
+        env_default = env_default.strip().lower() in ("1", "true", "yes", "on")
     env = "LONGLINE_" + name.upper().replace("-", "_")
     kw["help"] = (kw.get("help", "") + f" [env {env}]").strip()
     parser.add_argument(flag, default=env_default, **kw)
@@ -145,8 +147,8 @@ class LiveView:
             self._line(f"■ cancelled: {event.message}")
 
 
-async def _follow(target: str, run_id: str, after: str, view: LiveView) -> int:
-    async with Client(target) as client:
+async def _follow(target: str, run_id: str, after: str, view: LiveView, tls_ca: str) -> int:
+    async with Client(target, tls_ca=tls_ca) as client:
         handle = client.get_run(run_id)
         async for event in handle.events(after=after or None):
             view.show(event)
@@ -164,20 +166,23 @@ async def _cmd_run(args: argparse.Namespace, view: LiveView, state: dict[str, st
         payload = json.loads(args.input)
     except ValueError as exc:
         raise SystemExit(f"--input is not valid JSON: {exc}") from None
-    async with Client(args.control_plane) as client:
+    async with Client(args.control_plane, tls_ca=args.tls_ca) as client:
         handle = await client.start(
             args.workflow, payload, idempotency_key=args.idempotency_key or ""
         )
     state["run_id"] = handle.run_id
-    return await _follow(args.control_plane, handle.run_id, "", view)
+    return await _follow(args.control_plane, handle.run_id, "", view, args.tls_ca)
 
 
 def _serve(
-    main: Callable[[], Coroutine[Any, Any, int]], stoppers: list[Callable[[], None]] | None = None
+    main: Callable[[], Coroutine[Any, Any, int]],
+    stoppers: list[Callable[[], None]] | None = None,
+    reload: Callable[[], object] | None = None,
 ) -> int:
-    """Run main(); SIGINT/SIGTERM ask every stopper to stop (or, with none, cancel main).
+    """Run main(); SIGINT/SIGTERM ask every stopper to stop (or, with none, cancel main);
+    SIGHUP calls `reload`.
 
-    A second signal quits at once.
+    A second stop signal quits at once.
     """
 
     async def runner() -> int:
@@ -197,6 +202,8 @@ def _serve(
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, reload)
         try:
             return await main()
         except asyncio.CancelledError:
@@ -205,32 +212,84 @@ def _serve(
     return asyncio.run(runner())
 
 
+def _cmd_tokens(args: argparse.Namespace) -> int:
+    from longline.control_plane._auth import hash_token, new_token, parse_tokens
+
+    if args.tokens_command == "hash":
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise SystemExit("longline tokens hash: give the token on standard input")
+        print(hash_token(token))
+        return 0
+    token = new_token(args.kind)
+    lines = ["[[tokens]]", f"name = {json.dumps(args.name or args.kind)}", f'kind = "{args.kind}"']
+    if args.kind != "worker":
+        lines.append(f"tenant = {json.dumps(args.tenant)}")
+    if args.workflows:
+        names = [w.strip() for w in args.workflows.split(",") if w.strip()]
+        lines.append(f"workflows = {json.dumps(names)}")
+    lines.append(f'sha256 = "{hash_token(token)}"')
+    try:
+        parse_tokens("\n".join(lines), "the new entry")
+    except ValueError as exc:
+        raise SystemExit(f"longline tokens new: {exc}") from None
+    print(
+        "# The token, for the caller (LONGLINE_TOKEN); it is not stored anywhere:", file=sys.stderr
+    )
+    print(f"#   {token}", file=sys.stderr)
+    print("# Add this to the control plane's tokens file:", file=sys.stderr)
+    print("\n".join(lines))
+    return 0
+
+
 def _cmd_control_plane(args: argparse.Namespace) -> int:
     from longline.control_plane import ControlPlane, ControlPlaneSettings
 
-    settings = ControlPlaneSettings(
-        redis_url=args.redis,
-        listen=args.listen,
-        max_input_bytes=args.max_input_bytes,
-        lease_timeout=args.lease_timeout,
-        heartbeat_interval=args.heartbeat_interval,
-        metrics_listen=args.metrics_listen,
-        **({"replica_id": args.replica_id} if args.replica_id else {}),
-    )
+    try:
+        settings = ControlPlaneSettings(
+            redis_url=args.redis,
+            listen=args.listen,
+            max_input_bytes=args.max_input_bytes,
+            lease_timeout=args.lease_timeout,
+            heartbeat_interval=args.heartbeat_interval,
+            metrics_listen=args.metrics_listen,
+            tokens_file=args.tokens_file,
+            tokens=os.environ.get("LONGLINE_TOKENS", ""),
+            insecure_no_auth=args.insecure_no_auth,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            worker_listen=args.worker_listen,
+            max_queued_per_tenant=args.max_queued_per_tenant,
+            start_rate_per_tenant=args.start_rate_per_tenant,
+            start_burst_per_tenant=args.start_burst_per_tenant,
+            max_streams_per_tenant=args.max_streams_per_tenant,
+            **({"replica_id": args.replica_id} if args.replica_id else {}),
+        )
+        cp = ControlPlane(settings)
+    except ValueError as exc:
+        raise SystemExit(f"longline control-plane: {exc}") from None
+    if settings.insecure_no_auth:
+        print(
+            "longline control-plane: --insecure-no-auth: authentication is OFF; anyone who can "
+            "reach this port can start, read and cancel every run",
+            file=sys.stderr,
+        )
     shutdown_tracing = _telemetry.setup("longline-control-plane")
-    cp = ControlPlane(settings)
 
     async def main() -> int:
         await cp.run()
         return 0
 
     try:
-        return _serve(main, [cp.request_stop])
+        return _serve(main, [cp.request_stop], reload=cp.reload_tokens)
     finally:
         shutdown_tracing()
 
 
-def _worker(args: argparse.Namespace, module: str, control_plane: str, redis: str) -> Any:
+def _worker(
+    args: argparse.Namespace, module: str, control_plane: str, redis: str, *, dev: bool = False
+) -> Any:
     from longline.compute_plane import Worker, WorkerSettings, load_workflows
 
     try:
@@ -241,17 +300,27 @@ def _worker(args: argparse.Namespace, module: str, control_plane: str, redis: st
         check_build_id(args.build_id or "", allow_empty=True)
     except InvalidArgumentError as exc:
         raise SystemExit(f"--build-id: {exc}") from None
-    settings = WorkerSettings(
-        redis_url=redis,
-        control_plane=control_plane,
-        slots=args.slots,
-        build_id=args.build_id or "",
-        heartbeat_interval=args.heartbeat_interval,
-        drain_timeout=args.drain_timeout,
-        health_listen=args.health_listen or "",
-        metrics_listen=args.metrics_listen or "",
-        **({"worker_id": args.worker_id} if getattr(args, "worker_id", None) else {}),
-    )
+    try:
+        settings = WorkerSettings(
+            redis_url=redis,
+            control_plane=control_plane,
+            slots=args.slots,
+            build_id=args.build_id or "",
+            heartbeat_interval=args.heartbeat_interval,
+            drain_timeout=args.drain_timeout,
+            health_listen=args.health_listen or "",
+            metrics_listen=args.metrics_listen or "",
+            token="" if dev else args.token,
+            insecure_no_auth=dev or args.insecure_no_auth,
+            tls=not dev and args.tls,
+            tls_ca="" if dev else args.tls_ca,
+            tls_cert="" if dev else args.tls_cert,
+            tls_key="" if dev else args.tls_key,
+            max_event_bytes=args.max_event_bytes,
+            **({"worker_id": args.worker_id} if getattr(args, "worker_id", None) else {}),
+        )
+    except ValueError as exc:
+        raise SystemExit(f"longline worker: {exc}") from None
     return Worker(settings, workflows)
 
 
@@ -315,7 +384,9 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         offline = OfflineModel(faults=Faults(token_delay=args.offline_token_delay))
     view = LiveView(verbose=args.verbose)
     state: dict[str, str] = {}
-    cp = ControlPlane(ControlPlaneSettings(redis_url=redis_url, listen=args.listen))
+    cp = ControlPlane(
+        ControlPlaneSettings(redis_url=redis_url, listen=args.listen, insecure_no_auth=True)
+    )
 
     async def main() -> int:
         nonlocal cp
@@ -337,10 +408,12 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         except RuntimeError as exc:  # the port is taken: a demo should still run
             host = args.listen.rsplit(":", 1)[0]
             print(f"{exc}; using a free port instead")
-            cp = ControlPlane(ControlPlaneSettings(redis_url=redis_url, listen=f"{host}:0"))
+            cp = ControlPlane(
+                ControlPlaneSettings(redis_url=redis_url, listen=f"{host}:0", insecure_no_auth=True)
+            )
             await cp.start()
         target = f"127.0.0.1:{cp.port}"
-        worker = _worker(args, args.module, target, redis_url)
+        worker = _worker(args, args.module, target, redis_url, dev=True)
         worker_task = asyncio.create_task(worker.run())
         try:
             await worker.connected.wait()
@@ -349,7 +422,11 @@ def _cmd_dev(args: argparse.Namespace) -> int:
             )
             if args.run:
                 ns = argparse.Namespace(
-                    control_plane=target, workflow=args.run, input=args.input, idempotency_key=""
+                    control_plane=target,
+                    workflow=args.run,
+                    input=args.input,
+                    idempotency_key="",
+                    tls_ca="",
                 )
                 return await _cmd_run(ns, view, state)
             await asyncio.Event().wait()  # serve until interrupted
@@ -381,8 +458,10 @@ def _cmd_client(args: argparse.Namespace) -> int:
             return await _cmd_run(args, view, state)
         if args.command == "watch":
             state["run_id"] = args.run_id
-            return await _follow(args.control_plane, args.run_id, args.after or "", view)
-        async with Client(args.control_plane) as client:
+            return await _follow(
+                args.control_plane, args.run_id, args.after or "", view, args.tls_ca
+            )
+        async with Client(args.control_plane, tls_ca=args.tls_ca) as client:
             if args.command == "cancel":
                 run = await client.get_run(args.run_id).cancel(args.reason or "")
                 print(f"run {run.run_id}: {run.status}")
@@ -461,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add(p, "--build-id", "", help="the build this worker runs (blue-green deploys)")
         _add(p, "--worker-id", "", help="unique id (default: host-pid-random)")
         _add(p, "--heartbeat-interval", 2.0, type=float, help="seconds between lease renewals")
+        _add(p, "--max-event-bytes", 1024 * 1024, type=int, help="largest event and result")
         _add(p, "--drain-timeout", 25.0, type=float, help="seconds to finish runs after SIGTERM")
         _add(p, "--health-listen", "", help="HOST:PORT for the gRPC health service")
         _add(p, "--metrics-listen", "", help="HOST:PORT for Prometheus metrics")
@@ -493,15 +573,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "--lease-timeout", 10.0, type=float, help="seconds a lease lasts without a heartbeat")
     _add(p, "--heartbeat-interval", 2.0, type=float, help="seconds between worker heartbeats")
     _add(p, "--metrics-listen", "", help="HOST:PORT for Prometheus metrics")
+    _add(p, "--tokens-file", "", help="TOML file of token hashes (or the TOML in LONGLINE_TOKENS)")
+    _add(p, "--insecure-no-auth", False, action="store_true", help="serve with no tokens at all")
+    _add(p, "--tls-cert", "", help="PEM certificate: serve TLS")
+    _add(p, "--tls-key", "", help="PEM private key of --tls-cert")
+    _add(p, "--worker-listen", "", help="HOST:PORT serving workers only (default: --listen)")
+    _add(p, "--tls-client-ca", "", help="PEM CA: --worker-listen takes only workers it signed")
+    _add(p, "--max-queued-per-tenant", 100_000, type=int, help="QUEUED runs per tenant; 0: any")
+    _add(p, "--start-rate-per-tenant", 200.0, type=float, help="StartRun/s per tenant; 0: any")
+    _add(p, "--start-burst-per-tenant", 400, type=int, help="StartRun burst per tenant")
+    _add(p, "--max-streams-per-tenant", 1000, type=int, help="open streams per tenant; 0: any")
 
     p = sub.add_parser("worker", help="one worker serving the workflows of MODULE")
     p.add_argument("module", help="a dotted module path or a .py file")
     _add(p, "--control-plane", DEFAULT_TARGET, help="HOST:PORT, or several separated by commas")
-    _add(p, "--redis", "redis://127.0.0.1:6379/0", help="Redis URL")
+    _add(p, "--redis", "redis://127.0.0.1:6379/0", help="Redis URL (rediss:// for TLS)")
+    _add(p, "--token", "", help="worker token")
+    _add(
+        p, "--insecure-no-auth", False, action="store_true", help="for a control plane with no auth"
+    )
+    _add(p, "--tls", False, action="store_true", help="connect to the control plane over TLS")
+    _add(p, "--tls-ca", "", help="PEM CA to verify the control plane with (implies --tls)")
+    _add(p, "--tls-cert", "", help="PEM client certificate (mutual TLS)")
+    _add(p, "--tls-key", "", help="PEM private key of --tls-cert")
     worker_flags(p)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         _add(p, "--control-plane", DEFAULT_TARGET, help="control-plane HOST:PORT")
+        _add(p, "--tls-ca", "", help="PEM CA to verify the control plane with (TLS)")
 
     p = sub.add_parser("run", help="start a run and show it live until it ends")
     p.add_argument("workflow")
@@ -533,6 +632,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("workflows", help="list the workflows workers serve")
     client_flags(p)
+
+    p = sub.add_parser("tokens", help="make tokens and their hashes for the tokens file")
+    tokens = p.add_subparsers(dest="tokens_command", required=True)
+    p = tokens.add_parser("new", help="a new random token, and its entry for the tokens file")
+    p.add_argument("--kind", choices=["client", "worker", "admin"], required=True)
+    p.add_argument("--tenant", default="", help="client and admin tokens: the tenant")
+    p.add_argument("--name", default="", help="a name for logs")
+    p.add_argument("--workflows", default="", help="worker tokens: only these (a,b,c)")
+    tokens.add_parser("hash", help="the SHA-256 of a token read from standard input")
 
     p = sub.add_parser("builds", help="blue-green deploys: list builds, promote one")
     builds = p.add_subparsers(dest="builds_command", required=True)
@@ -567,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         "offline-model": _cmd_offline_model,
         "control-plane": _cmd_control_plane,
         "worker": _cmd_worker,
+        "tokens": _cmd_tokens,
     }
     try:
         return commands.get(args.command, _cmd_client)(args)

@@ -13,6 +13,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import propagate, trace
 
+from ._channel import bearer, env_tls_ca, env_token, open_channel
 from ._errors import RunCancelled, RunFailed, Unavailable, map_rpc_error
 from ._types import (
     BuildInfo,
@@ -129,12 +130,19 @@ class Client:
     by commas: when one becomes unreachable the client moves to the next, and an
     events() iterator resumes there from its last event. `resume_for` bounds how
     long an events() iterator keeps reconnecting before it gives up.
+
+    `token` is sent as a bearer token with every call (default: LONGLINE_TOKEN). `tls`
+    connects over TLS, verifying the server against `tls_ca` (a PEM file; default:
+    LONGLINE_TLS_CA, else the system's roots); giving `tls_ca` implies `tls`.
     """
 
     def __init__(
         self,
         target: str = "localhost:50051",
         *,
+        token: str | None = None,
+        tls: bool = False,
+        tls_ca: str | None = None,
         resume_for: float = 60.0,
         channel_options: list[tuple[str, Any]] | None = None,
     ) -> None:
@@ -143,6 +151,9 @@ class Client:
             raise ValueError("Client needs a target such as 'localhost:50051'")
         self.resume_for = resume_for
         self._options = channel_options or []
+        self._auth = bearer(env_token() if token is None else token)
+        self._tls_ca = env_tls_ca() if tls_ca is None else tls_ca
+        self._tls = tls or bool(self._tls_ca)
         self._current = 0
         self._old_channels: list[grpc.aio.Channel] = []
         self._closed = False
@@ -154,7 +165,9 @@ class Client:
         return self.targets[self._current]
 
     def _connect(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+        self._channel = open_channel(
+            self.target, tls=self._tls, tls_ca=self._tls_ca, options=self._options
+        )
         self._stub = runs_pb2_grpc.RunServiceStub(self._channel)
         self._builds = builds_pb2_grpc.BuildServiceStub(self._channel)
 
@@ -192,7 +205,9 @@ class Client:
     ) -> Any:
         stub = self._builds if method in _BUILD_METHODS else self._stub
         try:
-            return await getattr(stub, method)(request, timeout=timeout, metadata=metadata)
+            return await getattr(stub, method)(
+                request, timeout=timeout, metadata=(*metadata, *self._auth)
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 self._failover()  # the next call goes elsewhere; this one is not retried
@@ -385,7 +400,8 @@ class RunHandle:
         loop = asyncio.get_running_loop()
         while True:
             call = self._client.stub.StreamRun(
-                runs_pb2.StreamRunRequest(run_id=self.run_id, after_event_id=cursor)
+                runs_pb2.StreamRunRequest(run_id=self.run_id, after_event_id=cursor),
+                metadata=self._client._auth,
             )
             try:
                 async for response in call:

@@ -52,11 +52,14 @@ class LonglineError(Exception):
 class RpcError(LonglineError):
     """A call to the control plane failed with a gRPC status."""
 
-    def __init__(self, code: str, details: str, reason: str = "") -> None:
+    def __init__(
+        self, code: str, details: str, reason: str = "", retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{code}: {details}")
         self.code = code
         self.details = details
         self.reason = reason  # the server's ErrorInfo reason, e.g. "RUN_NOT_FOUND"
+        self.retry_after = retry_after  # seconds, when the server said when to retry
 
 
 class NotFound(RpcError):
@@ -102,7 +105,18 @@ def map_rpc_error(exc: grpc.aio.AioRpcError) -> RpcError:
     """The longline exception for a failed gRPC call (use as `raise map_rpc_error(e) from e`)."""
     code = exc.code()
     cls = _BY_CODE.get(code, RpcError)
-    return cls(code.name, exc.details() or "", error_reason(exc))
+    return cls(code.name, exc.details() or "", error_reason(exc), retry_delay(exc))
+
+
+def retry_delay(exc: grpc.aio.AioRpcError) -> float | None:
+    """The google.rpc.RetryInfo delay a longline server attached to an error, in seconds."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return float(info.retry_delay.ToMilliseconds()) / 1000
+    return None
 
 
 def error_reason(exc: grpc.aio.AioRpcError) -> str:

@@ -52,7 +52,13 @@ class Proc:
 def spawn(name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
     """Run `python -m longline._cli ARGS` with output to a log file."""
     log = Path(tempfile.mkstemp(prefix=f"longline-{name}-", suffix=".log")[1])
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # Test planes run without tokens unless a test says otherwise (LONGLINE_INSECURE_NO_AUTH=0).
+    full_env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "LONGLINE_INSECURE_NO_AUTH": "1",
+        **(env or {}),
+    }
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         popen = subprocess.Popen(
             [sys.executable, "-m", "longline._cli", "--log-level", "INFO", *args],

@@ -29,6 +29,7 @@ from ._errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    RateLimitedError,
     TooLargeError,
 )
 
@@ -43,9 +44,11 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "RunRecord",
+    "RateLimitedError",
     "RunWriter",
     "Store",
     "StoredEvent",
+    "TenantLimits",
     "TooLargeError",
     "WorkflowBuilds",
     "check_build_id",
@@ -57,7 +60,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("longline.store")
-_STATS = (keys.STATS_BUILDS, keys.STATS_STATUS, keys.STATS_QUEUED)
+_STATS = (keys.STATS_TENANTS, keys.STATS_BUILDS, keys.STATS_STATUS, keys.STATS_QUEUED)
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 TERMINAL_EVENTS = frozenset({"RUN_SUCCEEDED", "RUN_FAILED", "RUN_CANCELLED"})
@@ -204,6 +207,7 @@ class RunRecord:
     last_event_id: str
     worker_id: str
     labels: dict[str, str] = field(default_factory=dict)
+    tenant: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -228,7 +232,17 @@ class RunRecord:
             last_event_id=h.get("last_event_id", ""),
             worker_id=h.get("worker_id", ""),
             labels=json.loads(h.get("labels_json") or "{}"),
+            tenant=h.get("tenant", ""),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """A tenant's limits on starting runs (0 = no limit)."""
+
+    max_queued: int = 0
+    start_rate: float = 0.0  # StartRun per second, sustained
+    start_burst: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,17 +305,26 @@ class Store:
         labels: dict[str, str],
         idempotency_key: str = "",
         traceparent: str = "",
+        tenant: str = "",
+        limits: TenantLimits | None = None,
     ) -> tuple[bool, str]:
-        """Queue a new run; (created, run_id), where run_id is the earlier run's on a key match."""
-        idem = keys.idempotency_key(idempotency_key) if idempotency_key else keys.run_key(run_id)
-        created, found_id = await self._create(
+        """Queue a new run of `tenant`; (created, run_id), where run_id is the earlier run's on
+        an idempotency key match. Raises RateLimitedError over the tenant's limits."""
+        idem = (
+            keys.idempotency_key(idempotency_key, tenant)
+            if idempotency_key
+            else keys.run_key(run_id)
+        )
+        limits = limits or TenantLimits()
+        outcome, value = await self._create(
             keys=[
                 keys.run_key(run_id),
                 keys.events_key(run_id),
                 idem,
-                keys.RUNS_INDEX,
-                keys.runs_by_workflow_key(workflow),
+                keys.runs_key(tenant),
+                keys.runs_by_workflow_key(workflow, tenant),
                 keys.queue_key(workflow),
+                keys.start_rate_key(tenant),
                 *_STATS,
             ],
             args=[
@@ -311,9 +334,29 @@ class Store:
                 json.dumps(labels, sort_keys=True),
                 idempotency_key,
                 traceparent,
+                tenant,
+                limits.max_queued,
+                limits.start_rate,
+                limits.start_burst,
             ],
         )
-        return bool(created), str(found_id)
+        if int(outcome) == -1:
+            raise RateLimitedError(
+                f"{value} runs of this tenant are queued, its limit: wait for some to start "
+                "(more workers drain the queue faster), or ask the operator to raise "
+                "--max-queued-per-tenant",
+                "TOO_MANY_QUEUED_RUNS",
+                retry_after=1.0,
+            )
+        if int(outcome) == -2:
+            wait = int(value) / 1000
+            raise RateLimitedError(
+                f"this tenant starts runs faster than its limit of {limits.start_rate:g} per "
+                f"second (bursts of {limits.start_burst}): retry in {wait:.3f} s",
+                "START_RATE_EXCEEDED",
+                retry_after=wait,
+            )
+        return int(outcome) == 1, str(value)
 
     async def stats(self) -> tuple[dict[str, int], dict[str, int]]:
         """(runs by status, queued runs by workflow), kept exact by the scripts."""
@@ -326,10 +369,11 @@ class Store:
             {k: int(v) for k, v in queued.items()},
         )
 
-    async def get_run(self, run_id: str) -> RunRecord:
-        """The run's state; NotFoundError when there is no such run."""
+    async def get_run(self, run_id: str, tenant: str | None = None) -> RunRecord:
+        """The run's state; NotFoundError when there is no such run, or when it belongs to
+        another tenant than `tenant` (None: any), which is told apart from nothing."""
         h = await self.redis.hgetall(keys.run_key(run_id))
-        if not h:
+        if not h or (tenant is not None and h.get("tenant", "") != tenant):
             raise NotFoundError(f"run {run_id!r} not found", "RUN_NOT_FOUND")
         return RunRecord.decode(h)
 
@@ -342,10 +386,16 @@ class Store:
         return [RunRecord.decode(h) for h in hashes if h]
 
     async def list_runs(
-        self, workflow: str, status: str, page_size: int, before: tuple[int, str] | None
+        self,
+        workflow: str,
+        status: str,
+        page_size: int,
+        before: tuple[int, str] | None,
+        tenant: str = "",
     ) -> tuple[list[RunRecord], tuple[int, str] | None]:
-        """Runs newest first, after the cursor (create_ms, run_id); returns the next cursor."""
-        index = keys.runs_by_workflow_key(workflow) if workflow else keys.RUNS_INDEX
+        """The tenant's runs newest first, after the cursor (create_ms, run_id); returns the
+        next cursor."""
+        index = keys.runs_by_workflow_key(workflow, tenant) if workflow else keys.runs_key(tenant)
         max_score = "+inf" if before is None else str(before[0])
         found: list[RunRecord] = []
         offset = 0

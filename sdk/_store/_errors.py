@@ -37,3 +37,23 @@ class FailedPreconditionError(DomainError):
     """A request that does not fit the run's state."""
 
     code = "FAILED_PRECONDITION"
+
+
+class UnauthenticatedError(DomainError):
+    """No token, or a token the server does not know."""
+
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(DomainError):
+    """A known caller asking for something its token does not allow."""
+
+    code = "PERMISSION_DENIED"
+
+
+class RateLimitedError(TooLargeError):
+    """Over a per-tenant limit for now; the caller may retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, reason: str, retry_after: float) -> None:
+        super().__init__(message, reason)
+        self.retry_after = retry_after

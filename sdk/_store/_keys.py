@@ -14,6 +14,7 @@ RUNS_INDEX = PREFIX + "runs"  # zset: run_id -> create time (ms), for ListRuns
 LEASES = PREFIX + "leases"  # zset: run_id -> lease expiry (ms) of every RUNNING run
 STATS_STATUS = PREFIX + "stats:status"  # hash: status -> runs in it now (kept by the scripts)
 STATS_QUEUED = PREFIX + "stats:queued"  # hash: workflow -> runs queued now
+STATS_TENANTS = PREFIX + "stats:tenants"  # hash: tenant -> its QUEUED runs (for its limit)
 STATS_BUILDS = PREFIX + "stats:builds"  # hash: "workflow\tbuild\tQUEUED|RUNNING" -> runs
 WORKFLOWS = PREFIX + "workflows"  # hash: workflow name -> description
 BUILDS_CURRENT = PREFIX + "builds:current"  # hash: workflow -> promoted build id
@@ -59,14 +60,26 @@ def build_workers_key(workflow: str) -> str:
     return f"{PREFIX}buildworkers:{workflow}"
 
 
-def runs_by_workflow_key(workflow: str) -> str:
-    """zset: run_id -> create time (ms), the runs of one workflow."""
+def runs_key(tenant: str = "") -> str:
+    """zset: run_id -> create time (ms), the runs of one tenant ('' with auth off)."""
+    return f"{PREFIX}runs:t:{tenant}" if tenant else RUNS_INDEX
+
+
+def runs_by_workflow_key(workflow: str, tenant: str = "") -> str:
+    """zset: run_id -> create time (ms), the runs of one workflow of one tenant."""
+    if tenant:  # tenant names have no ':', so this cannot meet another tenant's keys
+        return f"{PREFIX}runs:t:{tenant}:wf:{workflow}"
     return f"{PREFIX}runs:wf:{workflow}"
 
 
-def idempotency_key(key: str) -> str:
-    """string: the run id first started with this idempotency key."""
-    return f"{PREFIX}idem:{key}"
+def idempotency_key(key: str, tenant: str = "") -> str:
+    """string: the run id the tenant first started with this idempotency key."""
+    return f"{PREFIX}idem@{tenant}:{key}" if tenant else f"{PREFIX}idem:{key}"
+
+
+def start_rate_key(tenant: str) -> str:
+    """hash: the token bucket of the tenant's StartRun rate."""
+    return f"{PREFIX}rate:start:{tenant}"
 
 
 def workflow_workers_key(workflow: str) -> str:

@@ -27,8 +27,10 @@ local function holds(run, attempt)
   local st = redis.call('HMGET', run, 'status', 'attempt')
   return st[1] == 'RUNNING' and st[2] == attempt
 end
--- Queued and running runs by workflow and build (for blue-green deploys), run counts by
--- status and queued runs by workflow (for metrics): the last three KEYS.
+-- Queued runs by tenant (for its limit), queued and running runs by workflow and build (for
+-- blue-green deploys), run counts by status and queued runs by workflow (for metrics): the
+-- last four KEYS.
+local TENANTS = KEYS[#KEYS - 3]
 local BUILDS = KEYS[#KEYS - 2]
 local STATS = KEYS[#KEYS - 1]
 local QUEUED = KEYS[#KEYS]
@@ -37,14 +39,20 @@ local function per_build(run, status, delta)
   local wb = redis.call('HMGET', run, 'workflow', 'build')
   redis.call('HINCRBY', BUILDS, wb[1] .. '\t' .. (wb[2] or '') .. '\t' .. status, delta)
 end
+local function per_tenant(run, status, delta)
+  if status ~= 'QUEUED' then return end
+  redis.call('HINCRBY', TENANTS, redis.call('HGET', run, 'tenant') or '', delta)
+end
 local function moved(run, from, to)
   if from then
     redis.call('HINCRBY', STATS, from, -1)
     per_build(run, from, -1)
+    per_tenant(run, from, -1)
   end
   if to then
     redis.call('HINCRBY', STATS, to, 1)
     per_build(run, to, 1)
+    per_tenant(run, to, 1)
   end
 end
 -- 0: not held; 1: apply; 2: already applied (a retried write)
@@ -57,22 +65,44 @@ local function fenced(run, attempt, seq)
 end
 """
 
-# Every script's last three KEYS are STATS_BUILDS, STATS_STATUS and STATS_QUEUED.
-# KEYS: run, events, idempotency, runs index, workflow index, queue
-# ARGV: run_id, workflow, input_json, labels_json, idempotency key ('' = none), traceparent
+# Every script's last four KEYS are STATS_TENANTS, STATS_BUILDS, STATS_STATUS, STATS_QUEUED.
+# KEYS: run, events, idempotency, runs index, workflow index, queue, tenant's rate bucket
+# ARGV: run_id, workflow, input_json, labels_json, idempotency key ('' = none), traceparent,
+# tenant, the tenant's most QUEUED runs (0 = no limit), its StartRun rate per second and
+# burst (0 = no limit).
+# Returns {1, run_id} created; {0, earlier run_id} on an idempotency key seen before (before
+# any limit: a retry of a StartRun that landed always finds its run); {-1, queued} when the
+# tenant has its most QUEUED runs; {-2, ms to wait} over the tenant's StartRun rate.
 CREATE_RUN = (
     _PRELUDE
     + """
 if ARGV[5] ~= '' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return {0, existing} end
-  redis.call('SET', KEYS[3], ARGV[1])
 end
+local max_queued = tonumber(ARGV[8])
+if max_queued > 0 then
+  local queued = tonumber(redis.call('HGET', TENANTS, ARGV[7]) or '0')
+  if queued >= max_queued then return {-1, queued} end
+end
+local rate = tonumber(ARGV[9]) / 1000
+if rate > 0 then
+  local burst = tonumber(ARGV[10])
+  local now = now_ms()
+  local bucket = redis.call('HMGET', KEYS[7], 'tokens', 'ms')
+  local tokens = math.min(burst, tonumber(bucket[1] or burst) +
+    (now - tonumber(bucket[2] or now)) * rate)
+  if tokens < 1 then return {-2, math.ceil((1 - tokens) / rate)} end
+  redis.call('HSET', KEYS[7], 'tokens', string.format('%.6f', tokens - 1), 'ms', fmt(now))
+  redis.call('PEXPIRE', KEYS[7], math.ceil(burst / rate) + 1000)
+end
+if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[1]) end
 local now = fmt(now_ms())
 local id = redis.call('XADD', KEYS[2], '*', 't', 'RUN_QUEUED', 'a', '1', 'm', 'queued')
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'QUEUED',
   'attempt', '1', 'input_json', ARGV[3], 'labels_json', ARGV[4], 'idempotency_key', ARGV[5],
-  'create_ms', now, 'update_ms', now, 'last_event_id', id, 'lost', '0', 'traceparent', ARGV[6])
+  'create_ms', now, 'update_ms', now, 'last_event_id', id, 'lost', '0', 'traceparent', ARGV[6],
+  'tenant', ARGV[7])
 moved(KEYS[1], nil, 'QUEUED')
 redis.call('HINCRBY', QUEUED, ARGV[2], 1)
 redis.call('ZADD', KEYS[4], now, ARGV[1])

@@ -28,12 +28,23 @@ class Stack:
 @pytest.fixture
 async def stack(redis_url: str) -> AsyncIterator[Stack]:
     cp = ControlPlane(
-        ControlPlaneSettings(redis_url=redis_url, listen="127.0.0.1:0", max_input_bytes=64 * 1024)
+        ControlPlaneSettings(
+            insecure_no_auth=True,
+            redis_url=redis_url,
+            listen="127.0.0.1:0",
+            max_input_bytes=64 * 1024,
+        )
     )
     await cp.start()
     target = f"127.0.0.1:{cp.port}"
     worker = Worker(
-        WorkerSettings(redis_url=redis_url, control_plane=target, slots=4, drain_timeout=1),
+        WorkerSettings(
+            insecure_no_auth=True,
+            redis_url=redis_url,
+            control_plane=target,
+            slots=4,
+            drain_timeout=1,
+        ),
         load_workflows(str(FLOWS)),
     )
     worker_task = asyncio.create_task(worker.run())

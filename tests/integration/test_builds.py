@@ -34,6 +34,7 @@ class Workers:
     async def start(self, worker_id: str, build: str, slots: int = 4) -> Worker:
         worker = Worker(
             WorkerSettings(
+                insecure_no_auth=True,
                 redis_url=self.redis_url,
                 control_plane=self.target,
                 slots=slots,
@@ -60,6 +61,7 @@ class Workers:
 async def plane(redis_url: str) -> AsyncIterator[tuple[Workers, longline.Client]]:
     cp = ControlPlane(
         ControlPlaneSettings(
+            insecure_no_auth=True,
             redis_url=redis_url,
             listen="127.0.0.1:0",
             heartbeat_interval=0.2,

@@ -15,7 +15,13 @@ from tests.conftest import FLOWS, eventually
 
 async def _serve_worker(redis_url: str, target: str) -> tuple[Worker, asyncio.Task[None]]:
     worker = Worker(
-        WorkerSettings(redis_url=redis_url, control_plane=target, slots=2, drain_timeout=1),
+        WorkerSettings(
+            insecure_no_auth=True,
+            redis_url=redis_url,
+            control_plane=target,
+            slots=2,
+            drain_timeout=1,
+        ),
         load_workflows(str(FLOWS)),
     )
     task = asyncio.create_task(worker.run())
@@ -35,7 +41,9 @@ async def _group_created(redis: aioredis.Redis) -> None:
 async def test_entries_delivered_before_a_restart_are_assigned_after_it(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
-    settings = ControlPlaneSettings(redis_url=redis_url, listen="127.0.0.1:0", replica_id="cp-a")
+    settings = ControlPlaneSettings(
+        insecure_no_auth=True, redis_url=redis_url, listen="127.0.0.1:0", replica_id="cp-a"
+    )
     async with ControlPlane(settings) as cp:
         target = f"127.0.0.1:{cp.port}"
         worker, task = await _serve_worker(redis_url, target)
@@ -66,7 +74,11 @@ async def test_entries_held_by_a_replica_that_died_are_taken_over(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
     settings = ControlPlaneSettings(
-        redis_url=redis_url, listen="127.0.0.1:0", replica_id="cp-live", reclaim_after=0.3
+        insecure_no_auth=True,
+        redis_url=redis_url,
+        listen="127.0.0.1:0",
+        replica_id="cp-live",
+        reclaim_after=0.3,
     )
     async with ControlPlane(settings) as cp:
         target = f"127.0.0.1:{cp.port}"

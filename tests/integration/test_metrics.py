@@ -27,13 +27,20 @@ def _value(text: str, metric: str) -> float | None:
 
 async def test_queue_depth_and_running_runs_follow_the_runs(redis_url: str) -> None:
     cp_settings = ControlPlaneSettings(
-        redis_url=redis_url, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"
+        insecure_no_auth=True,
+        redis_url=redis_url,
+        listen="127.0.0.1:0",
+        metrics_listen="127.0.0.1:0",
     )
     async with ControlPlane(cp_settings) as cp:
         target = f"127.0.0.1:{cp.port}"
         worker = Worker(
             WorkerSettings(
-                redis_url=redis_url, control_plane=target, slots=1, metrics_listen="127.0.0.1:0"
+                insecure_no_auth=True,
+                redis_url=redis_url,
+                control_plane=target,
+                slots=1,
+                metrics_listen="127.0.0.1:0",
             ),
             load_workflows(str(FLOWS)),
         )

@@ -26,12 +26,18 @@ async def test_200_watchers_use_a_bounded_number_of_redis_connections(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
     settings = ControlPlaneSettings(
-        redis_url=redis_url, listen="127.0.0.1:0", redis_pool_size=POOL, replica_id="cp-watch"
+        insecure_no_auth=True,
+        redis_url=redis_url,
+        listen="127.0.0.1:0",
+        redis_pool_size=POOL,
+        replica_id="cp-watch",
     )
     async with ControlPlane(settings) as cp:
         target = f"127.0.0.1:{cp.port}"
         worker = Worker(
-            WorkerSettings(redis_url=redis_url, control_plane=target, slots=2),
+            WorkerSettings(
+                insecure_no_auth=True, redis_url=redis_url, control_plane=target, slots=2
+            ),
             load_workflows(str(FLOWS)),
         )
         worker_task = asyncio.create_task(worker.run())

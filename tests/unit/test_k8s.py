@@ -157,3 +157,23 @@ def test_each_build_of_workers_is_its_own_deployment_and_says_its_build() -> Non
         assert env["LONGLINE_BUILD_ID"] == c["image"].rsplit(":", 1)[1]
         builds.append(env["LONGLINE_BUILD_ID"])
     assert builds[0] != builds[1]
+
+
+def test_prod_authenticates_and_only_dev_runs_without_tokens() -> None:
+    prod = render(RENDERED["prod"])
+    (config,) = _of(prod, "ConfigMap")
+    assert "LONGLINE_INSECURE_NO_AUTH" not in config["data"]
+    (cp,) = [
+        d for d in _of(prod, "Deployment") if d["metadata"]["name"] == "longline-control-plane"
+    ]
+    pod = cp["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert env["LONGLINE_TOKENS_FILE"] == mounts["tokens"] + "/tokens.toml"
+    assert volumes["tokens"] == "longline-tokens"
+    secrets = {s["metadata"]["name"]: s for s in _of(prod, "Secret")}
+    assert "LONGLINE_TOKEN" in secrets["longline-secrets"]["stringData"]  # the workers' token
+    assert "tokens.toml" in secrets["longline-tokens"]["stringData"]
+    (dev_config,) = _of(render(RENDERED["dev"]), "ConfigMap")
+    assert dev_config["data"]["LONGLINE_INSECURE_NO_AUTH"] == "true"
