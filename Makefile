@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: all demo test lint protos protos-release bench dev clean
+.PHONY: all demo test lint protos protos-release bench fuzz dev clean
 
 all: test
 
@@ -43,6 +43,10 @@ protos-release: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
+
+# The API fuzz suite with many more examples than `make test` runs (2,000 per test).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/fuzz --timeout=3600 $(PYTEST_ARGS)
 
 dev: $(STAMP)
 	$(BIN)/longline dev

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import settings
 
 from longline._embedded import EmbeddedRedis
 
@@ -86,3 +87,9 @@ async def eventually(
             return last
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+# Hypothesis: a bounded run in `make test`, a long one in `make fuzz` (HYPOTHESIS_PROFILE=fuzz).
+settings.register_profile("default", max_examples=40, deadline=None)
+settings.register_profile("fuzz", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

@@ -88,10 +88,12 @@ async def wait_serving(target: str, proc: Proc, timeout: float = 20) -> None:
     raise AssertionError(f"{proc.name} not serving after {timeout}s:\n{proc.output()}")
 
 
-async def start_control_plane(redis_url: str, *extra: str, name: str = "cp") -> tuple[Proc, str]:
+async def start_control_plane(
+    redis_url: str, *extra: str, name: str = "cp", env: dict[str, str] | None = None
+) -> tuple[Proc, str]:
     """A control-plane replica on a free port; (process, target)."""
     target = f"127.0.0.1:{free_port()}"
-    proc = spawn(name, "control-plane", "--listen", target, "--redis", redis_url, *extra)
+    proc = spawn(name, "control-plane", "--listen", target, "--redis", redis_url, *extra, env=env)
     await wait_serving(target, proc)
     return proc, target
 
@@ -103,9 +105,11 @@ async def start_worker(
     module: str = str(FLOWS),
     workflow: str = "echo",
     name: str = "worker",
+    env: dict[str, str] | None = None,
+    client_token: str = "",
 ) -> Proc:
     """A worker serving `module`; returns once the control plane counts one more worker."""
-    async with longline.Client(target.split(",")[0]) as client:
+    async with longline.Client(target.split(",")[0], token=client_token) as client:
         before = {w.name: w.workers for w in await client.list_workflows()}.get(workflow, 0)
         proc = spawn(
             name,
@@ -116,7 +120,7 @@ async def start_worker(
             "--redis",
             redis_url,
             *extra,
-            env={"LONGLINE_TEST_REDIS": redis_url},
+            env={"LONGLINE_TEST_REDIS": redis_url, **(env or {})},
         )
 
         async def counted() -> bool:
