@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.integration.test_auth import secret, tokens_toml
 from tests.procs import Proc, start_control_plane, start_worker
 
 NODE = ROOT / "sdk" / "node"
@@ -62,13 +63,25 @@ def node_modules() -> None:
 async def test_node_client_resumes_streams_and_reads_error_reasons(
     redis_url: str, procs: list[Proc], node_modules: None
 ) -> None:
-    cp, target = await start_control_plane(redis_url)
+    secured = {"LONGLINE_INSECURE_NO_AUTH": "0"}
+    cp, target = await start_control_plane(
+        redis_url, env={**secured, "LONGLINE_TOKENS": tokens_toml(["alice", "worker"])}
+    )
     procs.append(cp)
-    procs.append(await start_worker(redis_url, target))
-    code, out = await _npm("test", env={"LONGLINE_TARGET": target})
+    procs.append(
+        await start_worker(
+            redis_url,
+            target,
+            env={**secured, "LONGLINE_TOKEN": secret("worker")},
+            client_token=secret("alice"),
+        )
+    )
+    code, out = await _npm(
+        "test", env={"LONGLINE_TARGET": target, "LONGLINE_TOKEN": secret("alice")}
+    )
     print(out)
     assert code == 0, out
-    assert "# pass 3" in out and "# fail 0" in out
+    assert "# pass 4" in out and "# fail 0" in out
 
 
 def test_committed_node_stubs_match_the_protos(tmp_path: Path, node_modules: None) -> None:

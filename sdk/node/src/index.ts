@@ -64,12 +64,28 @@ export interface StreamOptions {
   signal?: AbortSignal;
 }
 
+export interface ClientOptions {
+  /** A client token, sent as `authorization: Bearer <token>` with every call. */
+  token?: string;
+  /** Connect over TLS, verifying the server with these PEM CA certificates (or, with
+   *  `tls: true` and no `rootCerts`, the system's roots). */
+  tls?: boolean;
+  rootCerts?: Buffer;
+}
+
 export class LonglineClient {
   readonly runs: RunServiceClient;
   private readonly transport: GrpcTransport;
 
-  constructor(target: string) {
-    this.transport = new GrpcTransport({ host: target, channelCredentials: ChannelCredentials.createInsecure() });
+  constructor(target: string, options: ClientOptions = {}) {
+    const secure = options.tls || options.rootCerts !== undefined;
+    this.transport = new GrpcTransport({
+      host: target,
+      channelCredentials: secure
+        ? ChannelCredentials.createSsl(options.rootCerts ?? null)
+        : ChannelCredentials.createInsecure(),
+      meta: options.token ? { authorization: `Bearer ${options.token}` } : {},
+    });
     this.runs = new RunServiceClient(this.transport);
   }
 

@@ -1,13 +1,28 @@
 // Runs against a real longline stack that tests/e2e/test_node_client.py starts
-// (Redis, a control plane, a worker) and names in LONGLINE_TARGET.
+// (Redis, a control plane with tokens, a worker) and names in LONGLINE_TARGET; the client
+// token is in LONGLINE_TOKEN.
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import { EventType, LonglineClient, LonglineError, RunStatus } from "../src/index";
 
 const target = process.env.LONGLINE_TARGET;
 if (!target) throw new Error("LONGLINE_TARGET is not set: run me through make test");
-const client = new LonglineClient(target);
+const client = new LonglineClient(target, { token: process.env.LONGLINE_TOKEN });
 after(() => client.close());
+
+test("a call without a token is refused with the server's reason", async () => {
+  const anonymous = new LonglineClient(target);
+  try {
+    await assert.rejects(anonymous.getRun("any"), (error: unknown) => {
+      assert.ok(error instanceof LonglineError);
+      assert.equal(error.code, "UNAUTHENTICATED");
+      assert.equal(error.reason, "TOKEN_MISSING");
+      return true;
+    });
+  } finally {
+    anonymous.close();
+  }
+});
 
 test("a stream cut after a few events resumes and sees every event exactly once", async () => {
   const { run, created } = await client.start("chatty", { chunks: 40, delay: 0.01 });
