@@ -39,8 +39,8 @@ class ControlPlaneSettings:
     max_label_bytes: int = 256
     max_page_size: int = 1000
     max_queued_per_tenant: int = 100_000  # QUEUED runs of one tenant; 0 = no limit
-    start_rate_per_tenant: float = 200.0  # StartRun/RunWorkflow per second, sustained; 0 = none
-    start_burst_per_tenant: int = 400  # ... and in a burst
+    start_rate_per_tenant: float = 2000.0  # StartRun/RunWorkflow per second, sustained; 0 = none
+    start_burst_per_tenant: int = 10_000  # ... and in a burst
     max_streams_per_tenant: int = 1000  # concurrent StreamRun/RunWorkflow per replica; 0 = none
 
     def __post_init__(self) -> None:

@@ -580,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "--worker-listen", "", help="HOST:PORT serving workers only (default: --listen)")
     _add(p, "--tls-client-ca", "", help="PEM CA: --worker-listen takes only workers it signed")
     _add(p, "--max-queued-per-tenant", 100_000, type=int, help="QUEUED runs per tenant; 0: any")
-    _add(p, "--start-rate-per-tenant", 200.0, type=float, help="StartRun/s per tenant; 0: any")
-    _add(p, "--start-burst-per-tenant", 400, type=int, help="StartRun burst per tenant")
+    _add(p, "--start-rate-per-tenant", 2000.0, type=float, help="StartRun/s per tenant; 0: any")
+    _add(p, "--start-burst-per-tenant", 10_000, type=int, help="StartRun burst per tenant")
     _add(p, "--max-streams-per-tenant", 1000, type=int, help="open streams per tenant; 0: any")
 
     p = sub.add_parser("worker", help="one worker serving the workflows of MODULE")
