@@ -197,6 +197,10 @@ class ControlPlane:
         options = [
             ("grpc.max_receive_message_length", s.max_input_bytes + 64 * 1024),
             ("grpc.so_reuseport", 0),
+            # gRPC core cancels calls beyond 1,000 waiting to be handed to Python (3,000 hard):
+            # a burst of StartRuns from many clients must queue, not fail with CANCELLED.
+            ("grpc.server.max_pending_requests", 50_000),
+            ("grpc.server.max_pending_requests_hard_limit", 100_000),
         ]
         server = grpc.aio.server(interceptors=interceptors, options=options)
         # Workers on a port of their own when asked (mutual TLS there), else beside clients.

@@ -206,3 +206,14 @@ async def test_cancelling_a_task_that_follows_events_ends_it(stack: Stack) -> No
         done, _ = await asyncio.wait({task}, timeout=5)
         assert done, f"a cancelled events() iterator kept going (round {n})"
     await handle.cancel()
+
+
+async def test_a_burst_of_starts_beyond_grpcs_pending_call_limit_all_land(stack: Stack) -> None:
+    """gRPC core cancels calls beyond 3,000 waiting for the Python server by default; a
+    burst of 4,000 StartRuns from one client must all be answered, none CANCELLED."""
+    outcomes = await asyncio.gather(
+        *(stack.client.start("echo", n) for n in range(4000)), return_exceptions=True
+    )
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert not failed, f"{len(failed)} failed, e.g. {failed[0]!r}"
+    assert len({h.run_id for h in outcomes if not isinstance(h, BaseException)}) == 4000
