@@ -1,17 +1,22 @@
-"""The event hub: one Redis reader per replica serves every StreamRun call of that replica.
+"""The event hub: one Redis connection per replica serves every StreamRun call of that replica.
 
-Each watched run is read by one `XREAD BLOCK` over all watched keys at once,
-fanned out in process. When a run is added to the watch set the reader is woken
-by an entry in the replica's own wake stream, which is one of the keys it
-blocks on, so no wake-up is ever lost and nothing polls.
+Every event is appended to its run's stream and, in the same script, published on a channel
+named after that stream, with the event itself as the message (see _scripts.emit). The hub
+subscribes to the channels of the runs its callers watch, one SUBSCRIBE per run however many
+watch it, and fans each message out in process: the cost of a replica grows with the events
+of the runs it serves, not with how many it watches, and its Redis connection count does not
+grow with watchers.
 
-A subscriber first catches up with XRANGE from its cursor, then joins the live
-fan-out; ids decide order, so it sees every event once with no gap.
+Publish/subscribe is at most once, so the stream stays the source of truth: a subscriber
+catches up with XRANGE from its cursor, joins the fan-out once the subscription is confirmed,
+then reads the gap once more from the stream; ids decide order, so it sees every event once
+with no gap. If the hub's connection drops, every subscriber re-reads from its cursor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -32,33 +37,39 @@ BLOCK_MS = 10_000  # the longest a blocking read waits; readers' socket timeout 
 
 @dataclass(eq=False)
 class _Subscriber:
-    queue: asyncio.Queue[StoredEvent] = field(default_factory=asyncio.Queue)
-    overflowed: bool = False
+    queue: asyncio.Queue[StoredEvent | None] = field(default_factory=asyncio.Queue)
+    overflowed: bool = False  # events may have been missed: re-read from the stream
 
     def offer(self, event: StoredEvent) -> None:
         if self.overflowed:
             return
         if self.queue.qsize() >= _QUEUE_LIMIT:
-            self.overflowed = True  # it re-reads from Redis, so nothing is lost
+            self.resync()  # it re-reads from Redis, so nothing is lost
             return
         self.queue.put_nowait(event)
+
+    def resync(self) -> None:
+        self.overflowed = True
+        self.queue.put_nowait(None)  # wakes it if it waits
 
 
 @dataclass(eq=False)
 class _Watch:
-    cursor: str  # every event up to here has been fanned out
+    subscribed: asyncio.Future[None]  # done once Redis confirmed the subscription
     subscribers: set[_Subscriber] = field(default_factory=set)
 
 
 class EventHub:
-    """Serves run events from Redis to any number of local watchers over one reader."""
+    """Serves run events from Redis to any number of local watchers over one connection."""
 
     def __init__(self, store: Store, reader: aioredis.Redis, replica_id: str) -> None:
         self._store = store
-        self._reader = reader  # a dedicated connection: it spends its life blocked in XREAD
-        self._wake_key = keys.wake_key(replica_id + ":hub")
-        self._wake_cursor = "0-0"
-        self._watches: dict[str, _Watch] = {}
+        self._reader = reader  # a dedicated connection, held by the subscription
+        self._pubsub = reader.pubsub()
+        # Always subscribed to something, so the reader can block on the connection at once.
+        self._own_channel = keys.wake_key(replica_id + ":hub")
+        self._watches: dict[str, _Watch] = {}  # channel (the run's events key) -> watch
+        self._ready = asyncio.Event()
         self.on_delivery: Callable[[float], None] | None = None  # seconds from write to fan-out
 
     @property
@@ -66,47 +77,85 @@ class EventHub:
         """How many StreamRun calls this hub is serving."""
         return sum(len(w.subscribers) for w in self._watches.values())
 
-    async def wake(self) -> None:
-        """Make the reader re-read its watch set now."""
-        async with self._store.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
-            pipe.expire(self._wake_key, 3600)
-            await pipe.execute()
-
     async def run(self) -> None:
         """The reader loop; runs until cancelled."""
-        ids = await self._store.redis.xrevrange(self._wake_key, count=1)
-        self._wake_cursor = ids[0][0] if ids else "0-0"
-        while True:
-            streams = {self._wake_key: self._wake_cursor}
-            for run_id, watch in self._watches.items():
-                streams[keys.events_key(run_id)] = watch.cursor
-            try:
-                reply = await self._reader.xread(streams, count=_PAGE, block=BLOCK_MS)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("event reader lost Redis (%s); reconnecting", exc)
-                await asyncio.sleep(0.5)
-                continue
-            for stream, entries in reply or []:
-                if stream == self._wake_key:
-                    self._wake_cursor = entries[-1][0]
-                    continue
-                run_id = stream.split("{", 1)[1].split("}", 1)[0]
-                watched = self._watches.get(run_id)
-                if watched is None:
-                    continue  # its last watcher left while the read was in flight
-                now_ms = time.time() * 1000
-                for event_id, fields in entries:
-                    event = StoredEvent.decode(event_id, fields)
-                    for subscriber in watched.subscribers:
-                        subscriber.offer(event)
-                    if self.on_delivery is not None:
-                        self.on_delivery(max(0.0, (now_ms - event.time_ms) / 1000))
-                watched.cursor = entries[-1][0]
+        try:
+            while True:
+                try:
+                    await self._pubsub.subscribe(self._own_channel)
+                    await self._read()
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    log.warning("event hub lost Redis (%s); reconnecting", exc)
+                    self._lost_connection()
+                    old, self._pubsub = self._pubsub, self._reader.pubsub()
+                    with _quiet():
+                        await old.aclose()
+                    await asyncio.sleep(0.5)
+        finally:
+            with _quiet():
+                await self._pubsub.aclose()
+
+    def _lost_connection(self) -> None:
+        """Messages may have been lost: every subscriber re-reads from its cursor and
+        subscribes again on the new connection."""
+        self._ready.clear()
+        watches, self._watches = self._watches, {}
+        for watch in watches.values():
+            if not watch.subscribed.done():
+                watch.subscribed.set_exception(RedisConnectionError("the event hub lost Redis"))
+                watch.subscribed.exception()  # its waiters get it; nobody else needs to
+            for subscriber in watch.subscribers:
+                subscriber.resync()
+
+    async def _read(self) -> None:
+        async for message in self._pubsub.listen():
+            kind, channel = message["type"], message["channel"]
+            if kind == "subscribe":
+                if channel == self._own_channel:
+                    self._ready.set()
+                watch = self._watches.get(channel)
+                if watch is not None and not watch.subscribed.done():
+                    watch.subscribed.set_result(None)
+            elif kind == "message":
+                watch = self._watches.get(channel)
+                if watch is None:
+                    continue  # its last watcher left while the message was on its way
+                event_id, _, payload = message["data"].partition(" ")
+                flat = json.loads(payload)
+                event = StoredEvent.decode(event_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+                for subscriber in watch.subscribers:
+                    subscriber.offer(event)
+                if self.on_delivery is not None:
+                    self.on_delivery(max(0.0, time.time() - event.time_ms / 1000))
+
+    async def _watch(self, channel: str, subscriber: _Subscriber) -> _Watch:
+        watch = self._watches.get(channel)
+        if watch is None:
+            watch = self._watches[channel] = _Watch(
+                subscribed=asyncio.get_running_loop().create_future()
+            )
+            watch.subscribers.add(subscriber)
+            await self._ready.wait()
+            await self._pubsub.subscribe(channel)
+        else:
+            watch.subscribers.add(subscriber)
+        await asyncio.shield(watch.subscribed)
+        return watch
+
+    async def _unwatch(self, channel: str, subscriber: _Subscriber) -> None:
+        watch = self._watches.get(channel)
+        if watch is None or subscriber not in watch.subscribers:
+            return  # the connection was lost meanwhile: that watch is gone
+        watch.subscribers.discard(subscriber)
+        if not watch.subscribers:
+            del self._watches[channel]
+            with _quiet():
+                await self._pubsub.unsubscribe(channel)
 
     async def events(self, run_id: str, after: str = "") -> AsyncIterator[StoredEvent]:
         """The run's events after `after`, live, ending with the terminal event."""
         cursor = after or "0-0"
+        channel = keys.events_key(run_id)
         while True:
             # 1. Catch up from Redis.
             while True:
@@ -118,37 +167,39 @@ class EventHub:
                         return
                 if len(batch) < _PAGE:
                     break
-            # 2. Join the live fan-out, filling any gap up to where the hub already is.
+            # 2. Subscribe, then read what was written before the subscription took effect.
             subscriber = _Subscriber()
-            watch = self._watches.get(run_id)
-            if watch is None:
-                watch = self._watches[run_id] = _Watch(cursor=cursor)
-                watch.subscribers.add(subscriber)
-                await self.wake()
-            else:
-                watch.subscribers.add(subscriber)
             try:
-                hub_at = watch.cursor
-                while event_id_key(cursor) < event_id_key(hub_at):
+                await self._watch(channel, subscriber)
+                while True:
                     batch = await self._store.read_events(run_id, cursor, _PAGE)
-                    batch = [e for e in batch if event_id_key(e.event_id) <= event_id_key(hub_at)]
-                    if not batch:
-                        break
                     for event in batch:
                         cursor = event.event_id
                         yield event
                         if event.terminal:
                             return
+                    if len(batch) < _PAGE:
+                        break
                 # 3. Live events, in id order; anything at or before the cursor was seen.
-                while not (subscriber.overflowed and subscriber.queue.empty()):
+                while not subscriber.overflowed:
                     event = await subscriber.queue.get()
-                    if event_id_key(event.event_id) <= event_id_key(cursor):
+                    if event is None or event_id_key(event.event_id) <= event_id_key(cursor):
                         continue
                     cursor = event.event_id
                     yield event
                     if event.terminal:
                         return
             finally:
-                watch.subscribers.discard(subscriber)
-                if not watch.subscribers and self._watches.get(run_id) is watch:
-                    del self._watches[run_id]
+                await asyncio.shield(self._unwatch(channel, subscriber))
+
+
+class _quiet:
+    """Suppress Redis errors around cleanup that may meet a dead connection."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
+        return kind is not None and issubclass(
+            kind, RedisConnectionError | RedisTimeoutError | OSError | RuntimeError
+        )

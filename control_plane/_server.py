@@ -164,11 +164,8 @@ class ControlPlane:
         # Blocking readers get connections of their own, with a socket timeout longer than
         # their BLOCK (redis-py's default of 5 s would cut every blocking read short).
         reader_timeout = BLOCK_MS / 1000 + 10
-        hub_reader = connect(
-            s.redis_url,
-            client_name=name + "-events",
-            max_connections=1,
-            socket_timeout=reader_timeout,
+        hub_reader = connect(  # holds the hub's subscription: no read timeout, keepalive
+            s.redis_url, client_name=name + "-events", max_connections=1, socket_timeout=None
         )
         dispatch_reader = connect(
             s.redis_url,

@@ -41,7 +41,7 @@ class ControlPlaneSettings:
     max_queued_per_tenant: int = 100_000  # QUEUED runs of one tenant; 0 = no limit
     start_rate_per_tenant: float = 2000.0  # StartRun/RunWorkflow per second, sustained; 0 = none
     start_burst_per_tenant: int = 10_000  # ... and in a burst
-    max_streams_per_tenant: int = 1000  # concurrent StreamRun/RunWorkflow per replica; 0 = none
+    max_streams_per_tenant: int = 10_000  # concurrent StreamRun/RunWorkflow per replica; 0 = none
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):

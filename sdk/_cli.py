@@ -209,7 +209,19 @@ def _serve(
         except asyncio.CancelledError:
             return 130
 
-    return asyncio.run(runner())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner_loop:
+        return runner_loop.run(runner())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop for the long-running planes where it is installed (LONGLINE_UVLOOP=0: asyncio's)."""
+    if os.environ.get("LONGLINE_UVLOOP", "1") == "0":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _cmd_tokens(args: argparse.Namespace) -> int:
@@ -582,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "--max-queued-per-tenant", 100_000, type=int, help="QUEUED runs per tenant; 0: any")
     _add(p, "--start-rate-per-tenant", 2000.0, type=float, help="StartRun/s per tenant; 0: any")
     _add(p, "--start-burst-per-tenant", 10_000, type=int, help="StartRun burst per tenant")
-    _add(p, "--max-streams-per-tenant", 1000, type=int, help="open streams per tenant; 0: any")
+    _add(p, "--max-streams-per-tenant", 10_000, type=int, help="open streams per tenant; 0: any")
 
     p = sub.add_parser("worker", help="one worker serving the workflows of MODULE")
     p.add_argument("module", help="a dotted module path or a .py file")

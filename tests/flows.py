@@ -158,3 +158,24 @@ async def traced(ctx: longline.Context, input: Any) -> Any:
     prompt = await prepare(input["topic"], token=input["token"])
     text = await llm.complete(prompt)
     return await polish(text)
+
+
+@longline.component
+async def gate(run_id: str, n: int) -> int:
+    """Counts each execution, then waits until the test opens the gate (sets test:gate)."""
+    r = _redis()
+    try:
+        await r.hincrby(f"test:steps:{run_id}", str(n), 1)
+        while not await r.exists("test:gate"):  # noqa: ASYNC110 (set by another process)
+            await asyncio.sleep(0.05)
+    finally:
+        await r.aclose()
+    return n
+
+
+@longline.workflow(description="A counted step, a step that waits for test:gate, a counted step.")
+async def gated(ctx: longline.Context, input: Any) -> Any:
+    await chaos_step(ctx.run_id, 1, 0.0)
+    await gate(ctx.run_id, 2)
+    await chaos_step(ctx.run_id, 3, 0.0)
+    return {"steps": 3}

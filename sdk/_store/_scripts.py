@@ -55,6 +55,13 @@ local function moved(run, from, to)
     per_tenant(run, to, 1)
   end
 end
+-- Append an event to a run's stream and tell the replicas watching it: the channel is the
+-- stream's key, the message the event's id, a space, and its fields as a JSON array.
+local function emit(stream, fields)
+  local id = redis.call('XADD', stream, '*', unpack(fields))
+  redis.call('PUBLISH', stream, id .. ' ' .. cjson.encode(fields))
+  return id
+end
 -- 0: not held; 1: apply; 2: already applied (a retried write)
 local function fenced(run, attempt, seq)
   if not holds(run, attempt) then return 0 end
@@ -98,7 +105,7 @@ if rate > 0 then
 end
 if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[1]) end
 local now = fmt(now_ms())
-local id = redis.call('XADD', KEYS[2], '*', 't', 'RUN_QUEUED', 'a', '1', 'm', 'queued')
+local id = emit(KEYS[2], {'t', 'RUN_QUEUED', 'a', '1', 'm', 'queued'})
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'QUEUED',
   'attempt', '1', 'input_json', ARGV[3], 'labels_json', ARGV[4], 'idempotency_key', ARGV[5],
   'create_ms', now, 'update_ms', now, 'last_event_id', id, 'lost', '0', 'traceparent', ARGV[6],
@@ -141,9 +148,9 @@ redis.call('ZADD', KEYS[2], expires, st[5])
 redis.call('HINCRBY', QUEUED, st[3], -1)
 if pinned ~= '' and pinned ~= ARGV[6] then
   local to = ARGV[6] ~= '' and ('build ' .. ARGV[6]) or 'a worker without a build id'
-  local id = redis.call('XADD', KEYS[3], '*', 't', 'STATUS', 'a', ARGV[1],
+  local id = emit(KEYS[3], {'t', 'STATUS', 'a', ARGV[1],
     'm', 'moved from build ' .. pinned .. ' to ' .. to .. ': no worker of build ' .. pinned ..
-    ' is left to run it')
+    ' is left to run it'})
   redis.call('HSET', KEYS[1], 'last_event_id', id)
 end
 return {1, st[3], st[4], st[6] or ''}
@@ -164,7 +171,7 @@ local ids = {}
 local i = 6
 for _ = 1, tonumber(ARGV[5]) do
   local n = tonumber(ARGV[i])
-  ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 1, i + n))
+  ids[#ids + 1] = emit(KEYS[2], {unpack(ARGV, i + 1, i + n)})
   i = i + n + 1
 end
 if #ids > 0 then redis.call('HSET', KEYS[1], 'last_event_id', ids[#ids]) end
@@ -181,7 +188,7 @@ FINISH_RUN = (
 local state = fenced(KEYS[1], ARGV[1], ARGV[2])
 if state == 0 then return false end
 if state == 2 then return '' end
-local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 8))
+local id = emit(KEYS[2], {unpack(ARGV, 8)})
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result_json', ARGV[4], 'error_type', ARGV[5],
   'error_message', ARGV[6], 'error_component', ARGV[7], 'update_ms', fmt(now_ms()),
   'last_event_id', id, 'lease_expires_ms', '')
@@ -199,7 +206,7 @@ CANCEL_RUN = (
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker_id', 'run_id', 'workflow')
 if not st[1] then return {-1} end
 if st[1] ~= 'QUEUED' and st[1] ~= 'RUNNING' then return {0, st[1]} end
-local id = redis.call('XADD', KEYS[2], '*', 't', 'RUN_CANCELLED', 'a', st[2], 'm', ARGV[1])
+local id = emit(KEYS[2], {'t', 'RUN_CANCELLED', 'a', st[2], 'm', ARGV[1]})
 redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'cancel_reason', ARGV[1],
   'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '')
 redis.call('ZREM', KEYS[3], st[4])
@@ -227,7 +234,7 @@ _local_requeue = (
 local function requeue(run, events, queue, leases, attempt, message)
   local next_attempt = tostring(tonumber(attempt) + 1)
   local r = redis.call('HMGET', run, 'run_id', 'workflow', 'build')
-  local id = redis.call('XADD', events, '*', 't', 'RUN_RETRYING', 'a', next_attempt, 'm', message)
+  local id = emit(events, {'t', 'RUN_RETRYING', 'a', next_attempt, 'm', message})
   moved(run, 'RUNNING', nil)
   redis.call('HSET', run, 'status', 'QUEUED', 'attempt', next_attempt, 'worker_id', '',
     'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '', 'seq', '0')
@@ -283,8 +290,8 @@ if lost >= limit then
     '): ' .. why
   local data = cjson.encode({type = 'AttemptsExhausted', message = message, component = '',
     attempt = tonumber(st[2])})
-  local id = redis.call('XADD', KEYS[2], '*', 't', 'RUN_FAILED', 'a', st[2],
-    'm', 'AttemptsExhausted: ' .. message, 'd', data)
+  local id = emit(KEYS[2], {'t', 'RUN_FAILED', 'a', st[2],
+    'm', 'AttemptsExhausted: ' .. message, 'd', data})
   redis.call('HSET', KEYS[1], 'status', 'FAILED', 'error_type', 'AttemptsExhausted',
     'error_message', message, 'error_component', '', 'update_ms', fmt(now),
     'last_event_id', id, 'lease_expires_ms', '')

@@ -12,7 +12,14 @@ from longline._embedded import EmbeddedRedis
 from tests.procs import Proc, start_control_plane, start_worker
 
 BENCH_FLOWS = "tests.bench.flows"
-NO_LIMITS = ("--start-rate-per-tenant", "0", "--max-queued-per-tenant", "0")
+NO_LIMITS = (
+    "--start-rate-per-tenant",
+    "0",
+    "--max-queued-per-tenant",
+    "0",
+    "--max-streams-per-tenant",
+    "0",
+)
 
 
 async def throughput(target: str, runs: int, clients: int = 8, workflow: str = "noop") -> float:

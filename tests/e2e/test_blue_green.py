@@ -65,14 +65,21 @@ async def test_a_rolling_deploy_finishes_every_run_and_sends_new_ones_to_the_new
     assert "five_steps: build v1 is current (was none)" in out
 
     async with longline.Client(target) as client:
-        # 6 s runs: still going when the 1 s drain of v1 ends, however slow v2 is to start.
-        early = [await client.start("five_steps", {"delay": 1.2}) for _ in range(20)]
+        # Each early run finishes step 1 on v1, then waits at a gate the test opens only
+        # once v1 is gone: every one of them is mid-run when v1 drains, whatever the timing.
+        early = [await client.start("gated") for _ in range(20)]
 
-        async def all_running() -> bool:
-            builds = [await redis.hget(keys.run_key(h.run_id), "build") for h in early]
-            return builds == ["v1"] * 20
+        async def all_at_the_gate() -> bool:
+            for h in early:
+                counts = await redis.hgetall(f"test:steps:{h.run_id}")
+                if (
+                    counts.get("2") != "1"
+                    or await redis.hget(keys.run_key(h.run_id), "build") != "v1"
+                ):
+                    return False
+            return True
 
-        await eventually(all_running, what="20 runs running on v1")
+        await eventually(all_at_the_gate, what="20 runs on v1 waiting at the gate")
         for n in range(2):
             procs.append(
                 await start_worker(
@@ -88,27 +95,23 @@ async def test_a_rolling_deploy_finishes_every_run_and_sends_new_ones_to_the_new
             )
         out = await _cli("builds", "promote", "five_steps", "v2", "--control-plane", target)
         assert "five_steps: build v2 is current (was v1)" in out
+        await _cli("builds", "promote", "gated", "v2", "--control-plane", target)
         late = [await client.start("five_steps", {"delay": 0.1}) for _ in range(5)]
         for proc in v1:
             proc.popen.terminate()  # SIGTERM, as Kubernetes does
-        results = await asyncio.gather(*(h.result() for h in early + late))
-        assert results == [{"steps": 5}] * 25
         for proc in v1:
-            assert proc.popen.wait(15) == 0, proc.output()
+            assert proc.popen.wait(15) == 0, proc.output()  # drained: released what was left
+        await redis.set("test:gate", "open")
+        results = await asyncio.gather(*(h.result() for h in early + late))
+        assert results == [{"steps": 3}] * 20 + [{"steps": 5}] * 5
 
-        moved = replayed = 0
         for h in early:
             attempts = await _attempts(target, h.run_id)
-            assert attempts[0][0] == "v1"
-            moved += attempts[-1][0] == "v2"
+            assert [build for build, _ in attempts] == ["v1", "v2"], attempts
+            assert attempts[0][1] == {"1"}  # step 1 finished on v1 ...
             counts = await redis.hgetall(f"test:steps:{h.run_id}")
-            # A step that finished before the last attempt is a checkpoint: never run again.
-            # (The step in flight at the drain deadline did not finish, and runs again.)
-            for _, finished in attempts[:-1]:
-                replayed += len(finished)
-                for n in finished:
-                    assert counts[n] == "1", f"finished step {n} of {h.run_id} ran again"
-        assert moved > 0 and replayed > 0, "the drain deadline came before any early run ended"
+            assert counts["1"] == "1", "... and, a checkpoint, never ran again"
+            assert counts == {"1": "1", "2": "2", "3": "1"}  # the gate step had not finished
         for h in late:
             assert [build for build, _ in await _attempts(target, h.run_id)] == ["v2"]
 
