@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from longline import Context, LeaseLost, Workflow
 from longline._channel import bearer, open_channel
 from longline._component import component_of
-from longline._store import RunWriter, Store, connect, encode_event
+from longline._store import RunWriter, Store, connect, encode_event, presence_ms
 from longline._store._services import RedisServices
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
@@ -453,7 +453,7 @@ class Worker:
                 await self._store.announce(
                     s.worker_id,
                     [(w.name, w.description) for w in self.workflows.values()],
-                    int(self._heartbeat_interval * 3000),
+                    presence_ms(self._heartbeat_interval),
                     s.build_id,
                     draining=self._stopping.is_set(),
                 )

@@ -152,14 +152,20 @@ class EventHub:
             with _quiet():
                 await self._pubsub.unsubscribe(channel)
 
-    async def events(self, run_id: str, after: str = "") -> AsyncIterator[StoredEvent]:
-        """The run's events after `after`, live, ending with the terminal event."""
+    async def events(
+        self, run_id: str, after: str = "", first: list[StoredEvent] | None = None
+    ) -> AsyncIterator[StoredEvent]:
+        """The run's events after `after`, live, ending with the terminal event. `first` is
+        the first page after `after`, when the caller read it already."""
         cursor = after or "0-0"
         channel = keys.events_key(run_id)
         while True:
             # 1. Catch up from Redis.
             while True:
-                batch = await self._store.read_events(run_id, cursor, _PAGE)
+                if first is not None:
+                    batch, first = first, None
+                else:
+                    batch = await self._store.read_events(run_id, cursor, _PAGE)
                 for event in batch:
                     cursor = event.event_id
                     yield event

@@ -30,7 +30,7 @@ from longline._store import (
 from longline.v1 import runs_pb2, runs_pb2_grpc
 
 from ._auth import current
-from ._hub import EventHub
+from ._hub import _PAGE, EventHub
 from ._settings import ControlPlaneSettings
 
 _tracer = trace.get_tracer("longline.control_plane")
@@ -222,13 +222,6 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                     f"bytes (label {k[:40]!r})",
                     "INVALID_LABELS",
                 )
-        if not await self._store.workflow_known(request.workflow):
-            known = [name for name, _, _ in await self._store.list_workflows()]
-            raise NotFoundError(
-                f"workflow {request.workflow[:100]!r} is not known: no worker has announced it. "
-                f"Known workflows: {', '.join(known) or 'none (is a worker running?)'}",
-                "WORKFLOW_NOT_FOUND",
-            )
         tenant = current().tenant
         new_id = uuid.uuid4().hex
         # The run's span is a child of the caller's (from the gRPC span, or the traceparent
@@ -243,7 +236,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(run_span))
         try:
-            created, run_id = await self._store.create_run(
+            created, record = await self._store.create_run(
                 new_id,
                 request.workflow,
                 input_json,
@@ -255,7 +248,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             )
         finally:
             run_span.end()
-        return await self._store.get_run(run_id, tenant), created
+        return record, created
 
     async def StartRun(
         self, request: runs_pb2.StartRunRequest, context: grpc.aio.ServicerContext
@@ -353,9 +346,12 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         run_id = _require_run_id(request.run_id)
         if request.after_event_id:
             parse_event_id(request.after_event_id)
-        await self._store.get_run(run_id, current().tenant)  # NOT_FOUND before any event
+        # NOT_FOUND before any event; the first page comes in the same round trip.
+        first = await self._store.open_events(
+            run_id, current().tenant, request.after_event_id, _PAGE
+        )
         with self._stream_slot():
-            async for event in self._hub.events(run_id, request.after_event_id):
+            async for event in self._hub.events(run_id, request.after_event_id, first):
                 yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
 
     async def GetRunTrace(

@@ -19,7 +19,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from longline._store import BuildView, InvalidArgumentError, Store, check_build_id, keys
+from longline._store import (
+    BuildView,
+    InvalidArgumentError,
+    Store,
+    check_build_id,
+    keys,
+    presence_ms,
+)
 from longline._store._builds import queue_workflow
 from longline._store._errors import PermissionDeniedError
 from longline.v1 import worker_pb2, worker_pb2_grpc
@@ -110,6 +117,11 @@ class Dispatcher:
             pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
             pipe.expire(self._wake_key, 3600)
             await pipe.execute()
+
+    @property
+    def backlog(self) -> int:
+        """Queue entries this replica holds, waiting for a local slot."""
+        return len(self._backlog)
 
     async def builds_changed(self) -> None:
         """Read the builds again before the next dispatch (a promotion, a draining worker)."""
@@ -343,7 +355,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         await self._store.announce(
             session.worker_id,
             [(w.name, w.description) for w in session.workflows.values()],
-            int(self._settings.heartbeat_interval * 3000),
+            presence_ms(self._settings.heartbeat_interval),
             session.build_id,
         )
         previous = self._dispatcher.sessions.get(session.worker_id)
@@ -406,20 +418,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     ref.attempt,
                 )
                 return
+            was_full = session.free == 0
             del session.running[ref.run_id]
             if kind == "released":
                 workflow = await self._store.redis.hget(keys.run_key(ref.run_id), "workflow")
                 await self._store.requeue(
                     ref.run_id, workflow or "", ref.attempt, request.released.reason or "released"
                 )
-            await self._dispatcher.wake()
+            # A dispatcher with room already reads this worker's queues; wake it only when the
+            # freed slot is the worker's first, or when runs wait in its backlog for a slot.
+            if was_full or self._dispatcher.backlog:
+                await self._dispatcher.wake()
         elif kind == "draining":
             session.draining = True
             # Its build stops counting this worker at once, so pinned runs can move on.
             await self._store.announce(
                 session.worker_id,
                 [(w.name, w.description) for w in session.workflows.values()],
-                int(self._settings.heartbeat_interval * 3000),
+                presence_ms(self._settings.heartbeat_interval),
                 session.build_id,
                 draining=True,
             )

@@ -57,6 +57,7 @@ __all__ = [
     "event_id_key",
     "keys",
     "parse_event_id",
+    "presence_ms",
 ]
 
 log = logging.getLogger("longline.store")
@@ -281,6 +282,12 @@ class CancelOutcome:
     worker_id: str
 
 
+def presence_ms(heartbeat_interval: float) -> int:
+    """How long a worker counts as live after its last heartbeat: five heartbeats, so that a
+    worker slowed down by a busy machine is not taken for gone."""
+    return int(heartbeat_interval * 5000)
+
+
 class Store:
     """Run state, queues, events and presence in Redis, for both planes."""
 
@@ -307,16 +314,17 @@ class Store:
         traceparent: str = "",
         tenant: str = "",
         limits: TenantLimits | None = None,
-    ) -> tuple[bool, str]:
-        """Queue a new run of `tenant`; (created, run_id), where run_id is the earlier run's on
-        an idempotency key match. Raises RateLimitedError over the tenant's limits."""
+    ) -> tuple[bool, RunRecord]:
+        """Queue a new run of `tenant`; (created, the run), the earlier run on an idempotency
+        key match. Raises NotFoundError for a workflow no worker announced, RateLimitedError
+        over the tenant's limits."""
         idem = (
             keys.idempotency_key(idempotency_key, tenant)
             if idempotency_key
             else keys.run_key(run_id)
         )
         limits = limits or TenantLimits()
-        outcome, value = await self._create(
+        reply = await self._create(
             keys=[
                 keys.run_key(run_id),
                 keys.events_key(run_id),
@@ -325,6 +333,7 @@ class Store:
                 keys.runs_by_workflow_key(workflow, tenant),
                 keys.queue_key(workflow),
                 keys.start_rate_key(tenant),
+                keys.WORKFLOWS,
                 *_STATS,
             ],
             args=[
@@ -340,7 +349,16 @@ class Store:
                 limits.start_burst,
             ],
         )
-        if int(outcome) == -1:
+        outcome = int(reply[0])
+        if outcome == -3:
+            known = [name for name, _, _ in await self.list_workflows()]
+            raise NotFoundError(
+                f"workflow {workflow[:100]!r} is not known: no worker has announced it. "
+                f"Known workflows: {', '.join(known) or 'none (is a worker running?)'}",
+                "WORKFLOW_NOT_FOUND",
+            )
+        value = reply[1]
+        if outcome == -1:
             raise RateLimitedError(
                 f"{value} runs of this tenant are queued, its limit: wait for some to start "
                 "(more workers drain the queue faster), or ask the operator to raise "
@@ -348,7 +366,7 @@ class Store:
                 "TOO_MANY_QUEUED_RUNS",
                 retry_after=1.0,
             )
-        if int(outcome) == -2:
+        if outcome == -2:
             wait = int(value) / 1000
             raise RateLimitedError(
                 f"this tenant starts runs faster than its limit of {limits.start_rate:g} per "
@@ -356,7 +374,10 @@ class Store:
                 "START_RATE_EXCEEDED",
                 retry_after=wait,
             )
-        return int(outcome) == 1, str(value)
+        if outcome == 1:
+            flat = reply[2]
+            return True, RunRecord.decode(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return False, await self.get_run(str(value), tenant)
 
     async def stats(self) -> tuple[dict[str, int], dict[str, int]]:
         """(runs by status, queued runs by workflow), kept exact by the scripts."""
@@ -521,6 +542,20 @@ class Store:
         return dict(await self.redis.hgetall(keys.steps_key(run_id)))
 
     # -- events -----------------------------------------------------------
+
+    async def open_events(
+        self, run_id: str, tenant: str, after: str, count: int
+    ) -> list[StoredEvent]:
+        """The run's first `count` events after the cursor, in the same round trip as the
+        check that the run exists and is `tenant`'s (NotFoundError otherwise)."""
+        start = f"({after}" if after else "-"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.run_key(run_id), "run_id", "tenant")
+            pipe.xrange(keys.events_key(run_id), start, "+", count=count)
+            (found, owner), entries = await pipe.execute()
+        if found is None or (owner or "") != tenant:
+            raise NotFoundError(f"run {run_id!r} not found", "RUN_NOT_FOUND")
+        return [StoredEvent.decode(i, f) for i, f in entries]
 
     async def read_events(self, run_id: str, after: str, count: int) -> list[StoredEvent]:
         """Up to `count` events after the cursor ('' = from the first)."""

@@ -73,16 +73,19 @@ end
 """
 
 # Every script's last four KEYS are STATS_TENANTS, STATS_BUILDS, STATS_STATUS, STATS_QUEUED.
-# KEYS: run, events, idempotency, runs index, workflow index, queue, tenant's rate bucket
+# KEYS: run, events, idempotency, runs index, workflow index, queue, tenant's rate bucket,
+# known workflows
 # ARGV: run_id, workflow, input_json, labels_json, idempotency key ('' = none), traceparent,
 # tenant, the tenant's most QUEUED runs (0 = no limit), its StartRun rate per second and
 # burst (0 = no limit).
-# Returns {1, run_id} created; {0, earlier run_id} on an idempotency key seen before (before
-# any limit: a retry of a StartRun that landed always finds its run); {-1, queued} when the
-# tenant has its most QUEUED runs; {-2, ms to wait} over the tenant's StartRun rate.
+# Returns {1, run_id, the run's hash as a flat list} created; {0, earlier run_id} on an
+# idempotency key seen before (before any limit: a retry of a StartRun that landed always
+# finds its run); {-1, queued} when the tenant has its most QUEUED runs; {-2, ms to wait} over
+# the tenant's StartRun rate; {-3} when no worker ever announced the workflow.
 CREATE_RUN = (
     _PRELUDE
     + """
+if redis.call('HEXISTS', KEYS[8], ARGV[2]) == 0 then return {-3} end
 if ARGV[5] ~= '' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return {0, existing} end
@@ -115,7 +118,7 @@ redis.call('HINCRBY', QUEUED, ARGV[2], 1)
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 redis.call('XADD', KEYS[6], '*', 'run_id', ARGV[1], 'attempt', '1')
-return {1, ARGV[1]}
+return {1, ARGV[1], redis.call('HGETALL', KEYS[1])}
 """
 )
 

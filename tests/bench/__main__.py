@@ -1,9 +1,10 @@
-"""`make bench`: timing figures, printed as a table and written to tests/bench/results/.
+"""`make bench`: longline side by side with arq, Celery and RQ, on one Redis on loopback.
 
-Timing targets live here, never in `make test`. Everything runs on loopback with
-one Redis, the control plane and the worker as real subprocesses.
+Prints one table, writes tests/bench/results/bench.json and bench.png. Timing goals live
+here, never in `make test`. The control plane and workers are real subprocesses; the peers
+run in a virtualenv of their own (.venv/peers, see peers-requirements.txt).
 
-    python -m tests.bench [--runs N]
+    python -m tests.bench [--quick] [--only B1,B2,...] [--no-peers]
 """
 
 from __future__ import annotations
@@ -11,169 +12,486 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
+import os
+import platform
 import statistics
+import subprocess
+import sys
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
 
 import longline
 from longline._embedded import EmbeddedRedis
+from longline._store import keys
+from tests.bench.b1 import BENCH_FLOWS, NO_LIMITS, stack, throughput
 from tests.conftest import ROOT
 from tests.procs import Proc, start_control_plane, start_worker
 
 RESULTS = ROOT / "tests" / "bench" / "results"
+PEERS_PYTHON = ROOT / ".venv" / "peers" / "bin" / "python"
+
+
+@dataclass
+class Row:
+    bench: str
+    system: str
+    measure: str
+    value: float
+    unit: str
+    goal: str = ""
+    note: str = ""
 
 
 def _pct(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
+    return values[min(len(values) - 1, int(q * (len(values) - 1)))]
 
 
-async def bench(runs: int) -> list[tuple[str, str, str]]:
-    rows: list[tuple[str, str, str]] = []
+# -- B1 ------------------------------------------------------------------------------
+async def b1(redis_url: str, runs: int, peers: bool, peer_runs: int) -> list[Row]:
     procs: list[Proc] = []
-    with EmbeddedRedis() as redis:
-        try:
-            cp, target = await start_control_plane(redis.url)
-            procs.append(cp)
-            procs.append(await start_worker(redis.url, target, "--slots", "256"))
-            async with longline.Client(target) as client:
-                await client.run("echo", "warm-up")
-
-                t0 = time.perf_counter()
-                handles = await asyncio.gather(*(client.start("echo", i) for i in range(runs)))
-                await asyncio.gather(*(h.result() for h in handles))
-                wall = time.perf_counter() - t0
-                rows.append(
-                    (
-                        f"{runs} trivial runs, started together",
-                        f"{wall:.2f} s",
-                        f"{runs / wall:.0f} runs/s",
-                    )
-                )
-
-                latencies = []
-                t0 = time.perf_counter()
-                for i in range(runs):
-                    s = time.perf_counter()
-                    await client.run("echo", i)
-                    latencies.append((time.perf_counter() - s) * 1000)
-                wall = time.perf_counter() - t0
-                rows.append(
-                    (
-                        f"{runs} trivial runs, one at a time",
-                        f"{wall:.2f} s",
-                        f"{runs / wall:.0f} runs/s",
-                    )
-                )
-                rows.append(
-                    (
-                        "RunWorkflow round trip (start to result)",
-                        f"p50 {statistics.median(latencies):.1f} ms",
-                        f"p99 {_pct(latencies, 0.99):.1f} ms",
-                    )
-                )
-        finally:
-            for p in procs:
-                p.stop()
-        rows += await _recovery(redis.url)
-    return rows
-
-
-async def _first(handle: longline.RunHandle, pred: object) -> longline.Event:
-    async for event in handle.events():
-        if pred(event):  # type: ignore[operator]
-            return event
-    raise RuntimeError("the run ended first")
-
-
-def _restarted(event: longline.Event) -> bool:
-    return event.type is longline.EventType.RUN_STARTED and event.attempt == 2
-
-
-async def _recovery(redis_url: str, rounds: int = 3) -> list[tuple[str, str, str]]:
-    """kill -9 -> RUN_STARTED of attempt 2, and SIGTERM drain deadline -> RUN_STARTED."""
-    lease = ("--lease-timeout", "2", "--heartbeat-interval", "0.5")
-    crash, handoff = [], []
-    procs: list[Proc] = []
+    rows: list[Row] = []
     try:
-        cp, target = await start_control_plane(redis_url, *lease)
-        procs.append(cp)
-        async with longline.Client(target) as client:
-            for i in range(rounds):
-                a = await start_worker(redis_url, target, "--worker-id", f"a{i}", name=f"a{i}")
-                procs.append(a)
-                handle = await client.start("five_steps", {"delay": 0.5})
-                await _first(handle, lambda e: e.type is longline.EventType.COMPONENT_STARTED)
-                b = await start_worker(
-                    redis_url,
-                    target,
-                    "--worker-id",
-                    f"b{i}",
-                    "--drain-timeout",
-                    "0.5",
-                    name=f"b{i}",
-                )
-                procs.append(b)
-                killed = time.time()
-                a.kill()
-                started = await _first(handle, _restarted)
-                assert started.time is not None
-                crash.append(started.time.timestamp() - killed)
-                await handle.result()
-
-                handle = await client.start("five_steps", {"delay": 0.5})
-                await _first(handle, lambda e: e.type is longline.EventType.COMPONENT_STARTED)
-                holder = b
-                c = await start_worker(
-                    redis_url,
-                    target,
-                    "--worker-id",
-                    f"c{i}",
-                    "--drain-timeout",
-                    "0.5",
-                    name=f"c{i}",
-                )
-                procs.append(c)
-                deadline = time.time() + 0.5
-                holder.popen.send_signal(signal.SIGTERM)
-                started = await _first(handle, _restarted)
-                assert started.time is not None
-                handoff.append(started.time.timestamp() - deadline)
-                await handle.result()
-                for p in (b, c):  # the next round starts with no worker
-                    p.stop()
+        target = await stack(redis_url, procs)
+        rate = await throughput(target, runs)
+        rows.append(
+            Row(
+                "B1",
+                "longline",
+                f"{runs} no-op runs, 8 clients",
+                rate,
+                "runs/s",
+                ">= 1000 runs/s; >= 1.0x arq, >= 1.5x Celery",
+            )
+        )
     finally:
         for p in procs:
             p.stop()
-    return [
-        (
-            "recovery: kill -9 to attempt 2 started (lease 2 s, heartbeat 0.5 s)",
-            f"p50 {statistics.median(crash):.2f} s",
-            f"max {max(crash):.2f} s",
+    if peers:
+        for tool in ("arq", "celery", "rq"):
+            jobs = runs if tool != "rq" else min(runs, peer_runs)
+            out = _peer(redis_url, tool, "throughput", "--jobs", str(jobs))
+            rows.append(
+                Row(
+                    "B1",
+                    tool,
+                    f"{jobs} no-op jobs, 8 clients",
+                    out["runs_per_s"],
+                    "runs/s",
+                    note=f"longline is {rate / out['runs_per_s']:.2f}x",
+                )
+            )
+    return rows
+
+
+def _peer(redis_url: str, tool: str, mode: str, *extra: str) -> dict[str, Any]:
+    base = redis_url.rsplit("/", 1)[0]
+    done = subprocess.run(
+        [str(PEERS_PYTHON), "-m", "tests.bench.peers", tool, mode, "--redis", base, *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{tool} {mode} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# -- B2 ------------------------------------------------------------------------------
+async def b2(redis_url: str, runs: int, peers: bool) -> list[Row]:
+    procs: list[Proc] = []
+    started_ms: list[float] = []
+    status_ms: list[float] = []
+    try:
+        target = await stack(redis_url, procs)
+        async with longline.Client(target) as client:
+            for i in range(runs + 20):
+                t0 = time.time()
+                handle = await client.start("stamp", i)
+                async for event in handle.events():
+                    if event.type is longline.EventType.RUN_STARTED and i >= 20:
+                        started_ms.append((time.time() - t0) * 1000)
+                    elif event.type is longline.EventType.STATUS and i >= 20:
+                        status_ms.append((time.time() - float(event.message)) * 1000)
+    finally:
+        for p in procs:
+            p.stop()
+    goal = "p50 <= 5 ms, p99 <= 20 ms"
+    rows = [
+        Row(
+            "B2",
+            "longline",
+            "StartRun to RUN_STARTED seen, p50",
+            statistics.median(started_ms),
+            "ms",
+            goal,
         ),
-        (
-            "drain hand-off: drain deadline to attempt 2 started",
-            f"p50 {statistics.median(handoff) * 1000:.0f} ms",
-            f"max {max(handoff) * 1000:.0f} ms",
+        Row(
+            "B2",
+            "longline",
+            "StartRun to RUN_STARTED seen, p99",
+            _pct(started_ms, 0.99),
+            "ms",
+            goal,
+        ),
+        Row(
+            "B2",
+            "longline",
+            "ctx.status() to event at a StreamRun client, p50",
+            statistics.median(status_ms),
+            "ms",
+            goal,
+        ),
+        Row(
+            "B2",
+            "longline",
+            "ctx.status() to event at a StreamRun client, p99",
+            _pct(status_ms, 0.99),
+            "ms",
+            goal,
         ),
     ]
+    if peers:
+        for tool, tuned, n in (
+            ("arq", False, 40),
+            ("arq", True, runs),
+            ("celery", False, runs),
+            ("rq", False, 100),
+            ("rq", True, runs),
+        ):
+            args = ["--jobs", str(n)] + (["--tuned"] if tuned else [])
+            out = _peer(redis_url, tool, "latency", *args)
+            how = "tuned" if tuned else "defaults"
+            for q in ("p50", "p99"):
+                rows.append(
+                    Row(
+                        "B2",
+                        tool,
+                        f"enqueue to result ({how}, {out['n']} jobs), {q}",
+                        out[f"{q}_ms"],
+                        "ms",
+                    )
+                )
+    return rows
+
+
+# -- B3 ------------------------------------------------------------------------------
+async def b3(redis_url: str, waiting: int, watchers: int) -> list[Row]:
+    rows: list[Row] = []
+    procs: list[Proc] = []
+    try:
+        target = await stack(redis_url, procs, slots=waiting + 10)
+        worker = psutil.Process(procs[1].popen.pid)
+        before = worker.memory_info().rss
+        async with longline.Client(target) as client:
+            handles = await asyncio.gather(
+                *(client.start("wait", {"seconds": 120}) for _ in range(waiting))
+            )
+
+            async def all_running() -> bool:
+                return await _running(redis_url) >= waiting
+
+            await _until(all_running, 300)
+            await asyncio.sleep(2)
+            per_run = (worker.memory_info().rss - before) / waiting
+            rows.append(
+                Row(
+                    "B3",
+                    "longline",
+                    f"worker memory per waiting run ({waiting} runs awaiting 120 s)",
+                    per_run / 1024,
+                    "KB",
+                    "<= 20 KB",
+                )
+            )
+            await asyncio.gather(*(h.cancel() for h in handles))
+    finally:
+        for p in procs:
+            p.stop()
+    rows += await _watchers(redis_url, watchers)
+    return rows
+
+
+async def _running(redis_url: str) -> int:
+    """Runs RUNNING now (the scripts keep this count exact)."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return int(await r.hget(keys.STATS_STATUS, "RUNNING") or 0)
+    finally:
+        await r.aclose()
+
+
+async def _until(probe: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await probe():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark setup took too long")
+        await asyncio.sleep(0.5)
+
+
+async def _watchers(redis_url: str, n: int) -> list[Row]:
+    """n StreamRun watchers of n runs that each emit one event a second."""
+    procs: list[Proc] = []
+    try:
+        target = await stack(redis_url, procs, slots=n + 10)
+        cp = psutil.Process(procs[0].popen.pid)
+        import redis as sync_redis
+
+        r = sync_redis.Redis.from_url(redis_url)
+
+        def cp_connections() -> int:
+            return sum(1 for c in r.client_list() if c.get("name", "").startswith("longline-cp-"))
+
+        idle_connections = cp_connections()
+        latencies: list[float] = []
+        ticks = 20
+        async with longline.Client(target) as client:
+            handles = await asyncio.gather(
+                *(client.start("ticker", {"ticks": ticks}) for _ in range(n))
+            )
+
+            async def watch(h: longline.RunHandle) -> None:
+                async for e in h.events():
+                    if e.type is longline.EventType.STATUS:
+                        latencies.append((time.time() - float(e.message)) * 1000)
+
+            tasks = [asyncio.create_task(watch(h)) for h in handles]
+            await asyncio.sleep(ticks / 2)
+            cpu0, t0 = cp.cpu_times(), time.monotonic()
+            busy_connections = cp_connections()
+            await asyncio.sleep(5)
+            cpu1, t1 = cp.cpu_times(), time.monotonic()
+            await asyncio.gather(*tasks)
+        cpu = ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (t1 - t0) * 100
+        return [
+            Row(
+                "B3",
+                "longline",
+                f"control plane Redis connections, idle -> {n} watchers",
+                busy_connections,
+                "connections",
+                "does not grow with watchers",
+                note=f"{idle_connections} idle",
+            ),
+            Row(
+                "B3",
+                "longline",
+                f"control plane CPU, {n} watchers of {n} runs at 1 event/s",
+                cpu,
+                "% of a core",
+            ),
+            Row(
+                "B3",
+                "longline",
+                f"delivery latency p99, {n} watchers",
+                _pct(latencies, 0.99),
+                "ms",
+                "<= 50 ms",
+                note=f"p50 {statistics.median(latencies):.1f} ms, {len(latencies)} events",
+            ),
+        ]
+    finally:
+        for p in procs:
+            p.stop()
+
+
+# -- B4 ------------------------------------------------------------------------------
+async def b4(redis_url: str, runs: int) -> list[Row]:
+    procs: list[Proc] = []
+    lease = ("--lease-timeout", "2", "--heartbeat-interval", "0.5")
+    os.environ["LONGLINE_TEST_REDIS"] = redis_url
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        cp, target = await start_control_plane(redis_url, *lease, *NO_LIMITS, name="b4-cp")
+        procs.append(cp)
+        victim = await start_worker(
+            redis_url,
+            target,
+            "--slots",
+            str(runs),
+            module=BENCH_FLOWS,
+            workflow="five_steps",
+            name="victim",
+        )
+        procs.append(victim)
+        async with longline.Client(target) as client:
+            handles = await asyncio.gather(
+                *(client.start("five_steps", {"delay": 1.0}) for _ in range(runs))
+            )
+
+            async def all_on_step_two() -> bool:
+                counts = [await r.hget(f"test:steps:{h.run_id}", "2") for h in handles]
+                return all(counts)
+
+            await _until(all_on_step_two, 60)
+            procs.append(
+                await start_worker(
+                    redis_url,
+                    target,
+                    "--slots",
+                    str(runs),
+                    module=BENCH_FLOWS,
+                    workflow="five_steps",
+                    name="rescuer",
+                )
+            )
+            killed = time.time()
+            victim.kill()
+            restarts = []
+            for h in handles:
+                async for e in h.events():
+                    if e.type is longline.EventType.RUN_STARTED and e.attempt == 2:
+                        assert e.time is not None
+                        restarts.append(e.time.timestamp() - killed)
+                        break
+            await asyncio.gather(*(h.result() for h in handles))
+            again = 0
+            for h in handles:
+                counts = await r.hgetall(f"test:steps:{h.run_id}")
+                again += sum(int(v) - 1 for v in counts.values())
+        return [
+            Row(
+                "B4",
+                "longline",
+                f"kill -9 with {runs} runs in flight to all running again (lease 2 s)",
+                max(restarts),
+                "s",
+                "<= lease + 1 s = 3 s",
+                note=f"p50 {statistics.median(restarts):.2f} s",
+            ),
+            Row(
+                "B4",
+                "longline",
+                "steps executed again after the kill",
+                again,
+                "steps",
+                note=f"of {runs * 5}; only steps in flight at the kill",
+            ),
+        ]
+    finally:
+        await r.aclose()
+        for p in procs:
+            p.stop()
+
+
+# -- B5 ------------------------------------------------------------------------------
+async def b5(redis_url: str, chunks: int) -> list[Row]:
+    procs: list[Proc] = []
+    try:
+        target = await stack(redis_url, procs)
+        async with longline.Client(target) as client:
+            t0 = time.perf_counter()
+            handle = await client.start("firehose", {"chunks": chunks})
+            text = []
+            async for e in handle.events():
+                if e.type is longline.EventType.OUTPUT:
+                    text.append(e.message)
+            wall = time.perf_counter() - t0
+        received = "".join(text).count("\n")
+        assert received == chunks, f"{received} of {chunks} chunks arrived"
+        return [
+            Row(
+                "B5",
+                "longline",
+                f"output chunks/s, one run to one watcher ({chunks} chunks)",
+                chunks / wall,
+                "chunks/s",
+                ">= 20000 chunks/s",
+            )
+        ]
+    finally:
+        for p in procs:
+            p.stop()
+
+
+# -- the table, the JSON and the chart -------------------------------------------------
+def _table(rows: list[Row]) -> str:
+    width = max(len(f"{r.bench} {r.system}: {r.measure}") for r in rows)
+    lines = [f"{'measure':<{width}}  {'value':>12}  {'goal':<38} note"]
+    for r in rows:
+        name = f"{r.bench} {r.system}: {r.measure}"
+        value = f"{r.value:,.1f} {r.unit}" if r.value < 100 else f"{r.value:,.0f} {r.unit}"
+        lines.append(f"{name:<{width}}  {value:>12}  {r.goal:<38} {r.note}")
+    return "\n".join(lines)
+
+
+def _chart(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    b1 = [r for r in rows if r.bench == "B1"]
+    if b1:
+        axes[0].bar(
+            [r.system for r in b1],
+            [r.value for r in b1],
+            color=["#2b6cb0"] + ["#a0aec0"] * (len(b1) - 1),
+        )
+        axes[0].set_title("B1 throughput: no-op runs/s (higher is better)")
+        axes[0].set_ylabel("runs/s")
+    b2 = [r for r in rows if r.bench == "B2" and r.measure.endswith("p50")]
+    if b2:
+        labels = [f"{r.system}\n{r.measure.split(',')[0].split('(')[-1][:22]}" for r in b2]
+        axes[1].barh(labels, [r.value for r in b2], color="#2b6cb0")
+        axes[1].set_xscale("log")
+        axes[1].set_title("B2 latency p50, ms (log scale, lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
+    parser.add_argument("--only", default="B1,B2,B3,B4,B5")
+    parser.add_argument("--no-peers", action="store_true")
     args = parser.parse_args()
-    rows = asyncio.run(bench(args.runs))
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure':<{width}}  {'result':>12}  {'detail':>14}")
-    for name, a, b in rows:
-        print(f"{name:<{width}}  {a:>12}  {b:>14}")
+    only = set(args.only.upper().split(","))
+    peers = not args.no_peers
+    if peers and not PEERS_PYTHON.exists():
+        sys.exit(f"{PEERS_PYTHON} is missing: `make bench` creates it (or pass --no-peers)")
+    q = args.quick
+    rows: list[Row] = []
+
+    async def run_all() -> None:
+        with EmbeddedRedis() as redis:
+            url = redis.url
+            if "B1" in only:
+                rows.extend(await b1(url, 1000 if q else 5000, peers, 200 if q else 500))
+            if "B2" in only:
+                rows.extend(await b2(url, 100 if q else 500, peers))
+            if "B3" in only:
+                rows.extend(await b3(url, 1000 if q else 10_000, 200 if q else 2000))
+            if "B4" in only:
+                rows.extend(await b4(url, 100))
+            if "B5" in only:
+                rows.extend(await b5(url, 20_000 if q else 100_000))
+
+    asyncio.run(run_all())
+    print()
+    print(_table(rows))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "bench.json"
-    out.write_text(
-        json.dumps([dict(zip(("measure", "time", "rate"), r, strict=True)) for r in rows], indent=2)
-    )
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    meta = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, "
+            f"{psutil.virtual_memory().total // 2**30} GiB, Python {platform.python_version()}"
+        ),
+        "rows": [asdict(r) for r in rows],
+    }
+    (RESULTS / "bench.json").write_text(json.dumps(meta, indent=2))
+    _chart(rows, RESULTS / "bench.png")
+    print(f"\nwrote {RESULTS.relative_to(ROOT)}/bench.json and bench.png ({meta['machine']})")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from tests.conftest import eventually
 
 
 async def _expired_run(store: Store, redis: aioredis.Redis, max_attempts: int = 3) -> str:
+    await store.announce("w1", [("flow", "")], 60_000)
     await store.create_run("r1", "flow", "null", {})
     assert await store.claim("r1", 1, "w1", "cp", lease_ms=1, max_attempts=max_attempts)
 
@@ -72,6 +73,7 @@ async def test_a_write_of_an_attempt_that_lost_its_lease_is_refused(
 
 async def test_a_retried_write_is_applied_once(redis_url: str, redis: aioredis.Redis) -> None:
     store = Store(connect(redis_url))
+    await store.announce("w1", [("flow", "")], 60_000)
     await store.create_run("r2", "flow", "null", {})
     await store.claim("r2", 1, "w1", "cp", lease_ms=10_000, max_attempts=3)
     fields = encode_event("OUTPUT", 1, "chunk")
