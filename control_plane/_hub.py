@@ -188,12 +188,12 @@ class EventHub:
                         break
                 # 3. Live events, in id order; anything at or before the cursor was seen.
                 while not subscriber.overflowed:
-                    event = await subscriber.queue.get()
-                    if event is None or event_id_key(event.event_id) <= event_id_key(cursor):
+                    live = await subscriber.queue.get()
+                    if live is None or event_id_key(live.event_id) <= event_id_key(cursor):
                         continue
-                    cursor = event.event_id
-                    yield event
-                    if event.terminal:
+                    cursor = live.event_id
+                    yield live
+                    if live.terminal:
                         return
             finally:
                 await asyncio.shield(self._unwatch(channel, subscriber))
