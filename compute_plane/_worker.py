@@ -315,10 +315,25 @@ class Worker:
             return
         task = asyncio.create_task(self._execute(workflow, a), name=f"run-{a.run_id}")
         self._running[a.run_id] = _Running(a.attempt, a.workflow, task)
+        # However the task ends, even cancelled before its first step, the slot is given back.
+        task.add_done_callback(lambda done: self._task_done(a.run_id, a.attempt, done))
         self._send(
             worker_pb2.ConnectRequest(
                 accepted=worker_pb2.WorkerAccepted(
                     run=worker_pb2.RunRef(run_id=a.run_id, attempt=a.attempt)
+                )
+            )
+        )
+
+    def _task_done(self, run_id: str, attempt: int, task: asyncio.Task[None]) -> None:
+        running = self._running.get(run_id)
+        if running is None or running.task is not task:
+            return
+        del self._running[run_id]
+        self._send(
+            worker_pb2.ConnectRequest(
+                finished=worker_pb2.WorkerFinished(
+                    run=worker_pb2.RunRef(run_id=run_id, attempt=attempt)
                 )
             )
         )
@@ -336,7 +351,6 @@ class Worker:
             checkpoints = await self._store.load_checkpoints(a.run_id)
         except RedisError as exc:  # the lease runs out and another attempt starts
             log.error("run %s attempt %d could not start: %s", a.run_id, a.attempt, exc)
-            self._running.pop(a.run_id, None)
             return
         ctx = Context(
             a.run_id,
@@ -411,14 +425,6 @@ class Worker:
         finally:
             attempt_span.set_attribute("longline.replayed_steps", len(ctx.replayed))
             attempt_span.end()
-            self._running.pop(a.run_id, None)
-            self._send(
-                worker_pb2.ConnectRequest(
-                    finished=worker_pb2.WorkerFinished(
-                        run=worker_pb2.RunRef(run_id=a.run_id, attempt=a.attempt)
-                    )
-                )
-            )
 
     async def _fail(self, writer: RunWriter, ctx: Context, exc: Exception) -> None:
         component = component_of(exc)

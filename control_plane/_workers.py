@@ -110,6 +110,7 @@ class Dispatcher:
         )
         self._view = BuildView()
         self._view_due = 0.0
+        self._draining = asyncio.Lock()
 
     async def wake(self) -> None:
         """Make the dispatcher look at its workers again (a slot freed, a worker came)."""
@@ -238,47 +239,76 @@ class Dispatcher:
                     elif entry_id not in held:
                         self._backlog.append(_Queued.of(stream, entry_id, fields))
 
+    async def drain_now(self) -> None:
+        """Assign what the backlog holds to free local slots now (a slot just freed)."""
+        await self._drain_backlog()
+
     async def _drain_backlog(self) -> None:
-        waiting: list[_Queued] = []
-        readers = self._readers()
-        for n, item in enumerate(self._backlog):
-            candidates = [s for s in readers.get(item.stream, []) if s.free]
-            if not candidates:
-                if readers.get(item.stream):
-                    waiting.append(item)  # assigned here when a local slot frees
-                else:  # no local worker takes it any more: hand it back to every replica
-                    await self._hand_back(item)
-                continue
-            session = max(candidates, key=lambda s: s.free)
-            if await self._assign(session, item) == "wrong build":
-                # The run has not started yet and another build was promoted meanwhile.
-                self._view_due = 0.0
-                await self._hand_back(item)
-                waiting += self._backlog[n + 1 :]  # the rest waits for the view to be read
-                break
-            await self._store.redis.xack(item.stream, keys.DISPATCH_GROUP, item.entry_id)
-        self._backlog = waiting
+        """Assign backlog entries to local workers with room: every claim of the batch in one
+        pipeline, every acknowledgement in another. Runs under a lock: the dispatch loop and
+        a freed slot may both call it."""
+        async with self._draining:
+            items, self._backlog = self._backlog, []
+            waiting: list[_Queued] = []
+            back: list[_Queued] = []
+            plan: list[tuple[WorkerSession, _Queued]] = []
+            readers = self._readers()
+            free = {id(s): s.free for s in self.sessions.values()}
+            for item in items:
+                candidates = [s for s in readers.get(item.stream, []) if free[id(s)] > 0]
+                if not candidates:
+                    if readers.get(item.stream):
+                        waiting.append(item)  # assigned here when a local slot frees
+                    else:  # no local worker takes it any more: hand it back to every replica
+                        back.append(item)
+                    continue
+                session = max(candidates, key=lambda s: free[id(s)])
+                free[id(session)] -= 1
+                plan.append((session, item))
+            try:
+                claims = await self._store.claim_many(
+                    [
+                        (
+                            item.run_id,
+                            item.attempt,
+                            session.worker_id,
+                            self._settings.replica_id,
+                            int(self._settings.lease_timeout * 1000),
+                            session.workflows[item.workflow].max_attempts or 3,
+                            session.build_id,
+                        )
+                        for session, item in plan
+                    ]
+                )
+            except BaseException:
+                self._backlog = items + self._backlog  # nothing was lost: retried next time
+                raise
+            done: dict[str, list[str]] = {}
+            for (session, item), claimed in zip(plan, claims, strict=True):
+                if isinstance(claimed, str):
+                    # It has not started yet and another build was promoted meanwhile.
+                    self._view_due = 0.0
+                    back.append(item)
+                    continue
+                if claimed is not None:
+                    self._send_assignment(session, item, claimed)
+                # else: cancelled while queued, or this attempt was already taken
+                done.setdefault(item.stream, []).append(item.entry_id)
+            if done or back:
+                async with self._store.redis.pipeline(transaction=False) as pipe:
+                    for stream, entry_ids in done.items():
+                        pipe.xack(stream, keys.DISPATCH_GROUP, *entry_ids)
+                    for item in back:
+                        pipe.xadd(
+                            item.stream, {"run_id": item.run_id, "attempt": str(item.attempt)}
+                        )
+                        pipe.xack(item.stream, keys.DISPATCH_GROUP, item.entry_id)
+                    await pipe.execute()
+            self._backlog = waiting + self._backlog
 
-    async def _hand_back(self, item: _Queued) -> None:
-        async with self._store.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(item.stream, {"run_id": item.run_id, "attempt": str(item.attempt)})
-            pipe.xack(item.stream, keys.DISPATCH_GROUP, item.entry_id)
-            await pipe.execute()
-
-    async def _assign(self, session: WorkerSession, item: _Queued) -> str:
-        claimed = await self._store.claim(
-            item.run_id,
-            item.attempt,
-            session.worker_id,
-            self._settings.replica_id,
-            int(self._settings.lease_timeout * 1000),
-            session.workflows[item.workflow].max_attempts or 3,
-            session.build_id,
-        )
-        if isinstance(claimed, str):
-            return "wrong build"
-        if claimed is None:
-            return "gone"  # cancelled while queued, or this attempt was already taken
+    def _send_assignment(
+        self, session: WorkerSession, item: _Queued, claimed: tuple[str, str, str]
+    ) -> None:
         _, input_json, traceparent = claimed
         session.running[item.run_id] = item.attempt
         session.send(
@@ -295,7 +325,6 @@ class Dispatcher:
                 )
             )
         )
-        return "assigned"
 
     async def requeue_unsent(self, session: WorkerSession) -> None:
         """Give back assignments still in a closed session's outbox, at once."""
@@ -425,9 +454,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 await self._store.requeue(
                     ref.run_id, workflow or "", ref.attempt, request.released.reason or "released"
                 )
-            # A dispatcher with room already reads this worker's queues; wake it only when the
-            # freed slot is the worker's first, or when runs wait in its backlog for a slot.
-            if was_full or self._dispatcher.backlog:
+            # Runs waiting in this replica's backlog take the slot at once; otherwise the
+            # dispatcher, which reads this worker's queues while it has room, needs waking
+            # only when this is the worker's first free slot.
+            if self._dispatcher.backlog:
+                await self._dispatcher.drain_now()
+            elif was_full:
                 await self._dispatcher.wake()
         elif kind == "draining":
             session.draining = True

@@ -282,6 +282,14 @@ class CancelOutcome:
     worker_id: str
 
 
+def _claimed(reply: Any) -> tuple[str, str, str] | str | None:
+    if reply and int(reply[0]) == -1:
+        return str(reply[1])
+    if not reply or int(reply[0]) != 1:
+        return None
+    return str(reply[1]), str(reply[2]), str(reply[3])
+
+
 def presence_ms(heartbeat_interval: float) -> int:
     """How long a worker counts as live after its last heartbeat: five heartbeats, so that a
     worker slowed down by a busy machine is not taken for gone."""
@@ -466,11 +474,30 @@ class Store:
             ],
             args=[attempt, worker_id, replica_id, lease_ms, max_attempts, build],
         )
-        if reply and int(reply[0]) == -1:
-            return str(reply[1])
-        if not reply or int(reply[0]) != 1:
-            return None
-        return str(reply[1]), str(reply[2]), str(reply[3])
+        return _claimed(reply)
+
+    async def claim_many(
+        self, claims: Sequence[tuple[str, int, str, str, int, int, str]]
+    ) -> list[tuple[str, str, str] | str | None]:
+        """Several claims (run_id, attempt, worker_id, replica_id, lease_ms, max_attempts,
+        build) in one round trip; each answer as claim() gives it."""
+        if not claims:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id, attempt, worker_id, replica_id, lease_ms, max_attempts, build in claims:
+                await self._claim(
+                    keys=[
+                        keys.run_key(run_id),
+                        keys.LEASES,
+                        keys.events_key(run_id),
+                        keys.BUILDS_CURRENT,
+                        *_STATS,
+                    ],
+                    args=[attempt, worker_id, replica_id, lease_ms, max_attempts, build],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return [_claimed(reply) for reply in replies]
 
     async def cancel(self, run_id: str, reason: str) -> CancelOutcome:
         """Cancel a queued or running run, writing RUN_CANCELLED once."""
