@@ -41,8 +41,18 @@ protos: $(STAMP)
 protos-release: $(STAMP)
 	cd protos && ../$(BIN)/buf build -o baseline.binpb
 
-bench: $(STAMP)
-	$(BIN)/python -m tests.bench
+# The peers B1 and B2 compare with (arq, Celery, RQ) live in a virtualenv of their own.
+PEERS := $(VENV)/peers
+$(PEERS)/.installed: tests/bench/peers-requirements.txt $(STAMP)
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet -r tests/bench/peers-requirements.txt
+	touch $@
+
+# B1-B5 (tests/bench); BENCH_ARGS=--quick for a smoke run, --no-peers for longline alone.
+BENCH_ARGS ?=
+bench: $(STAMP) $(PEERS)/.installed
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 # The API fuzz suite with many more examples than `make test` runs (2,000 per test).
 fuzz: $(STAMP)

@@ -35,7 +35,14 @@ _tracer = trace.get_tracer("longline.compute_plane")
 
 
 class _RedisSink:
-    """The EventSink of one attempt: fenced appends to the run's stream."""
+    """The EventSink of one attempt: fenced appends to the run's stream.
+
+    Output chunks are coalesced: a chunk emitted while the previous output write is still on
+    its way waits in a buffer, and the next write carries every chunk buffered by then as
+    one OUTPUT event (their texts joined). At light load every chunk is its own event as
+    soon as it is emitted; under load the writes grow instead of queueing. Nothing is lost
+    or reordered: any other event, and the run's end, first waits for the buffer to land.
+    """
 
     def __init__(
         self, writer: RunWriter, metrics: WorkerMetrics | None, max_event_bytes: int
@@ -43,6 +50,11 @@ class _RedisSink:
         self._writer = writer
         self._metrics = metrics
         self._max_event_bytes = max_event_bytes
+        self._chunks: list[str] = []
+        self._chunks_bytes = 0
+        self._chunks_parent = ""
+        self._flusher: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
 
     async def emit(
         self,
@@ -60,6 +72,24 @@ class _RedisSink:
             len(message.encode()) + len(data_json.encode()),
             self._max_event_bytes,
         )
+        if type == "OUTPUT" and not (data_json or component or span_id or checkpoint):
+            await self._output(message, parent_span_id)
+            return ""
+        await self.flush()
+        return await self._write(
+            type, message, data_json, component, span_id, parent_span_id, checkpoint
+        )
+
+    async def _write(
+        self,
+        type: str,
+        message: str,
+        data_json: str,
+        component: str,
+        span_id: str,
+        parent_span_id: str,
+        checkpoint: tuple[str, str] | None,
+    ) -> str:
         fields = encode_event(
             type, self._writer.attempt, message, data_json, component, span_id, parent_span_id
         )
@@ -71,6 +101,51 @@ class _RedisSink:
                 self._metrics.step_finished(component, data_json)
         return event_id
 
+    async def _output(self, chunk: str, parent_span_id: str) -> None:
+        self._raise_failure()
+        if self._chunks and parent_span_id != self._chunks_parent:
+            await self.flush()  # one event holds the chunks of one span only
+        size = len(chunk.encode())
+        if self._chunks_bytes + size > self._max_event_bytes > 0:
+            await self.flush()  # the coalesced event stays within the event limit
+        self._chunks.append(chunk)
+        self._chunks_bytes += size
+        self._chunks_parent = parent_span_id
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_chunks())
+        if self._chunks_bytes >= _COALESCE_BYTES:
+            await self.flush()  # a fast producer waits for Redis instead of buffering more
+        else:
+            await asyncio.sleep(0)  # let the write start
+
+    async def _flush_chunks(self) -> None:
+        while self._chunks:
+            chunks, parent = self._chunks, self._chunks_parent
+            self._chunks, self._chunks_bytes = [], 0
+            try:
+                await self._write("OUTPUT", "".join(chunks), "", "", "", parent, None)
+            except Exception as exc:  # LeaseLost, Redis: the run's own task raises it next
+                self._failure = exc
+                return
+
+    async def flush(self) -> None:
+        """Wait until every buffered output chunk is written (or raise why it was not)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+        if self._chunks and self._failure is None:
+            await self._flush_chunks()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def close(self) -> None:
+        """Stop writing buffered output (the attempt is over)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+
 
 def _check_size(what: str, size: int, limit: int) -> None:
     if limit and size > limit:
@@ -80,6 +155,8 @@ def _check_size(what: str, size: int, limit: int) -> None:
             "outside the run (a URL or object key)"
         )
 
+
+_COALESCE_BYTES = 64 * 1024  # buffered output beyond this waits for Redis
 
 _REFUSED = (
     grpc.StatusCode.UNAUTHENTICATED,
@@ -352,11 +429,12 @@ class Worker:
         except RedisError as exc:  # the lease runs out and another attempt starts
             log.error("run %s attempt %d could not start: %s", a.run_id, a.attempt, exc)
             return
+        sink = _RedisSink(writer, self.metrics, self.settings.max_event_bytes)
         ctx = Context(
             a.run_id,
             a.attempt,
             workflow.name,
-            _RedisSink(writer, self.metrics, self.settings.max_event_bytes),
+            sink,
             checkpoints,
             self._services,
         )
@@ -401,6 +479,7 @@ class Worker:
                     f"JSON-serialisable: {exc}"
                 ) from exc
             _check_size("the result", len(result_json.encode()), self.settings.max_event_bytes)
+            await sink.flush()  # output still buffered lands before the result
             await writer.finish(
                 "SUCCEEDED",
                 result_json=result_json,
@@ -419,20 +498,25 @@ class Worker:
         except Exception as exc:
             attempt_span.record_exception(exc)
             attempt_span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}"))
-            await self._fail(writer, ctx, exc)
+            await self._fail(writer, sink, ctx, exc)
             if self.metrics is not None:
                 self.metrics.finished.labels("failed").inc()
         finally:
+            sink.close()
             attempt_span.set_attribute("longline.replayed_steps", len(ctx.replayed))
             attempt_span.end()
 
-    async def _fail(self, writer: RunWriter, ctx: Context, exc: Exception) -> None:
+    async def _fail(
+        self, writer: RunWriter, sink: _RedisSink, ctx: Context, exc: Exception
+    ) -> None:
         component = component_of(exc)
         kind, text = type(exc).__name__, str(exc)
         error = {"type": kind, "message": text, "component": component, "attempt": ctx.attempt}
         where = f" in {component}" if component else ""
         log.info("run %s failed%s: %s: %s", ctx.run_id, where, kind, text)
         try:
+            with contextlib.suppress(Exception):
+                await sink.flush()  # the output written before the failure, then the failure
             await writer.finish(
                 "FAILED",
                 error=(kind, text, component),

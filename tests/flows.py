@@ -179,3 +179,12 @@ async def gated(ctx: longline.Context, input: Any) -> Any:
     await gate(ctx.run_id, 2)
     await chaos_step(ctx.run_id, 3, 0.0)
     return {"steps": 3}
+
+
+@longline.workflow(description="Bursts of output chunks between statuses, as fast as it can.")
+async def bursts(ctx: longline.Context, input: Any) -> Any:
+    for burst in range(int(input.get("bursts", 5))):
+        for i in range(int(input.get("chunks", 500))):
+            await ctx.output(f"{burst}:{i};")
+        await ctx.status(f"burst {burst} done")
+    return "ok"

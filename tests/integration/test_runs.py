@@ -217,3 +217,20 @@ async def test_a_burst_of_starts_beyond_grpcs_pending_call_limit_all_land(stack:
     failed = [o for o in outcomes if isinstance(o, BaseException)]
     assert not failed, f"{len(failed)} failed, e.g. {failed[0]!r}"
     assert len({h.run_id for h in outcomes if not isinstance(h, BaseException)}) == 4000
+
+
+async def test_coalesced_output_loses_and_reorders_nothing(stack: Stack) -> None:
+    """Chunks emitted faster than Redis takes them travel together in fewer OUTPUT events;
+    every chunk arrives once, in order, and before the status that followed it."""
+    handle = await stack.client.start("bursts", {"bursts": 5, "chunks": 500})
+    assert await handle.result() == "ok"
+    text, outputs = "", 0
+    for event in [e async for e in handle.events()]:
+        if event.type is longline.EventType.OUTPUT:
+            text += event.message
+            outputs += 1
+        elif event.type is longline.EventType.STATUS and event.message.startswith("burst"):
+            burst = int(event.message.split()[1])
+            expected = "".join(f"{b}:{i};" for b in range(burst + 1) for i in range(500))
+            assert text == expected, f"output before status {burst} differs"
+    assert outputs < 2500, "no chunk was coalesced: the test did not exercise it"
