@@ -430,6 +430,14 @@ def _table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _short(measure: str) -> str:
+    if "RUN_STARTED" in measure:
+        return "start to RUN_STARTED"
+    if "ctx.status" in measure:
+        return "status to watcher"
+    return "tuned" if "tuned" in measure else "defaults"
+
+
 def _chart(rows: list[Row], path: Path) -> None:
     import matplotlib
 
@@ -448,7 +456,7 @@ def _chart(rows: list[Row], path: Path) -> None:
         axes[0].set_ylabel("runs/s")
     b2 = [r for r in rows if r.bench == "B2" and r.measure.endswith("p50")]
     if b2:
-        labels = [f"{r.system}\n{r.measure.split(',')[0].split('(')[-1][:22]}" for r in b2]
+        labels = [f"{r.system}\n{_short(r.measure)}" for r in b2]
         axes[1].barh(labels, [r.value for r in b2], color="#2b6cb0")
         axes[1].set_xscale("log")
         axes[1].set_title("B2 latency p50, ms (log scale, lower is better)")
