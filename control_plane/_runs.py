@@ -347,9 +347,14 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         if request.after_event_id:
             parse_event_id(request.after_event_id)
         # NOT_FOUND before any event; the first page comes in the same round trip.
-        first = await self._store.open_events(
+        first, ended = await self._store.open_events(
             run_id, current().tenant, request.after_event_id, _PAGE
         )
+        if ended and len(first) < _PAGE and not any(e.terminal for e in first):
+            # A finished run, and the cursor is past its terminal event: nothing will come.
+            for event in first:
+                yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
+            return
         with self._stream_slot():
             async for event in self._hub.events(run_id, request.after_event_id, first):
                 yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))

@@ -120,7 +120,26 @@ def parse_event_id(event_id: str) -> tuple[int, int]:
             "'1732630000000-0', or empty to start from the first event",
             "INVALID_EVENT_ID",
         )
-    return int(match.group(1)), int(match.group(2))
+    ms, seq = int(match.group(1)), int(match.group(2))
+    if ms > _MAX_ID_PART or seq > _MAX_ID_PART:
+        raise InvalidArgumentError(
+            f"after_event_id {event_id[:60]!r} is out of range: both parts of an event id "
+            f"are at most {_MAX_ID_PART}",
+            "INVALID_EVENT_ID",
+        )
+    return ms, seq
+
+
+_MAX_ID_PART = 2**64 - 1
+
+
+def _range_start(after: str) -> str | None:
+    """XRANGE's start for the events after `after`; None when no id can follow it."""
+    if not after:
+        return "-"
+    if event_id_key(after) == (_MAX_ID_PART, _MAX_ID_PART):
+        return None
+    return f"({after}"
 
 
 def event_id_key(event_id: str) -> tuple[int, int]:
@@ -572,21 +591,26 @@ class Store:
 
     async def open_events(
         self, run_id: str, tenant: str, after: str, count: int
-    ) -> list[StoredEvent]:
-        """The run's first `count` events after the cursor, in the same round trip as the
-        check that the run exists and is `tenant`'s (NotFoundError otherwise)."""
-        start = f"({after}" if after else "-"
+    ) -> tuple[list[StoredEvent], bool]:
+        """The run's first `count` events after the cursor and whether the run has ended, in
+        the same round trip as the check that the run exists and is `tenant`'s
+        (NotFoundError otherwise)."""
+        start = _range_start(after)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.run_key(run_id), "run_id", "tenant")
-            pipe.xrange(keys.events_key(run_id), start, "+", count=count)
-            (found, owner), entries = await pipe.execute()
+            pipe.hmget(keys.run_key(run_id), "run_id", "tenant", "status")
+            if start is not None:
+                pipe.xrange(keys.events_key(run_id), start, "+", count=count)
+            (found, owner, status), *rest = await pipe.execute()
+        entries = rest[0] if rest else []
         if found is None or (owner or "") != tenant:
             raise NotFoundError(f"run {run_id!r} not found", "RUN_NOT_FOUND")
-        return [StoredEvent.decode(i, f) for i, f in entries]
+        return [StoredEvent.decode(i, f) for i, f in entries], status in TERMINAL_STATUSES
 
     async def read_events(self, run_id: str, after: str, count: int) -> list[StoredEvent]:
         """Up to `count` events after the cursor ('' = from the first)."""
-        start = f"({after}" if after else "-"
+        start = _range_start(after)
+        if start is None:
+            return []
         entries = await self.redis.xrange(keys.events_key(run_id), start, "+", count=count)
         return [StoredEvent.decode(i, f) for i, f in entries]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import longline
@@ -224,6 +224,8 @@ def test_list_runs_and_workflows(
 
 @FUZZ
 @given(run=st.one_of(strings, st.just("finished")), after=event_ids)
+@example(run="finished", after="18446744073709551615-18446744073709551615")  # the last id
+@example(run="finished", after="99999999999999-0")  # past the end of a finished run
 def test_stream_run(plane: Plane, run: str, after: str) -> None:
     run_id = plane.finished_run if run == "finished" else run
     request = runs_pb2.StreamRunRequest(run_id=run_id, after_event_id=after)

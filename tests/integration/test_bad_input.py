@@ -97,6 +97,14 @@ async def test_malformed_after_event_id_is_invalid(stack: Stack, cursor: str) ->
     assert "is not an event id" in message
 
 
+@pytest.mark.parametrize("cursor", ["18446744073709551616-0", "1-99999999999999999999"])
+async def test_an_event_id_out_of_range_is_invalid(stack: Stack, cursor: str) -> None:
+    handle = await stack.client.start("echo", 1)
+    code, message = await _stream_status(stack, run_id=handle.run_id, after_event_id=cursor)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is out of range" in message
+
+
 @pytest.mark.parametrize(
     ("request_", "needle"),
     [

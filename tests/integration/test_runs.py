@@ -234,3 +234,15 @@ async def test_coalesced_output_loses_and_reorders_nothing(stack: Stack) -> None
             expected = "".join(f"{b}:{i};" for b in range(burst + 1) for i in range(500))
             assert text == expected, f"output before status {burst} differs"
     assert outputs < 2500, "no chunk was coalesced: the test did not exercise it"
+
+
+async def test_streaming_a_finished_run_from_past_its_end_ends_at_once(stack: Stack) -> None:
+    """A cursor after the terminal event (a client's typo, or ids from a later run) must not
+    leave the stream waiting for events that will never come."""
+    handle = await stack.client.start("echo", 1)
+    await handle.result()
+    for cursor in ("99999999999999-0", "18446744073709551615-18446744073709551615"):
+        replies = stack.stub.StreamRun(
+            runs_pb2.StreamRunRequest(run_id=handle.run_id, after_event_id=cursor), timeout=10
+        )
+        assert [r async for r in replies] == []
