@@ -240,8 +240,13 @@ class Dispatcher:
                         self._backlog.append(_Queued.of(stream, entry_id, fields))
 
     async def drain_now(self) -> None:
-        """Assign what the backlog holds to free local slots now (a slot just freed)."""
-        await self._drain_backlog()
+        """Assign what the backlog holds to free local slots now (a slot just freed). A Redis
+        error is only logged: the entries stay in the backlog and the dispatch loop retries,
+        and the worker's stream, which called this, is not broken by it."""
+        try:
+            await self._drain_backlog()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("could not assign queued runs now (%s); the dispatcher retries", exc)
 
     async def _drain_backlog(self) -> None:
         """Assign backlog entries to local workers with room: every claim of the batch in one
