@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 from redis.exceptions import RedisError
 
+from longline._channel import read_pem
 from longline._store import Store, connect, keys
 from longline.v1 import (
     builds_pb2,
@@ -57,21 +57,14 @@ def load_authenticator(s: ControlPlaneSettings) -> Authenticator:
     )
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read the {what} {path!r}: {exc.strerror}") from None
-
-
 def _credentials(s: ControlPlaneSettings, *, for_workers: bool) -> grpc.ServerCredentials | None:
     if not s.tls_cert:
         return None
-    pair = (_read(s.tls_key, "TLS key"), _read(s.tls_cert, "TLS certificate"))
+    pair = (read_pem(s.tls_key, "TLS key"), read_pem(s.tls_cert, "TLS certificate"))
     if for_workers and s.tls_client_ca:
         return grpc.ssl_server_credentials(
             [pair],
-            root_certificates=_read(s.tls_client_ca, "client CA"),
+            root_certificates=read_pem(s.tls_client_ca, "client CA"),
             require_client_auth=True,
         )
     return grpc.ssl_server_credentials([pair])

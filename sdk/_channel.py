@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _read(path: str, what: str) -> bytes:
+def read_pem(path: str, what: str) -> bytes:
+    """A PEM file's bytes; ValueError naming `what` when it cannot be read."""
     try:
         return Path(path).read_bytes()
     except OSError as exc:
@@ -33,9 +34,9 @@ def open_channel(
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("a client certificate needs both tls_cert and tls_key")
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(tls_ca, "CA certificate") if tls_ca else None,
-        private_key=_read(tls_key, "client key") if tls_key else None,
-        certificate_chain=_read(tls_cert, "client certificate") if tls_cert else None,
+        root_certificates=read_pem(tls_ca, "CA certificate") if tls_ca else None,
+        private_key=read_pem(tls_key, "client key") if tls_key else None,
+        certificate_chain=read_pem(tls_cert, "client certificate") if tls_cert else None,
     )
     return grpc.aio.secure_channel(target, credentials, options=options or [])
 

@@ -483,17 +483,8 @@ class Store:
         (cancelled, or taken); or the current build's id when the run has not started yet and
         `build` is not the current one.
         """
-        reply = await self._claim(
-            keys=[
-                keys.run_key(run_id),
-                keys.LEASES,
-                keys.events_key(run_id),
-                keys.BUILDS_CURRENT,
-                *_STATS,
-            ],
-            args=[attempt, worker_id, replica_id, lease_ms, max_attempts, build],
-        )
-        return _claimed(reply)
+        claims = [(run_id, attempt, worker_id, replica_id, lease_ms, max_attempts, build)]
+        return (await self.claim_many(claims))[0]
 
     async def claim_many(
         self, claims: Sequence[tuple[str, int, str, str, int, int, str]]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import longline
@@ -280,7 +279,7 @@ async def test_tokens_rotate_without_a_restart(
 
 
 async def test_per_tenant_limits_answer_resource_exhausted_with_a_hint(
-    secured: tuple[ControlPlane, Path], redis_url: str, redis: aioredis.Redis
+    secured: tuple[ControlPlane, Path], redis_url: str
 ) -> None:
     cp, _ = secured
     await _announce(redis_url, "echo")
