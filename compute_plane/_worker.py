@@ -24,6 +24,7 @@ from longline import Context, LeaseLost, Workflow
 from longline._channel import bearer, open_channel
 from longline._component import component_of
 from longline._store import RunWriter, Store, connect, encode_event, presence_ms
+from longline._store._loops import Backoff
 from longline._store._services import RedisServices
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
@@ -170,6 +171,10 @@ class _Running:
     attempt: int
     workflow: str
     task: asyncio.Task[None]
+    # When the lease was last known renewed (time.monotonic() of sending the heartbeat that
+    # renewed it, or of receiving the assignment): the lease lasts a lease timeout from then.
+    renewed: float = 0.0
+    stopped: bool = False  # the lease watch cancelled it
 
 
 class Worker:
@@ -226,12 +231,14 @@ class Worker:
             async with asyncio.TaskGroup() as tasks:
                 session = tasks.create_task(self._session_loop(), name="connect")
                 beat = tasks.create_task(self._heartbeat_loop(), name="heartbeat")
+                watch = tasks.create_task(self._lease_watch(), name="lease-watch")
                 await self._stopping.wait()
                 if health_server is not None:
                     await health_server[1].enter_graceful_shutdown()
                 await self._drain()
                 session.cancel()
                 beat.cancel()
+                watch.cancel()
         finally:
             with contextlib.suppress(Exception):
                 await self._store.withdraw(s.worker_id, self.workflows, s.build_id)
@@ -380,6 +387,16 @@ class Worker:
 
     def _on_assignment(self, a: worker_pb2.Assignment) -> None:
         workflow = self.workflows.get(a.workflow)
+        stale = self._running.get(a.run_id)
+        if stale is not None and stale.attempt < a.attempt and workflow is not None:
+            # The run moved on from the attempt this worker still holds (its lease ran out, or
+            # its assignment was taken back) and came back here: the newer attempt replaces
+            # the stale task, whose writes would be refused anyway.
+            log.info(
+                "run %s: attempt %d replaces attempt %d here", a.run_id, a.attempt, stale.attempt
+            )
+            del self._running[a.run_id]
+            stale.task.cancel()
         if workflow is None or a.run_id in self._running or self._stopping.is_set():
             reason = "draining" if self._stopping.is_set() else f"cannot run {a.workflow!r} here"
             self._send(
@@ -391,7 +408,7 @@ class Worker:
             )
             return
         task = asyncio.create_task(self._execute(workflow, a), name=f"run-{a.run_id}")
-        self._running[a.run_id] = _Running(a.attempt, a.workflow, task)
+        self._running[a.run_id] = _Running(a.attempt, a.workflow, task, time.monotonic())
         # However the task ends, even cancelled before its first step, the slot is given back.
         task.add_done_callback(lambda done: self._task_done(a.run_id, a.attempt, done))
         self._send(
@@ -423,7 +440,9 @@ class Worker:
 
     async def _execute(self, workflow: Workflow, a: worker_pb2.Assignment) -> None:
         assert self._store is not None
-        writer = RunWriter(self._store, a.run_id, a.attempt)
+        writer = RunWriter(
+            self._store, a.run_id, a.attempt, alive=lambda: self._lease_held(a.run_id, a.attempt)
+        )
         try:
             checkpoints = await self._store.load_checkpoints(a.run_id)
         except RedisError as exc:  # the lease runs out and another attempt starts
@@ -457,7 +476,7 @@ class Worker:
             ctx.span_id = format(span_context.span_id, "016x")
         resumed = f", resuming after {len(checkpoints)} finished steps" if checkpoints else ""
         try:
-            await ctx.emit(
+            await sink.emit(
                 "RUN_STARTED",
                 message=f"attempt {a.attempt} started on worker {self.settings.worker_id}"
                 + resumed,
@@ -532,27 +551,79 @@ class Worker:
         except (LeaseLost, RedisError) as lost:
             log.info("run %s: its failure could not be written: %s", ctx.run_id, lost)
 
+    def _lease_held(self, run_id: str, attempt: int) -> bool:
+        """Whether this worker can still count on holding the attempt: its lease was renewed
+        less than a lease timeout ago."""
+        running = self._running.get(run_id)
+        return (
+            running is not None
+            and running.attempt == attempt
+            and time.monotonic() - running.renewed < self._lease_ms / 1000
+        )
+
     async def _heartbeat_loop(self) -> None:
-        """Extend every held lease and this worker's presence, every heartbeat interval."""
+        """Extend every held lease and this worker's presence, every heartbeat interval.
+
+        A round that Redis does not answer within a heartbeat interval is given up (a
+        black-holed connection answers nothing, ever) and the next round tries again; runs
+        whose lease could not be renewed for a lease timeout are stopped by _lease_watch.
+        """
         assert self._store is not None
-        s = self.settings
+        backoff = Backoff(first=self._heartbeat_interval, cap=self._heartbeat_interval)
         while True:
             held = [(run_id, r.attempt) for run_id, r in self._running.items()]
+            sent = time.monotonic()
             try:
-                alive = await self._store.heartbeat(held, self._lease_ms)
-                await self._store.announce(
-                    s.worker_id,
-                    [(w.name, w.description) for w in self.workflows.values()],
-                    presence_ms(self._heartbeat_interval),
-                    s.build_id,
-                    draining=self._stopping.is_set(),
+                alive = await asyncio.wait_for(
+                    self._beat(held), timeout=max(0.5, self._heartbeat_interval)
                 )
-            except RedisError as exc:
-                log.warning("heartbeat failed: %s", exc)
-                alive = [True] * len(held)
+            except (RedisError, OSError, TimeoutError) as exc:
+                # Not renewed: counted as such. The round is retried after an interval.
+                await backoff.wait(log, "heartbeat", exc)
+                continue
+            backoff.reset()
             for (run_id, attempt), ok in zip(held, alive, strict=True):
                 running = self._running.get(run_id)
-                if not ok and running is not None and running.attempt == attempt:
+                if running is None or running.attempt != attempt:
+                    continue
+                if ok:
+                    running.renewed = max(running.renewed, sent)
+                else:
                     log.warning("run %s attempt %d lost its lease; stopping it", run_id, attempt)
                     running.task.cancel()
             await asyncio.sleep(self._heartbeat_interval)
+
+    async def _beat(self, held: list[tuple[str, int]]) -> list[bool]:
+        assert self._store is not None
+        s = self.settings
+        alive = await self._store.heartbeat(held, self._lease_ms)
+        await self._store.announce(
+            s.worker_id,
+            [(w.name, w.description) for w in self.workflows.values()],
+            presence_ms(self._heartbeat_interval),
+            s.build_id,
+            draining=self._stopping.is_set(),
+        )
+        return alive
+
+    async def _lease_watch(self) -> None:
+        """Stop every run whose lease this worker could not renew for a lease timeout.
+
+        By then the control plane has taken the run back and another worker may run it: cut
+        off from Redis (a partition, a black-holed connection, a failover), this worker stops
+        its own work instead of running the same steps as the new holder.
+        """
+        while True:
+            await asyncio.sleep(min(0.5, self._heartbeat_interval / 2))
+            now = time.monotonic()
+            for run_id, running in list(self._running.items()):
+                if now - running.renewed >= self._lease_ms / 1000 and not running.stopped:
+                    running.stopped = True
+                    log.warning(
+                        "run %s attempt %d: lease not renewed for %.1f s (Redis out of reach); "
+                        "stopping it, the control plane has moved it on",
+                        run_id,
+                        running.attempt,
+                        now - running.renewed,
+                    )
+                    running.task.cancel()

@@ -4,8 +4,8 @@ A tokens file (TOML) lists one table per token:
 
     [[tokens]]
     name = "acme-web"          # for logs; not secret
-    kind = "client"            # client | worker | admin
-    tenant = "acme"            # client and admin tokens: whose runs they see
+    kind = "client"            # client | worker | cluster-admin
+    tenant = "acme"            # client and cluster-admin tokens: whose runs they see
     sha256 = "3f1c...e9"       # hex SHA-256 of the token (`longline tokens new` prints both)
 
     [[tokens]]
@@ -15,7 +15,8 @@ A tokens file (TOML) lists one table per token:
     workflows = ["blog_post"]  # optional: the only workflows this worker token may serve
 
 Client tokens call RunService as their tenant; worker tokens open WorkerService.Connect;
-admin tokens call BuildService (and RunService as their tenant). Health and reflection
+cluster-admin tokens call BuildService, for every tenant (builds are per workflow, shared by
+all tenants), and RunService as their tenant. Health and reflection
 are open, so that probes and generic tools work. The file is read again on SIGHUP and
 when it changes; a file that no longer parses is refused and the tokens in force stay.
 """
@@ -38,13 +39,19 @@ from longline._store._errors import PermissionDeniedError, UnauthenticatedError
 
 log = logging.getLogger("longline.control_plane.auth")
 
-KINDS = ("client", "worker", "admin")
+# A cluster-admin token acts on what every tenant shares: builds are per workflow, and
+# workflows are served by the same workers for every tenant, so promoting a build moves the
+# runs of all tenants. Its tenant applies to its RunService calls only. "admin", the name it
+# had first, is still read, as cluster-admin.
+KINDS = ("client", "worker", "cluster-admin")
+ALIASES = {"admin": "cluster-admin"}
+_PREFIXES = {"client": "llc", "worker": "llw", "cluster-admin": "lla"}
 TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 # Which kinds of token may call each service; services not listed here are open.
 ACCESS = {
-    "longline.v1.RunService": frozenset({"client", "admin"}),
-    "longline.v1.BuildService": frozenset({"admin"}),
+    "longline.v1.RunService": frozenset({"client", "cluster-admin"}),
+    "longline.v1.BuildService": frozenset({"cluster-admin"}),
     "longline.v1.WorkerService": frozenset({"worker"}),
 }
 
@@ -82,7 +89,8 @@ def hash_token(token: str) -> str:
 
 def new_token(kind: str) -> str:
     """A fresh random token (256 bits) with a prefix that says its kind to a human."""
-    return f"ll{kind[0]}_{secrets.token_urlsafe(32)}"
+    kind = ALIASES.get(kind, kind)
+    return f"{_PREFIXES.get(kind, 'll' + kind[0])}_{secrets.token_urlsafe(32)}"
 
 
 def parse_tokens(text: str, source: str) -> dict[str, Principal]:
@@ -101,6 +109,16 @@ def parse_tokens(text: str, source: str) -> dict[str, Principal]:
             raise ValueError(f"{where}: must be a table")
         name = str(entry.get("name") or f"token {n}")
         kind = entry.get("kind")
+        if kind in ALIASES:
+            log.warning(
+                "%s (%s): kind %r is read as %r: it acts on the builds of every tenant; "
+                "write that name",
+                where,
+                name,
+                kind,
+                ALIASES[kind],
+            )
+            kind = ALIASES[kind]
         if kind not in KINDS:
             raise ValueError(f"{where} ({name}): kind must be one of {', '.join(KINDS)}")
         digest = str(entry.get("sha256", "")).lower()

@@ -71,6 +71,8 @@ class ControlPlaneMetrics:
                 builds = await store.list_builds()
             except RedisError as exc:
                 log.warning("metrics could not read Redis: %s", exc)
+            except ValueError as exc:  # a field it cannot parse: reported, never fatal
+                log.error("metrics could not parse what Redis holds: %s", exc)
             else:
                 for status, n in by_status.items():
                     self.runs.labels(status).set(n)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from longline._store import Store
+from longline._store._loops import Backoff
 
 log = logging.getLogger("longline.control_plane.monitor")
 
@@ -36,6 +37,7 @@ class LeaseMonitor:
     async def run(self) -> None:
         """The monitor loop; runs until cancelled."""
         longest_nap = max(0.05, min(1.0, self._lease_timeout / 4))
+        backoff = Backoff()
         while True:
             try:
                 if time.monotonic() >= self._judge_after:
@@ -47,10 +49,10 @@ class LeaseMonitor:
                 now_ms = await self._store._now_ms()
                 due = await self._store.next_lease_expiry_ms()
             except RedisError as exc:
-                log.warning("lease monitor lost Redis (%s); retrying", exc)
                 self._judge_after = time.monotonic() + self._lease_timeout
-                await asyncio.sleep(0.5)
+                await backoff.wait(log, "lease monitor", exc)
                 continue
+            backoff.reset()
             # Leases only ever move later, so the earliest one bounds the next expiry; new
             # leases start a whole lease timeout from now, later than the nap.
             nap = longest_nap if due is None else (due - now_ms) / 1000 + 0.005

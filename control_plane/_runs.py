@@ -245,6 +245,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 carrier.get("traceparent", ""),
                 tenant,
                 self._limits,
+                retention_ms=int(self._settings.retention * 1000),
             )
         finally:
             run_span.end()

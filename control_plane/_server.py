@@ -13,8 +13,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 from redis.exceptions import RedisError
 
-from longline._channel import read_pem
+from longline._channel import SERVER_KEEPALIVE, read_pem
 from longline._store import Store, connect, keys
+from longline._store._loops import Backoff
 from longline.v1 import (
     builds_pb2,
     builds_pb2_grpc,
@@ -28,6 +29,7 @@ from ._auth import Authenticator, TokenStore
 from ._builds import BuildServicer
 from ._errors import ErrorInterceptor
 from ._hub import BLOCK_MS, EventHub
+from ._janitor import Janitor
 from ._metrics import ControlPlaneMetrics
 from ._monitor import LeaseMonitor
 from ._runs import RunServicer
@@ -173,6 +175,7 @@ class ControlPlane:
         monitor = LeaseMonitor(
             store, s.lease_timeout, metrics.lease_expiries.inc if metrics else None
         )
+        janitor = Janitor(store, s.replica_id, s.retention)
         metrics_server = None
         if metrics is not None:
             metrics.watch(lambda: hub.watchers, lambda: len(dispatcher.sessions))
@@ -191,6 +194,7 @@ class ControlPlane:
             # a burst of StartRuns from many clients must queue, not fail with CANCELLED.
             ("grpc.server.max_pending_requests", 50_000),
             ("grpc.server.max_pending_requests_hard_limit", 100_000),
+            *SERVER_KEEPALIVE,
         ]
         server = grpc.aio.server(interceptors=interceptors, options=options)
         # Workers on a port of their own when asked (mutual TLS there), else beside clients.
@@ -231,6 +235,15 @@ class ControlPlane:
                 f", workers on port {self.worker_port}" if worker_server is not server else "",
                 _describe_security(s, self.authenticator),
             )
+            if s.retention:
+                log.info(
+                    "finished runs are kept for %g s after they end (--retention)", s.retention
+                )
+            else:
+                log.warning(
+                    "--retention 0: finished runs are kept FOREVER; Redis memory grows with "
+                    "every run until something else removes them"
+                )
             self._ready.set()
             async with asyncio.TaskGroup() as tasks:
                 background = [
@@ -238,6 +251,7 @@ class ControlPlane:
                     tasks.create_task(dispatcher.run(), name="dispatcher"),
                     tasks.create_task(self._control_listener(pool, dispatcher), name="control"),
                     tasks.create_task(monitor.run(), name="lease-monitor"),
+                    tasks.create_task(janitor.run(), name="janitor"),
                     tasks.create_task(self._watch_tokens(), name="tokens"),
                     *(
                         [tasks.create_task(metrics.refresh(store), name="metrics")]
@@ -268,30 +282,34 @@ class ControlPlane:
         A notice lost while Redis is away is not fatal: the worker's next heartbeat or
         write finds the run cancelled and stops it.
         """
+        backoff = Backoff()
         while True:
             try:
-                await self._listen(pool, dispatcher)
-            except RedisError as exc:
-                log.warning("control channel lost Redis (%s); resubscribing", exc)
-                await asyncio.sleep(0.5)
+                await self._listen(pool, dispatcher, backoff)
+            except (RedisError, OSError) as exc:
+                await backoff.wait(log, "control channel", exc)
 
-    async def _listen(self, pool: Any, dispatcher: Dispatcher) -> None:
+    async def _listen(self, pool: Any, dispatcher: Dispatcher, backoff: Backoff) -> None:
         async with pool.pubsub() as pubsub:
             await pubsub.subscribe(keys.CONTROL_CHANNEL)
             async for message in pubsub.listen():
+                if message.get("type") == "subscribe":
+                    backoff.reset()
                 if message.get("type") != "message":
                     continue
-                notice = json.loads(message["data"])
-                session = dispatcher.sessions.get(notice.get("worker_id", ""))
-                if session is None or "cancel" not in notice:
+                try:
+                    notice = json.loads(message["data"])
+                    session = dispatcher.sessions.get(str(notice.get("worker_id", "")))
+                    if session is None or "cancel" not in notice:
+                        continue
+                    ref = worker_pb2.RunRef(run_id=notice["cancel"], attempt=notice["attempt"])
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    log.error("ignored a control notice that is not one: %s", exc)
                     continue
                 session.send(
                     worker_pb2.ConnectResponse(
                         cancel=worker_pb2.CancelAssignment(
-                            run=worker_pb2.RunRef(
-                                run_id=notice["cancel"], attempt=notice["attempt"]
-                            ),
-                            reason=notice.get("reason", ""),
+                            run=ref, reason=str(notice.get("reason", ""))
                         )
                     )
                 )

@@ -16,6 +16,13 @@ class ControlPlaneSettings:
     max_input_bytes: int = 1024 * 1024
     lease_timeout: float = 10.0
     heartbeat_interval: float = 2.0
+    # A worker that does not acknowledge an assignment within this many seconds is taken for
+    # stalled: the run goes back to the queue (not a lost attempt) and the worker gets no
+    # more until it answers.
+    ack_timeout: float = 5.0
+    # How long a finished run's keys (state, events, checkpoints, idempotency key) stay in
+    # Redis after it ends, in seconds; 0 keeps them forever.
+    retention: float = 7 * 86400.0
     redis_pool_size: int = 32
     shutdown_grace: float = 5.0
     metrics_listen: str = ""  # HOST:PORT for Prometheus; empty: none
@@ -44,6 +51,10 @@ class ControlPlaneSettings:
     max_streams_per_tenant: int = 10_000  # concurrent StreamRun/RunWorkflow per replica; 0 = none
 
     def __post_init__(self) -> None:
+        if self.ack_timeout <= 0:
+            raise ValueError("--ack-timeout must be more than 0 seconds")
+        if self.retention < 0:
+            raise ValueError("--retention cannot be negative (0 keeps finished runs forever)")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
         if self.tls_client_ca and not (self.tls_cert and self.worker_listen):

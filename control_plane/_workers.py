@@ -15,20 +15,20 @@ from dataclasses import dataclass, field
 
 import grpc
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError, ResponseError
 
 from longline._store import (
     BuildView,
     InvalidArgumentError,
     Store,
     check_build_id,
+    check_workflow_name,
     keys,
     presence_ms,
 )
 from longline._store._builds import queue_workflow
 from longline._store._errors import PermissionDeniedError
+from longline._store._loops import Backoff
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
 from ._auth import current
@@ -50,11 +50,25 @@ class WorkerSession:
     draining: bool = False
     outbox: asyncio.Queue[worker_pb2.ConnectResponse | None] = field(default_factory=asyncio.Queue)
     closed: bool = False
+    # Assignments sent and not yet acknowledged: run_id -> (attempt, workflow, when sent).
+    unacked: dict[str, tuple[int, str, float]] = field(default_factory=dict)
+    # It let an assignment go unacknowledged (a stalled process, a half-open connection):
+    # it gets nothing more until it says something on its stream.
+    unresponsive: bool = False
+    # When its presence in Redis runs out (time.monotonic()), as last read: past it, it
+    # stopped heartbeating (stalled, or cut off from Redis) and is not chosen.
+    present_until: float = float("inf")
+    connected_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def silent(self) -> bool:
+        """Its presence ran out: it has not heartbeat for five heartbeat intervals."""
+        return time.monotonic() >= self.present_until
 
     @property
     def free(self) -> int:
         """Slots this worker can take runs into now."""
-        if self.draining or self.closed:
+        if self.draining or self.closed or self.unresponsive or self.silent:
             return 0
         return max(0, self.slots - len(self.running))
 
@@ -64,6 +78,10 @@ class WorkerSession:
 
 
 ROUTING_REFRESH = 1.0  # seconds between reads of the builds (blue-green routing)
+# The wake stream lives while its replica does: its expiry is pushed back every
+# WAKE_REFRESH seconds, and it is made again whenever it is found missing.
+WAKE_TTL = 3600
+WAKE_REFRESH = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +129,19 @@ class Dispatcher:
         self._view = BuildView()
         self._view_due = 0.0
         self._draining = asyncio.Lock()
+        self._wake_due = 0.0
+        self._next_reclaim = 0.0
 
     async def wake(self) -> None:
-        """Make the dispatcher look at its workers again (a slot freed, a worker came)."""
-        async with self._store.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
-            pipe.expire(self._wake_key, 3600)
-            await pipe.execute()
+        """Make the dispatcher look at its workers again (a slot freed, a worker came). A
+        wake lost to a Redis error only delays that until the dispatcher's next round."""
+        try:
+            async with self._store.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
+                pipe.expire(self._wake_key, WAKE_TTL)
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("could not wake the dispatcher (%s); it looks again within a second", exc)
 
     @property
     def backlog(self) -> int:
@@ -139,8 +163,21 @@ class Dispatcher:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        if stream == self._wake_key:
+            await self._store.redis.expire(stream, WAKE_TTL)
+            self._wake_due = time.monotonic() + WAKE_REFRESH
         self._groups.add(stream)
         self._recover = True  # entries an earlier life of this replica was handed come first
+
+    async def _keep_wake_stream(self) -> None:
+        """Push the wake stream's expiry back while this replica lives; make it again (and
+        its group) when something removed it: an expiry, a flush, a Redis that restarted
+        empty."""
+        if time.monotonic() >= self._wake_due:
+            if not await self._store.redis.expire(self._wake_key, WAKE_TTL):
+                self._groups.discard(self._wake_key)
+            self._wake_due = time.monotonic() + WAKE_REFRESH
+        await self._ensure_group(self._wake_key)
 
     def _readers(self) -> dict[str, list[WorkerSession]]:
         """stream -> the local sessions that take runs from it (free slots or not)."""
@@ -156,9 +193,65 @@ class Dispatcher:
     async def _refresh_view(self) -> None:
         if time.monotonic() < self._view_due:
             return
-        workflows = {name for s in self.sessions.values() for name in s.workflows}
-        self._view = await self._store.build_view(workflows)
+        sessions = list(self.sessions.values())
+        workflows = {name for s in sessions for name in s.workflows}
+        view = self._view = await self._store.build_view(workflows)
         self._view_due = time.monotonic() + ROUTING_REFRESH
+        for session in sessions:
+            # A worker that stopped heartbeating (its presence runs out) is not chosen, however
+            # many free slots it claims; it is again once its heartbeats land. A session that
+            # connected after the read began may not be in it yet.
+            if session.draining or session.connected_at >= view.loaded:
+                continue
+            was_silent = session.silent
+            left = view.present.get(session.worker_id)
+            session.present_until = view.loaded + (left / 1000 if left is not None else 0.0)
+            if session.silent and not was_silent:
+                log.warning(
+                    "worker %s stopped heartbeating: no runs go to it until it does again",
+                    session.worker_id,
+                )
+
+    async def _expire_unacked(self) -> None:
+        """Take back assignments a worker did not acknowledge within the ack timeout.
+
+        The worker never showed it had the run (a stalled process keeps its TCP connection
+        up; a half-open connection swallows what is sent), so the run goes back to the queue
+        as the next attempt at once, without counting as a lost attempt, and that worker
+        gets nothing more until it speaks again. If it did start the run after all, its
+        writes are refused (the attempt moved on) and it stops.
+        """
+        # Within half a lease at most: an attempt taken back by its lease running out would
+        # count as lost, though the worker never had it.
+        timeout = min(self._settings.ack_timeout, self._settings.lease_timeout / 2)
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            late = [
+                (run_id, attempt, workflow)
+                for run_id, (attempt, workflow, sent) in session.unacked.items()
+                if now - sent >= timeout
+            ]
+            for run_id, attempt, workflow in late:
+                if not session.unresponsive:
+                    log.warning(
+                        "worker %s did not acknowledge run %s within %g s: no runs go to it "
+                        "until it answers",
+                        session.worker_id,
+                        run_id,
+                        timeout,
+                    )
+                session.unresponsive = True
+                await self._store.requeue(
+                    run_id,
+                    workflow,
+                    attempt,
+                    f"worker {session.worker_id} did not acknowledge attempt {attempt} within "
+                    f"{timeout:g} s (stalled, or its connection is half-open); retrying as "
+                    f"attempt {attempt + 1}",
+                )
+                del session.unacked[run_id]
+                if session.running.get(run_id) == attempt:
+                    del session.running[run_id]
 
     async def _reclaim(self) -> None:
         """Take over entries other replicas were handed but never acted on (they died).
@@ -178,66 +271,66 @@ class Dispatcher:
                     self._backlog.append(_Queued.of(stream, entry_id, fields))
 
     async def run(self) -> None:
-        """The dispatch loop; runs until cancelled."""
-        await self._ensure_group(self._wake_key)
-        next_reclaim = 0.0
+        """The dispatch loop; runs until cancelled.
+
+        It survives every Redis error: one log line, a capped backoff, and the next round
+        starts by re-reading what this replica was handed. A consumer group or wake stream
+        that vanished (an expiry, a flush, a Redis that restarted empty) is made again.
+        """
+        backoff = Backoff()
         while True:
             try:
-                await self._refresh_view()
-                if time.monotonic() >= next_reclaim:
-                    await self._reclaim()
-                    next_reclaim = time.monotonic() + max(0.1, self._settings.reclaim_after / 3)
-                await self._drain_backlog()
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("dispatcher lost Redis (%s); retrying", exc)
-                await asyncio.sleep(0.5)
-                continue
-            capacity: dict[str, int] = {}
-            for stream, sessions in self._readers().items():
-                free = sum(s.free for s in sessions)
-                if free:
-                    capacity[stream] = free
-            streams = {self._wake_key: ">"}
-            for stream in sorted(capacity):
-                await self._ensure_group(stream)
-                streams[stream] = ">"
-            count = min(capacity.values()) if capacity else 1
-            recovering = self._recover
-            if recovering:  # everything this replica was handed, for any workflow
-                streams = {k: "0" for k in sorted(self._groups | set(streams))}
-            try:
-                reply = await self._reader.xreadgroup(
-                    keys.DISPATCH_GROUP,
-                    self._settings.replica_id,
-                    streams,
-                    count=None if recovering else max(1, count),
-                    block=None if recovering else self._block_ms,
-                )
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("dispatcher lost Redis (%s); reconnecting", exc)
+                await self._round()
+            except RedisError as exc:
                 self._recover = True
-                await asyncio.sleep(0.5)
+                if "NOGROUP" in str(exc):
+                    self._groups.clear()  # a group or its stream vanished: made again
+                await backoff.wait(log, "dispatcher", exc)
+            else:
+                backoff.reset()
+
+    async def _round(self) -> None:
+        """One round: upkeep, assign what the backlog holds, then wait for queue entries."""
+        await self._keep_wake_stream()
+        await self._refresh_view()
+        if time.monotonic() >= self._next_reclaim:
+            await self._reclaim()
+            self._next_reclaim = time.monotonic() + max(0.1, self._settings.reclaim_after / 3)
+        await self._expire_unacked()
+        await self._drain_backlog()
+        capacity: dict[str, int] = {}
+        for stream, sessions in self._readers().items():
+            free = sum(s.free for s in sessions)
+            if free:
+                capacity[stream] = free
+        streams = {self._wake_key: ">"}
+        for stream in sorted(capacity):
+            await self._ensure_group(stream)
+            streams[stream] = ">"
+        count = min(capacity.values()) if capacity else 1
+        recovering = self._recover
+        if recovering:  # everything this replica was handed, for any workflow
+            streams = {k: "0" for k in sorted(self._groups | set(streams))}
+        reply = await self._reader.xreadgroup(
+            keys.DISPATCH_GROUP,
+            self._settings.replica_id,
+            streams,
+            count=None if recovering else max(1, count),
+            block=None if recovering else self._block_ms,
+        )
+        self._recover = False
+        for stream, entries in reply or []:
+            if not entries:
                 continue
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self._groups.clear()  # the group vanished (Redis flushed): create it again
+            if stream == self._wake_key:
+                await self._store.redis.xack(stream, keys.DISPATCH_GROUP, *[e[0] for e in entries])
                 continue
-            self._recover = False
-            for stream, entries in reply or []:
-                if not entries:
-                    continue
-                if stream == self._wake_key:
-                    await self._store.redis.xack(
-                        stream, keys.DISPATCH_GROUP, *[e[0] for e in entries]
-                    )
-                    continue
-                held = {item.entry_id for item in self._backlog}
-                for entry_id, fields in entries:
-                    if not fields:  # trimmed away while pending: nothing left to assign
-                        await self._store.redis.xack(stream, keys.DISPATCH_GROUP, entry_id)
-                    elif entry_id not in held:
-                        self._backlog.append(_Queued.of(stream, entry_id, fields))
+            held = {item.entry_id for item in self._backlog}
+            for entry_id, fields in entries:
+                if not fields:  # trimmed away while pending: nothing left to assign
+                    await self._store.redis.xack(stream, keys.DISPATCH_GROUP, entry_id)
+                elif entry_id not in held:
+                    self._backlog.append(_Queued.of(stream, entry_id, fields))
 
     async def drain_now(self) -> None:
         """Assign what the backlog holds to free local slots now (a slot just freed). A Redis
@@ -245,7 +338,7 @@ class Dispatcher:
         and the worker's stream, which called this, is not broken by it."""
         try:
             await self._drain_backlog()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except RedisError as exc:
             log.warning("could not assign queued runs now (%s); the dispatcher retries", exc)
 
     async def _drain_backlog(self) -> None:
@@ -316,6 +409,7 @@ class Dispatcher:
     ) -> None:
         _, input_json, traceparent = claimed
         session.running[item.run_id] = item.attempt
+        session.unacked[item.run_id] = (item.attempt, item.workflow, time.monotonic())
         session.send(
             worker_pb2.ConnectResponse(
                 assignment=worker_pb2.Assignment(
@@ -332,14 +426,28 @@ class Dispatcher:
         )
 
     async def requeue_unsent(self, session: WorkerSession) -> None:
-        """Give back assignments still in a closed session's outbox, at once."""
+        """Give back, at once, what a closed session's worker never showed it had: the
+        assignments still in its outbox and those it did not acknowledge."""
+        unsent: dict[str, tuple[int, str]] = {
+            run_id: (attempt, workflow)
+            for run_id, (attempt, workflow, _) in session.unacked.items()
+        }
         while not session.outbox.empty():
             message = session.outbox.get_nowait()
             if message is not None and message.HasField("assignment"):
                 a = message.assignment
+                unsent[a.run_id] = (a.attempt, a.workflow)
+        session.unacked.clear()
+        for run_id, (attempt, workflow) in unsent.items():
+            try:
                 await self._store.requeue(
-                    a.run_id, a.workflow, a.attempt, "worker disconnected before it got the run"
+                    run_id,
+                    workflow,
+                    attempt,
+                    f"worker {session.worker_id} disconnected before it acknowledged the run",
                 )
+            except RedisError as exc:  # its lease runs out and the monitor requeues it
+                log.warning("could not give back run %s now (%s)", run_id, exc)
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -370,6 +478,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 "WorkerHello needs a worker_id and slots >= 1", "INVALID_WORKER_STREAM"
             )
         check_build_id(hello.build_id, allow_empty=True)
+        for info in hello.workflows:
+            check_workflow_name(info.name)
         allowed = current().workflows
         if allowed is not None:
             refused = sorted({w.name for w in hello.workflows} - allowed)
@@ -384,7 +494,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             build_id=hello.build_id,
             workflows={w.name: w for w in hello.workflows},
             slots=hello.slots,
-            running={r.run_id: r.attempt for r in hello.running},
+        )
+        # What it says it runs counts only where Redis agrees (the attempt holds the run, on
+        # this worker, for a workflow it may serve): a worker can give back only its own runs.
+        session.running = await self._store.held_by(
+            hello.worker_id, [(r.run_id, r.attempt) for r in hello.running], set(session.workflows)
         )
         await self._store.announce(
             session.worker_id,
@@ -440,7 +554,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     async def _handle(self, session: WorkerSession, request: worker_pb2.ConnectRequest) -> None:
         kind = request.WhichOneof("message")
-        if kind in ("finished", "released"):
+        if session.unresponsive:
+            log.info("worker %s answers again", session.worker_id)
+            session.unresponsive = False
+        if kind == "accepted":
+            ref = request.accepted.run
+            sent = session.unacked.get(ref.run_id)
+            if sent is not None and sent[0] == ref.attempt:
+                del session.unacked[ref.run_id]
+            elif session.running.get(ref.run_id) != ref.attempt:
+                # Taken back before this came (it was late): stop the task it started.
+                session.send(
+                    worker_pb2.ConnectResponse(
+                        cancel=worker_pb2.CancelAssignment(
+                            run=ref, reason="acknowledged too late: the run moved on"
+                        )
+                    )
+                )
+        elif kind in ("finished", "released"):
             ref = getattr(request, kind).run
             if session.running.get(ref.run_id) != ref.attempt:
                 # A released run's task still reports finished as it unwinds: expected.
@@ -454,11 +585,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 return
             was_full = session.free == 0
             del session.running[ref.run_id]
+            session.unacked.pop(ref.run_id, None)
             if kind == "released":
-                workflow = await self._store.redis.hget(keys.run_key(ref.run_id), "workflow")
-                await self._store.requeue(
-                    ref.run_id, workflow or "", ref.attempt, request.released.reason or "released"
-                )
+                try:
+                    workflow = await self._store.redis.hget(keys.run_key(ref.run_id), "workflow")
+                    await self._store.requeue(
+                        ref.run_id,
+                        workflow or "",
+                        ref.attempt,
+                        request.released.reason[:1000] or "released",
+                    )
+                except RedisError as exc:  # its lease runs out and the monitor requeues it
+                    log.warning("could not requeue released run %s now (%s)", ref.run_id, exc)
             # Runs waiting in this replica's backlog take the slot at once; otherwise the
             # dispatcher, which reads this worker's queues while it has room, needs waking
             # only when this is the worker's first free slot.

@@ -7,6 +7,30 @@ import os
 from pathlib import Path
 from typing import Any
 
+# gRPC keepalive, so that a half-open connection or a stalled peer (its process stopped, its
+# TCP still up) is found within seconds, not when the kernel gives up after hours: each
+# end pings the other after KEEPALIVE_MS of silence and drops the connection when no answer
+# comes within KEEPALIVE_TIMEOUT_MS. Servers accept pings that often from clients.
+KEEPALIVE_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 5_000
+CLIENT_KEEPALIVE: list[tuple[str, Any]] = [
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),  # gRPC core's own, 60 s by default
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_KEEPALIVE: list[tuple[str, Any]] = [
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),  # else it stops pinging after two
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
 
 def read_pem(path: str, what: str) -> bytes:
     """A PEM file's bytes; ValueError naming `what` when it cannot be read."""
@@ -29,8 +53,10 @@ def open_channel(
     roots when empty); `tls_cert` and `tls_key` present a client certificate (mutual TLS)."""
     import grpc
 
+    given = dict(options or [])
+    options = [*[(k, v) for k, v in CLIENT_KEEPALIVE if k not in given], *(options or [])]
     if not (tls or tls_ca or tls_cert):
-        return grpc.aio.insecure_channel(target, options=options or [])
+        return grpc.aio.insecure_channel(target, options=options)
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("a client certificate needs both tls_cert and tls_key")
     credentials = grpc.ssl_channel_credentials(
@@ -38,7 +64,7 @@ def open_channel(
         private_key=read_pem(tls_key, "client key") if tls_key else None,
         certificate_chain=read_pem(tls_cert, "client certificate") if tls_cert else None,
     )
-    return grpc.aio.secure_channel(target, credentials, options=options or [])
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

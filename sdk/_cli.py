@@ -30,6 +30,25 @@ def _env(name: str, default: Any) -> Any:
     return os.environ.get("LONGLINE_" + name.upper().replace("-", "_"), default)
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds of a duration flag: plain seconds, or a number with s, m, h or d."""
+    value = str(text).strip().lower()
+    scale = _UNITS.get(value[-1:], 0) if value else 0
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give seconds, or a number with s, m, h or d (7d)"
+        ) from None
+    if seconds < 0 or seconds != seconds:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
+    return seconds
+
+
 def _add(parser: argparse.ArgumentParser, flag: str, default: Any = None, **kw: Any) -> None:
     """A flag whose default comes from LONGLINE_<FLAG>, then `default`."""
     name = flag.lstrip("-")
@@ -233,9 +252,10 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
             raise SystemExit("longline tokens hash: give the token on standard input")
         print(hash_token(token))
         return 0
-    token = new_token(args.kind)
-    lines = ["[[tokens]]", f"name = {json.dumps(args.name or args.kind)}", f'kind = "{args.kind}"']
-    if args.kind != "worker":
+    kind = "cluster-admin" if args.kind == "admin" else args.kind
+    token = new_token(kind)
+    lines = ["[[tokens]]", f"name = {json.dumps(args.name or kind)}", f'kind = "{kind}"']
+    if kind != "worker":
         lines.append(f"tenant = {json.dumps(args.tenant)}")
     if args.workflows:
         names = [w.strip() for w in args.workflows.split(",") if w.strip()]
@@ -264,6 +284,8 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
             max_input_bytes=args.max_input_bytes,
             lease_timeout=args.lease_timeout,
             heartbeat_interval=args.heartbeat_interval,
+            ack_timeout=args.ack_timeout,
+            retention=args.retention,
             metrics_listen=args.metrics_listen,
             tokens_file=args.tokens_file,
             tokens=os.environ.get("LONGLINE_TOKENS", ""),
@@ -584,6 +606,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "--max-input-bytes", 1024 * 1024, type=int, help="largest input_json accepted")
     _add(p, "--lease-timeout", 10.0, type=float, help="seconds a lease lasts without a heartbeat")
     _add(p, "--heartbeat-interval", 2.0, type=float, help="seconds between worker heartbeats")
+    _add(
+        p,
+        "--ack-timeout",
+        5.0,
+        type=float,
+        help="seconds a worker has to acknowledge an assignment before it goes elsewhere",
+    )
+    _add(
+        p,
+        "--retention",
+        "7d",
+        type=_duration,
+        help="how long a finished run's state and events are kept (e.g. 7d, 12h, 90s); 0: forever",
+    )
     _add(p, "--metrics-listen", "", help="HOST:PORT for Prometheus metrics")
     _add(p, "--tokens-file", "", help="TOML file of token hashes (or the TOML in LONGLINE_TOKENS)")
     _add(p, "--insecure-no-auth", False, action="store_true", help="serve with no tokens at all")
@@ -648,7 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tokens", help="make tokens and their hashes for the tokens file")
     tokens = p.add_subparsers(dest="tokens_command", required=True)
     p = tokens.add_parser("new", help="a new random token, and its entry for the tokens file")
-    p.add_argument("--kind", choices=["client", "worker", "admin"], required=True)
+    p.add_argument(
+        "--kind",
+        choices=["client", "worker", "cluster-admin", "admin"],
+        required=True,
+        help="cluster-admin (or its old name admin): BuildService, for every tenant",
+    )
     p.add_argument("--tenant", default="", help="client and admin tokens: the tenant")
     p.add_argument("--name", default="", help="a name for logs")
     p.add_argument("--workflows", default="", help="worker tokens: only these (a,b,c)")

@@ -86,6 +86,10 @@ def current_or_none() -> Context | None:
     return _current.get()
 
 
+# Event types workflow code may write through Context.emit.
+EMITTABLE = ("STATUS", "OUTPUT", "COMPONENT_STARTED", "COMPONENT_FINISHED")
+
+
 class Context:
     """What a workflow knows about its run, and how it talks to its watchers."""
 
@@ -117,7 +121,15 @@ class Context:
         await self._sink.emit("OUTPUT", message=str(chunk), parent_span_id=current_span.get())
 
     async def emit(self, type: str, **fields: Any) -> str:
-        """Write any event; used by components and the worker."""
+        """Write an event of a type workflow code may write (STATUS, OUTPUT, COMPONENT_*);
+        used by components. The run's lifecycle events (started, retrying, its end) are
+        written by the worker and the control plane only: ValueError for those."""
+        if type not in EMITTABLE:
+            raise ValueError(
+                f"a workflow cannot write a {type!r} event: only {', '.join(EMITTABLE)}; the "
+                "run's lifecycle (started, retrying, succeeded, failed, cancelled) is written "
+                "by longline itself"
+            )
         return await self._sink.emit(type, **fields)
 
     def next_step(self, name: str, key: str = "") -> str:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 from ._context import Context
+from ._store._builds import check_workflow_name
+from ._store._errors import InvalidArgumentError
 
 __all__ = ["Workflow", "workflow"]
 
@@ -48,8 +50,13 @@ def workflow(
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"workflow {fn.__name__!r} must be an `async def f(ctx, input)`")
         doc = (inspect.getdoc(fn) or "").strip().split("\n")[0]
+        chosen = name if isinstance(name, str) else fn.__name__
+        try:
+            check_workflow_name(chosen)
+        except InvalidArgumentError as exc:
+            raise ValueError(str(exc)) from None
         return Workflow(
-            name=name if isinstance(name, str) else fn.__name__,
+            name=chosen,
             description=description or doc,
             fn=fn,
             max_attempts=max_attempts,

@@ -188,3 +188,26 @@ async def bursts(ctx: longline.Context, input: Any) -> Any:
             await ctx.output(f"{burst}:{i};")
         await ctx.status(f"burst {burst} done")
     return "ok"
+
+
+@longline.component
+async def ticking_step(run_id: str, n: int, ticks: int) -> int:
+    """Records where and when it works (pid and time per tick), straight to Redis."""
+    import time
+
+    r = _redis()
+    try:
+        for _ in range(ticks):
+            await r.rpush(f"test:ticks:{run_id}", f"{os.getpid()} {n} {time.time():.3f}")
+            await asyncio.sleep(0.1)
+    finally:
+        await r.aclose()
+    return n
+
+
+@longline.workflow(description="`steps` steps of `ticks` ticks of 0.1 s, each tick recorded.")
+async def ticking(ctx: longline.Context, input: Any) -> Any:
+    steps = int(input.get("steps", 5))
+    for n in range(steps):
+        await ticking_step(ctx.run_id, n, int(input.get("ticks", 10)))
+    return {"steps": steps}

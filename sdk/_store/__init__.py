@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError, ResponseError
 
 from .._errors import LeaseLost
 from . import _keys as keys
 from . import _scripts
-from ._builds import WHEN_UNSERVED, BuildView, check_build_id, load_view
+from ._builds import WHEN_UNSERVED, BuildView, check_build_id, check_workflow_name, load_view
 from ._errors import (
     DomainError,
     FailedPreconditionError,
@@ -32,6 +31,7 @@ from ._errors import (
     RateLimitedError,
     TooLargeError,
 )
+from ._loops import Backoff, transient
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -52,6 +52,7 @@ __all__ = [
     "TooLargeError",
     "WorkflowBuilds",
     "check_build_id",
+    "check_workflow_name",
     "connect",
     "encode_event",
     "event_id_key",
@@ -341,6 +342,7 @@ class Store:
         traceparent: str = "",
         tenant: str = "",
         limits: TenantLimits | None = None,
+        retention_ms: int = 0,
     ) -> tuple[bool, RunRecord]:
         """Queue a new run of `tenant`; (created, the run), the earlier run on an idempotency
         key match. Raises NotFoundError for a workflow no worker announced, RateLimitedError
@@ -374,6 +376,7 @@ class Store:
                 limits.max_queued,
                 limits.start_rate,
                 limits.start_burst,
+                retention_ms,
             ],
         )
         outcome = int(reply[0])
@@ -512,7 +515,13 @@ class Store:
     async def cancel(self, run_id: str, reason: str) -> CancelOutcome:
         """Cancel a queued or running run, writing RUN_CANCELLED once."""
         reply = await self._cancel(
-            keys=[keys.run_key(run_id), keys.events_key(run_id), keys.LEASES, *_STATS],
+            keys=[
+                keys.run_key(run_id),
+                keys.events_key(run_id),
+                keys.LEASES,
+                keys.steps_key(run_id),
+                *_STATS,
+            ],
             args=[reason],
         )
         outcome = int(reply[0])
@@ -555,6 +564,7 @@ class Store:
                     keys.events_key(run_id),
                     keys.queue_key(workflow or ""),
                     keys.LEASES,
+                    keys.steps_key(run_id),
                     *_STATS,
                 ],
                 args=[run_id, f"{lease_timeout:g}"],
@@ -573,6 +583,28 @@ class Store:
             for run_id in run_ids:
                 pipe.hget(keys.run_key(run_id), "workflow")
             return list(await pipe.execute())
+
+    async def held_by(
+        self, worker_id: str, attempts: Sequence[tuple[str, int]], workflows: set[str]
+    ) -> dict[str, int]:
+        """Of the (run_id, attempt) pairs a worker says it runs, those Redis agrees with: the
+        attempt holds the run, on that worker, for one of `workflows`."""
+        if not attempts:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id, _ in attempts:
+                pipe.hmget(keys.run_key(run_id), "status", "attempt", "worker_id", "workflow")
+            replies = await pipe.execute()
+        return {
+            run_id: attempt
+            for (run_id, attempt), (status, held, worker, workflow) in zip(
+                attempts, replies, strict=True
+            )
+            if status == "RUNNING"
+            and held == str(attempt)
+            and worker == worker_id
+            and workflow in workflows
+        }
 
     async def load_checkpoints(self, run_id: str) -> dict[str, str]:
         """The run's finished steps: step key -> JSON result."""
@@ -629,6 +661,8 @@ class Store:
             pipe.hset(keys.WORKFLOWS, mapping=dict(workflows))
             for name, _ in workflows:
                 pipe.zadd(keys.workflow_workers_key(name), {worker_id: now + ttl_ms})
+                # Workers gone for an hour are forgotten (their presence ran out long ago).
+                pipe.zremrangebyscore(keys.workflow_workers_key(name), "-inf", now - 3_600_000)
                 pipe.sadd(keys.builds_key(name), build)
                 if draining:
                     pipe.zrem(keys.build_workers_key(name), member)
@@ -687,8 +721,9 @@ class Store:
         view = await self.build_view(names)
         counts: dict[tuple[str, str, str], int] = {}
         for field_name, value in (await self.redis.hgetall(keys.STATS_BUILDS)).items():
-            wf, build, status = field_name.split("\t")
-            counts[wf, build, status] = int(value)
+            parts = field_name.split("\t")
+            if len(parts) == 3:  # names cannot hold tabs; anything else is not ours
+                counts[parts[0], parts[1], parts[2]] = int(value)
         now = await self._now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
@@ -765,14 +800,24 @@ class RunWriter:
 
     Every write is refused inside Redis once the attempt no longer holds the run;
     the writer then raises LeaseLost. Writes are sent one at a time, in order, each
-    with the next sequence number, and retried with backoff while Redis is away:
-    a retried write whose first try did land is not applied twice.
+    with the next sequence number, and retried with backoff while Redis is away or
+    refuses writes for a while (a failover, a server loading its data; see
+    _loops.transient): a retried write whose first try did land is not applied twice.
+    Retries stop, with LeaseLost, once `alive()` says the worker can no longer count on
+    its lease (not renewed for a lease timeout): the run has been moved on by then.
     """
 
-    def __init__(self, store: Store, run_id: str, attempt: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        attempt: int,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._store = store
         self.run_id = run_id
         self.attempt = attempt
+        self._alive = alive
         self._seq = 0
         self._lock = asyncio.Lock()
         self._keys = [keys.run_key(run_id), keys.events_key(run_id)]
@@ -780,16 +825,16 @@ class RunWriter:
     async def _send(self, call: Callable[[int], Awaitable[Any]]) -> Any:
         async with self._lock:
             self._seq += 1
-            delay = 0.05
+            backoff = Backoff(first=0.05, cap=2.0)
             while True:
+                if not self._alive():
+                    raise LeaseLost(self.run_id, self.attempt)
                 try:
                     return await call(self._seq)
-                except (RedisConnectionError, RedisTimeoutError) as exc:
-                    log.warning(
-                        "run %s: write %d waits for Redis (%s)", self.run_id, self._seq, exc
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                except RedisError as exc:
+                    if not transient(exc):
+                        raise
+                    await backoff.wait(log, f"run {self.run_id}: write {self._seq}", exc)
 
     async def append(
         self, events: Sequence[list[str]], checkpoint: tuple[str, str] | None = None
@@ -806,7 +851,12 @@ class RunWriter:
                 keys=[*self._keys, keys.steps_key(self.run_id)], args=args
             )
 
-        ids = await self._send(call)
+        try:
+            ids = await self._send(call)
+        except ResponseError as exc:
+            if str(exc).startswith("EVENTTYPE"):
+                raise ValueError(str(exc).removeprefix("EVENTTYPE ")) from None
+            raise
         if ids is None:
             raise LeaseLost(self.run_id, self.attempt)
         return [str(i) for i in ids] or [""] * len(events)
@@ -823,7 +873,7 @@ class RunWriter:
 
         async def call(seq: int) -> Any:
             return await self._store._finish(
-                keys=[*self._keys, keys.LEASES, *_STATS],
+                keys=[*self._keys, keys.LEASES, keys.steps_key(self.run_id), *_STATS],
                 args=[self.attempt, seq, status, result_json, *error, *event],
             )
 

@@ -11,6 +11,7 @@ when the workflow's policy is WHEN_UNSERVED, and by nobody (reported) when it is
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -19,9 +20,21 @@ from . import _keys as keys
 from ._errors import InvalidArgumentError
 
 BUILD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+# Workflow names appear in keys and in tab-separated counter fields: no spaces, no tabs.
+WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 WHEN_UNSERVED = "WHEN_UNSERVED"
 NEVER = "NEVER"
 POLICIES = (WHEN_UNSERVED, NEVER)
+
+
+def check_workflow_name(name: str) -> None:
+    """Raise InvalidArgumentError unless `name` is a usable workflow name."""
+    if not WORKFLOW_NAME.match(name):
+        raise InvalidArgumentError(
+            f"workflow name {name[:80]!r} is not valid: use 1-128 letters, digits, '_', '.', "
+            "':' or '-', starting with a letter, digit or '_'",
+            "INVALID_WORKFLOW_NAME",
+        )
 
 
 def check_build_id(build_id: str, *, allow_empty: bool) -> None:
@@ -44,6 +57,11 @@ class BuildView:
     policy: dict[str, str] = field(default_factory=dict)  # workflow -> policy
     live: dict[str, set[str]] = field(default_factory=dict)  # builds with a live worker
     builds: dict[str, set[str]] = field(default_factory=dict)  # every build ever seen
+    # Workers whose presence (renewed by their heartbeats) has not run out, with how many
+    # ms it has left at `loaded` (time.monotonic() of the read); draining ones are not among
+    # them.
+    present: dict[str, int] = field(default_factory=dict)
+    loaded: float = 0.0
 
     def takes_new_runs(self, workflow: str, build: str) -> bool:
         """Whether a worker of `build` takes runs that have not started on any build yet."""
@@ -79,6 +97,7 @@ class BuildView:
 
 async def load_view(redis: aioredis.Redis, workflows: list[str]) -> BuildView:
     """Read the routing state of `workflows` in one round trip."""
+    loaded = time.monotonic()
     async with redis.pipeline(transaction=False) as pipe:
         pipe.time()
         pipe.hgetall(keys.BUILDS_CURRENT)
@@ -89,12 +108,15 @@ async def load_view(redis: aioredis.Redis, workflows: list[str]) -> BuildView:
         replies = await pipe.execute()
     (seconds, micros), current, policy, *rest = replies
     now = int(seconds) * 1000 + int(micros) // 1000
-    view = BuildView(current=dict(current), policy=dict(policy))
+    view = BuildView(current=dict(current), policy=dict(policy), loaded=loaded)
     for i, name in enumerate(workflows):
         view.builds[name] = set(rest[2 * i])
-        view.live[name] = {
-            member.partition("\t")[0] for member, expiry in rest[2 * i + 1] if expiry >= now
-        }
+        view.live[name] = set()
+        for member, expiry in rest[2 * i + 1]:
+            if expiry >= now:
+                build, _, worker = member.partition("\t")
+                view.live[name].add(build)
+                view.present[worker] = max(view.present.get(worker, 0), int(expiry) - now)
     return view
 
 

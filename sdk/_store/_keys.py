@@ -1,8 +1,22 @@
-"""Every Redis key longline uses, in one place.
+"""Every Redis key longline uses, in one place, each with what removes it.
 
 All keys of one run share the hash tag ``{run_id}`` so that they land in one
 Redis Cluster slot. Global keys (queues, indexes, presence) are few and named
 here too.
+
+Every key is one of three kinds (docs/durability.md has the table):
+
+- OWNED BY A RUN: the run's hash, events and checkpoints, and its idempotency key. They
+  expire together `--retention` after the run ends (the terminal scripts set the TTL; the
+  run carries its retention from creation; 0 keeps them forever).
+- OWNED BY A LIVE PROCESS: presence, wake streams, rate buckets, limits, the sweep lock.
+  They carry a TTL (or a score that runs out) that their owner pushes back while it lives,
+  and the owner makes them again when it finds them missing, whatever removed them.
+- BOUNDED BY THE DEPLOYMENT, not by runs: counters (one field per status, workflow, tenant,
+  build; a field that falls to zero is removed), known workflows, current builds, queue
+  streams (one per workflow and build; acknowledged entries are trimmed by the sweep), and
+  the run indexes, whose entries the sweep removes once their run's keys expired
+  (control_plane/_janitor.py, sdk/_store/_sweep.py).
 """
 
 from __future__ import annotations
@@ -10,32 +24,46 @@ from __future__ import annotations
 PREFIX = "ll:"
 
 # Global keys.
-RUNS_INDEX = PREFIX + "runs"  # zset: run_id -> create time (ms), for ListRuns
-LEASES = PREFIX + "leases"  # zset: run_id -> lease expiry (ms) of every RUNNING run
-STATS_STATUS = PREFIX + "stats:status"  # hash: status -> runs in it now (kept by the scripts)
-STATS_QUEUED = PREFIX + "stats:queued"  # hash: workflow -> runs queued now
-STATS_TENANTS = PREFIX + "stats:tenants"  # hash: tenant -> its QUEUED runs (for its limit)
-STATS_BUILDS = PREFIX + "stats:builds"  # hash: "workflow\tbuild\tQUEUED|RUNNING" -> runs
-WORKFLOWS = PREFIX + "workflows"  # hash: workflow name -> description
-BUILDS_CURRENT = PREFIX + "builds:current"  # hash: workflow -> promoted build id
+# zset: run_id -> create time (ms), for ListRuns. Entries: removed by the sweep once the run's
+# hash expired.
+RUNS_INDEX = PREFIX + "runs"
+# zset: run_id -> lease expiry (ms) of every RUNNING run. Entries: removed by the terminal and
+# requeue scripts, and by EXPIRE_LEASE for a run that is gone.
+LEASES = PREFIX + "leases"
+# hash: status -> runs that entered it (QUEUED/RUNNING: in it now; terminal ones: ever, the
+# runs expire but the count stays). Bounded: one field per status.
+STATS_STATUS = PREFIX + "stats:status"
+STATS_QUEUED = PREFIX + "stats:queued"  # hash: workflow -> runs queued now (0: field removed)
+STATS_TENANTS = PREFIX + "stats:tenants"  # hash: tenant -> its QUEUED runs (0: field removed)
+# hash: "workflow\tbuild\tQUEUED|RUNNING" -> runs (0: field removed)
+STATS_BUILDS = PREFIX + "stats:builds"
+# hash: workflow name -> description. Bounded by the workflows a deployment serves; made
+# again by every worker heartbeat.
+WORKFLOWS = PREFIX + "workflows"
+BUILDS_CURRENT = PREFIX + "builds:current"  # hash: workflow -> promoted build id (one each)
 BUILDS_POLICY = PREFIX + "builds:policy"  # hash: workflow -> run move policy (see builds.proto)
-PINNED_QUEUE_PREFIX = PREFIX + "queue@"  # + build + ":" + workflow (build ids have no ':')
-CONTROL_CHANNEL = PREFIX + "control"  # pub/sub: cancel notices between replicas
+# stream per build and workflow: + build + ":" + workflow (build ids have no ':'). Deleted by
+# the sweep once empty and its build is of the past (see queue_key for the entries).
+PINNED_QUEUE_PREFIX = PREFIX + "queue@"
+CONTROL_CHANNEL = PREFIX + "control"  # pub/sub: cancel notices between replicas (not a key)
 DISPATCH_GROUP = "dispatch"  # consumer group on every queue stream
+# string: the replica running this round of the sweep; PX of one sweep interval.
+SWEEP_LOCK = PREFIX + "sweep"
 
 
 def run_key(run_id: str) -> str:
-    """The run's record (a hash)."""
+    """The run's record (a hash). Expires `retention_ms` (a field of its own) after the run
+    ends; a run that has not ended never expires."""
     return f"{PREFIX}{{{run_id}}}:run"
 
 
 def events_key(run_id: str) -> str:
-    """The run's append-only event stream; entry ids are event ids."""
+    """The run's append-only event stream; entry ids are event ids. Expires with the run."""
     return f"{PREFIX}{{{run_id}}}:events"
 
 
 def steps_key(run_id: str) -> str:
-    """The run's step checkpoints (a hash: step key -> JSON result)."""
+    """The run's step checkpoints (a hash: step key -> JSON result). Expires with the run."""
     return f"{PREFIX}{{{run_id}}}:steps"
 
 
@@ -44,6 +72,8 @@ def queue_key(workflow: str, build: str = "") -> str:
 
     Runs that have not started on a build yet (and runs of workers without a build id) are
     queued in the workflow's stream; a run pinned to a build is requeued in that build's.
+    Entries are acknowledged once handled and trimmed by the sweep; a replica's consumer
+    with nothing pending and idle for an hour is forgotten by it.
     """
     if build:
         return f"{PINNED_QUEUE_PREFIX}{build}:{workflow}"
@@ -51,42 +81,49 @@ def queue_key(workflow: str, build: str = "") -> str:
 
 
 def builds_key(workflow: str) -> str:
-    """set: every build id a worker of the workflow ever announced."""
+    """set: the build ids workers of the workflow announced. The sweep removes a build with no
+    live worker, no queued or running run, that is not current."""
     return f"{PREFIX}builds:{workflow}"
 
 
 def build_workers_key(workflow: str) -> str:
-    """zset: "build\tworker_id" -> presence expiry (ms), live workers that take new runs."""
+    """zset: "build\tworker_id" -> presence expiry (ms), live workers that take new runs.
+    Members an hour past their expiry are removed by every announce."""
     return f"{PREFIX}buildworkers:{workflow}"
 
 
 def runs_key(tenant: str = "") -> str:
-    """zset: run_id -> create time (ms), the runs of one tenant ('' with auth off)."""
+    """zset: run_id -> create time (ms), the runs of one tenant ('' with auth off). Entries of
+    expired runs: removed by the sweep."""
     return f"{PREFIX}runs:t:{tenant}" if tenant else RUNS_INDEX
 
 
 def runs_by_workflow_key(workflow: str, tenant: str = "") -> str:
-    """zset: run_id -> create time (ms), the runs of one workflow of one tenant."""
+    """zset: run_id -> create time (ms), the runs of one workflow of one tenant. Entries of
+    expired runs: removed by the sweep."""
     if tenant:  # tenant names have no ':', so this cannot meet another tenant's keys
         return f"{PREFIX}runs:t:{tenant}:wf:{workflow}"
     return f"{PREFIX}runs:wf:{workflow}"
 
 
 def idempotency_key(key: str, tenant: str = "") -> str:
-    """string: the run id the tenant first started with this idempotency key."""
+    """string: the run id the tenant first started with this idempotency key. Expires with
+    that run (the run's hash names it in `idem_key`)."""
     return f"{PREFIX}idem@{tenant}:{key}" if tenant else f"{PREFIX}idem:{key}"
 
 
 def start_rate_key(tenant: str) -> str:
-    """hash: the token bucket of the tenant's StartRun rate."""
+    """hash: the token bucket of the tenant's StartRun rate. PX: the time to refill it."""
     return f"{PREFIX}rate:start:{tenant}"
 
 
 def workflow_workers_key(workflow: str) -> str:
-    """zset: worker_id -> presence expiry (ms), the live workers of a workflow."""
+    """zset: worker_id -> presence expiry (ms), the live workers of a workflow. Members an
+    hour past their expiry are removed by every announce."""
     return f"{PREFIX}workers:{workflow}"
 
 
 def wake_key(replica_id: str) -> str:
-    """A tiny stream that wakes one replica's multiplexed event reader."""
+    """A tiny stream (MAXLEN ~16) that wakes one replica's dispatcher. EXPIRE one hour,
+    pushed back every minute while the replica lives and made again when missing."""
     return f"{PREFIX}wake:{replica_id}"

@@ -34,14 +34,30 @@ local TENANTS = KEYS[#KEYS - 3]
 local BUILDS = KEYS[#KEYS - 2]
 local STATS = KEYS[#KEYS - 1]
 local QUEUED = KEYS[#KEYS]
+-- A counter that falls to zero is removed, so counters of builds and tenants of the past
+-- do not pile up.
+local function count(hash, field, delta)
+  if redis.call('HINCRBY', hash, field, delta) == 0 then redis.call('HDEL', hash, field) end
+end
 local function per_build(run, status, delta)
   if status ~= 'QUEUED' and status ~= 'RUNNING' then return end
   local wb = redis.call('HMGET', run, 'workflow', 'build')
-  redis.call('HINCRBY', BUILDS, wb[1] .. '\t' .. (wb[2] or '') .. '\t' .. status, delta)
+  count(BUILDS, wb[1] .. '\t' .. (wb[2] or '') .. '\t' .. status, delta)
 end
 local function per_tenant(run, status, delta)
   if status ~= 'QUEUED' then return end
-  redis.call('HINCRBY', TENANTS, redis.call('HGET', run, 'tenant') or '', delta)
+  count(TENANTS, redis.call('HGET', run, 'tenant') or '', delta)
+end
+-- A run that ended keeps its keys for its retention (set when it was created; 0 = forever),
+-- then they expire together: its hash, events, checkpoints and idempotency key.
+local function retire(run, events, steps)
+  local r = redis.call('HMGET', run, 'retention_ms', 'idem_key')
+  local ms = tonumber(r[1] or '0') or 0
+  if ms <= 0 then return end
+  redis.call('PEXPIRE', run, ms)
+  redis.call('PEXPIRE', events, ms)
+  redis.call('PEXPIRE', steps, ms)
+  if r[2] and r[2] ~= '' then redis.call('PEXPIRE', r[2], ms) end
 end
 local function moved(run, from, to)
   if from then
@@ -77,7 +93,7 @@ end
 # known workflows
 # ARGV: run_id, workflow, input_json, labels_json, idempotency key ('' = none), traceparent,
 # tenant, the tenant's most QUEUED runs (0 = no limit), its StartRun rate per second and
-# burst (0 = no limit).
+# burst (0 = no limit), the run's retention after it ends (ms, 0 = forever).
 # Returns {1, run_id, the run's hash as a flat list} created; {0, earlier run_id} on an
 # idempotency key seen before (before any limit: a retry of a StartRun that landed always
 # finds its run); {-1, queued} when the tenant has its most QUEUED runs; {-2, ms to wait} over
@@ -106,15 +122,19 @@ if rate > 0 then
   redis.call('HSET', KEYS[7], 'tokens', string.format('%.6f', tokens - 1), 'ms', fmt(now))
   redis.call('PEXPIRE', KEYS[7], math.ceil(burst / rate) + 1000)
 end
-if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[1]) end
+local idem = ''
+if ARGV[5] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[1])
+  idem = KEYS[3]
+end
 local now = fmt(now_ms())
 local id = emit(KEYS[2], {'t', 'RUN_QUEUED', 'a', '1', 'm', 'queued'})
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'QUEUED',
   'attempt', '1', 'input_json', ARGV[3], 'labels_json', ARGV[4], 'idempotency_key', ARGV[5],
   'create_ms', now, 'update_ms', now, 'last_event_id', id, 'lost', '0', 'traceparent', ARGV[6],
-  'tenant', ARGV[7])
+  'tenant', ARGV[7], 'retention_ms', ARGV[11], 'idem_key', idem)
 moved(KEYS[1], nil, 'QUEUED')
-redis.call('HINCRBY', QUEUED, ARGV[2], 1)
+count(QUEUED, ARGV[2], 1)
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 redis.call('XADD', KEYS[6], '*', 'run_id', ARGV[1], 'attempt', '1')
@@ -148,7 +168,7 @@ redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'worker_id', ARGV[2], 'replica_
   'build', ARGV[6])
 moved(KEYS[1], nil, 'RUNNING')
 redis.call('ZADD', KEYS[2], expires, st[5])
-redis.call('HINCRBY', QUEUED, st[3], -1)
+count(QUEUED, st[3], -1)
 if pinned ~= '' and pinned ~= ARGV[6] then
   local to = ARGV[6] ~= '' and ('build ' .. ARGV[6]) or 'a worker without a build id'
   local id = emit(KEYS[3], {'t', 'STATUS', 'a', ARGV[1],
@@ -160,12 +180,28 @@ return {1, st[3], st[4], st[6] or ''}
 """
 )
 
+# The events a worker may append; every other type (queued, retrying, the terminal ones) is
+# written only by the lifecycle scripts. RUN_STARTED only as an attempt's first write.
+WORKER_EVENTS = ("RUN_STARTED", "STATUS", "OUTPUT", "COMPONENT_STARTED", "COMPONENT_FINISHED")
+
 # KEYS: run, events, steps. ARGV: attempt, seq, step key ('' = none), step value, n, then per
-# event: field count, field, value, ... Returns the new event ids ({} for a write already
-# applied), or nil when the attempt no longer holds the run.
+# event: field count, field, value, ... (the type first: 't', type). Returns the new event ids
+# ({} for a write already applied), or nil when the attempt no longer holds the run; an error
+# reply (EVENTTYPE) for an event of a type a worker may not write, before anything is written.
 APPEND_EVENTS = (
     _PRELUDE
     + """
+local allowed = {"""
+    + ", ".join(f"{t}=true" for t in WORKER_EVENTS)
+    + """}
+local j = 6
+for _ = 1, tonumber(ARGV[5]) do
+  local t = ARGV[j + 2]
+  if ARGV[j + 1] ~= 't' or not allowed[t] or (t == 'RUN_STARTED' and ARGV[2] ~= '1') then
+    return redis.error_reply('EVENTTYPE a worker may not write a ' .. tostring(t) .. ' event')
+  end
+  j = j + tonumber(ARGV[j]) + 1
+end
 local state = fenced(KEYS[1], ARGV[1], ARGV[2])
 if state == 0 then return false end
 if state == 2 then return {} end
@@ -182,26 +218,30 @@ return ids
 """
 )
 
-# KEYS: run, events, leases. ARGV: attempt, seq, status, result_json, error_type,
+# KEYS: run, events, leases, steps. ARGV: attempt, seq, status, result_json, error_type,
 # error_message, error_component, then the terminal event's fields.
 # Returns the event id ('' for a write already applied) or nil.
 FINISH_RUN = (
     _PRELUDE
     + """
+if ARGV[3] ~= 'SUCCEEDED' and ARGV[3] ~= 'FAILED' then
+  return redis.error_reply('EVENTTYPE a worker may end a run only SUCCEEDED or FAILED')
+end
 local state = fenced(KEYS[1], ARGV[1], ARGV[2])
 if state == 0 then return false end
 if state == 2 then return '' end
-local id = emit(KEYS[2], {unpack(ARGV, 8)})
+local id = emit(KEYS[2], {'t', 'RUN_' .. ARGV[3], unpack(ARGV, 10)})
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result_json', ARGV[4], 'error_type', ARGV[5],
   'error_message', ARGV[6], 'error_component', ARGV[7], 'update_ms', fmt(now_ms()),
   'last_event_id', id, 'lease_expires_ms', '')
 redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'run_id'))
 moved(KEYS[1], 'RUNNING', ARGV[3])
+retire(KEYS[1], KEYS[2], KEYS[4])
 return id
 """
 )
 
-# KEYS: run, events, leases. ARGV: reason.
+# KEYS: run, events, leases, steps. ARGV: reason.
 # Returns {-1} unknown run, {0, status} already finished, {1, previous status, attempt, worker}.
 CANCEL_RUN = (
     _PRELUDE
@@ -214,7 +254,8 @@ redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'cancel_reason', ARGV[1],
   'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '')
 redis.call('ZREM', KEYS[3], st[4])
 moved(KEYS[1], st[1], 'CANCELLED')
-if st[1] == 'QUEUED' then redis.call('HINCRBY', QUEUED, st[5], -1) end
+if st[1] == 'QUEUED' then count(QUEUED, st[5], -1) end
+retire(KEYS[1], KEYS[2], KEYS[4])
 return {1, st[1], st[2], st[3] or ''}
 """
 )
@@ -247,7 +288,7 @@ local function requeue(run, events, queue, leases, attempt, message)
     + keys.PINNED_QUEUE_PREFIX
     + """' .. r[3] .. ':' .. r[2] end
   redis.call('XADD', queue, '*', 'run_id', r[1], 'attempt', next_attempt)
-  redis.call('HINCRBY', QUEUED, r[2], 1)
+  count(QUEUED, r[2], 1)
 end
 """
 )
@@ -265,7 +306,7 @@ return 1
 """
 )
 
-# KEYS: run, events, queue, leases. ARGV: run_id, lease timeout (s, for the message).
+# KEYS: run, events, queue, leases, steps. ARGV: run_id, lease timeout (s, for the message).
 # Acts only on a RUNNING run whose lease really expired, so of several replicas racing on
 # one expiry exactly one acts. Returns 'requeued', 'failed', or '' (nothing to do).
 EXPIRE_LEASE = (
@@ -300,6 +341,7 @@ if lost >= limit then
     'last_event_id', id, 'lease_expires_ms', '')
   redis.call('ZREM', KEYS[4], ARGV[1])
   moved(KEYS[1], 'RUNNING', 'FAILED')
+  retire(KEYS[1], KEYS[2], KEYS[5])
   return 'failed'
 end
 requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], st[2], why .. '; retrying as attempt ' ..

@@ -1,0 +1,157 @@
+"""The sweep: what no single transition can remove, removed in the background.
+
+A finished run's own keys expire by themselves (the scripts set their TTL when it ends;
+see _keys). What outlives them is removed here, by whichever control-plane replica holds
+the sweep for the round:
+
+- index entries (ListRuns' sorted sets) of runs whose keys expired;
+- queue entries already acknowledged (a queue stream keeps every entry until trimmed);
+- consumers of replicas that are gone (each replica is a consumer of every queue group);
+- pinned queues and build ids of builds with no worker, no run and not current.
+
+Each step reads at most `budget` entries a round, so a round is bounded in time and bytes
+whatever the backlog; what is left is taken the next round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from . import _keys as keys
+from ._builds import load_view, queue_workflow
+
+__all__ = ["SweepReport", "sweep"]
+
+_PAGE = 500
+
+
+@dataclass
+class SweepReport:
+    """What one round removed."""
+
+    index_entries: int = 0
+    queue_entries: int = 0
+    consumers: int = 0
+    queues: int = 0
+    builds: int = 0
+
+    @property
+    def anything(self) -> bool:
+        """Whether the round removed anything."""
+        return any(
+            (self.index_entries, self.queue_entries, self.consumers, self.queues, self.builds)
+        )
+
+
+async def _now_ms(redis: aioredis.Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def _forget_gone_runs(redis: aioredis.Redis, index: str, cutoff: int, budget: int) -> int:
+    """Remove from one index the runs whose hash is gone, among those created before `cutoff`
+    (a run created later cannot have ended and expired yet)."""
+    removed = offset = 0
+    while offset < budget:
+        run_ids = await redis.zrangebyscore(index, "-inf", cutoff, start=offset, num=_PAGE)
+        if not run_ids:
+            break
+        async with redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.exists(keys.run_key(run_id))
+            found = await pipe.execute()
+        gone = [run_id for run_id, there in zip(run_ids, found, strict=True) if not there]
+        if gone:
+            await redis.zrem(index, *gone)
+        removed += len(gone)
+        offset += len(run_ids) - len(gone)
+        if len(run_ids) < _PAGE:
+            break
+    return removed
+
+
+def _after(entry_id: str) -> str:
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def _sweep_queue(
+    redis: aioredis.Redis, stream: str, idle_consumer_ms: int, report: SweepReport
+) -> tuple[int, int]:
+    """Trim a queue's acknowledged entries and forget its idle consumers with nothing
+    pending; (entries left, entries pending)."""
+    groups = await redis.xinfo_groups(stream)
+    group = next((g for g in groups if g.get("name") == keys.DISPATCH_GROUP), None)
+    if group is None:
+        return await redis.xlen(stream), 0
+    pending = int(group.get("pending") or 0)
+    # Entries up to the group's last delivered one, and before its first pending one, were
+    # acknowledged: nobody reads them again.
+    floor = _after(str(group.get("last-delivered-id") or "0-0"))
+    if pending:
+        summary = await redis.xpending(stream, keys.DISPATCH_GROUP)
+        first = str(summary.get("min") or floor)
+        floor = min(floor, first, key=_id_key)
+    report.queue_entries += int(await redis.xtrim(stream, minid=floor, approximate=False))
+    for consumer in await redis.xinfo_consumers(stream, keys.DISPATCH_GROUP):
+        # A consumer with nothing pending holds nothing: forgetting one that is in fact
+        # alive costs nothing, its next read makes it again.
+        if int(consumer.get("pending") or 0) == 0 and int(consumer.get("idle") or 0) > (
+            idle_consumer_ms
+        ):
+            await redis.xgroup_delconsumer(stream, keys.DISPATCH_GROUP, consumer["name"])
+            report.consumers += 1
+    return int(await redis.xlen(stream)), pending
+
+
+async def sweep(
+    redis: aioredis.Redis,
+    retention_ms: int,
+    *,
+    idle_consumer_ms: int = 3_600_000,
+    budget: int = 10_000,
+) -> SweepReport:
+    """One round of the sweep (see the module docstring)."""
+    report = SweepReport()
+    now = await _now_ms(redis)
+    if retention_ms > 0:
+        async for index in redis.scan_iter(match=keys.RUNS_INDEX + "*", count=500, _type="zset"):
+            report.index_entries += await _forget_gone_runs(
+                redis, index, now - retention_ms, budget
+            )
+    empty_pinned: list[str] = []
+    async for stream in redis.scan_iter(match=keys.PREFIX + "queue*", count=500, _type="stream"):
+        left, pending = await _sweep_queue(redis, stream, idle_consumer_ms, report)
+        if stream.startswith(keys.PINNED_QUEUE_PREFIX) and not left and not pending:
+            empty_pinned.append(stream)
+    workflows = sorted(await redis.hkeys(keys.WORKFLOWS))
+    if not workflows:
+        return report
+    view = await load_view(redis, workflows)
+    counted = {
+        tuple(name.split("\t")[:2]) for name in await redis.hkeys(keys.STATS_BUILDS)
+    }  # (workflow, build) with queued or running runs
+
+    def forgettable(workflow: str, build: str) -> bool:
+        return (
+            build != view.current.get(workflow, "")
+            and build not in view.live.get(workflow, set())
+            and (workflow, build) not in counted
+        )
+
+    for stream in empty_pinned:
+        workflow, build = queue_workflow(stream)
+        if forgettable(workflow, build):
+            report.queues += int(await redis.delete(stream))
+    for workflow in workflows:
+        past = [b for b in view.builds.get(workflow, set()) if b and forgettable(workflow, b)]
+        if past:
+            report.builds += int(await redis.srem(keys.builds_key(workflow), *past))
+    return report
