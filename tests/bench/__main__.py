@@ -28,6 +28,7 @@ import longline
 from longline._embedded import EmbeddedRedis
 from longline._store import keys
 from tests.bench.b1 import BENCH_FLOWS, NO_LIMITS, stack, throughput
+from tests.bench.footprint import footprints
 from tests.conftest import ROOT
 from tests.procs import Proc, start_control_plane, start_worker
 
@@ -419,6 +420,28 @@ async def b5(redis_url: str, chunks: int) -> list[Row]:
             p.stop()
 
 
+# -- B6 ------------------------------------------------------------------------------
+async def b6(redis_url: str, runs: int, blog_posts: int) -> list[Row]:
+    rows = []
+    for f in await footprints(redis_url, runs, blog_posts):
+        note = f"{f.events:.0f} events; a million: {f.keys_bytes * 1e6 / 2**30:,.1f} GiB"
+        rows.append(
+            Row(
+                "B6",
+                "longline",
+                f"Redis bytes kept by a finished {f.workflow} run",
+                f.keys_bytes,
+                "B",
+                "",
+                note,
+            )
+        )
+        rows.append(
+            Row("B6", "longline", f"used_memory growth per {f.workflow} run", f.growth_bytes, "B")
+        )
+    return rows
+
+
 # -- the table, the JSON and the chart -------------------------------------------------
 def _table(rows: list[Row]) -> str:
     width = max(len(f"{r.bench} {r.system}: {r.measure}") for r in rows)
@@ -467,7 +490,7 @@ def _chart(rows: list[Row], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
-    parser.add_argument("--only", default="B1,B2,B3,B4,B5")
+    parser.add_argument("--only", default="B1,B2,B3,B4,B5,B6")
     parser.add_argument("--no-peers", action="store_true")
     args = parser.parse_args()
     only = set(args.only.upper().split(","))
@@ -490,6 +513,8 @@ def main() -> None:
                 rows.extend(await b4(url, 100))
             if "B5" in only:
                 rows.extend(await b5(url, 20_000 if q else 100_000))
+            if "B6" in only:
+                rows.extend(await b6(url, 200 if q else 1000, 10 if q else 50))
 
     asyncio.run(run_all())
     print()
