@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: all demo test lint protos protos-release bench fuzz dev clean
+.PHONY: all demo test lint protos protos-release bench fuzz soak dev clean
 
 all: test
 
@@ -57,6 +57,13 @@ bench: $(STAMP) $(PEERS)/.installed
 # The API fuzz suite with many more examples than `make test` runs (2,000 per test).
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/fuzz --timeout=3600 $(PYTEST_ARGS)
+
+# The soak for 30 minutes, a worker killed every minute, Redis restarted once; prints its
+# table (`make test` runs a one-minute form).
+SOAK_SECONDS ?= 1800
+soak: $(STAMP)
+	LONGLINE_SOAK_SECONDS=$(SOAK_SECONDS) LONGLINE_SOAK_KILL_EVERY=60 $(BIN)/python -m pytest \
+		tests/chaos/test_soak.py -s --timeout=$$(( $(SOAK_SECONDS) + 900 )) $(PYTEST_ARGS)
 
 dev: $(STAMP)
 	$(BIN)/longline dev
