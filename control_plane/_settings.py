@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
+from longline._store import check_redis_url
+
 
 @dataclass(frozen=True)
 class ControlPlaneSettings:
@@ -44,6 +46,7 @@ class ControlPlaneSettings:
     max_streams_per_tenant: int = 10_000  # concurrent StreamRun/RunWorkflow per replica; 0 = none
 
     def __post_init__(self) -> None:
+        check_redis_url(self.redis_url)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
         if self.tls_client_ca and not (self.tls_cert and self.worker_listen):

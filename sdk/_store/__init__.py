@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._errors import LeaseLost
 from . import _keys as keys
-from . import _scripts
+from . import _scripts, _sentinel
 from ._builds import WHEN_UNSERVED, BuildView, check_build_id, load_view
 from ._errors import (
     DomainError,
@@ -32,6 +32,7 @@ from ._errors import (
     RateLimitedError,
     TooLargeError,
 )
+from ._sentinel import check_redis_url
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -52,6 +53,7 @@ __all__ = [
     "TooLargeError",
     "WorkflowBuilds",
     "check_build_id",
+    "check_redis_url",
     "connect",
     "encode_event",
     "event_id_key",
@@ -89,6 +91,10 @@ def connect(
 ) -> aioredis.Redis:
     """A client for `url` that answers str, the way every longline process talks to Redis.
 
+    `url` is redis://, rediss:// or unix:// as redis-py reads them, or
+    redis+sentinel://[[user]:password@]host:port[,host:port...]/SERVICE_NAME[/DB] for a
+    primary found through Sentinel, followed across failovers (see `_sentinel`); a
+    malformed URL is a ValueError that says what to fix.
     With max_connections, callers wait for a free connection instead of opening more:
     the number of Redis connections of a process stays bounded whatever its load.
     A blocking reader must pass a socket_timeout longer than its BLOCK.
@@ -102,6 +108,9 @@ def connect(
         "socket_keepalive_options": _KEEPALIVE,
         **kwargs,
     }
+    if url.startswith(_sentinel.SCHEME + ":"):
+        parsed = _sentinel.parse_sentinel_url(url)
+        return _sentinel.sentinel_client(parsed, max_connections=max_connections, options=options)
     if max_connections:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=None, **options
