@@ -1,0 +1,230 @@
+"""A Redis primary, one replica and three sentinels, as real processes on free ports.
+
+Built from the same redis-server binary as every other test (`find_redis_server`): a
+sentinel is `redis-server sentinel.conf --sentinel`. Each process has a directory of its
+own (sentinels rewrite their config file as they learn the topology), and its log there.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from longline._embedded import find_redis_server, free_port
+
+SERVICE = "longline"
+
+
+class _Server:
+    """One redis-server child process with a directory and a log file of its own."""
+
+    def __init__(self, binary: str, root: Path, name: str, port: int, args: list[str]) -> None:
+        self.name = name
+        self.port = port
+        self.dir = root / name
+        self.dir.mkdir()
+        self.log = self.dir / "server.log"
+        self._binary = binary
+        self._args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [self._binary, *self._args], stdout=out, stderr=subprocess.STDOUT, cwd=self.dir
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def client(self, timeout: float = 2.0) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+
+    def ping(self) -> bool:
+        if not self.alive:
+            return False
+        try:
+            with self.client(0.5) as c:
+                return bool(c.ping())
+        except redis.RedisError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a lost machine would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _wait(probe: Callable[[], bool], timeout: float, what: str, servers: list[_Server]) -> None:
+    """Wait for a child process to come up (there is nothing to block on but polling)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe():
+            return
+        time.sleep(0.05)
+    logs = "\n".join(f"--- {s.name}\n{s.log.read_text(errors='replace')[-2000:]}" for s in servers)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+
+
+class SentinelCluster:
+    """A primary, a replica and three sentinels monitoring SERVICE; `url` once started.
+
+    down_after_ms is how long the primary must be silent before a sentinel thinks it down,
+    failover_timeout_ms bounds one failover (and spaces out a retried one).
+    """
+
+    def __init__(self, *, down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> None:
+        self.binary = find_redis_server()
+        self._root = Path(tempfile.mkdtemp(prefix="longline-sentinel-"))
+        data = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", "."]
+        first = free_port()
+        self.nodes = [_Server(self.binary, self._root, "node0", first, ["--port", str(first)])]
+        second = free_port()
+        self.nodes.append(
+            _Server(
+                self.binary,
+                self._root,
+                "node1",
+                second,
+                ["--port", str(second), "--replicaof", "127.0.0.1", str(first)],
+            )
+        )
+        for node in self.nodes:
+            node._args += data
+        self.sentinels: list[_Server] = []
+        for i in range(3):
+            port = free_port()
+            server = _Server(self.binary, self._root, f"sentinel{i}", port, ["sentinel.conf"])
+            (server.dir / "sentinel.conf").write_text(
+                f"port {port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {server.dir}\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {first} 2\n"
+                f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
+                f"sentinel failover-timeout {SERVICE} {failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {SERVICE} 1\n"
+            )
+            server._args.append("--sentinel")
+            self.sentinels.append(server)
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"
+
+    def start(self, timeout: float = 30.0) -> SentinelCluster:
+        """Start everything; return once the replica is in sync and every sentinel knows
+        the primary, the replica and the two other sentinels (a failover needs all that)."""
+        try:
+            for node in self.nodes:
+                node.start()
+            _wait(lambda: all(n.ping() for n in self.nodes), timeout, "the nodes", self.nodes)
+            _wait(self._replica_synced, timeout, "the replica to sync", self.nodes)
+            for sentinel in self.sentinels:
+                sentinel.start()
+            _wait(self._sentinels_ready, timeout, "the sentinels to meet", self._all)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def _all(self) -> list[_Server]:
+        return [*self.nodes, *self.sentinels]
+
+    def _replica_synced(self) -> bool:
+        try:
+            with self.nodes[1].client() as c:
+                return c.info("replication").get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
+
+    def _sentinels_ready(self) -> bool:
+        for sentinel in self.sentinels:
+            try:
+                with sentinel.client(0.5) as c:
+                    state = c.sentinel_master(SERVICE)
+            except redis.RedisError:
+                return False
+            if int(state["num-slaves"]) < 1 or int(state["num-other-sentinels"]) < 2:
+                return False
+        return True
+
+    def primary_port(self) -> int:
+        """The port of the primary, as the first sentinel that answers sees it."""
+        for sentinel in self.sentinels:
+            try:
+                with sentinel.client(0.5) as c:
+                    _, port = c.sentinel_get_master_addr_by_name(SERVICE)
+                    return int(port)
+            except (redis.RedisError, TypeError):
+                continue
+        raise RuntimeError("no sentinel answered")
+
+    def node(self, port: int) -> _Server:
+        return next(n for n in self.nodes if n.port == port)
+
+    def kill_primary(self) -> int:
+        """kill -9 the current primary; returns its port."""
+        port = self.primary_port()
+        self.node(port).kill()
+        return port
+
+    def failed_over_from(self, old_port: int) -> bool:
+        """Whether every sentinel names a new primary and that node says it is one."""
+        ports = set()
+        for sentinel in self.sentinels:
+            try:
+                with sentinel.client(0.5) as c:
+                    _, port = c.sentinel_get_master_addr_by_name(SERVICE)
+            except (redis.RedisError, TypeError):
+                return False
+            ports.add(int(port))
+        if len(ports) != 1 or old_port in ports:
+            return False
+        try:
+            with self.node(ports.pop()).client(0.5) as c:
+                return c.info("replication").get("role") == "master"
+        except redis.RedisError:
+            return False
+
+    def logs(self) -> str:
+        """The tail of every process's log, for a failing test's report."""
+        return "\n".join(
+            f"----- {s.name} (port {s.port}) -----\n{s.log.read_text(errors='replace')[-3000:]}"
+            for s in self._all
+            if s.log.exists()
+        )
+
+    def stop(self) -> None:
+        """Stop every process and remove the directories; safe to call twice."""
+        for server in self._all:
+            server.stop()
+        shutil.rmtree(self._root, ignore_errors=True)
+
+    def __enter__(self) -> SentinelCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
