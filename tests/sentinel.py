@@ -20,6 +20,7 @@ import redis
 from longline._embedded import find_redis_server, free_port
 
 SERVICE = "longline"
+_REPL_USER, _REPL_PASSWORD = "replication", "replication-secret"
 
 
 class _Server:
@@ -101,6 +102,10 @@ class SentinelCluster:
         self.binary = find_redis_server()
         self._root = Path(tempfile.mkdtemp(prefix="longline-sentinel-"))
         data = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", "."]
+        # Replicas log in as a user of their own, so a test can shut the replica out (and
+        # only it) to make the primary acknowledge writes that the replica never gets.
+        data += ["--user", _REPL_USER, "on", f">{_REPL_PASSWORD}", "~*", "+@all"]
+        data += ["--masteruser", _REPL_USER, "--masterauth", _REPL_PASSWORD]
         first = free_port()
         self.nodes = [_Server(self.binary, self._root, "node0", first, ["--port", str(first)])]
         second = free_port()
@@ -208,6 +213,23 @@ class SentinelCluster:
                 return c.info("replication").get("role") == "master"
         except redis.RedisError:
             return False
+
+    def cut_replication(self) -> None:
+        """From now on the primary acknowledges writes that its replica never receives, as
+        when replication lags; a failover then loses them (asynchronous replication)."""
+        with self.node(self.primary_port()).client() as c:
+            c.acl_setuser(_REPL_USER, enabled=False)  # it cannot log in again...
+            c.client_kill_filter(user=_REPL_USER)  # ...once its link is cut
+
+    def replica_offsets(self) -> tuple[int, int]:
+        """The replication offsets of the primary and of its replica: how far each got."""
+        primary = self.node(self.primary_port())
+        replica = next(n for n in self.nodes if n is not primary)
+        with primary.client() as p, replica.client() as r:
+            return (
+                int(p.info("replication")["master_repl_offset"]),
+                int(r.info("replication")["master_repl_offset"]),
+            )
 
     def logs(self) -> str:
         """The tail of every process's log, for a failing test's report."""
