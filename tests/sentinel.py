@@ -26,9 +26,12 @@ _REPL_USER, _REPL_PASSWORD = "replication", "replication-secret"
 class _Server:
     """One redis-server child process with a directory and a log file of its own."""
 
-    def __init__(self, binary: str, root: Path, name: str, port: int, args: list[str]) -> None:
+    def __init__(
+        self, binary: str, root: Path, name: str, port: int, args: list[str], password: str = ""
+    ) -> None:
         self.name = name
         self.port = port
+        self.password = password
         self.dir = root / name
         self.dir.mkdir()
         self.log = self.dir / "server.log"
@@ -50,6 +53,7 @@ class _Server:
         return redis.Redis(
             host="127.0.0.1",
             port=self.port,
+            password=self.password or None,
             decode_responses=True,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
@@ -95,10 +99,18 @@ class SentinelCluster:
     """A primary, a replica and three sentinels monitoring SERVICE; `url` once started.
 
     down_after_ms is how long the primary must be silent before a sentinel thinks it down,
-    failover_timeout_ms bounds one failover (and spaces out a retried one).
+    failover_timeout_ms bounds one failover (and spaces out a retried one). With password
+    the nodes require it (and the URL carries it); with sentinel_password the sentinels do.
     """
 
-    def __init__(self, *, down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> None:
+    def __init__(
+        self,
+        *,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+        password: str = "",
+        sentinel_password: str = "",
+    ) -> None:
         self.binary = find_redis_server()
         self._root = Path(tempfile.mkdtemp(prefix="longline-sentinel-"))
         data = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", "."]
@@ -106,24 +118,32 @@ class SentinelCluster:
         # only it) to make the primary acknowledge writes that the replica never gets.
         data += ["--user", _REPL_USER, "on", f">{_REPL_PASSWORD}", "~*", "+@all"]
         data += ["--masteruser", _REPL_USER, "--masterauth", _REPL_PASSWORD]
-        first = free_port()
-        self.nodes = [_Server(self.binary, self._root, "node0", first, ["--port", str(first)])]
-        second = free_port()
-        self.nodes.append(
+        if password:
+            data += ["--requirepass", password]
+        first, second = free_port(), free_port()
+        self.nodes = [
+            _Server(self.binary, self._root, "node0", first, ["--port", str(first)], password),
             _Server(
                 self.binary,
                 self._root,
                 "node1",
                 second,
                 ["--port", str(second), "--replicaof", "127.0.0.1", str(first)],
-            )
-        )
+                password,
+            ),
+        ]
         for node in self.nodes:
             node._args += data
         self.sentinels: list[_Server] = []
         for i in range(3):
             port = free_port()
-            server = _Server(self.binary, self._root, f"sentinel{i}", port, ["sentinel.conf"])
+            server = _Server(
+                self.binary, self._root, f"sentinel{i}", port, ["sentinel.conf"], sentinel_password
+            )
+            auth = f"sentinel auth-pass {SERVICE} {password}\n" if password else ""
+            if sentinel_password:  # for clients, and for the other sentinels
+                auth += f"requirepass {sentinel_password}\n"
+                auth += f"sentinel sentinel-pass {sentinel_password}\n"
             (server.dir / "sentinel.conf").write_text(
                 f"port {port}\n"
                 "bind 127.0.0.1\n"
@@ -131,12 +151,14 @@ class SentinelCluster:
                 f"sentinel monitor {SERVICE} 127.0.0.1 {first} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
                 f"sentinel failover-timeout {SERVICE} {failover_timeout_ms}\n"
-                f"sentinel parallel-syncs {SERVICE} 1\n"
+                f"sentinel parallel-syncs {SERVICE} 1\n" + auth
             )
             server._args.append("--sentinel")
             self.sentinels.append(server)
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"
+        userinfo = f":{password}@" if password else ""
+        query = f"?sentinel_password={sentinel_password}" if sentinel_password else ""
+        self.url = f"redis+sentinel://{userinfo}{hosts}/{SERVICE}/0{query}"
 
     def start(self, timeout: float = 30.0) -> SentinelCluster:
         """Start everything; return once the replica is in sync and every sentinel knows

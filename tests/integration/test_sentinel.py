@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.asyncio.sentinel import MasterNotFoundError
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from longline._store import connect
 from tests.conftest import eventually
@@ -153,3 +154,45 @@ async def test_a_write_that_meets_a_demoted_primary_moves_to_the_new_one(
         assert await client.get("k") == "third"
     finally:
         await client.aclose()
+
+
+async def test_cancelling_a_blocked_read_through_sentinel_always_ends_the_task(
+    cluster: SentinelCluster,
+) -> None:
+    """As tests/integration/test_redis_client.py, through the sentinel-managed pool."""
+    for pool in (0, 1):
+        client = connect(cluster.url, max_connections=pool, socket_timeout=30)
+        await client.xgroup_create("probe", "g", id="$", mkstream=True)
+        for i in range(30):
+            task = asyncio.create_task(
+                client.xreadgroup("g", "c", {"probe": ">"}, count=1, block=10_000)
+            )
+            for _ in range(1 + i % 6):  # cancel at different points of the command
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=5)
+            assert done, f"a cancelled XREADGROUP hung (pool={pool}, step {i})"
+        assert await client.ping()
+        await client.delete("probe")
+        await client.aclose()
+
+
+async def test_passwords_for_redis_and_for_the_sentinels_go_where_the_url_says() -> None:
+    with SentinelCluster(password="node-pw", sentinel_password="sentinel-pw") as cluster:
+        client = connect(cluster.url)
+        try:
+            assert await client.set("k", "v")
+            with cluster.node(cluster.primary_port()).client() as primary:
+                assert primary.get("k") == "v"
+        finally:
+            await client.aclose()
+        for wrong, refusal in (
+            (cluster.url.replace("sentinel-pw", "nope"), MasterNotFoundError),  # sentinels
+            (cluster.url.replace(":node-pw@", ":nope@"), AuthenticationError),  # the primary
+        ):
+            client = connect(wrong)
+            try:
+                with pytest.raises(refusal, match="AuthenticationError|invalid username-password"):
+                    await client.ping()
+            finally:
+                await client.aclose()
