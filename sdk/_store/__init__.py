@@ -93,8 +93,8 @@ def connect(
 
     `url` is redis://, rediss:// or unix:// as redis-py reads them, or
     redis+sentinel://[[user]:password@]host:port[,host:port...]/SERVICE_NAME[/DB] for a
-    primary found through Sentinel, followed across failovers (see `_sentinel`); a
-    malformed URL is a ValueError that says what to fix.
+    primary found through Sentinel, followed across failovers (see `_sentinel`). A
+    malformed URL is a ValueError; check_redis_url says what to fix in any of them.
     With max_connections, callers wait for a free connection instead of opening more:
     the number of Redis connections of a process stays bounded whatever its load.
     A blocking reader must pass a socket_timeout longer than its BLOCK.
