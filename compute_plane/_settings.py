@@ -7,7 +7,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 
-from longline._store import check_build_id
+from longline._store import check_build_id, check_redis_url
 
 
 def _default_worker_id() -> str:
@@ -40,6 +40,7 @@ class WorkerSettings:
     tls_key: str = ""
 
     def __post_init__(self) -> None:
+        check_redis_url(self.redis_url)
         check_build_id(self.build_id, allow_empty=True)
         if not self.token and not self.insecure_no_auth:
             raise ValueError(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
+from longline._store import check_redis_url
+
 
 @dataclass(frozen=True)
 class ControlPlaneSettings:
@@ -51,6 +53,7 @@ class ControlPlaneSettings:
     max_streams_per_tenant: int = 10_000  # concurrent StreamRun/RunWorkflow per replica; 0 = none
 
     def __post_init__(self) -> None:
+        check_redis_url(self.redis_url)
         if self.ack_timeout <= 0:
             raise ValueError("--ack-timeout must be more than 0 seconds")
         if self.retention < 0:

@@ -24,6 +24,11 @@ from ._store import InvalidArgumentError, check_build_id
 from ._types import Event, EventType, RunStatus, RunTrace, TraceSpan, WorkflowBuilds
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+REDIS_HELP = (
+    "Redis URL: redis://HOST:PORT/DB (rediss:// for TLS), or through Sentinel "
+    "redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]"
+    "[?sentinel_password=...]"
+)
 
 
 def _env(name: str, default: Any) -> Any:
@@ -418,9 +423,12 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         offline = OfflineModel(faults=Faults(token_delay=args.offline_token_delay))
     view = LiveView(verbose=args.verbose)
     state: dict[str, str] = {}
-    cp = ControlPlane(
-        ControlPlaneSettings(redis_url=redis_url, listen=args.listen, insecure_no_auth=True)
-    )
+    try:
+        cp = ControlPlane(
+            ControlPlaneSettings(redis_url=redis_url, listen=args.listen, insecure_no_auth=True)
+        )
+    except ValueError as exc:
+        raise SystemExit(f"longline dev: {exc}") from None
 
     async def main() -> int:
         nonlocal cp
@@ -580,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add(p, "--metrics-listen", "", help="HOST:PORT for Prometheus metrics")
 
     p = sub.add_parser("dev", help="embedded Redis, a control plane and a worker, on this machine")
-    _add(p, "--redis", "", help="Redis URL (default: start an embedded Redis)")
+    _add(p, "--redis", "", help=REDIS_HELP + " (default: start an embedded Redis)")
     _add(p, "--listen", "127.0.0.1:50051", help="control-plane address")
     _add(p, "--module", "longline.examples", help="workflows to serve")
     _add(p, "--run", "", help="run this workflow live, then exit")
@@ -601,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("control-plane", help="one control-plane replica")
     _add(p, "--listen", "127.0.0.1:50051", help="HOST:PORT to serve gRPC on")
-    _add(p, "--redis", "redis://127.0.0.1:6379/0", help="Redis URL")
+    _add(p, "--redis", "redis://127.0.0.1:6379/0", help=REDIS_HELP)
     _add(p, "--replica-id", "", help="unique replica id (default: random)")
     _add(p, "--max-input-bytes", 1024 * 1024, type=int, help="largest input_json accepted")
     _add(p, "--lease-timeout", 10.0, type=float, help="seconds a lease lasts without a heartbeat")
@@ -635,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="one worker serving the workflows of MODULE")
     p.add_argument("module", help="a dotted module path or a .py file")
     _add(p, "--control-plane", DEFAULT_TARGET, help="HOST:PORT, or several separated by commas")
-    _add(p, "--redis", "redis://127.0.0.1:6379/0", help="Redis URL (rediss:// for TLS)")
+    _add(p, "--redis", "redis://127.0.0.1:6379/0", help=REDIS_HELP)
     _add(p, "--token", "", help="worker token")
     _add(
         p, "--insecure-no-auth", False, action="store_true", help="for a control plane with no auth"

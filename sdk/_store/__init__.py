@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .._errors import LeaseLost
 from . import _keys as keys
-from . import _scripts
+from . import _scripts, _sentinel
 from ._builds import WHEN_UNSERVED, BuildView, check_build_id, check_workflow_name, load_view
 from ._errors import (
     DomainError,
@@ -32,6 +32,7 @@ from ._errors import (
     TooLargeError,
 )
 from ._loops import Backoff, transient
+from ._sentinel import check_redis_url
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -53,6 +54,7 @@ __all__ = [
     "WorkflowBuilds",
     "check_build_id",
     "check_workflow_name",
+    "check_redis_url",
     "connect",
     "encode_event",
     "event_id_key",
@@ -90,6 +92,10 @@ def connect(
 ) -> aioredis.Redis:
     """A client for `url` that answers str, the way every longline process talks to Redis.
 
+    `url` is redis://, rediss:// or unix:// as redis-py reads them, or
+    redis+sentinel://[[user]:password@]host:port[,host:port...]/SERVICE_NAME[/DB] for a
+    primary found through Sentinel, followed across failovers (see `_sentinel`). A
+    malformed URL is a ValueError; check_redis_url says what to fix in any of them.
     With max_connections, callers wait for a free connection instead of opening more:
     the number of Redis connections of a process stays bounded whatever its load.
     A blocking reader must pass a socket_timeout longer than its BLOCK.
@@ -103,6 +109,9 @@ def connect(
         "socket_keepalive_options": _KEEPALIVE,
         **kwargs,
     }
+    if url.startswith(_sentinel.SCHEME + ":"):
+        parsed = _sentinel.parse_sentinel_url(url)
+        return _sentinel.sentinel_client(parsed, max_connections=max_connections, options=options)
     if max_connections:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=None, **options
