@@ -288,7 +288,9 @@ class Worker:
         try:
             # In Redis first (fenced, so harmless if the lease already moved on): the hand-off
             # does not depend on the control plane being reachable right now.
-            await self._store.requeue(run_id, running.workflow, running.attempt, reason)
+            await self._store.requeue(
+                run_id, running.workflow, running.attempt, reason, self.settings.worker_id
+            )
         except RedisError as exc:
             log.error("could not release run %s (%s); its lease will run out", run_id, exc)
         running.task.cancel()
@@ -441,7 +443,11 @@ class Worker:
     async def _execute(self, workflow: Workflow, a: worker_pb2.Assignment) -> None:
         assert self._store is not None
         writer = RunWriter(
-            self._store, a.run_id, a.attempt, alive=lambda: self._lease_held(a.run_id, a.attempt)
+            self._store,
+            a.run_id,
+            a.attempt,
+            self.settings.worker_id,
+            alive=lambda: self._lease_held(a.run_id, a.attempt),
         )
         try:
             checkpoints = await self._store.load_checkpoints(a.run_id)
@@ -596,7 +602,7 @@ class Worker:
     async def _beat(self, held: list[tuple[str, int]]) -> list[bool]:
         assert self._store is not None
         s = self.settings
-        alive = await self._store.heartbeat(held, self._lease_ms)
+        alive = await self._store.heartbeat(held, self._lease_ms, s.worker_id)
         await self._store.announce(
             s.worker_id,
             [(w.name, w.description) for w in self.workflows.values()],

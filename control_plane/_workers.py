@@ -248,6 +248,7 @@ class Dispatcher:
                     f"worker {session.worker_id} did not acknowledge attempt {attempt} within "
                     f"{timeout:g} s (stalled, or its connection is half-open); retrying as "
                     f"attempt {attempt + 1}",
+                    session.worker_id,
                 )
                 del session.unacked[run_id]
                 if session.running.get(run_id) == attempt:
@@ -445,6 +446,7 @@ class Dispatcher:
                     workflow,
                     attempt,
                     f"worker {session.worker_id} disconnected before it acknowledged the run",
+                    session.worker_id,
                 )
             except RedisError as exc:  # its lease runs out and the monitor requeues it
                 log.warning("could not give back run %s now (%s)", run_id, exc)
@@ -594,6 +596,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                         workflow or "",
                         ref.attempt,
                         request.released.reason[:1000] or "released",
+                        session.worker_id,
                     )
                 except RedisError as exc:  # its lease runs out and the monitor requeues it
                     log.warning("could not requeue released run %s now (%s)", ref.run_id, exc)

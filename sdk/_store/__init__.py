@@ -319,6 +319,11 @@ def _claimed(reply: Any) -> tuple[str, str, str] | str | None:
     return str(reply[1]), str(reply[2]), str(reply[3])
 
 
+def holder(attempt: int, worker_id: str) -> str:
+    """How a fenced write names who it comes from: the attempt, on that very worker."""
+    return f"{attempt}@{worker_id}"
+
+
 def presence_ms(heartbeat_interval: float) -> int:
     """How long a worker counts as live after its last heartbeat: five heartbeats, so that a
     worker slowed down by a busy machine is not taken for gone."""
@@ -544,8 +549,11 @@ class Store:
             )
         return CancelOutcome(previous=str(reply[1]), attempt=int(reply[2]), worker_id=str(reply[3]))
 
-    async def requeue(self, run_id: str, workflow: str, attempt: int, reason: str) -> bool:
-        """Put a held attempt back in the queue as the next attempt; False if not held."""
+    async def requeue(
+        self, run_id: str, workflow: str, attempt: int, reason: str, worker_id: str
+    ) -> bool:
+        """Put an attempt `worker_id` holds back in the queue as the next attempt; False if
+        that worker does not hold it."""
         done = await self._requeue(
             keys=[
                 keys.run_key(run_id),
@@ -554,7 +562,7 @@ class Store:
                 keys.LEASES,
                 *_STATS,
             ],
-            args=[attempt, reason],
+            args=[holder(attempt, worker_id), reason],
         )
         return bool(done)
 
@@ -787,14 +795,19 @@ class Store:
             counts = await pipe.execute()
         return [(n, known[n], int(c)) for n, c in zip(names, counts, strict=True)]
 
-    async def heartbeat(self, attempts: Sequence[tuple[str, int]], lease_ms: int) -> list[bool]:
-        """Extend the leases of (run_id, attempt) pairs in one round trip; False = lost."""
+    async def heartbeat(
+        self, attempts: Sequence[tuple[str, int]], lease_ms: int, worker_id: str
+    ) -> list[bool]:
+        """Extend the leases of (run_id, attempt) pairs `worker_id` holds, in one round trip;
+        False = lost."""
         if not attempts:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for run_id, attempt in attempts:
                 await self._heartbeat(
-                    keys=[keys.run_key(run_id), keys.LEASES], args=[attempt, lease_ms], client=pipe
+                    keys=[keys.run_key(run_id), keys.LEASES],
+                    args=[holder(attempt, worker_id), lease_ms],
+                    client=pipe,
                 )
             replies = await pipe.execute()
         return [bool(r) for r in replies]
@@ -821,11 +834,13 @@ class RunWriter:
         store: Store,
         run_id: str,
         attempt: int,
+        worker_id: str,
         alive: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self.run_id = run_id
         self.attempt = attempt
+        self._holder = holder(attempt, worker_id)
         self._alive = alive
         self._seq = 0
         self._lock = asyncio.Lock()
@@ -852,7 +867,7 @@ class RunWriter:
         step, value = checkpoint or ("", "")
 
         async def call(seq: int) -> Any:
-            args: list[Any] = [self.attempt, seq, step, value, len(events)]
+            args: list[Any] = [self._holder, seq, step, value, len(events)]
             for fields in events:
                 args.append(len(fields))
                 args.extend(fields)
@@ -883,7 +898,7 @@ class RunWriter:
         async def call(seq: int) -> Any:
             return await self._store._finish(
                 keys=[*self._keys, keys.LEASES, keys.steps_key(self.run_id), *_STATS],
-                args=[self.attempt, seq, status, result_json, *error, *event],
+                args=[self._holder, seq, status, result_json, *error, *event],
             )
 
         event_id = await self._send(call)

@@ -23,9 +23,14 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function fmt(n) return string.format('%.0f', n) end
-local function holds(run, attempt)
-  local st = redis.call('HMGET', run, 'status', 'attempt')
-  return st[1] == 'RUNNING' and st[2] == attempt
+-- A holder is "<attempt>@<worker_id>": the attempt holds the run on that very worker. A claim
+-- that a failover lost lets the same attempt be claimed again by another worker; the first
+-- one is then refused, not mixed with it.
+local function holds(run, holder)
+  local attempt, worker = string.match(holder, '^(%d+)@(.+)$')
+  if not attempt then return false end
+  local st = redis.call('HMGET', run, 'status', 'attempt', 'worker_id')
+  return st[1] == 'RUNNING' and st[2] == attempt and st[3] == worker
 end
 -- Queued runs by tenant (for its limit), queued and running runs by workflow and build (for
 -- blue-green deploys), run counts by status and queued runs by workflow (for metrics): the
@@ -184,7 +189,8 @@ return {1, st[3], st[4], st[6] or ''}
 # written only by the lifecycle scripts. RUN_STARTED only as an attempt's first write.
 WORKER_EVENTS = ("RUN_STARTED", "STATUS", "OUTPUT", "COMPONENT_STARTED", "COMPONENT_FINISHED")
 
-# KEYS: run, events, steps. ARGV: attempt, seq, step key ('' = none), step value, n, then per
+# KEYS: run, events, steps. ARGV: holder ("attempt@worker_id"), seq, step key ('' = none),
+# step value, n, then per
 # event: field count, field, value, ... (the type first: 't', type). Returns the new event ids
 # ({} for a write already applied), or nil when the attempt no longer holds the run; an error
 # reply (EVENTTYPE) for an event of a type a worker may not write, before anything is written.
@@ -218,7 +224,7 @@ return ids
 """
 )
 
-# KEYS: run, events, leases, steps. ARGV: attempt, seq, status, result_json, error_type,
+# KEYS: run, events, leases, steps. ARGV: holder, seq, status, result_json, error_type,
 # error_message, error_component, then the terminal event's fields.
 # Returns the event id ('' for a write already applied) or nil.
 FINISH_RUN = (
@@ -260,7 +266,8 @@ return {1, st[1], st[2], st[3] or ''}
 """
 )
 
-# KEYS: run, leases. ARGV: attempt, lease_ms. Returns 1 while the attempt holds the run, else 0.
+# KEYS: run, leases. ARGV: holder ("attempt@worker_id"), lease_ms. Returns 1 while it holds
+# the run, else 0.
 HEARTBEAT = (
     _PRELUDE
     + """
@@ -293,7 +300,7 @@ end
 """
 )
 
-# KEYS: run, events, queue, leases. ARGV: attempt, reason.
+# KEYS: run, events, queue, leases. ARGV: holder ("attempt@worker_id"), reason.
 # Puts a held attempt back in the queue as the next attempt at once (a worker that drains or
 # disconnects gives it back); it does not count as a lost attempt. Returns 1, or 0 if not held.
 REQUEUE_RUN = (
@@ -301,7 +308,7 @@ REQUEUE_RUN = (
     + _local_requeue
     + """
 if not holds(KEYS[1], ARGV[1]) then return 0 end
-requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
+requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], string.match(ARGV[1], '^%d+'), ARGV[2])
 return 1
 """
 )

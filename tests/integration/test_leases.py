@@ -58,7 +58,7 @@ async def test_a_write_of_an_attempt_that_lost_its_lease_is_refused(
 ) -> None:
     store = Store(connect(redis_url))
     run_id = await _expired_run(store, redis)
-    zombie = RunWriter(store, run_id, 1)
+    zombie = RunWriter(store, run_id, 1, "w1")
     await store.expire_leases(10)
     with pytest.raises(LeaseLost):
         await zombie.append([encode_event("STATUS", 1, "still here?")])
@@ -77,7 +77,7 @@ async def test_a_retried_write_is_applied_once(redis_url: str, redis: aioredis.R
     await store.create_run("r2", "flow", "null", {})
     await store.claim("r2", 1, "w1", "cp", lease_ms=10_000, max_attempts=3)
     fields = encode_event("OUTPUT", 1, "chunk")
-    args = [1, 1, "", "", 1, len(fields), *fields]  # attempt 1, sequence number 1
+    args = ["1@w1", 1, "", "", 1, len(fields), *fields]  # attempt 1 on w1, sequence 1
     first = await store._append(
         keys=[keys.run_key("r2"), keys.events_key("r2"), keys.steps_key("r2")], args=args
     )
@@ -87,4 +87,29 @@ async def test_a_retried_write_is_applied_once(redis_url: str, redis: aioredis.R
     assert len(first) == 1 and again == []  # the reply was lost; the retry is a no-op
     events = await store.read_events("r2", "", 10)
     assert [e.type for e in events] == ["RUN_QUEUED", "OUTPUT"]
+    await store.redis.aclose()
+
+
+async def test_a_claim_lost_in_a_failover_does_not_let_two_workers_hold_one_attempt(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """A failover loses w1's claim (the run is QUEUED at attempt 1 again) and w2 claims the
+    same attempt: only w2's writes land; w1, which still runs it, is refused."""
+    store = Store(connect(redis_url))
+    await store.announce("w1", [("flow", "")], 60_000)
+    await store.create_run("r3", "flow", "null", {})
+    assert await store.claim("r3", 1, "w1", "cp", lease_ms=10_000, max_attempts=3)
+    w1 = RunWriter(store, "r3", 1, "w1")
+    await redis.hset(keys.run_key("r3"), mapping={"status": "QUEUED", "worker_id": ""})
+    assert await store.claim("r3", 1, "w2", "cp", lease_ms=10_000, max_attempts=3)
+    w2 = RunWriter(store, "r3", 1, "w2")
+    with pytest.raises(LeaseLost):
+        await w1.append([encode_event("STATUS", 1, "w1 here")])
+    assert await store.heartbeat([("r3", 1)], 10_000, "w1") == [False]
+    assert not await store.requeue("r3", "flow", 1, "w1 gives it back", "w1")
+    await w2.append([encode_event("STATUS", 1, "w2 here")])
+    assert await store.heartbeat([("r3", 1)], 10_000, "w2") == [True]
+    await w2.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
+    messages = [e.message for e in await store.read_events("r3", "", 10)]
+    assert "w2 here" in messages and "w1 here" not in messages
     await store.redis.aclose()
