@@ -211,3 +211,15 @@ async def ticking(ctx: longline.Context, input: Any) -> Any:
     for n in range(steps):
         await ticking_step(ctx.run_id, n, int(input.get("ticks", 10)))
     return {"steps": steps}
+
+
+@longline.workflow(description="Tries to end its own run with a forged terminal event.")
+async def forger(ctx: longline.Context, input: Any) -> Any:
+    refused = []
+    for kind in ("RUN_SUCCEEDED", "RUN_CANCELLED", "RUN_STARTED", "NOT_A_TYPE"):
+        try:
+            await ctx.emit(kind, message="forged")
+        except ValueError as exc:
+            refused.append(f"{kind}: {exc}")
+    await ctx.status("still running")
+    return refused
