@@ -570,8 +570,8 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         """Extend every held lease and this worker's presence, every heartbeat interval.
 
-        A round that Redis does not answer within a heartbeat interval is given up (a
-        black-holed connection answers nothing, ever) and the next round tries again; runs
+        A round that Redis does not answer within half a lease is given up (a black-holed
+        connection answers nothing, ever) and the next round tries again; runs
         whose lease could not be renewed for a lease timeout are stopped by _lease_watch.
         """
         assert self._store is not None
@@ -580,8 +580,9 @@ class Worker:
             held = [(run_id, r.attempt) for run_id, r in self._running.items()]
             sent = time.monotonic()
             try:
+                # Half a lease: room for one more round before the lease is in doubt.
                 alive = await asyncio.wait_for(
-                    self._beat(held), timeout=max(0.5, self._heartbeat_interval)
+                    self._beat(held), timeout=max(0.5, self._lease_ms / 2000)
                 )
             except (RedisError, OSError, TimeoutError) as exc:
                 # Not renewed: counted as such. The round is retried after an interval.

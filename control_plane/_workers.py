@@ -66,6 +66,12 @@ class WorkerSession:
         return time.monotonic() >= self.present_until
 
     @property
+    def answering(self) -> bool:
+        """It acknowledges what it is sent and heartbeats: a run can wait for its slots (a
+        run meant for a worker that does not answer goes back to the queue instead)."""
+        return not (self.unresponsive or self.silent)
+
+    @property
     def free(self) -> int:
         """Slots this worker can take runs into now."""
         if self.draining or self.closed or self.unresponsive or self.silent:
@@ -356,7 +362,7 @@ class Dispatcher:
             for item in items:
                 candidates = [s for s in readers.get(item.stream, []) if free[id(s)] > 0]
                 if not candidates:
-                    if readers.get(item.stream):
+                    if any(s.answering for s in readers.get(item.stream, [])):
                         waiting.append(item)  # assigned here when a local slot frees
                     else:  # no local worker takes it any more: hand it back to every replica
                         back.append(item)

@@ -143,4 +143,3 @@ async def test_kill_9_of_the_primary_under_20_running_runs_leaves_none_stuck(
         for reader in ("-events", "-dispatch"):
             assert any(n.startswith("longline-cp-") and n.endswith(reader) for n in names)
         assert await client.run("five_steps", {"delay": 0}) == {"steps": 5}
-
