@@ -627,8 +627,9 @@ class Worker:
                 if now - running.renewed >= self._lease_ms / 1000 and not running.stopped:
                     running.stopped = True
                     log.warning(
-                        "run %s attempt %d: lease not renewed for %.1f s (Redis out of reach); "
-                        "stopping it, the control plane has moved it on",
+                        "run %s attempt %d: lease not renewed for %.1f s (this process was "
+                        "paused, or Redis out of reach); stopping it, the control plane has "
+                        "moved it on",
                         run_id,
                         running.attempt,
                         now - running.renewed,
