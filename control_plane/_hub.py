@@ -11,6 +11,11 @@ Publish/subscribe is at most once, so the stream stays the source of truth: a su
 catches up with XRANGE from its cursor, joins the fan-out once the subscription is confirmed,
 then reads the gap once more from the stream; ids decide order, so it sees every event once
 with no gap. If the hub's connection drops, every subscriber re-reads from its cursor.
+
+"Confirmed" means confirmed by the reply to that watch's own SUBSCRIBE. A channel can be
+subscribed, unsubscribed (its last watcher left) and subscribed again before the first reply
+arrives; replies on one connection come in command order, so the hub keeps, per channel, the
+watches whose SUBSCRIBE is unanswered, oldest first, and gives each reply to the oldest.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -69,6 +75,8 @@ class EventHub:
         # Always subscribed to something, so the reader can block on the connection at once.
         self._own_channel = keys.wake_key(replica_id + ":hub")
         self._watches: dict[str, _Watch] = {}  # channel (the run's events key) -> watch
+        # channel -> the watches whose SUBSCRIBE Redis has not confirmed yet, in sending order
+        self._unconfirmed: dict[str, deque[_Watch]] = {}
         self._ready = asyncio.Event()
         self.on_delivery: Callable[[float], None] | None = None  # seconds from write to fan-out
 
@@ -99,6 +107,7 @@ class EventHub:
         """Messages may have been lost: every subscriber re-reads from its cursor and
         subscribes again on the new connection."""
         self._ready.clear()
+        self._unconfirmed.clear()
         watches, self._watches = self._watches, {}
         for watch in watches.values():
             if not watch.subscribed.done():
@@ -113,9 +122,13 @@ class EventHub:
             if kind == "subscribe":
                 if channel == self._own_channel:
                     self._ready.set()
-                watch = self._watches.get(channel)
-                if watch is not None and not watch.subscribed.done():
-                    watch.subscribed.set_result(None)
+                waiting = self._unconfirmed.get(channel)
+                if waiting:
+                    watch = waiting.popleft()  # it may have been left meanwhile: no matter
+                    if not waiting:
+                        del self._unconfirmed[channel]
+                    if not watch.subscribed.done():
+                        watch.subscribed.set_result(None)
             elif kind == "message":
                 watch = self._watches.get(channel)
                 if watch is None:
@@ -136,6 +149,10 @@ class EventHub:
             )
             watch.subscribers.add(subscriber)
             await self._ready.wait()
+            if self._watches.get(channel) is not watch:
+                # The connection was lost while we waited: nothing to subscribe for.
+                raise RedisConnectionError("the event hub lost Redis")
+            self._unconfirmed.setdefault(channel, deque()).append(watch)
             await self._pubsub.subscribe(channel)
         else:
             watch.subscribers.add(subscriber)
