@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from longline._store import Store, StoredEvent, event_id_key, keys
 
@@ -39,6 +39,10 @@ log = logging.getLogger("longline.control_plane.hub")
 _PAGE = 500
 _QUEUE_LIMIT = 10_000  # events buffered for one slow subscriber before it falls back to XRANGE
 BLOCK_MS = 10_000  # the longest a blocking read waits; readers' socket timeout is longer
+# After a Redis error the hub waits this long before it subscribes again, doubling up to the
+# most; a connection that then serves that long starts the waits over.
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MOST = 5.0
 
 
 @dataclass(eq=False)
@@ -78,6 +82,7 @@ class EventHub:
         # channel -> the watches whose SUBSCRIBE Redis has not confirmed yet, in sending order
         self._unconfirmed: dict[str, deque[_Watch]] = {}
         self._ready = asyncio.Event()
+        self._ready_at = 0.0  # when the current connection's own subscription was confirmed
         self.on_delivery: Callable[[float], None] | None = None  # seconds from write to fan-out
 
     @property
@@ -86,19 +91,35 @@ class EventHub:
         return sum(len(w.subscribers) for w in self._watches.values())
 
     async def run(self) -> None:
-        """The reader loop; runs until cancelled."""
+        """The reader loop; runs until cancelled.
+
+        Any Redis error (a lost connection, or a reply such as READONLY, LOADING, OOM, NOPERM)
+        is logged once, every watcher re-reads from its cursor, and the hub subscribes again
+        on a new connection after a wait that doubles from 0.1 s up to 5 s.
+        """
+        delay = _BACKOFF_FIRST
         try:
             while True:
                 try:
                     await self._pubsub.subscribe(self._own_channel)
                     await self._read()
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    log.warning("event hub lost Redis (%s); reconnecting", exc)
-                    self._lost_connection()
-                    old, self._pubsub = self._pubsub, self._reader.pubsub()
-                    with _quiet():
-                        await old.aclose()
-                    await asyncio.sleep(0.5)
+                    problem = "the subscription ended"  # only when nothing is subscribed
+                except (RedisError, OSError) as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                if self._ready.is_set() and time.monotonic() - self._ready_at >= _BACKOFF_MOST:
+                    delay = _BACKOFF_FIRST  # that connection served well: this is a new fault
+                log.warning(
+                    "event hub: Redis failed (%s); watchers re-read from their cursors; "
+                    "subscribing again in %.1f s",
+                    problem,
+                    delay,
+                )
+                self._lost_connection()
+                old, self._pubsub = self._pubsub, self._reader.pubsub()
+                with _quiet():
+                    await old.aclose()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MOST)
         finally:
             with _quiet():
                 await self._pubsub.aclose()
@@ -121,6 +142,7 @@ class EventHub:
             kind, channel = message["type"], message["channel"]
             if kind == "subscribe":
                 if channel == self._own_channel:
+                    self._ready_at = time.monotonic()
                     self._ready.set()
                 waiting = self._unconfirmed.get(channel)
                 if waiting:
@@ -133,9 +155,14 @@ class EventHub:
                 watch = self._watches.get(channel)
                 if watch is None:
                     continue  # its last watcher left while the message was on its way
-                event_id, _, payload = message["data"].partition(" ")
-                flat = json.loads(payload)
-                event = StoredEvent.decode(event_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+                try:
+                    event = _decode(message["data"])
+                except (ValueError, TypeError, AttributeError) as exc:
+                    # Not written by the scripts; the stream holds the truth: re-read it.
+                    log.warning("event hub: a message on %s is not an event (%s)", channel, exc)
+                    for subscriber in watch.subscribers:
+                        subscriber.resync()
+                    continue
                 for subscriber in watch.subscribers:
                     subscriber.offer(event)
                 if self.on_delivery is not None:
@@ -216,6 +243,16 @@ class EventHub:
                 await asyncio.shield(self._unwatch(channel, subscriber))
 
 
+def _decode(data: str) -> StoredEvent:
+    """An event from its message: the id, a space, the fields as a flat JSON array."""
+    event_id, _, payload = data.partition(" ")
+    flat = json.loads(payload)
+    if not isinstance(flat, list) or not all(isinstance(x, str) for x in flat):
+        raise ValueError("the fields are not a list of strings")
+    event_id_key(event_id)  # raises ValueError when it is not an id
+    return StoredEvent.decode(event_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+
 class _quiet:
     """Suppress Redis errors around cleanup that may meet a dead connection."""
 
@@ -223,6 +260,4 @@ class _quiet:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
-        return kind is not None and issubclass(
-            kind, RedisConnectionError | RedisTimeoutError | OSError | RuntimeError
-        )
+        return kind is not None and issubclass(kind, RedisError | OSError | RuntimeError)

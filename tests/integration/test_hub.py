@@ -187,3 +187,82 @@ async def test_a_watch_is_confirmed_by_its_own_subscribe_not_an_earlier_one(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_the_hub_outlives_any_redis_error_with_capped_backoff(
+    redis_url: str, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply error (here NOPERM; READONLY, LOADING, OOM and UNBLOCKED are the same kind of
+    error to redis-py) is survived like a lost connection: one log line per failure, waits
+    that double from 0.1 s, and the hub serves again once Redis does."""
+    await redis.acl_setuser(
+        "hub", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all"]
+    )
+    parsed = urlparse(redis_url)
+    store = Store(connect(redis_url))
+    reader = connect(
+        f"redis://hub:pw@{parsed.hostname}:{parsed.port}/0", socket_timeout=None, max_connections=1
+    )
+    hub = EventHub(store, reader, "hub-errors")
+    task = asyncio.create_task(hub.run())
+    try:
+        await asyncio.wait_for(hub._ready.wait(), 10)
+        # Every SUBSCRIBE of the hub's user is refused from now on.
+        await redis.acl_setuser("hub", enabled=True, reset_channels=True)
+        await redis.execute_command("CLIENT", "KILL", "USER", "hub")
+
+        def failures() -> list[float]:
+            return [
+                r.created
+                for r in caplog.records
+                if r.name == "longline.control_plane.hub" and "NoPermissionError" in r.getMessage()
+            ]
+
+        async def four_failures() -> bool:
+            assert not task.done(), f"the hub stopped: {task}"
+            return len(failures()) >= 4
+
+        await eventually(four_failures, what="four refused subscriptions")
+        times = failures()
+        assert times[3] - times[0] >= 0.1 + 0.2 + 0.4, f"no backoff between retries: {times}"
+        assert not task.done()
+
+        # Redis lets it in again: the hub serves a watcher to the end.
+        await redis.acl_setuser("hub", enabled=True, channels=["*"])
+        writer = await _started_run(store, "r1")
+        seen: list[StoredEvent] = []
+        follower = _follow(hub, "r1", seen)
+        await eventually(
+            lambda: _true(
+                keys.events_key("r1") in hub._watches
+                and hub._watches[keys.events_key("r1")].subscribed.done()
+            ),
+            what="a watcher subscribed after the errors",
+        )
+        await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
+        await asyncio.wait_for(follower, 10)
+        assert [e.type for e in seen] == ["RUN_QUEUED", "RUN_SUCCEEDED"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reader.aclose()
+        await store.redis.aclose()
+
+
+@pytest.mark.parametrize("garbage", ["no json here", "1-0 {}", '1-0 ["t"]', "x-y []", "1-0 [1, 2]"])
+async def test_a_message_that_is_not_an_event_costs_a_re_read_not_the_hub(
+    hub: Hub, redis: aioredis.Redis, garbage: str
+) -> None:
+    writer = await _started_run(hub.store, "r1")
+    seen: list[StoredEvent] = []
+    follower = _follow(hub.hub, "r1", seen)
+    channel = keys.events_key("r1")
+    await eventually(
+        lambda: _true(channel in hub.hub._watches and hub.hub._watches[channel].subscribed.done()),
+        what="the watcher to be subscribed",
+    )
+    await redis.publish(channel, garbage)
+    await writer.append([encode_event("STATUS", 1, "after the garbage")])
+    await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
+    await asyncio.wait_for(follower, 10)
+    assert [e.type for e in seen] == ["RUN_QUEUED", "STATUS", "RUN_SUCCEEDED"]
