@@ -37,7 +37,10 @@ from longline._store import Store, StoredEvent, event_id_key, keys
 log = logging.getLogger("longline.control_plane.hub")
 
 _PAGE = 500
-_QUEUE_LIMIT = 10_000  # events buffered for one slow subscriber before it falls back to XRANGE
+# What one slow subscriber may have buffered before it falls back to reading the stream: so
+# many events, or so many bytes of their message and data (characters, as Python counts).
+_QUEUE_LIMIT = 10_000
+_QUEUE_BYTES = 1024 * 1024
 BLOCK_MS = 10_000  # the longest a blocking read waits; readers' socket timeout is longer
 # After a Redis error the hub waits this long before it subscribes again, doubling up to the
 # most; a connection that then serves that long starts the waits over.
@@ -48,19 +51,34 @@ _BACKOFF_MOST = 5.0
 @dataclass(eq=False)
 class _Subscriber:
     queue: asyncio.Queue[StoredEvent | None] = field(default_factory=asyncio.Queue)
+    queued_bytes: int = 0  # message and data of the events in the queue
     overflowed: bool = False  # events may have been missed: re-read from the stream
 
     def offer(self, event: StoredEvent) -> None:
         if self.overflowed:
             return
-        if self.queue.qsize() >= _QUEUE_LIMIT:
+        size = _size(event)
+        full = self.queue.qsize() >= _QUEUE_LIMIT or self.queued_bytes + size > _QUEUE_BYTES
+        if full and not self.queue.empty():  # one event, however large, is always taken
             self.resync()  # it re-reads from Redis, so nothing is lost
             return
+        self.queued_bytes += size
         self.queue.put_nowait(event)
+
+    async def next(self) -> StoredEvent | None:
+        """The next live event; None when it must re-read from the stream."""
+        event = await self.queue.get()
+        if event is not None:
+            self.queued_bytes -= _size(event)
+        return event
 
     def resync(self) -> None:
         self.overflowed = True
         self.queue.put_nowait(None)  # wakes it if it waits
+
+
+def _size(event: StoredEvent) -> int:
+    return len(event.message) + len(event.data_json)
 
 
 @dataclass(eq=False)
@@ -232,7 +250,7 @@ class EventHub:
                         break
                 # 3. Live events, in id order; anything at or before the cursor was seen.
                 while not subscriber.overflowed:
-                    live = await subscriber.queue.get()
+                    live = await subscriber.next()
                     if live is None or event_id_key(live.event_id) <= event_id_key(cursor):
                         continue
                     cursor = live.event_id

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from longline._store import RunWriter, Store, StoredEvent, connect, encode_event, keys
-from longline.control_plane._hub import EventHub
+from longline.control_plane._hub import _QUEUE_BYTES, EventHub
 from tests.conftest import eventually
 
 
@@ -266,3 +266,48 @@ async def test_a_message_that_is_not_an_event_costs_a_re_read_not_the_hub(
     await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
     await asyncio.wait_for(follower, 10)
     assert [e.type for e in seen] == ["RUN_QUEUED", "STATUS", "RUN_SUCCEEDED"]
+
+
+def _buffered_bytes(hub: EventHub) -> int:
+    return sum(
+        len(e.message) + len(e.data_json)
+        for watch in hub._watches.values()
+        for subscriber in watch.subscribers
+        for e in list(subscriber.queue._queue)  # type: ignore[attr-defined]
+        if e is not None
+    )
+
+
+async def test_a_slow_watcher_buffers_a_bounded_number_of_bytes_and_misses_nothing(
+    hub: Hub,
+) -> None:
+    writer = await _started_run(hub.store, "r1")
+    delivered = 0
+
+    def count(_: float) -> None:
+        nonlocal delivered
+        delivered += 1
+
+    hub.hub.on_delivery = count
+    events = hub.hub.events("r1")
+    seen = [await events.__anext__()]  # RUN_QUEUED, from the stream
+    waiting = asyncio.create_task(anext(events))
+    channel = keys.events_key("r1")
+    await eventually(
+        lambda: _true(channel in hub.hub._watches and hub.hub._watches[channel].subscribed.done()),
+        what="the watcher to be subscribed",
+    )
+    await writer.append([encode_event("STATUS", 1, "live")])
+    seen.append(await asyncio.wait_for(waiting, 10))
+    # The watcher stops reading; 40 events of 64 KiB come.
+    chunk = "x" * 65536
+    for n in range(40):
+        await writer.append([encode_event("OUTPUT", 1, f"{n:02d}{chunk}")])
+    await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
+    await eventually(lambda: _true(delivered == 42), what="the hub to fan out every event")
+    buffered = _buffered_bytes(hub.hub)
+    assert buffered <= _QUEUE_BYTES, f"{buffered} bytes buffered for one slow watcher"
+    # It reads again: every event, once, in order (from the stream where the buffer ended).
+    seen += [e async for e in events]
+    assert [e.type for e in seen] == ["RUN_QUEUED", "STATUS", *["OUTPUT"] * 40, "RUN_SUCCEEDED"]
+    assert [e.message[:2] for e in seen[2:-1]] == [f"{n:02d}" for n in range(40)]
