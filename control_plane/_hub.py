@@ -32,11 +32,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from longline._store import Store, StoredEvent, event_id_key, keys
+from longline._store import EventPage, Store, StoredEvent, event_id_key, keys
 
 log = logging.getLogger("longline.control_plane.hub")
 
-_PAGE = 500
 # What one slow subscriber may have buffered before it falls back to reading the stream: so
 # many events, or so many bytes of their message and data (characters, as Python counts).
 _QUEUE_LIMIT = 10_000
@@ -215,38 +214,39 @@ class EventHub:
                 await self._pubsub.unsubscribe(channel)
 
     async def events(
-        self, run_id: str, after: str = "", first: list[StoredEvent] | None = None
+        self, run_id: str, after: str = "", first: EventPage | None = None
     ) -> AsyncIterator[StoredEvent]:
         """The run's events after `after`, live, ending with the terminal event. `first` is
-        the first page after `after`, when the caller read it already."""
+        the first page after `after`, when the caller read it already. Catching up reads
+        pages bounded in count and bytes (Store.read_page)."""
         cursor = after or "0-0"
         channel = keys.events_key(run_id)
         while True:
             # 1. Catch up from Redis.
             while True:
                 if first is not None:
-                    batch, first = first, None
+                    page, first = first, None
                 else:
-                    batch = await self._store.read_events(run_id, cursor, _PAGE)
-                for event in batch:
+                    page = await self._store.read_page(run_id, cursor)
+                for event in page.events:
                     cursor = event.event_id
                     yield event
                     if event.terminal:
                         return
-                if len(batch) < _PAGE:
+                if not page.more:
                     break
             # 2. Subscribe, then read what was written before the subscription took effect.
             subscriber = _Subscriber()
             try:
                 await self._watch(channel, subscriber)
                 while True:
-                    batch = await self._store.read_events(run_id, cursor, _PAGE)
-                    for event in batch:
+                    page = await self._store.read_page(run_id, cursor)
+                    for event in page.events:
                         cursor = event.event_id
                         yield event
                         if event.terminal:
                             return
-                    if len(batch) < _PAGE:
+                    if not page.more:
                         break
                 # 3. Live events, in id order; anything at or before the cursor was seen.
                 while not subscriber.overflowed:

@@ -30,7 +30,7 @@ from longline._store import (
 from longline.v1 import runs_pb2, runs_pb2_grpc
 
 from ._auth import current
-from ._hub import _PAGE, EventHub
+from ._hub import EventHub
 from ._settings import ControlPlaneSettings
 
 _tracer = trace.get_tracer("longline.control_plane")
@@ -347,13 +347,12 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         run_id = _require_run_id(request.run_id)
         if request.after_event_id:
             parse_event_id(request.after_event_id)
-        # NOT_FOUND before any event; the first page comes in the same round trip.
-        first, ended = await self._store.open_events(
-            run_id, current().tenant, request.after_event_id, _PAGE
-        )
-        if ended and len(first) < _PAGE and not any(e.terminal for e in first):
+        # NOT_FOUND before any event.
+        opened = await self._store.open_events(run_id, current().tenant, request.after_event_id)
+        first = opened.page
+        if opened.ended and not first.more and not any(e.terminal for e in first.events):
             # A finished run, and the cursor is past its terminal event: nothing will come.
-            for event in first:
+            for event in first.events:
                 yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
             return
         with self._stream_slot():
@@ -367,11 +366,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         record = await self._store.get_run(run_id, current().tenant)
         events: list[StoredEvent] = []
         while True:
-            page = await self._store.read_events(
-                run_id, events[-1].event_id if events else "", 1000
-            )
-            events += page
-            if len(page) < 1000:
+            page = await self._store.read_page(run_id, events[-1].event_id if events else "")
+            events += page.events
+            if not page.more:
                 break
         spans = [_span_to_proto(s) for s in _trace.build(events)]
         live = [s for s in spans if s.status != runs_pb2.TRACE_SPAN_STATUS_REPLAYED]

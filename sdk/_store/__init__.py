@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .._errors import LeaseLost
 from . import _keys as keys
-from . import _scripts, _sentinel
+from . import _reads, _scripts, _sentinel
 from ._builds import WHEN_UNSERVED, BuildView, check_build_id, check_workflow_name, load_view
 from ._errors import (
     DomainError,
@@ -41,9 +41,11 @@ __all__ = [
     "BuildView",
     "CancelOutcome",
     "DomainError",
+    "EventPage",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "NotFoundError",
+    "OpenedStream",
     "RunRecord",
     "RateLimitedError",
     "RunWriter",
@@ -220,6 +222,37 @@ def encode_event(
 
 
 @dataclass(frozen=True, slots=True)
+class EventPage:
+    """Events of one run in id order: at most a count, and at most a byte budget of ids, field
+    names and values unless it is a single event."""
+
+    events: list[StoredEvent]
+    more: bool  # a limit ended the page: read on after its last event
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedStream:
+    """The start of a StreamRun: its first page and what the run's hash says."""
+
+    page: EventPage
+    ended: bool  # the run is in a terminal status
+    last_event_id: str  # its newest event when the page was read ('' if it has none)
+
+
+def _entries_page(entries: list[tuple[str, dict[str, str]]], count: int) -> EventPage:
+    size = sum(len(i) + sum(len(k) + len(v) for k, v in f.items()) for i, f in entries)
+    events = [StoredEvent.decode(i, f) for i, f in entries]
+    return EventPage(events, more=len(events) == count, bytes=size)
+
+
+def _script_page(reply: Any) -> EventPage:
+    more, size, entries = reply
+    events = [StoredEvent.decode(i, dict(zip(f[::2], f[1::2], strict=True))) for i, f in entries]
+    return EventPage(events, more=bool(int(more)), bytes=int(size))
+
+
+@dataclass(frozen=True, slots=True)
 class RunRecord:
     """The state of one run as stored in its hash."""
 
@@ -343,6 +376,8 @@ class Store:
         self._finish = redis.register_script(_scripts.FINISH_RUN)
         self._heartbeat = redis.register_script(_scripts.HEARTBEAT)
         self._expire = redis.register_script(_scripts.EXPIRE_LEASE)
+        self._read_page = redis.register_script(_reads.READ_PAGE)
+        self._memory_usage = True  # False once Redis refused MEMORY USAGE: measure every page
 
     # -- runs -------------------------------------------------------------
 
@@ -630,29 +665,79 @@ class Store:
     # -- events -----------------------------------------------------------
 
     async def open_events(
-        self, run_id: str, tenant: str, after: str, count: int
-    ) -> tuple[list[StoredEvent], bool]:
-        """The run's first `count` events after the cursor and whether the run has ended, in
-        the same round trip as the check that the run exists and is `tenant`'s
-        (NotFoundError otherwise)."""
+        self,
+        run_id: str,
+        tenant: str,
+        after: str,
+        count: int = _reads.PAGE_EVENTS,
+        max_bytes: int = _reads.PAGE_BYTES,
+    ) -> OpenedStream:
+        """The run's first page of events after the cursor (see read_page), whether it has
+        ended and its newest event's id, read after the check that the run exists and is
+        `tenant`'s (NotFoundError otherwise)."""
         start = _range_start(after)
+        key = keys.events_key(run_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.run_key(run_id), "run_id", "tenant", "status")
-            if start is not None:
-                pipe.xrange(keys.events_key(run_id), start, "+", count=count)
-            (found, owner, status), *rest = await pipe.execute()
-        entries = rest[0] if rest else []
+            pipe.hmget(keys.run_key(run_id), "run_id", "tenant", "status", "last_event_id")
+            if self._memory_usage:
+                pipe.memory_usage(key, samples=0)
+            fields, *usage = await pipe.execute(raise_on_error=False)
+        if isinstance(fields, Exception):
+            raise fields
+        found, owner, status, last = fields
         if found is None or (owner or "") != tenant:
             raise NotFoundError(f"run {run_id!r} not found", "RUN_NOT_FOUND")
-        return [StoredEvent.decode(i, f) for i, f in entries], status in TERMINAL_STATUSES
+        page = EventPage([], False, 0)
+        if start is not None:
+            page = await self._page(key, start, count, max_bytes, self._usage(usage))
+        return OpenedStream(page, status in TERMINAL_STATUSES, last or "")
 
-    async def read_events(self, run_id: str, after: str, count: int) -> list[StoredEvent]:
-        """Up to `count` events after the cursor ('' = from the first)."""
+    async def read_page(
+        self,
+        run_id: str,
+        after: str,
+        count: int = _reads.PAGE_EVENTS,
+        max_bytes: int = _reads.PAGE_BYTES,
+    ) -> EventPage:
+        """Up to `count` events after the cursor ('' = from the first) and up to `max_bytes`
+        of their ids, field names and values, but always one event when there is one."""
         start = _range_start(after)
         if start is None:
-            return []
-        entries = await self.redis.xrange(keys.events_key(run_id), start, "+", count=count)
-        return [StoredEvent.decode(i, f) for i, f in entries]
+            return EventPage([], False, 0)
+        key = keys.events_key(run_id)
+        usage: int | None = None
+        if self._memory_usage:
+            try:
+                usage = await self.redis.memory_usage(key, samples=0) or 0
+            except ResponseError as exc:
+                usage = self._usage([exc])
+        return await self._page(key, start, count, max_bytes, usage)
+
+    async def read_events(
+        self, run_id: str, after: str, count: int, max_bytes: int = _reads.PAGE_BYTES
+    ) -> list[StoredEvent]:
+        """The events of read_page: fewer than `count` does not mean there are no more."""
+        return (await self.read_page(run_id, after, count, max_bytes)).events
+
+    def _usage(self, reply: list[Any]) -> int | None:
+        """The stream's size from a MEMORY USAGE reply; None when it is not known."""
+        if not reply:
+            return None
+        if isinstance(reply[0], ResponseError):  # not allowed here (an ACL, a managed Redis)
+            log.info("MEMORY USAGE refused (%s): every page of events is measured", reply[0])
+            self._memory_usage = False
+            return None
+        if isinstance(reply[0], Exception):
+            raise reply[0]
+        return int(reply[0] or 0)
+
+    async def _page(
+        self, key: str, start: str, count: int, max_bytes: int, usage: int | None
+    ) -> EventPage:
+        count = max(1, count)
+        if usage is not None and usage + count * _reads.ENTRY_MARGIN <= max_bytes:
+            return _entries_page(await self.redis.xrange(key, start, "+", count=count), count)
+        return _script_page(await self._read_page(keys=[key], args=[start, count, max_bytes]))
 
     # -- workflows and workers ---------------------------------------------
 

@@ -1,0 +1,124 @@
+"""Reads of a run's events are bounded in bytes as well as in count, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from longline._store import RunWriter, Store, StoredEvent, connect, encode_event
+from longline.v1 import runs_pb2
+from tests.integration.conftest import Stack
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    s = Store(connect(redis_url))
+    yield s
+    await s.redis.aclose()
+
+
+async def _run(store: Store, run_id: str = "r1") -> RunWriter:
+    await store.announce("w1", [("flow", "")], 60_000)
+    await store.create_run(run_id, "flow", "null", {})
+    assert await store.claim(run_id, 1, "w1", "cp", lease_ms=60_000, max_attempts=3)
+    return RunWriter(store, run_id, 1)
+
+
+def _bytes(events: list[StoredEvent]) -> int:
+    return sum(len(e.message) + len(e.data_json) for e in events)
+
+
+async def _write(writer: RunWriter, n: int, size: int) -> None:
+    for i in range(n):
+        await writer.append([encode_event("OUTPUT", 1, f"{i:04d}" + "x" * (size - 4))])
+
+
+async def test_a_page_of_large_events_stops_at_the_byte_budget(store: Store) -> None:
+    await _write(await _run(store), 40, 64 * 1024)  # 2.5 MiB after RUN_QUEUED
+    first = await store.read_events("r1", "", 500)
+    assert 1 < len(first) < 41
+    assert _bytes(first) <= MIB, f"a page of {_bytes(first)} bytes"
+
+
+async def test_pages_of_any_size_read_every_event_once_in_order(store: Store) -> None:
+    writer = await _run(store)
+    await _write(writer, 30, 100)  # small: the stream fits in one page
+    await _write(writer, 12, 300 * 1024)  # large: a few to a page
+    await _write(writer, 30, 100)
+    await writer.append([encode_event("OUTPUT", 1, "big" + "y" * (3 * MIB))])  # over a page
+    seen: list[StoredEvent] = []
+    pages = 0
+    cursor = ""
+    while True:
+        page = await store.read_page("r1", cursor)
+        pages += 1
+        assert page.events or not page.more
+        assert len(page.events) == 1 or page.bytes <= MIB
+        seen += page.events
+        if not page.more:
+            break
+        cursor = page.events[-1].event_id
+    assert [e.type for e in seen] == ["RUN_QUEUED", *["OUTPUT"] * 73]
+    assert [e.message[:4] for e in seen[1:-1]] == [
+        f"{i:04d}" for i in (*range(30), *range(12), *range(30))
+    ]
+    assert seen[-1].message.startswith("big") and len(seen[-1].message) == 3 * MIB + 3
+    assert 4 < pages < 20
+
+
+async def test_small_streams_are_read_in_one_page_of_up_to_the_count(store: Store) -> None:
+    await _write(await _run(store), 20, 10)
+    page = await store.read_page("r1", "", count=8)
+    assert (len(page.events), page.more) == (8, True)
+    page = await store.read_page("r1", page.events[-1].event_id, count=100)
+    assert (len(page.events), page.more) == (13, False)
+
+
+async def test_without_memory_usage_pages_are_still_bounded(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """Where MEMORY USAGE is not allowed (an ACL, a managed Redis), every page is measured
+    event by event."""
+    await redis.acl_setuser(
+        "reader",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-memory"],
+    )
+    host, port = redis_url.split("//")[1].split("/")[0].split(":")
+    limited = Store(connect(f"redis://reader:pw@{host}:{port}/0"))
+    try:
+        await _write(await _run(limited), 40, 64 * 1024)
+        for _ in range(2):
+            page = await limited.read_page("r1", "")
+            assert page.more and 1 < len(page.events) < 41 and page.bytes <= MIB
+    finally:
+        await limited.redis.aclose()
+
+
+async def test_stream_run_reads_every_page_of_large_events_live_and_after_the_end(
+    stack: Stack, redis_url: str
+) -> None:
+    store = Store(connect(redis_url))
+    writer = await _run(store, "big")
+    await _write(writer, 24, 200 * 1024)  # about five pages
+
+    async def stream(after: str = "") -> list[str]:
+        request = runs_pb2.StreamRunRequest(run_id="big", after_event_id=after)
+        return [r.event.message[:4] async for r in stack.stub.StreamRun(request)]
+
+    live = asyncio.create_task(stream())
+    await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
+    expected = ["queu", *[f"{i:04d}" for i in range(24)], ""]
+    assert await asyncio.wait_for(live, 20) == expected
+    assert await stream() == expected  # the run has ended: a replay
+    events = await store.read_events("big", "", 3)
+    assert await stream(events[1].event_id) == expected[2:]
+    await store.redis.aclose()
