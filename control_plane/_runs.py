@@ -15,6 +15,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import propagate, trace
 
 from longline._store import (
+    PAGE_BYTES,
+    PAGE_EVENTS,
     InvalidArgumentError,
     NotFoundError,
     RateLimitedError,
@@ -38,6 +40,10 @@ DEFAULT_PAGE_SIZE = 50
 MAX_IDEMPOTENCY_KEY = 256
 # RunWorkflow answers this long before the caller's deadline so the answer arrives in time.
 _DEADLINE_MARGIN = 0.25
+# GetRunTrace reads at most this many of a run's events, and about this many bytes of them;
+# past that its answer says it is truncated.
+_TRACE_MOST_EVENTS = 20_000
+_TRACE_MOST_BYTES = 8 * 1024 * 1024
 
 
 def _timestamp(ms: int) -> Timestamp:
@@ -365,10 +371,23 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         run_id = _require_run_id(request.run_id)
         record = await self._store.get_run(run_id, current().tenant)
         events: list[StoredEvent] = []
+        size = 0
+        truncated = False
         while True:
-            page = await self._store.read_page(run_id, events[-1].event_id if events else "")
+            page = await self._store.read_page(
+                run_id,
+                events[-1].event_id if events else "",
+                min(PAGE_EVENTS, _TRACE_MOST_EVENTS - len(events)),
+                min(PAGE_BYTES, _TRACE_MOST_BYTES - size),
+            )
             events += page.events
+            size += page.bytes
             if not page.more:
+                break
+            if len(events) >= _TRACE_MOST_EVENTS or size >= _TRACE_MOST_BYTES:
+                # Whether anything follows: one event at most.
+                after = await self._store.read_page(run_id, events[-1].event_id, 1, 1)
+                truncated = bool(after.events)
                 break
         spans = [_span_to_proto(s) for s in _trace.build(events)]
         live = [s for s in spans if s.status != runs_pb2.TRACE_SPAN_STATUS_REPLAYED]
@@ -377,6 +396,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             spans=spans,
             input_tokens=sum(s.input_tokens for s in live),
             output_tokens=sum(s.output_tokens for s in live),
+            truncated=truncated,
         )
 
     async def ListWorkflows(

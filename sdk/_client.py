@@ -377,7 +377,11 @@ class RunHandle:
             for s in response.spans
         ]
         return RunTrace(
-            run_from_proto(response.run), spans, response.input_tokens, response.output_tokens
+            run_from_proto(response.run),
+            spans,
+            response.input_tokens,
+            response.output_tokens,
+            truncated=response.truncated,
         )
 
     async def cancel(self, reason: str = "") -> Run:

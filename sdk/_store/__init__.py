@@ -32,9 +32,12 @@ from ._errors import (
     TooLargeError,
 )
 from ._loops import Backoff, transient
+from ._reads import PAGE_BYTES, PAGE_EVENTS
 from ._sentinel import check_redis_url
 
 __all__ = [
+    "PAGE_BYTES",
+    "PAGE_EVENTS",
     "TERMINAL_EVENTS",
     "TERMINAL_STATUSES",
     "BuildStats",

@@ -329,13 +329,15 @@ class TraceSpan(_message.Message):
     def __init__(self, span_id: _Optional[str] = ..., parent_span_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TraceSpanKind, str]] = ..., attempt: _Optional[int] = ..., step: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[TraceSpanStatus, str]] = ..., error: _Optional[str] = ..., tries: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class GetRunTraceResponse(_message.Message):
-    __slots__ = ("run", "spans", "input_tokens", "output_tokens")
+    __slots__ = ("run", "spans", "input_tokens", "output_tokens", "truncated")
     RUN_FIELD_NUMBER: _ClassVar[int]
     SPANS_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     run: Run
     spans: _containers.RepeatedCompositeFieldContainer[TraceSpan]
     input_tokens: int
     output_tokens: int
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., spans: _Optional[_Iterable[_Union[TraceSpan, _Mapping]]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., spans: _Optional[_Iterable[_Union[TraceSpan, _Mapping]]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -121,4 +123,49 @@ async def test_stream_run_reads_every_page_of_large_events_live_and_after_the_en
     assert await stream() == expected  # the run has ended: a replay
     events = await store.read_events("big", "", 3)
     assert await stream(events[1].event_id) == expected[2:]
+    await store.redis.aclose()
+
+
+async def _components(writer: RunWriter, n: int, size: int = 0) -> None:
+    for i in range(n):
+        await writer.append(
+            [
+                encode_event(
+                    "COMPONENT_STARTED", 1, "", json.dumps({"step": f"c#{i}"}), "c", f"s{i}"
+                ),
+                encode_event("COMPONENT_FINISHED", 1, "x" * size, "{}", "c", f"s{i}"),
+            ]
+        )
+
+
+@pytest.mark.parametrize("limit", ["events", "bytes"])
+async def test_a_trace_reads_a_bounded_part_of_a_long_run_and_says_so(
+    stack: Stack, redis_url: str, monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    from longline._cli import print_trace
+    from longline.control_plane import _runs
+
+    if limit == "events":
+        monkeypatch.setattr(_runs, "_TRACE_MOST_EVENTS", 30)
+    else:
+        monkeypatch.setattr(_runs, "_TRACE_MOST_BYTES", 256 * 1024)
+    store = Store(connect(redis_url))
+    writer = await _run(store, "long")
+    await _components(writer, 40, 0 if limit == "events" else 32 * 1024)
+    response = await stack.stub.GetRunTrace(runs_pb2.GetRunTraceRequest(run_id="long"))
+    assert response.truncated
+    assert 0 < len(response.spans) < 20
+    trace = await stack.client.get_run("long").trace()
+    assert trace.truncated and len(trace.spans) == len(response.spans)
+    out = io.StringIO()
+    print_trace(trace, out)
+    assert "truncated" in out.getvalue()
+
+    writer = await _run(store, "short")
+    await _components(writer, 5)
+    short = await stack.client.get_run("short").trace()
+    assert not short.truncated and len(short.spans) == 5
+    out = io.StringIO()
+    print_trace(short, out)
+    assert "truncated" not in out.getvalue()
     await store.redis.aclose()

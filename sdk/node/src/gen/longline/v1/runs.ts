@@ -541,6 +541,13 @@ export interface GetRunTraceResponse {
      * @generated from protobuf field: int64 output_tokens = 4
      */
     outputTokens: number;
+    /**
+     * True when the run has more events than one trace reads (a bound in count
+     * and in bytes): the spans and totals then cover only its first events.
+     *
+     * @generated from protobuf field: bool truncated = 5
+     */
+    truncated: boolean;
 }
 /**
  * RunStatus is where a run is in its life.
@@ -987,7 +994,8 @@ class GetRunTraceResponse$Type extends MessageType<GetRunTraceResponse> {
             { no: 1, name: "run", kind: "message", T: () => Run },
             { no: 2, name: "spans", kind: "message", repeat: 2 /*RepeatType.UNPACKED*/, T: () => TraceSpan },
             { no: 3, name: "input_tokens", kind: "scalar", T: 3 /*ScalarType.INT64*/, L: 2 /*LongType.NUMBER*/ },
-            { no: 4, name: "output_tokens", kind: "scalar", T: 3 /*ScalarType.INT64*/, L: 2 /*LongType.NUMBER*/ }
+            { no: 4, name: "output_tokens", kind: "scalar", T: 3 /*ScalarType.INT64*/, L: 2 /*LongType.NUMBER*/ },
+            { no: 5, name: "truncated", kind: "scalar", T: 8 /*ScalarType.BOOL*/ }
         ]);
     }
 }
