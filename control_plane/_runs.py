@@ -44,6 +44,9 @@ _DEADLINE_MARGIN = 0.25
 # past that its answer says it is truncated.
 _TRACE_MOST_EVENTS = 20_000
 _TRACE_MOST_BYTES = 8 * 1024 * 1024
+# A ListRuns page ends before its runs' fields pass this many bytes (at least one run), well
+# under the 4 MiB that gRPC clients accept in one message by default.
+_LIST_MOST_BYTES = 2 * 1024 * 1024
 
 
 def _timestamp(ms: int) -> Timestamp:
@@ -308,6 +311,12 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                     f"status {request.status} is not a RunStatus", "INVALID_STATUS"
                 )
             status = name.removeprefix("RUN_STATUS_")
+        if request.view not in runs_pb2.RunView.values():
+            raise InvalidArgumentError(
+                f"view {request.view} is not a RunView: RUN_VIEW_BASIC (the default) or "
+                "RUN_VIEW_FULL",
+                "INVALID_VIEW",
+            )
         before = None
         if request.page_token:
             ms, run_id = _decode_token(request.page_token, 2)
@@ -317,7 +326,13 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 )
             before = (int(ms), run_id)
         records, cursor = await self._store.list_runs(
-            request.workflow, status, size, before, current().tenant
+            request.workflow,
+            status,
+            size,
+            before,
+            current().tenant,
+            full=request.view == runs_pb2.RUN_VIEW_FULL,
+            max_bytes=_LIST_MOST_BYTES,
         )
         return runs_pb2.ListRunsResponse(
             runs=[run_to_proto(r) for r in records],

@@ -279,13 +279,22 @@ class Client:
         status: RunStatus | str | None = None,
         page_size: int = 50,
         page_token: str = "",
+        full: bool = False,
     ) -> tuple[list[Run], str]:
-        """One page of runs, newest first, and the token of the next page ('' at the end)."""
+        """One page of runs, newest first, and the token of the next page ('' at the end).
+
+        Runs come without their input_json and result_json unless `full` (describe() has
+        them). A page may hold fewer than `page_size` runs and still have a next page.
+        """
         status_value = f"RUN_STATUS_{RunStatus(status)}" if status else None
         response = await self._call(
             "ListRuns",
             runs_pb2.ListRunsRequest(
-                workflow=workflow, status=status_value, page_size=page_size, page_token=page_token
+                workflow=workflow,
+                status=status_value,
+                page_size=page_size,
+                page_token=page_token,
+                view=runs_pb2.RUN_VIEW_FULL if full else runs_pb2.RUN_VIEW_BASIC,
             ),
         )
         return [run_from_proto(r) for r in response.runs], response.next_page_token

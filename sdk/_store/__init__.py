@@ -7,6 +7,7 @@ Everything that must be atomic is one Lua script in `_scripts`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -302,6 +303,38 @@ class RunRecord:
         )
 
 
+# The run hash fields ListRuns shows, but input_json and result_json (RunRecord.decode).
+_LIST_FIELDS = (
+    "run_id",
+    "workflow",
+    "status",
+    "attempt",
+    "error_type",
+    "error_message",
+    "error_component",
+    "create_ms",
+    "update_ms",
+    "last_event_id",
+    "worker_id",
+    "labels_json",
+    "tenant",
+)
+
+
+def _record_bytes(r: RunRecord) -> int:
+    return (
+        len(r.run_id)
+        + len(r.workflow)
+        + len(r.input_json)
+        + len(r.result_json)
+        + len(r.error_type)
+        + len(r.error_message)
+        + len(r.error_component)
+        + len(r.last_event_id)
+        + sum(len(k) + len(v) for k, v in r.labels.items())
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TenantLimits:
     """A tenant's limits on starting runs (0 = no limit)."""
@@ -495,12 +528,21 @@ class Store:
         page_size: int,
         before: tuple[int, str] | None,
         tenant: str = "",
+        *,
+        full: bool = False,
+        max_bytes: int = 0,
     ) -> tuple[list[RunRecord], tuple[int, str] | None]:
         """The tenant's runs newest first, after the cursor (create_ms, run_id); returns the
-        next cursor."""
+        next cursor.
+
+        Without `full`, a run's input_json and result_json are neither read nor returned.
+        With `max_bytes`, the page ends early (with a cursor) before the run whose fields
+        would take it over that many bytes; it always holds one run when there is one.
+        """
         index = keys.runs_by_workflow_key(workflow, tenant) if workflow else keys.runs_key(tenant)
         max_score = "+inf" if before is None else str(before[0])
         found: list[RunRecord] = []
+        sizes: list[int] = []
         offset = 0
         batch_size = page_size + 1
         while True:
@@ -512,15 +554,63 @@ class Store:
             candidates = [
                 run_id for run_id, score in batch if before is None or (int(score), run_id) < before
             ]
-            for record in await self.get_runs(candidates) if candidates else []:
+            # The small fields, and how large input and result are, before reading them.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for run_id in candidates:
+                    pipe.hmget(keys.run_key(run_id), *_LIST_FIELDS)
+                    if full:
+                        pipe.hstrlen(keys.run_key(run_id), "input_json")
+                        pipe.hstrlen(keys.run_key(run_id), "result_json")
+                replies = await pipe.execute() if candidates else []
+            step = 3 if full else 1
+            for n in range(len(candidates)):
+                values = replies[n * step]
+                if values[0] is None:
+                    continue  # gone meanwhile (its retention ran out)
+                h = {k: v for k, v in zip(_LIST_FIELDS, values, strict=True) if v is not None}
+                record = RunRecord.decode(h)
                 if status and record.status != status:
                     continue
-                if len(found) == page_size:
-                    last = found[-1]
-                    return found, (last.create_ms, last.run_id)
+                size = sum(len(v) for v in h.values())
+                if full:
+                    size += int(replies[n * step + 1]) + int(replies[n * step + 2])
+                over = bool(max_bytes and found and sum(sizes) + size > max_bytes)
+                if len(found) == page_size or over:
+                    return await self._page_of_runs(found, full, max_bytes)
                 found.append(record)
+                sizes.append(size)
             if len(batch) < batch_size:
-                return found, None
+                page, _ = await self._page_of_runs(found, full, max_bytes)
+                if len(page) < len(found):  # cut short by what was written meanwhile
+                    return page, (page[-1].create_ms, page[-1].run_id)
+                return page, None
+
+    async def _page_of_runs(
+        self, runs: list[RunRecord], full: bool, max_bytes: int
+    ) -> tuple[list[RunRecord], tuple[int, str] | None]:
+        """The page with input and result filled in when `full`, and its cursor. A result
+        written after its size was read can make the page larger than measured: it is then
+        cut again to `max_bytes`."""
+        if full and runs:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for r in runs:
+                    pipe.hmget(keys.run_key(r.run_id), "input_json", "result_json")
+                data = await pipe.execute()
+            runs = [
+                dataclasses.replace(r, input_json=i or "", result_json=o or "")
+                for r, (i, o) in zip(runs, data, strict=True)
+            ]
+            if max_bytes:
+                kept, used = [], 0
+                for r in runs:
+                    size = _record_bytes(r)
+                    if kept and used + size > max_bytes:
+                        break
+                    kept.append(r)
+                    used += size
+                runs = kept
+        last = runs[-1] if runs else None
+        return runs, (last.create_ms, last.run_id) if last else None
 
     async def claim(
         self,

@@ -34,6 +34,12 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_RUN_FAILED: _ClassVar[EventType]
     EVENT_TYPE_RUN_CANCELLED: _ClassVar[EventType]
 
+class RunView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_VIEW_UNSPECIFIED: _ClassVar[RunView]
+    RUN_VIEW_BASIC: _ClassVar[RunView]
+    RUN_VIEW_FULL: _ClassVar[RunView]
+
 class TraceSpanKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TRACE_SPAN_KIND_UNSPECIFIED: _ClassVar[TraceSpanKind]
@@ -65,6 +71,9 @@ EVENT_TYPE_RUN_RETRYING: EventType
 EVENT_TYPE_RUN_SUCCEEDED: EventType
 EVENT_TYPE_RUN_FAILED: EventType
 EVENT_TYPE_RUN_CANCELLED: EventType
+RUN_VIEW_UNSPECIFIED: RunView
+RUN_VIEW_BASIC: RunView
+RUN_VIEW_FULL: RunView
 TRACE_SPAN_KIND_UNSPECIFIED: TraceSpanKind
 TRACE_SPAN_KIND_ATTEMPT: TraceSpanKind
 TRACE_SPAN_KIND_COMPONENT: TraceSpanKind
@@ -211,16 +220,18 @@ class GetRunResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ("workflow", "status", "page_size", "page_token")
+    __slots__ = ("workflow", "status", "page_size", "page_token", "view")
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     workflow: str
     status: RunStatus
     page_size: int
     page_token: str
-    def __init__(self, workflow: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    view: RunView
+    def __init__(self, workflow: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., view: _Optional[_Union[RunView, str]] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs", "next_page_token")

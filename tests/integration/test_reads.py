@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 import redis.asyncio as aioredis
 
@@ -169,3 +170,62 @@ async def test_a_trace_reads_a_bounded_part_of_a_long_run_and_says_so(
     print_trace(short, out)
     assert "truncated" not in out.getvalue()
     await store.redis.aclose()
+
+
+async def _big_runs(stack: Stack, n: int, size: int) -> list[str]:
+    handles = [await stack.client.start("echo", f"{i:03d}" + "x" * size) for i in range(n)]
+    for h in handles:
+        await h.result()
+    return [h.run_id for h in reversed(handles)]  # newest first
+
+
+async def test_list_runs_basic_reads_no_input_or_result(
+    stack: Stack, redis: aioredis.Redis
+) -> None:
+    newest_first = await _big_runs(stack, 20, 30_000)  # 1.2 MB of input and result
+    before = (await redis.info("stats"))["total_net_output_bytes"]
+    response = await stack.stub.ListRuns(runs_pb2.ListRunsRequest(page_size=100))
+    sent = (await redis.info("stats"))["total_net_output_bytes"] - before
+    assert [r.run_id for r in response.runs] == newest_first
+    assert all(r.input_json == r.result_json == "" for r in response.runs)
+    assert all(r.status == runs_pb2.RUN_STATUS_SUCCEEDED and r.attempt == 1 for r in response.runs)
+    assert sent < 200_000, f"Redis sent {sent} bytes for a page of 20 runs without their data"
+    runs, token = await stack.client.list_runs(page_size=100)  # the SDK: basic by default
+    assert [r.run_id for r in runs] == newest_first and not token
+    assert runs[0].input_json == "" and runs[0].create_time is not None
+
+
+async def test_list_runs_full_pages_end_early_by_bytes(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from longline.control_plane import _runs
+
+    monkeypatch.setattr(_runs, "_LIST_MOST_BYTES", 256 * 1024)
+    newest_first = await _big_runs(stack, 20, 30_000)
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        response = await stack.stub.ListRuns(
+            runs_pb2.ListRunsRequest(page_size=100, page_token=token, view=runs_pb2.RUN_VIEW_FULL)
+        )
+        pages += 1
+        assert 0 < len(response.runs) < 20
+        assert sum(len(r.input_json) + len(r.result_json) for r in response.runs) <= 256 * 1024
+        for r in response.runs:
+            assert json.loads(r.input_json) == json.loads(r.result_json)
+            assert json.loads(r.input_json).endswith("x" * 30_000)
+        seen += [r.run_id for r in response.runs]
+        token = response.next_page_token
+        if not token:
+            break
+    assert seen == newest_first and pages >= 4
+    runs, _ = await stack.client.list_runs(page_size=2, full=True)
+    assert runs[0].result == json.loads(runs[0].input_json)
+
+
+async def test_list_runs_with_a_view_that_is_not_one_is_invalid(stack: Stack) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stack.stub.ListRuns(runs_pb2.ListRunsRequest(view=7))  # type: ignore[arg-type]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "view 7 is not a RunView" in (info.value.details() or "")
