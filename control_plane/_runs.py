@@ -7,6 +7,7 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 
@@ -137,6 +138,13 @@ def _page_size(requested: int, most: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, most)
 
 
+_BAD_TOKEN = (
+    "page_token is not one this server gave out: pass next_page_token from the previous "
+    "response unchanged, or leave it empty for the first page"
+)
+_CURSOR_MS = re.compile(r"[0-9]{1,20}")
+
+
 def _encode_token(*parts: str) -> str:
     return base64.urlsafe_b64encode("\x1f".join(parts).encode()).decode()
 
@@ -147,11 +155,7 @@ def _decode_token(token: str, n: int) -> list[str]:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         parts = []
     if len(parts) != n:
-        raise InvalidArgumentError(
-            "page_token is not one this server gave out: pass next_page_token from the "
-            "previous response unchanged, or leave it empty for the first page",
-            "INVALID_PAGE_TOKEN",
-        )
+        raise InvalidArgumentError(_BAD_TOKEN, "INVALID_PAGE_TOKEN")
     return parts
 
 
@@ -320,10 +324,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         before = None
         if request.page_token:
             ms, run_id = _decode_token(request.page_token, 2)
-            if not ms.isdigit():
-                raise InvalidArgumentError(
-                    "page_token is not one this server gave out", "INVALID_PAGE_TOKEN"
-                )
+            # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+            if not _CURSOR_MS.fullmatch(ms) or not 0 < len(run_id) <= 128:
+                raise InvalidArgumentError(_BAD_TOKEN, "INVALID_PAGE_TOKEN")
             before = (int(ms), run_id)
         records, cursor = await self._store.list_runs(
             request.workflow,

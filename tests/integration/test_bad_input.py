@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable
 
 import grpc
@@ -10,6 +11,10 @@ import pytest
 import longline
 from longline.v1 import runs_pb2
 from tests.integration.conftest import Stack
+
+
+def _token(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
 
 
 async def _status(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
@@ -111,6 +116,13 @@ async def test_an_event_id_out_of_range_is_invalid(stack: Stack, cursor: str) ->
         (runs_pb2.ListRunsRequest(page_size=-1), "page_size must not be negative"),
         (runs_pb2.ListRunsRequest(page_token="garbage!"), "page_token is not one this server"),
         (runs_pb2.ListRunsRequest(status=99), "status 99 is not a RunStatus"),
+        # Tokens that decode, but to no cursor this server makes: digits that are not ASCII
+        # ('²'.isdigit() is True), a time too large for a Redis score, no run id.
+        (runs_pb2.ListRunsRequest(page_token=_token("²\x1fabc")), "page_token is not one"),
+        (runs_pb2.ListRunsRequest(page_token=_token("١٢\x1fabc")), "page_token is not one"),
+        (runs_pb2.ListRunsRequest(page_token=_token("9" * 400 + "\x1fa")), "page_token is not"),
+        (runs_pb2.ListRunsRequest(page_token=_token("-5\x1fabc")), "page_token is not one"),
+        (runs_pb2.ListRunsRequest(page_token=_token("12\x1f")), "page_token is not one"),
     ],
 )
 async def test_bad_list_requests_are_invalid(
@@ -119,6 +131,18 @@ async def test_bad_list_requests_are_invalid(
     code, message = await _status(stack.stub.ListRuns(request_))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in message
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["garbage!", _token("a\x1fb"), base64.urlsafe_b64encode(b"\xff\xfe").decode()],
+)
+async def test_bad_list_workflows_tokens_are_invalid(stack: Stack, token: str) -> None:
+    code, message = await _status(
+        stack.stub.ListWorkflows(runs_pb2.ListWorkflowsRequest(page_token=token))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token is not one this server gave out" in message
 
 
 async def test_server_keeps_serving_after_bad_input(stack: Stack) -> None:
