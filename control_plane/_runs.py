@@ -20,6 +20,7 @@ from longline._store import (
     PAGE_EVENTS,
     InvalidArgumentError,
     NotFoundError,
+    OutOfRangeError,
     RateLimitedError,
     RunRecord,
     Store,
@@ -27,6 +28,7 @@ from longline._store import (
     TenantLimits,
     TooLargeError,
     _trace,
+    event_id_key,
     keys,
     parse_event_id,
 )
@@ -372,7 +374,19 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         if request.after_event_id:
             parse_event_id(request.after_event_id)
         # NOT_FOUND before any event.
-        opened = await self._store.open_events(run_id, current().tenant, request.after_event_id)
+        after = request.after_event_id
+        opened = await self._store.open_events(run_id, current().tenant, after)
+        last = opened.last_event_id
+        if after and last and not opened.ended and event_id_key(after) > event_id_key(last):
+            # Read in one HMGET with the status, and written in the same script as every
+            # event: no event of the run was newer. Those to come will have smaller ids than
+            # the cursor, so waiting for one would wait forever.
+            raise OutOfRangeError(
+                f"after_event_id {after} is past the last event of run {run_id!r}, {last}: "
+                "pass an event_id this run's stream sent, or its last_event_id (GetRun) to "
+                "wait for what comes next, or leave it empty to start from the first event",
+                "CURSOR_PAST_LAST_EVENT",
+            )
         first = opened.page
         if opened.ended and not first.more and not any(e.terminal for e in first.events):
             # A finished run, and the cursor is past its terminal event: nothing will come.
@@ -380,7 +394,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
             return
         with self._stream_slot():
-            async for event in self._hub.events(run_id, request.after_event_id, first):
+            async for event in self._hub.events(run_id, after, first):
                 yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
 
     async def GetRunTrace(

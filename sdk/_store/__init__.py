@@ -29,6 +29,7 @@ from ._errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    OutOfRangeError,
     RateLimitedError,
     TooLargeError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "OpenedStream",
+    "OutOfRangeError",
     "RunRecord",
     "RateLimitedError",
     "RunWriter",

@@ -196,3 +196,46 @@ async def test_trace_of_an_unknown_or_unnamed_run(stack: Stack) -> None:
     )
     code, message = await _status(stack.stub.GetRunTrace(runs_pb2.GetRunTraceRequest()))
     assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
+
+
+async def test_a_cursor_past_the_last_event_of_a_live_run_is_out_of_range(
+    stack: Stack, redis_url: str
+) -> None:
+    """Every later event of the run has a smaller id than such a cursor: waiting for one
+    would wait forever."""
+    from longline._errors import error_reason
+    from longline._store import RunWriter, Store, connect, encode_event
+
+    store = Store(connect(redis_url))
+    await store.announce("w9", [("elsewhere", "")], 60_000)
+    await store.create_run("live1", "elsewhere", "null", {})
+    assert await store.claim("live1", 1, "w9", "cp", lease_ms=60_000, max_attempts=3)
+    last = (await store.get_run("live1")).last_event_id
+    ms = int(last.split("-")[0])
+    for cursor in ("99999999999999-0", f"{ms}-{int(last.split('-')[1]) + 1}", f"{ms + 1}-0"):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in stack.stub.StreamRun(
+                runs_pb2.StreamRunRequest(run_id="live1", after_event_id=cursor), timeout=5
+            ):
+                pass
+        assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE, info.value
+        assert error_reason(info.value) == "CURSOR_PAST_LAST_EVENT"
+        message = info.value.details() or ""
+        assert f"after_event_id {cursor} is past the last event of run 'live1', {last}" in message
+        assert "its last_event_id" in message
+    # At the last event is fine: the stream waits for what comes next.
+    writer = RunWriter(store, "live1", 1)
+    stream = stack.stub.StreamRun(runs_pb2.StreamRunRequest(run_id="live1", after_event_id=last))
+    await writer.append([encode_event("STATUS", 1, "next")])
+    await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
+    types = [r.event.type async for r in stream]
+    assert types == [runs_pb2.EVENT_TYPE_STATUS, runs_pb2.EVENT_TYPE_RUN_SUCCEEDED]
+    # Once the run has ended, a cursor past its end replays nothing, as before.
+    after_end = [
+        r
+        async for r in stack.stub.StreamRun(
+            runs_pb2.StreamRunRequest(run_id="live1", after_event_id="99999999999999-0")
+        )
+    ]
+    assert after_end == []
+    await store.redis.aclose()
