@@ -84,12 +84,18 @@ def run_to_proto(r: RunRecord) -> runs_pb2.Run:
     return msg
 
 
+_EVENT_TYPES = {
+    name.removeprefix("EVENT_TYPE_"): value for name, value in runs_pb2.EventType.items()
+}
+
+
 def event_to_proto(run_id: str, e: StoredEvent) -> runs_pb2.RunEvent:
-    """The wire form of an event."""
+    """The wire form of an event. A type this server does not know (written by workflow code,
+    or by an older or newer version) goes out as EVENT_TYPE_UNSPECIFIED, with its content."""
     return runs_pb2.RunEvent(
         event_id=e.event_id,
         run_id=run_id,
-        type=runs_pb2.EventType.Value(f"EVENT_TYPE_{e.type}"),
+        type=_EVENT_TYPES.get(e.type, runs_pb2.EVENT_TYPE_UNSPECIFIED),
         time=_timestamp(e.time_ms),
         attempt=e.attempt,
         message=e.message,

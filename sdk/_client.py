@@ -82,6 +82,20 @@ def _builds_from_proto(msg: builds_pb2.WorkflowBuilds) -> WorkflowBuilds:
     )
 
 
+# Wire values to the SDK's enums. A value this SDK does not know (a newer server's) reads as
+# UNSPECIFIED rather than failing the call or the stream.
+_STATUSES = {
+    value: RunStatus(name.removeprefix("RUN_STATUS_"))
+    for name, value in runs_pb2.RunStatus.items()
+    if name.removeprefix("RUN_STATUS_") in RunStatus.__members__
+}
+_EVENT_TYPES = {
+    value: EventType(name.removeprefix("EVENT_TYPE_"))
+    for name, value in runs_pb2.EventType.items()
+    if name.removeprefix("EVENT_TYPE_") in EventType.__members__
+}
+
+
 def run_from_proto(msg: runs_pb2.Run) -> Run:
     """The SDK's Run for a runs_pb2.Run."""
     error = None
@@ -95,7 +109,7 @@ def run_from_proto(msg: runs_pb2.Run) -> Run:
     return Run(
         run_id=msg.run_id,
         workflow=msg.workflow,
-        status=RunStatus(runs_pb2.RunStatus.Name(msg.status).removeprefix("RUN_STATUS_")),
+        status=_STATUSES.get(msg.status, RunStatus.UNSPECIFIED),
         attempt=msg.attempt,
         result_json=msg.result_json,
         error=error,
@@ -112,7 +126,7 @@ def event_from_proto(msg: runs_pb2.RunEvent) -> Event:
     return Event(
         event_id=msg.event_id,
         run_id=msg.run_id,
-        type=EventType(runs_pb2.EventType.Name(msg.type).removeprefix("EVENT_TYPE_")),
+        type=_EVENT_TYPES.get(msg.type, EventType.UNSPECIFIED),
         time=_time(msg.time),
         attempt=msg.attempt,
         message=msg.message,

@@ -11,6 +11,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+import longline
 from longline._store import RunWriter, Store, StoredEvent, connect, encode_event
 from longline.v1 import runs_pb2
 from tests.integration.conftest import Stack
@@ -229,3 +230,48 @@ async def test_list_runs_with_a_view_that_is_not_one_is_invalid(stack: Stack) ->
         await stack.stub.ListRuns(runs_pb2.ListRunsRequest(view=7))  # type: ignore[arg-type]
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "view 7 is not a RunView" in (info.value.details() or "")
+
+
+async def test_an_event_of_a_type_the_server_does_not_know_streams_as_unspecified(
+    stack: Stack, redis_url: str
+) -> None:
+    """Written by workflow code, or by an older or newer version: every reader gets it, as
+    EVENT_TYPE_UNSPECIFIED with its message and data, and goes on to the end."""
+    store = Store(connect(redis_url))
+    writer = await _run(store, "odd")
+
+    async def stream() -> list[runs_pb2.RunEvent]:
+        request = runs_pb2.StreamRunRequest(run_id="odd")
+        return [r.event async for r in stack.stub.StreamRun(request, timeout=10)][1:]
+
+    watching = asyncio.create_task(stream())  # live, and after the end too
+    await writer.append(
+        [
+            encode_event("SOMETHING_NEW", 1, "from the future", '{"k": [1, 2]}', "c", "s1"),
+            encode_event("COMPONENT_FINISHED", 1, "", '{"tries": "many"}', "c", "s1"),
+        ]
+    )
+    await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
+    live = await watching
+    assert live == await stream()
+    assert [e.type for e in live] == [
+        runs_pb2.EVENT_TYPE_UNSPECIFIED,
+        runs_pb2.EVENT_TYPE_COMPONENT_FINISHED,
+        runs_pb2.EVENT_TYPE_RUN_SUCCEEDED,
+    ]
+    assert (live[0].message, live[0].data_json, live[0].span_id) == (
+        "from the future",
+        '{"k": [1, 2]}',
+        "s1",
+    )
+    events = [e async for e in stack.client.get_run("odd").events()]
+    assert [e.type for e in events] == [
+        longline.EventType.RUN_QUEUED,
+        longline.EventType.UNSPECIFIED,
+        longline.EventType.COMPONENT_FINISHED,
+        longline.EventType.RUN_SUCCEEDED,
+    ]
+    assert events[1].data == {"k": [1, 2]}
+    trace = await stack.client.get_run("odd").trace()
+    assert trace.run.status is longline.RunStatus.SUCCEEDED
+    await store.redis.aclose()
