@@ -163,11 +163,11 @@ class EventHub:
                     self._ready.set()
                 waiting = self._unconfirmed.get(channel)
                 if waiting:
-                    watch = waiting.popleft()  # it may have been left meanwhile: no matter
+                    confirmed = waiting.popleft()  # it may have been left since: no matter
                     if not waiting:
                         del self._unconfirmed[channel]
-                    if not watch.subscribed.done():
-                        watch.subscribed.set_result(None)
+                    if not confirmed.subscribed.done():
+                        confirmed.subscribed.set_result(None)
             elif kind == "message":
                 watch = self._watches.get(channel)
                 if watch is None:

@@ -603,7 +603,8 @@ class Store:
                 for r, (i, o) in zip(runs, data, strict=True)
             ]
             if max_bytes:
-                kept, used = [], 0
+                kept: list[RunRecord] = []
+                used = 0
                 for r in runs:
                     size = _record_bytes(r)
                     if kept and used + size > max_bytes:

@@ -103,6 +103,9 @@ async def test_without_memory_usage_pages_are_still_bounded(
         for _ in range(2):
             page = await limited.read_page("r1", "")
             assert page.more and 1 < len(page.events) < 41 and page.bytes <= MIB
+        fresh = Store(limited.redis)  # has not met the refusal yet
+        page = (await fresh.open_events("r1", "", "")).page
+        assert page.more and 1 < len(page.events) < 41 and page.bytes <= MIB
     finally:
         await limited.redis.aclose()
 
