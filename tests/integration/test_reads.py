@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 import longline
-from longline._store import RunWriter, Store, StoredEvent, connect, encode_event
+from longline._store import RunWriter, Store, StoredEvent, connect, encode_event, keys
 from longline.v1 import runs_pb2
 from tests.integration.conftest import Stack
 
@@ -235,11 +235,20 @@ async def test_list_runs_with_a_view_that_is_not_one_is_invalid(stack: Stack) ->
     assert "view 7 is not a RunView" in (info.value.details() or "")
 
 
+_FOREIGN_EMIT = """
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV))
+redis.call('PUBLISH', KEYS[2], id .. ' ' .. cjson.encode(ARGV))
+redis.call('HSET', KEYS[1], 'last_event_id', id)
+return id
+"""
+
+
 async def test_an_event_of_a_type_the_server_does_not_know_streams_as_unspecified(
     stack: Stack, redis_url: str
 ) -> None:
-    """Written by workflow code, or by an older or newer version: every reader gets it, as
-    EVENT_TYPE_UNSPECIFIED with its message and data, and goes on to the end."""
+    """Written by an older or newer version (today's scripts refuse a type a worker may not
+    write): every reader gets it, as EVENT_TYPE_UNSPECIFIED with its message and data, and
+    goes on to the end."""
     store = Store(connect(redis_url))
     writer = await _run(store, "odd")
 
@@ -248,12 +257,15 @@ async def test_an_event_of_a_type_the_server_does_not_know_streams_as_unspecifie
         return [r.event async for r in stack.stub.StreamRun(request, timeout=10)][1:]
 
     watching = asyncio.create_task(stream())  # live, and after the end too
-    await writer.append(
-        [
-            encode_event("SOMETHING_NEW", 1, "from the future", '{"k": [1, 2]}', "c", "s1"),
-            encode_event("COMPONENT_FINISHED", 1, "", '{"tries": "many"}', "c", "s1"),
-        ]
+    # As another version's script would write it: appended, published, recorded as the last.
+    await store.redis.eval(
+        _FOREIGN_EMIT,
+        2,
+        keys.run_key("odd"),
+        keys.events_key("odd"),
+        *encode_event("SOMETHING_NEW", 1, "from the future", '{"k": [1, 2]}', "c", "s1"),
     )
+    await writer.append([encode_event("COMPONENT_FINISHED", 1, "", '{"tries": "many"}', "c", "s1")])
     await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
     live = await watching
     assert live == await stream()
