@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from longline._store import EventPage, Store, StoredEvent, event_id_key, keys
+from longline._store._loops import Backoff
 
 log = logging.getLogger("longline.control_plane.hub")
 
@@ -41,10 +42,6 @@ log = logging.getLogger("longline.control_plane.hub")
 _QUEUE_LIMIT = 10_000
 _QUEUE_BYTES = 1024 * 1024
 BLOCK_MS = 10_000  # the longest a blocking read waits; readers' socket timeout is longer
-# After a Redis error the hub waits this long before it subscribes again, doubling up to the
-# most; a connection that then serves that long starts the waits over.
-_BACKOFF_FIRST = 0.1
-_BACKOFF_MOST = 5.0
 
 
 @dataclass(eq=False)
@@ -112,31 +109,26 @@ class EventHub:
 
         Any Redis error (a lost connection, or a reply such as READONLY, LOADING, OOM, NOPERM)
         is logged once, every watcher re-reads from its cursor, and the hub subscribes again
-        on a new connection after a wait that doubles from 0.1 s up to 5 s.
+        on a new connection after a wait that doubles from 0.1 s up to 5 s (_loops.Backoff).
+        The waits start over once a connection has served for that long.
         """
-        delay = _BACKOFF_FIRST
+        backoff = Backoff()
         try:
             while True:
+                problem: Exception
                 try:
                     await self._pubsub.subscribe(self._own_channel)
                     await self._read()
-                    problem = "the subscription ended"  # only when nothing is subscribed
+                    problem = RedisConnectionError("the subscription ended")  # nothing subscribed
                 except (RedisError, OSError) as exc:
-                    problem = f"{type(exc).__name__}: {exc}"
-                if self._ready.is_set() and time.monotonic() - self._ready_at >= _BACKOFF_MOST:
-                    delay = _BACKOFF_FIRST  # that connection served well: this is a new fault
-                log.warning(
-                    "event hub: Redis failed (%s); watchers re-read from their cursors; "
-                    "subscribing again in %.1f s",
-                    problem,
-                    delay,
-                )
+                    problem = exc
+                if self._ready.is_set() and time.monotonic() - self._ready_at >= backoff.cap:
+                    backoff.reset()  # that connection served well: this is a new fault
                 self._lost_connection()
                 old, self._pubsub = self._pubsub, self._reader.pubsub()
                 with _quiet():
                     await old.aclose()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MOST)
+                await backoff.wait(log, "event hub (watchers re-read from their cursors)", problem)
         finally:
             with _quiet():
                 await self._pubsub.aclose()
