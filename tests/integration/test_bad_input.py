@@ -224,7 +224,7 @@ async def test_a_cursor_past_the_last_event_of_a_live_run_is_out_of_range(
         assert f"after_event_id {cursor} is past the last event of run 'live1', {last}" in message
         assert "its last_event_id" in message
     # At the last event is fine: the stream waits for what comes next.
-    writer = RunWriter(store, "live1", 1)
+    writer = RunWriter(store, "live1", 1, "w9")
     stream = stack.stub.StreamRun(runs_pb2.StreamRunRequest(run_id="live1", after_event_id=last))
     await writer.append([encode_event("STATUS", 1, "next")])
     await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))

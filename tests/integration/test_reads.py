@@ -30,7 +30,7 @@ async def _run(store: Store, run_id: str = "r1") -> RunWriter:
     await store.announce("w1", [("flow", "")], 60_000)
     await store.create_run(run_id, "flow", "null", {})
     assert await store.claim(run_id, 1, "w1", "cp", lease_ms=60_000, max_attempts=3)
-    return RunWriter(store, run_id, 1)
+    return RunWriter(store, run_id, 1, "w1")
 
 
 def _bytes(events: list[StoredEvent]) -> int:
