@@ -11,6 +11,11 @@ Publish/subscribe is at most once, so the stream stays the source of truth: a su
 catches up with XRANGE from its cursor, joins the fan-out once the subscription is confirmed,
 then reads the gap once more from the stream; ids decide order, so it sees every event once
 with no gap. If the hub's connection drops, every subscriber re-reads from its cursor.
+
+"Confirmed" means confirmed by the reply to that watch's own SUBSCRIBE. A channel can be
+subscribed, unsubscribed (its last watcher left) and subscribed again before the first reply
+arrives; replies on one connection come in command order, so the hub keeps, per channel, the
+watches whose SUBSCRIBE is unanswered, oldest first, and gives each reply to the oldest.
 """
 
 from __future__ import annotations
@@ -19,38 +24,57 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
-from longline._store import Store, StoredEvent, event_id_key, keys
+from longline._store import EventPage, Store, StoredEvent, event_id_key, keys
+from longline._store._loops import Backoff
 
 log = logging.getLogger("longline.control_plane.hub")
 
-_PAGE = 500
-_QUEUE_LIMIT = 10_000  # events buffered for one slow subscriber before it falls back to XRANGE
+# What one slow subscriber may have buffered before it falls back to reading the stream: so
+# many events, or so many bytes of their message and data (characters, as Python counts).
+_QUEUE_LIMIT = 10_000
+_QUEUE_BYTES = 1024 * 1024
 BLOCK_MS = 10_000  # the longest a blocking read waits; readers' socket timeout is longer
 
 
 @dataclass(eq=False)
 class _Subscriber:
     queue: asyncio.Queue[StoredEvent | None] = field(default_factory=asyncio.Queue)
+    queued_bytes: int = 0  # message and data of the events in the queue
     overflowed: bool = False  # events may have been missed: re-read from the stream
 
     def offer(self, event: StoredEvent) -> None:
         if self.overflowed:
             return
-        if self.queue.qsize() >= _QUEUE_LIMIT:
+        size = _size(event)
+        full = self.queue.qsize() >= _QUEUE_LIMIT or self.queued_bytes + size > _QUEUE_BYTES
+        if full and not self.queue.empty():  # one event, however large, is always taken
             self.resync()  # it re-reads from Redis, so nothing is lost
             return
+        self.queued_bytes += size
         self.queue.put_nowait(event)
+
+    async def next(self) -> StoredEvent | None:
+        """The next live event; None when it must re-read from the stream."""
+        event = await self.queue.get()
+        if event is not None:
+            self.queued_bytes -= _size(event)
+        return event
 
     def resync(self) -> None:
         self.overflowed = True
         self.queue.put_nowait(None)  # wakes it if it waits
+
+
+def _size(event: StoredEvent) -> int:
+    return len(event.message) + len(event.data_json)
 
 
 @dataclass(eq=False)
@@ -69,7 +93,10 @@ class EventHub:
         # Always subscribed to something, so the reader can block on the connection at once.
         self._own_channel = keys.wake_key(replica_id + ":hub")
         self._watches: dict[str, _Watch] = {}  # channel (the run's events key) -> watch
+        # channel -> the watches whose SUBSCRIBE Redis has not confirmed yet, in sending order
+        self._unconfirmed: dict[str, deque[_Watch]] = {}
         self._ready = asyncio.Event()
+        self._ready_at = 0.0  # when the current connection's own subscription was confirmed
         self.on_delivery: Callable[[float], None] | None = None  # seconds from write to fan-out
 
     @property
@@ -78,19 +105,30 @@ class EventHub:
         return sum(len(w.subscribers) for w in self._watches.values())
 
     async def run(self) -> None:
-        """The reader loop; runs until cancelled."""
+        """The reader loop; runs until cancelled.
+
+        Any Redis error (a lost connection, or a reply such as READONLY, LOADING, OOM, NOPERM)
+        is logged once, every watcher re-reads from its cursor, and the hub subscribes again
+        on a new connection after a wait that doubles from 0.1 s up to 5 s (_loops.Backoff).
+        The waits start over once a connection has served for that long.
+        """
+        backoff = Backoff()
         try:
             while True:
+                problem: Exception
                 try:
                     await self._pubsub.subscribe(self._own_channel)
                     await self._read()
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    log.warning("event hub lost Redis (%s); reconnecting", exc)
-                    self._lost_connection()
-                    old, self._pubsub = self._pubsub, self._reader.pubsub()
-                    with _quiet():
-                        await old.aclose()
-                    await asyncio.sleep(0.5)
+                    problem = RedisConnectionError("the subscription ended")  # nothing subscribed
+                except (RedisError, OSError) as exc:
+                    problem = exc
+                if self._ready.is_set() and time.monotonic() - self._ready_at >= backoff.cap:
+                    backoff.reset()  # that connection served well: this is a new fault
+                self._lost_connection()
+                old, self._pubsub = self._pubsub, self._reader.pubsub()
+                with _quiet():
+                    await old.aclose()
+                await backoff.wait(log, "event hub (watchers re-read from their cursors)", problem)
         finally:
             with _quiet():
                 await self._pubsub.aclose()
@@ -99,6 +137,7 @@ class EventHub:
         """Messages may have been lost: every subscriber re-reads from its cursor and
         subscribes again on the new connection."""
         self._ready.clear()
+        self._unconfirmed.clear()
         watches, self._watches = self._watches, {}
         for watch in watches.values():
             if not watch.subscribed.done():
@@ -112,17 +151,27 @@ class EventHub:
             kind, channel = message["type"], message["channel"]
             if kind == "subscribe":
                 if channel == self._own_channel:
+                    self._ready_at = time.monotonic()
                     self._ready.set()
-                watch = self._watches.get(channel)
-                if watch is not None and not watch.subscribed.done():
-                    watch.subscribed.set_result(None)
+                waiting = self._unconfirmed.get(channel)
+                if waiting:
+                    confirmed = waiting.popleft()  # it may have been left since: no matter
+                    if not waiting:
+                        del self._unconfirmed[channel]
+                    if not confirmed.subscribed.done():
+                        confirmed.subscribed.set_result(None)
             elif kind == "message":
                 watch = self._watches.get(channel)
                 if watch is None:
                     continue  # its last watcher left while the message was on its way
-                event_id, _, payload = message["data"].partition(" ")
-                flat = json.loads(payload)
-                event = StoredEvent.decode(event_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+                try:
+                    event = _decode(message["data"])
+                except (ValueError, TypeError, AttributeError) as exc:
+                    # Not written by the scripts; the stream holds the truth: re-read it.
+                    log.warning("event hub: a message on %s is not an event (%s)", channel, exc)
+                    for subscriber in watch.subscribers:
+                        subscriber.resync()
+                    continue
                 for subscriber in watch.subscribers:
                     subscriber.offer(event)
                 if self.on_delivery is not None:
@@ -136,6 +185,10 @@ class EventHub:
             )
             watch.subscribers.add(subscriber)
             await self._ready.wait()
+            if self._watches.get(channel) is not watch:
+                # The connection was lost while we waited: nothing to subscribe for.
+                raise RedisConnectionError("the event hub lost Redis")
+            self._unconfirmed.setdefault(channel, deque()).append(watch)
             await self._pubsub.subscribe(channel)
         else:
             watch.subscribers.add(subscriber)
@@ -153,42 +206,43 @@ class EventHub:
                 await self._pubsub.unsubscribe(channel)
 
     async def events(
-        self, run_id: str, after: str = "", first: list[StoredEvent] | None = None
+        self, run_id: str, after: str = "", first: EventPage | None = None
     ) -> AsyncIterator[StoredEvent]:
         """The run's events after `after`, live, ending with the terminal event. `first` is
-        the first page after `after`, when the caller read it already."""
+        the first page after `after`, when the caller read it already. Catching up reads
+        pages bounded in count and bytes (Store.read_page)."""
         cursor = after or "0-0"
         channel = keys.events_key(run_id)
         while True:
             # 1. Catch up from Redis.
             while True:
                 if first is not None:
-                    batch, first = first, None
+                    page, first = first, None
                 else:
-                    batch = await self._store.read_events(run_id, cursor, _PAGE)
-                for event in batch:
+                    page = await self._store.read_page(run_id, cursor)
+                for event in page.events:
                     cursor = event.event_id
                     yield event
                     if event.terminal:
                         return
-                if len(batch) < _PAGE:
+                if not page.more:
                     break
             # 2. Subscribe, then read what was written before the subscription took effect.
             subscriber = _Subscriber()
             try:
                 await self._watch(channel, subscriber)
                 while True:
-                    batch = await self._store.read_events(run_id, cursor, _PAGE)
-                    for event in batch:
+                    page = await self._store.read_page(run_id, cursor)
+                    for event in page.events:
                         cursor = event.event_id
                         yield event
                         if event.terminal:
                             return
-                    if len(batch) < _PAGE:
+                    if not page.more:
                         break
                 # 3. Live events, in id order; anything at or before the cursor was seen.
                 while not subscriber.overflowed:
-                    live = await subscriber.queue.get()
+                    live = await subscriber.next()
                     if live is None or event_id_key(live.event_id) <= event_id_key(cursor):
                         continue
                     cursor = live.event_id
@@ -199,6 +253,16 @@ class EventHub:
                 await asyncio.shield(self._unwatch(channel, subscriber))
 
 
+def _decode(data: str) -> StoredEvent:
+    """An event from its message: the id, a space, the fields as a flat JSON array."""
+    event_id, _, payload = data.partition(" ")
+    flat = json.loads(payload)
+    if not isinstance(flat, list) or not all(isinstance(x, str) for x in flat):
+        raise ValueError("the fields are not a list of strings")
+    event_id_key(event_id)  # raises ValueError when it is not an id
+    return StoredEvent.decode(event_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+
 class _quiet:
     """Suppress Redis errors around cleanup that may meet a dead connection."""
 
@@ -206,6 +270,4 @@ class _quiet:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
-        return kind is not None and issubclass(
-            kind, RedisConnectionError | RedisTimeoutError | OSError | RuntimeError
-        )
+        return kind is not None and issubclass(kind, RedisError | OSError | RuntimeError)

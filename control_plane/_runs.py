@@ -7,6 +7,7 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 
@@ -15,8 +16,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import propagate, trace
 
 from longline._store import (
+    PAGE_BYTES,
+    PAGE_EVENTS,
     InvalidArgumentError,
     NotFoundError,
+    OutOfRangeError,
     RateLimitedError,
     RunRecord,
     Store,
@@ -24,13 +28,14 @@ from longline._store import (
     TenantLimits,
     TooLargeError,
     _trace,
+    event_id_key,
     keys,
     parse_event_id,
 )
 from longline.v1 import runs_pb2, runs_pb2_grpc
 
 from ._auth import current
-from ._hub import _PAGE, EventHub
+from ._hub import EventHub
 from ._settings import ControlPlaneSettings
 
 _tracer = trace.get_tracer("longline.control_plane")
@@ -38,6 +43,13 @@ DEFAULT_PAGE_SIZE = 50
 MAX_IDEMPOTENCY_KEY = 256
 # RunWorkflow answers this long before the caller's deadline so the answer arrives in time.
 _DEADLINE_MARGIN = 0.25
+# GetRunTrace reads at most this many of a run's events, and about this many bytes of them;
+# past that its answer says it is truncated.
+_TRACE_MOST_EVENTS = 20_000
+_TRACE_MOST_BYTES = 8 * 1024 * 1024
+# A ListRuns page ends before its runs' fields pass this many bytes (at least one run), well
+# under the 4 MiB that gRPC clients accept in one message by default.
+_LIST_MOST_BYTES = 2 * 1024 * 1024
 
 
 def _timestamp(ms: int) -> Timestamp:
@@ -72,12 +84,18 @@ def run_to_proto(r: RunRecord) -> runs_pb2.Run:
     return msg
 
 
+_EVENT_TYPES = {
+    name.removeprefix("EVENT_TYPE_"): value for name, value in runs_pb2.EventType.items()
+}
+
+
 def event_to_proto(run_id: str, e: StoredEvent) -> runs_pb2.RunEvent:
-    """The wire form of an event."""
+    """The wire form of an event. A type this server does not know (written by workflow code,
+    or by an older or newer version) goes out as EVENT_TYPE_UNSPECIFIED, with its content."""
     return runs_pb2.RunEvent(
         event_id=e.event_id,
         run_id=run_id,
-        type=runs_pb2.EventType.Value(f"EVENT_TYPE_{e.type}"),
+        type=_EVENT_TYPES.get(e.type, runs_pb2.EVENT_TYPE_UNSPECIFIED),
         time=_timestamp(e.time_ms),
         attempt=e.attempt,
         message=e.message,
@@ -128,6 +146,13 @@ def _page_size(requested: int, most: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, most)
 
 
+_BAD_TOKEN = (
+    "page_token is not one this server gave out: pass next_page_token from the previous "
+    "response unchanged, or leave it empty for the first page"
+)
+_CURSOR_MS = re.compile(r"[0-9]{1,20}")
+
+
 def _encode_token(*parts: str) -> str:
     return base64.urlsafe_b64encode("\x1f".join(parts).encode()).decode()
 
@@ -138,11 +163,7 @@ def _decode_token(token: str, n: int) -> list[str]:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         parts = []
     if len(parts) != n:
-        raise InvalidArgumentError(
-            "page_token is not one this server gave out: pass next_page_token from the "
-            "previous response unchanged, or leave it empty for the first page",
-            "INVALID_PAGE_TOKEN",
-        )
+        raise InvalidArgumentError(_BAD_TOKEN, "INVALID_PAGE_TOKEN")
     return parts
 
 
@@ -302,16 +323,27 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                     f"status {request.status} is not a RunStatus", "INVALID_STATUS"
                 )
             status = name.removeprefix("RUN_STATUS_")
+        if request.view not in runs_pb2.RunView.values():
+            raise InvalidArgumentError(
+                f"view {request.view} is not a RunView: RUN_VIEW_BASIC (the default) or "
+                "RUN_VIEW_FULL",
+                "INVALID_VIEW",
+            )
         before = None
         if request.page_token:
             ms, run_id = _decode_token(request.page_token, 2)
-            if not ms.isdigit():
-                raise InvalidArgumentError(
-                    "page_token is not one this server gave out", "INVALID_PAGE_TOKEN"
-                )
+            # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+            if not _CURSOR_MS.fullmatch(ms) or not 0 < len(run_id) <= 128:
+                raise InvalidArgumentError(_BAD_TOKEN, "INVALID_PAGE_TOKEN")
             before = (int(ms), run_id)
         records, cursor = await self._store.list_runs(
-            request.workflow, status, size, before, current().tenant
+            request.workflow,
+            status,
+            size,
+            before,
+            current().tenant,
+            full=request.view == runs_pb2.RUN_VIEW_FULL,
+            max_bytes=_LIST_MOST_BYTES,
         )
         return runs_pb2.ListRunsResponse(
             runs=[run_to_proto(r) for r in records],
@@ -347,17 +379,28 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         run_id = _require_run_id(request.run_id)
         if request.after_event_id:
             parse_event_id(request.after_event_id)
-        # NOT_FOUND before any event; the first page comes in the same round trip.
-        first, ended = await self._store.open_events(
-            run_id, current().tenant, request.after_event_id, _PAGE
-        )
-        if ended and len(first) < _PAGE and not any(e.terminal for e in first):
+        # NOT_FOUND before any event.
+        after = request.after_event_id
+        opened = await self._store.open_events(run_id, current().tenant, after)
+        last = opened.last_event_id
+        if after and last and not opened.ended and event_id_key(after) > event_id_key(last):
+            # Read in one HMGET with the status, and written in the same script as every
+            # event: no event of the run was newer. Those to come will have smaller ids than
+            # the cursor, so waiting for one would wait forever.
+            raise OutOfRangeError(
+                f"after_event_id {after} is past the last event of run {run_id!r}, {last}: "
+                "pass an event_id this run's stream sent, or its last_event_id (GetRun) to "
+                "wait for what comes next, or leave it empty to start from the first event",
+                "CURSOR_PAST_LAST_EVENT",
+            )
+        first = opened.page
+        if opened.ended and not first.more and not any(e.terminal for e in first.events):
             # A finished run, and the cursor is past its terminal event: nothing will come.
-            for event in first:
+            for event in first.events:
                 yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
             return
         with self._stream_slot():
-            async for event in self._hub.events(run_id, request.after_event_id, first):
+            async for event in self._hub.events(run_id, after, first):
                 yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
 
     async def GetRunTrace(
@@ -366,12 +409,23 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         run_id = _require_run_id(request.run_id)
         record = await self._store.get_run(run_id, current().tenant)
         events: list[StoredEvent] = []
+        size = 0
+        truncated = False
         while True:
-            page = await self._store.read_events(
-                run_id, events[-1].event_id if events else "", 1000
+            page = await self._store.read_page(
+                run_id,
+                events[-1].event_id if events else "",
+                min(PAGE_EVENTS, _TRACE_MOST_EVENTS - len(events)),
+                min(PAGE_BYTES, _TRACE_MOST_BYTES - size),
             )
-            events += page
-            if len(page) < 1000:
+            events += page.events
+            size += page.bytes
+            if not page.more:
+                break
+            if len(events) >= _TRACE_MOST_EVENTS or size >= _TRACE_MOST_BYTES:
+                # Whether anything follows: one event at most.
+                after = await self._store.read_page(run_id, events[-1].event_id, 1, 1)
+                truncated = bool(after.events)
                 break
         spans = [_span_to_proto(s) for s in _trace.build(events)]
         live = [s for s in spans if s.status != runs_pb2.TRACE_SPAN_STATUS_REPLAYED]
@@ -380,6 +434,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             spans=spans,
             input_tokens=sum(s.input_tokens for s in live),
             output_tokens=sum(s.output_tokens for s in live),
+            truncated=truncated,
         )
 
     async def ListWorkflows(

@@ -110,6 +110,11 @@ def print_trace(t: RunTrace, out: TextIO = sys.stdout) -> None:
         why = f": {a.error}" if a.error else ""
         out.write(f"{a.name}{where} · {_seconds(a)} · {a.status.lower()}{why}\n")
         walk(a.span_id, "  ")
+    if t.truncated:
+        out.write(
+            "(truncated: the run has more events than one trace reads; what happened after "
+            "the spans above is not shown)\n"
+        )
 
 
 def _abridged(value: Any, limit: int = 240) -> Any:

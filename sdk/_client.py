@@ -82,6 +82,20 @@ def _builds_from_proto(msg: builds_pb2.WorkflowBuilds) -> WorkflowBuilds:
     )
 
 
+# Wire values to the SDK's enums. A value this SDK does not know (a newer server's) reads as
+# UNSPECIFIED rather than failing the call or the stream.
+_STATUSES = {
+    value: RunStatus(name.removeprefix("RUN_STATUS_"))
+    for name, value in runs_pb2.RunStatus.items()
+    if name.removeprefix("RUN_STATUS_") in RunStatus.__members__
+}
+_EVENT_TYPES = {
+    value: EventType(name.removeprefix("EVENT_TYPE_"))
+    for name, value in runs_pb2.EventType.items()
+    if name.removeprefix("EVENT_TYPE_") in EventType.__members__
+}
+
+
 def run_from_proto(msg: runs_pb2.Run) -> Run:
     """The SDK's Run for a runs_pb2.Run."""
     error = None
@@ -95,7 +109,7 @@ def run_from_proto(msg: runs_pb2.Run) -> Run:
     return Run(
         run_id=msg.run_id,
         workflow=msg.workflow,
-        status=RunStatus(runs_pb2.RunStatus.Name(msg.status).removeprefix("RUN_STATUS_")),
+        status=_STATUSES.get(msg.status, RunStatus.UNSPECIFIED),
         attempt=msg.attempt,
         result_json=msg.result_json,
         error=error,
@@ -112,7 +126,7 @@ def event_from_proto(msg: runs_pb2.RunEvent) -> Event:
     return Event(
         event_id=msg.event_id,
         run_id=msg.run_id,
-        type=EventType(runs_pb2.EventType.Name(msg.type).removeprefix("EVENT_TYPE_")),
+        type=_EVENT_TYPES.get(msg.type, EventType.UNSPECIFIED),
         time=_time(msg.time),
         attempt=msg.attempt,
         message=msg.message,
@@ -279,13 +293,22 @@ class Client:
         status: RunStatus | str | None = None,
         page_size: int = 50,
         page_token: str = "",
+        full: bool = False,
     ) -> tuple[list[Run], str]:
-        """One page of runs, newest first, and the token of the next page ('' at the end)."""
+        """One page of runs, newest first, and the token of the next page ('' at the end).
+
+        Runs come without their input_json and result_json unless `full` (describe() has
+        them). A page may hold fewer than `page_size` runs and still have a next page.
+        """
         status_value = f"RUN_STATUS_{RunStatus(status)}" if status else None
         response = await self._call(
             "ListRuns",
             runs_pb2.ListRunsRequest(
-                workflow=workflow, status=status_value, page_size=page_size, page_token=page_token
+                workflow=workflow,
+                status=status_value,
+                page_size=page_size,
+                page_token=page_token,
+                view=runs_pb2.RUN_VIEW_FULL if full else runs_pb2.RUN_VIEW_BASIC,
             ),
         )
         return [run_from_proto(r) for r in response.runs], response.next_page_token
@@ -377,7 +400,11 @@ class RunHandle:
             for s in response.spans
         ]
         return RunTrace(
-            run_from_proto(response.run), spans, response.input_tokens, response.output_tokens
+            run_from_proto(response.run),
+            spans,
+            response.input_tokens,
+            response.output_tokens,
+            truncated=response.truncated,
         )
 
     async def cancel(self, reason: str = "") -> Run:

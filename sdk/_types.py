@@ -137,6 +137,7 @@ class RunTrace:
     spans: list[TraceSpan]
     input_tokens: int
     output_tokens: int
+    truncated: bool = False  # the run has more events than a trace reads: later ones missing
 
     def children(self, span_id: str) -> list[TraceSpan]:
         """The spans directly under span_id ('' for the attempts)."""

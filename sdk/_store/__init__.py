@@ -7,6 +7,7 @@ Everything that must be atomic is one Lua script in `_scripts`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -21,29 +22,36 @@ from redis.exceptions import RedisError, ResponseError
 
 from .._errors import LeaseLost
 from . import _keys as keys
-from . import _scripts, _sentinel
+from . import _reads, _scripts, _sentinel
 from ._builds import WHEN_UNSERVED, BuildView, check_build_id, check_workflow_name, load_view
 from ._errors import (
     DomainError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    OutOfRangeError,
     RateLimitedError,
     TooLargeError,
 )
 from ._loops import Backoff, transient
+from ._reads import PAGE_BYTES, PAGE_EVENTS
 from ._sentinel import check_redis_url
 
 __all__ = [
+    "PAGE_BYTES",
+    "PAGE_EVENTS",
     "TERMINAL_EVENTS",
     "TERMINAL_STATUSES",
     "BuildStats",
     "BuildView",
     "CancelOutcome",
     "DomainError",
+    "EventPage",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "NotFoundError",
+    "OpenedStream",
+    "OutOfRangeError",
     "RunRecord",
     "RateLimitedError",
     "RunWriter",
@@ -220,6 +228,37 @@ def encode_event(
 
 
 @dataclass(frozen=True, slots=True)
+class EventPage:
+    """Events of one run in id order: at most a count, and at most a byte budget of ids, field
+    names and values unless it is a single event."""
+
+    events: list[StoredEvent]
+    more: bool  # a limit ended the page: read on after its last event
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedStream:
+    """The start of a StreamRun: its first page and what the run's hash says."""
+
+    page: EventPage
+    ended: bool  # the run is in a terminal status
+    last_event_id: str  # its newest event when the page was read ('' if it has none)
+
+
+def _entries_page(entries: list[tuple[str, dict[str, str]]], count: int) -> EventPage:
+    size = sum(len(i) + sum(len(k) + len(v) for k, v in f.items()) for i, f in entries)
+    events = [StoredEvent.decode(i, f) for i, f in entries]
+    return EventPage(events, more=len(events) == count, bytes=size)
+
+
+def _script_page(reply: Any) -> EventPage:
+    more, size, entries = reply
+    events = [StoredEvent.decode(i, dict(zip(f[::2], f[1::2], strict=True))) for i, f in entries]
+    return EventPage(events, more=bool(int(more)), bytes=int(size))
+
+
+@dataclass(frozen=True, slots=True)
 class RunRecord:
     """The state of one run as stored in its hash."""
 
@@ -264,6 +303,38 @@ class RunRecord:
             labels=json.loads(h.get("labels_json") or "{}"),
             tenant=h.get("tenant", ""),
         )
+
+
+# The run hash fields ListRuns shows, but input_json and result_json (RunRecord.decode).
+_LIST_FIELDS = (
+    "run_id",
+    "workflow",
+    "status",
+    "attempt",
+    "error_type",
+    "error_message",
+    "error_component",
+    "create_ms",
+    "update_ms",
+    "last_event_id",
+    "worker_id",
+    "labels_json",
+    "tenant",
+)
+
+
+def _record_bytes(r: RunRecord) -> int:
+    return (
+        len(r.run_id)
+        + len(r.workflow)
+        + len(r.input_json)
+        + len(r.result_json)
+        + len(r.error_type)
+        + len(r.error_message)
+        + len(r.error_component)
+        + len(r.last_event_id)
+        + sum(len(k) + len(v) for k, v in r.labels.items())
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +414,8 @@ class Store:
         self._finish = redis.register_script(_scripts.FINISH_RUN)
         self._heartbeat = redis.register_script(_scripts.HEARTBEAT)
         self._expire = redis.register_script(_scripts.EXPIRE_LEASE)
+        self._read_page = redis.register_script(_reads.READ_PAGE)
+        self._memory_usage = True  # False once Redis refused MEMORY USAGE: measure every page
 
     # -- runs -------------------------------------------------------------
 
@@ -457,12 +530,21 @@ class Store:
         page_size: int,
         before: tuple[int, str] | None,
         tenant: str = "",
+        *,
+        full: bool = False,
+        max_bytes: int = 0,
     ) -> tuple[list[RunRecord], tuple[int, str] | None]:
         """The tenant's runs newest first, after the cursor (create_ms, run_id); returns the
-        next cursor."""
+        next cursor.
+
+        Without `full`, a run's input_json and result_json are neither read nor returned.
+        With `max_bytes`, the page ends early (with a cursor) before the run whose fields
+        would take it over that many bytes; it always holds one run when there is one.
+        """
         index = keys.runs_by_workflow_key(workflow, tenant) if workflow else keys.runs_key(tenant)
         max_score = "+inf" if before is None else str(before[0])
         found: list[RunRecord] = []
+        sizes: list[int] = []
         offset = 0
         batch_size = page_size + 1
         while True:
@@ -474,15 +556,64 @@ class Store:
             candidates = [
                 run_id for run_id, score in batch if before is None or (int(score), run_id) < before
             ]
-            for record in await self.get_runs(candidates) if candidates else []:
+            # The small fields, and how large input and result are, before reading them.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for run_id in candidates:
+                    pipe.hmget(keys.run_key(run_id), *_LIST_FIELDS)
+                    if full:
+                        pipe.hstrlen(keys.run_key(run_id), "input_json")
+                        pipe.hstrlen(keys.run_key(run_id), "result_json")
+                replies = await pipe.execute() if candidates else []
+            step = 3 if full else 1
+            for n in range(len(candidates)):
+                values = replies[n * step]
+                if values[0] is None:
+                    continue  # gone meanwhile (its retention ran out)
+                h = {k: v for k, v in zip(_LIST_FIELDS, values, strict=True) if v is not None}
+                record = RunRecord.decode(h)
                 if status and record.status != status:
                     continue
-                if len(found) == page_size:
-                    last = found[-1]
-                    return found, (last.create_ms, last.run_id)
+                size = sum(len(v) for v in h.values())
+                if full:
+                    size += int(replies[n * step + 1]) + int(replies[n * step + 2])
+                over = bool(max_bytes and found and sum(sizes) + size > max_bytes)
+                if len(found) == page_size or over:
+                    return await self._page_of_runs(found, full, max_bytes)
                 found.append(record)
+                sizes.append(size)
             if len(batch) < batch_size:
-                return found, None
+                page, _ = await self._page_of_runs(found, full, max_bytes)
+                if len(page) < len(found):  # cut short by what was written meanwhile
+                    return page, (page[-1].create_ms, page[-1].run_id)
+                return page, None
+
+    async def _page_of_runs(
+        self, runs: list[RunRecord], full: bool, max_bytes: int
+    ) -> tuple[list[RunRecord], tuple[int, str] | None]:
+        """The page with input and result filled in when `full`, and its cursor. A result
+        written after its size was read can make the page larger than measured: it is then
+        cut again to `max_bytes`."""
+        if full and runs:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for r in runs:
+                    pipe.hmget(keys.run_key(r.run_id), "input_json", "result_json")
+                data = await pipe.execute()
+            runs = [
+                dataclasses.replace(r, input_json=i or "", result_json=o or "")
+                for r, (i, o) in zip(runs, data, strict=True)
+            ]
+            if max_bytes:
+                kept: list[RunRecord] = []
+                used = 0
+                for r in runs:
+                    size = _record_bytes(r)
+                    if kept and used + size > max_bytes:
+                        break
+                    kept.append(r)
+                    used += size
+                runs = kept
+        last = runs[-1] if runs else None
+        return runs, (last.create_ms, last.run_id) if last else None
 
     async def claim(
         self,
@@ -630,29 +761,79 @@ class Store:
     # -- events -----------------------------------------------------------
 
     async def open_events(
-        self, run_id: str, tenant: str, after: str, count: int
-    ) -> tuple[list[StoredEvent], bool]:
-        """The run's first `count` events after the cursor and whether the run has ended, in
-        the same round trip as the check that the run exists and is `tenant`'s
-        (NotFoundError otherwise)."""
+        self,
+        run_id: str,
+        tenant: str,
+        after: str,
+        count: int = _reads.PAGE_EVENTS,
+        max_bytes: int = _reads.PAGE_BYTES,
+    ) -> OpenedStream:
+        """The run's first page of events after the cursor (see read_page), whether it has
+        ended and its newest event's id, read after the check that the run exists and is
+        `tenant`'s (NotFoundError otherwise)."""
         start = _range_start(after)
+        key = keys.events_key(run_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.run_key(run_id), "run_id", "tenant", "status")
-            if start is not None:
-                pipe.xrange(keys.events_key(run_id), start, "+", count=count)
-            (found, owner, status), *rest = await pipe.execute()
-        entries = rest[0] if rest else []
+            pipe.hmget(keys.run_key(run_id), "run_id", "tenant", "status", "last_event_id")
+            if self._memory_usage:
+                pipe.memory_usage(key, samples=0)
+            fields, *usage = await pipe.execute(raise_on_error=False)
+        if isinstance(fields, Exception):
+            raise fields
+        found, owner, status, last = fields
         if found is None or (owner or "") != tenant:
             raise NotFoundError(f"run {run_id!r} not found", "RUN_NOT_FOUND")
-        return [StoredEvent.decode(i, f) for i, f in entries], status in TERMINAL_STATUSES
+        page = EventPage([], False, 0)
+        if start is not None:
+            page = await self._page(key, start, count, max_bytes, self._usage(usage))
+        return OpenedStream(page, status in TERMINAL_STATUSES, last or "")
 
-    async def read_events(self, run_id: str, after: str, count: int) -> list[StoredEvent]:
-        """Up to `count` events after the cursor ('' = from the first)."""
+    async def read_page(
+        self,
+        run_id: str,
+        after: str,
+        count: int = _reads.PAGE_EVENTS,
+        max_bytes: int = _reads.PAGE_BYTES,
+    ) -> EventPage:
+        """Up to `count` events after the cursor ('' = from the first) and up to `max_bytes`
+        of their ids, field names and values, but always one event when there is one."""
         start = _range_start(after)
         if start is None:
-            return []
-        entries = await self.redis.xrange(keys.events_key(run_id), start, "+", count=count)
-        return [StoredEvent.decode(i, f) for i, f in entries]
+            return EventPage([], False, 0)
+        key = keys.events_key(run_id)
+        usage: int | None = None
+        if self._memory_usage:
+            try:
+                usage = await self.redis.memory_usage(key, samples=0) or 0
+            except ResponseError as exc:
+                usage = self._usage([exc])
+        return await self._page(key, start, count, max_bytes, usage)
+
+    async def read_events(
+        self, run_id: str, after: str, count: int, max_bytes: int = _reads.PAGE_BYTES
+    ) -> list[StoredEvent]:
+        """The events of read_page: fewer than `count` does not mean there are no more."""
+        return (await self.read_page(run_id, after, count, max_bytes)).events
+
+    def _usage(self, reply: list[Any]) -> int | None:
+        """The stream's size from a MEMORY USAGE reply; None when it is not known."""
+        if not reply:
+            return None
+        if isinstance(reply[0], ResponseError):  # not allowed here (an ACL, a managed Redis)
+            log.info("MEMORY USAGE refused (%s): every page of events is measured", reply[0])
+            self._memory_usage = False
+            return None
+        if isinstance(reply[0], Exception):
+            raise reply[0]
+        return int(reply[0] or 0)
+
+    async def _page(
+        self, key: str, start: str, count: int, max_bytes: int, usage: int | None
+    ) -> EventPage:
+        count = max(1, count)
+        if usage is not None and usage + count * _reads.ENTRY_MARGIN <= max_bytes:
+            return _entries_page(await self.redis.xrange(key, start, "+", count=count), count)
+        return _script_page(await self._read_page(keys=[key], args=[start, count, max_bytes]))
 
     # -- workflows and workers ---------------------------------------------
 

@@ -33,6 +33,12 @@ class TooLargeError(DomainError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class OutOfRangeError(DomainError):
+    """A well-formed value past what exists, e.g. a cursor past a run's last event."""
+
+    code = "OUT_OF_RANGE"
+
+
 class FailedPreconditionError(DomainError):
     """A request that does not fit the run's state."""
 

@@ -1,4 +1,8 @@
-"""A run's trace tree, rebuilt from its events alone (no tracing backend needed)."""
+"""A run's trace tree, rebuilt from its events alone (no tracing backend needed).
+
+Events may come from workflow code or from another version of longline: a type this module
+does not know is skipped, and a field of the wrong type reads as absent, never as an error.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +45,26 @@ def _data(event: StoredEvent) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _int(value: Any, default: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    try:
+        return int(value)
+    except (OverflowError, ValueError):  # inf, nan
+        return default
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+_MOST_ERROR = 1000  # characters of an error kept in a span
+
+
 def _component_of_step(step: str) -> str:
     own = step.rsplit("/", 1)[-1]
     return re.split(r"[#:]", own, maxsplit=1)[0]
@@ -55,7 +79,7 @@ def build(events: list[StoredEvent]) -> list[SpanRecord]:
     def end_attempt(at_ms: int, status: str, error: str = "") -> None:
         if current is None or current.end_ms is not None:
             return
-        current.end_ms, current.status, current.error = at_ms, status, error
+        current.end_ms, current.status, current.error = at_ms, status, error[:_MOST_ERROR]
         for span in spans:
             if span.attempt == current.attempt and span.status == "RUNNING":
                 span.end_ms, span.status = at_ms, "INTERRUPTED"
@@ -71,10 +95,13 @@ def build(events: list[StoredEvent]) -> list[SpanRecord]:
                 kind="ATTEMPT",
                 attempt=event.attempt,
                 start_ms=event.time_ms,
-                worker=str(data.get("worker", "")),
+                worker=_str(data.get("worker")),
             )
             spans.append(current)
-            for step in data.get("checkpoints", []):
+            checkpoints = data.get("checkpoints")
+            for step in checkpoints if isinstance(checkpoints, list) else []:
+                if not isinstance(step, str):
+                    continue
                 spans.append(
                     SpanRecord(
                         span_id=f"{current.span_id}/{step}",
@@ -96,7 +123,7 @@ def build(events: list[StoredEvent]) -> list[SpanRecord]:
                 kind="COMPONENT",
                 attempt=event.attempt,
                 start_ms=event.time_ms,
-                step=str(data.get("step", "")),
+                step=_str(data.get("step")),
             )
             spans.append(span)
             by_id[event.span_id] = span
@@ -106,16 +133,18 @@ def build(events: list[StoredEvent]) -> list[SpanRecord]:
             error = data.get("error")
             span.status = "ERROR" if error else "OK"
             if isinstance(error, dict):
-                span.error = f"{error.get('type')}: {error.get('message')}"
-            span.tries = int(data.get("tries", 1) or 1)
+                span.error = f"{error.get('type')}: {error.get('message')}"[:_MOST_ERROR]
+            elif isinstance(error, str):
+                span.error = error[:_MOST_ERROR]
+            span.tries = _int(data.get("tries"), 1) or 1
             span.cache_hit = data.get("cache") == "hit"
             llm = data.get("llm")
             if isinstance(llm, dict):
-                usage = llm.get("usage") or {}
+                usage = _dict(llm.get("usage"))
                 span.model = str(llm.get("model", ""))
                 span.provider = str(llm.get("provider", ""))
-                span.input_tokens = int(usage.get("input_tokens", 0))
-                span.output_tokens = int(usage.get("output_tokens", 0))
+                span.input_tokens = _int(usage.get("input_tokens"))
+                span.output_tokens = _int(usage.get("output_tokens"))
         elif event.type == "RUN_RETRYING":
             end_attempt(event.time_ms, "INTERRUPTED", event.message)
         elif event.type == "RUN_SUCCEEDED":

@@ -34,6 +34,12 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_RUN_FAILED: _ClassVar[EventType]
     EVENT_TYPE_RUN_CANCELLED: _ClassVar[EventType]
 
+class RunView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_VIEW_UNSPECIFIED: _ClassVar[RunView]
+    RUN_VIEW_BASIC: _ClassVar[RunView]
+    RUN_VIEW_FULL: _ClassVar[RunView]
+
 class TraceSpanKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TRACE_SPAN_KIND_UNSPECIFIED: _ClassVar[TraceSpanKind]
@@ -65,6 +71,9 @@ EVENT_TYPE_RUN_RETRYING: EventType
 EVENT_TYPE_RUN_SUCCEEDED: EventType
 EVENT_TYPE_RUN_FAILED: EventType
 EVENT_TYPE_RUN_CANCELLED: EventType
+RUN_VIEW_UNSPECIFIED: RunView
+RUN_VIEW_BASIC: RunView
+RUN_VIEW_FULL: RunView
 TRACE_SPAN_KIND_UNSPECIFIED: TraceSpanKind
 TRACE_SPAN_KIND_ATTEMPT: TraceSpanKind
 TRACE_SPAN_KIND_COMPONENT: TraceSpanKind
@@ -211,16 +220,18 @@ class GetRunResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ("workflow", "status", "page_size", "page_token")
+    __slots__ = ("workflow", "status", "page_size", "page_token", "view")
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     workflow: str
     status: RunStatus
     page_size: int
     page_token: str
-    def __init__(self, workflow: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    view: RunView
+    def __init__(self, workflow: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., view: _Optional[_Union[RunView, str]] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs", "next_page_token")
@@ -329,13 +340,15 @@ class TraceSpan(_message.Message):
     def __init__(self, span_id: _Optional[str] = ..., parent_span_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TraceSpanKind, str]] = ..., attempt: _Optional[int] = ..., step: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[TraceSpanStatus, str]] = ..., error: _Optional[str] = ..., tries: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class GetRunTraceResponse(_message.Message):
-    __slots__ = ("run", "spans", "input_tokens", "output_tokens")
+    __slots__ = ("run", "spans", "input_tokens", "output_tokens", "truncated")
     RUN_FIELD_NUMBER: _ClassVar[int]
     SPANS_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     run: Run
     spans: _containers.RepeatedCompositeFieldContainer[TraceSpan]
     input_tokens: int
     output_tokens: int
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., spans: _Optional[_Iterable[_Union[TraceSpan, _Mapping]]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., spans: _Optional[_Iterable[_Union[TraceSpan, _Mapping]]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable
 
 import grpc
@@ -10,6 +11,10 @@ import pytest
 import longline
 from longline.v1 import runs_pb2
 from tests.integration.conftest import Stack
+
+
+def _token(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
 
 
 async def _status(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
@@ -111,6 +116,13 @@ async def test_an_event_id_out_of_range_is_invalid(stack: Stack, cursor: str) ->
         (runs_pb2.ListRunsRequest(page_size=-1), "page_size must not be negative"),
         (runs_pb2.ListRunsRequest(page_token="garbage!"), "page_token is not one this server"),
         (runs_pb2.ListRunsRequest(status=99), "status 99 is not a RunStatus"),
+        # Tokens that decode, but to no cursor this server makes: digits that are not ASCII
+        # ('²'.isdigit() is True), a time too large for a Redis score, no run id.
+        (runs_pb2.ListRunsRequest(page_token=_token("²\x1fabc")), "page_token is not one"),
+        (runs_pb2.ListRunsRequest(page_token=_token("١٢\x1fabc")), "page_token is not one"),
+        (runs_pb2.ListRunsRequest(page_token=_token("9" * 400 + "\x1fa")), "page_token is not"),
+        (runs_pb2.ListRunsRequest(page_token=_token("-5\x1fabc")), "page_token is not one"),
+        (runs_pb2.ListRunsRequest(page_token=_token("12\x1f")), "page_token is not one"),
     ],
 )
 async def test_bad_list_requests_are_invalid(
@@ -119,6 +131,18 @@ async def test_bad_list_requests_are_invalid(
     code, message = await _status(stack.stub.ListRuns(request_))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in message
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["garbage!", _token("a\x1fb"), base64.urlsafe_b64encode(b"\xff\xfe").decode()],
+)
+async def test_bad_list_workflows_tokens_are_invalid(stack: Stack, token: str) -> None:
+    code, message = await _status(
+        stack.stub.ListWorkflows(runs_pb2.ListWorkflowsRequest(page_token=token))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token is not one this server gave out" in message
 
 
 async def test_server_keeps_serving_after_bad_input(stack: Stack) -> None:
@@ -172,3 +196,46 @@ async def test_trace_of_an_unknown_or_unnamed_run(stack: Stack) -> None:
     )
     code, message = await _status(stack.stub.GetRunTrace(runs_pb2.GetRunTraceRequest()))
     assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
+
+
+async def test_a_cursor_past_the_last_event_of_a_live_run_is_out_of_range(
+    stack: Stack, redis_url: str
+) -> None:
+    """Every later event of the run has a smaller id than such a cursor: waiting for one
+    would wait forever."""
+    from longline._errors import error_reason
+    from longline._store import RunWriter, Store, connect, encode_event
+
+    store = Store(connect(redis_url))
+    await store.announce("w9", [("elsewhere", "")], 60_000)
+    await store.create_run("live1", "elsewhere", "null", {})
+    assert await store.claim("live1", 1, "w9", "cp", lease_ms=60_000, max_attempts=3)
+    last = (await store.get_run("live1")).last_event_id
+    ms = int(last.split("-")[0])
+    for cursor in ("99999999999999-0", f"{ms}-{int(last.split('-')[1]) + 1}", f"{ms + 1}-0"):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in stack.stub.StreamRun(
+                runs_pb2.StreamRunRequest(run_id="live1", after_event_id=cursor), timeout=5
+            ):
+                pass
+        assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE, info.value
+        assert error_reason(info.value) == "CURSOR_PAST_LAST_EVENT"
+        message = info.value.details() or ""
+        assert f"after_event_id {cursor} is past the last event of run 'live1', {last}" in message
+        assert "its last_event_id" in message
+    # At the last event is fine: the stream waits for what comes next.
+    writer = RunWriter(store, "live1", 1, "w9")
+    stream = stack.stub.StreamRun(runs_pb2.StreamRunRequest(run_id="live1", after_event_id=last))
+    await writer.append([encode_event("STATUS", 1, "next")])
+    await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
+    types = [r.event.type async for r in stream]
+    assert types == [runs_pb2.EVENT_TYPE_STATUS, runs_pb2.EVENT_TYPE_RUN_SUCCEEDED]
+    # Once the run has ended, a cursor past its end replays nothing, as before.
+    after_end = [
+        r
+        async for r in stack.stub.StreamRun(
+            runs_pb2.StreamRunRequest(run_id="live1", after_event_id="99999999999999-0")
+        )
+    ]
+    assert after_end == []
+    await store.redis.aclose()

@@ -281,7 +281,9 @@ export interface ListRunsRequest {
      */
     status: RunStatus;
     /**
-     * At most this many runs (default 50, maximum 1000).
+     * At most this many runs (default 50, maximum 1000). A page also ends early,
+     * with a next_page_token, before its runs pass 2 MiB of fields (a page
+     * holds at least one run).
      *
      * @generated from protobuf field: int32 page_size = 3
      */
@@ -292,6 +294,12 @@ export interface ListRunsRequest {
      * @generated from protobuf field: string page_token = 4
      */
     pageToken: string;
+    /**
+     * How much of each run to return; UNSPECIFIED is BASIC.
+     *
+     * @generated from protobuf field: longline.v1.RunView view = 5
+     */
+    view: RunView;
 }
 /**
  * ListRunsResponse holds one page of runs.
@@ -304,7 +312,8 @@ export interface ListRunsResponse {
      */
     runs: Run[];
     /**
-     * Empty on the last page.
+     * Empty on the last page. A page may hold fewer than page_size runs and
+     * still have a next page.
      *
      * @generated from protobuf field: string next_page_token = 2
      */
@@ -541,6 +550,13 @@ export interface GetRunTraceResponse {
      * @generated from protobuf field: int64 output_tokens = 4
      */
     outputTokens: number;
+    /**
+     * True when the run has more events than one trace reads (a bound in count
+     * and in bytes): the spans and totals then cover only its first events.
+     *
+     * @generated from protobuf field: bool truncated = 5
+     */
+    truncated: boolean;
 }
 /**
  * RunStatus is where a run is in its life.
@@ -623,6 +639,31 @@ export enum EventType {
      * @generated from protobuf enum value: EVENT_TYPE_RUN_CANCELLED = 10;
      */
     RUN_CANCELLED = 10
+}
+/**
+ * RunView says how much of each run ListRuns returns.
+ *
+ * @generated from protobuf enum longline.v1.RunView
+ */
+export enum RunView {
+    /**
+     * The same as RUN_VIEW_BASIC.
+     *
+     * @generated from protobuf enum value: RUN_VIEW_UNSPECIFIED = 0;
+     */
+    UNSPECIFIED = 0,
+    /**
+     * Every field but input_json and result_json (use GetRun for those).
+     *
+     * @generated from protobuf enum value: RUN_VIEW_BASIC = 1;
+     */
+    BASIC = 1,
+    /**
+     * Every field.
+     *
+     * @generated from protobuf enum value: RUN_VIEW_FULL = 2;
+     */
+    FULL = 2
 }
 /**
  * TraceSpanKind says what a span stands for.
@@ -829,7 +870,8 @@ class ListRunsRequest$Type extends MessageType<ListRunsRequest> {
             { no: 1, name: "workflow", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
             { no: 2, name: "status", kind: "enum", T: () => ["longline.v1.RunStatus", RunStatus, "RUN_STATUS_"] },
             { no: 3, name: "page_size", kind: "scalar", T: 5 /*ScalarType.INT32*/ },
-            { no: 4, name: "page_token", kind: "scalar", T: 9 /*ScalarType.STRING*/ }
+            { no: 4, name: "page_token", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
+            { no: 5, name: "view", kind: "enum", T: () => ["longline.v1.RunView", RunView, "RUN_VIEW_"] }
         ]);
     }
 }
@@ -987,7 +1029,8 @@ class GetRunTraceResponse$Type extends MessageType<GetRunTraceResponse> {
             { no: 1, name: "run", kind: "message", T: () => Run },
             { no: 2, name: "spans", kind: "message", repeat: 2 /*RepeatType.UNPACKED*/, T: () => TraceSpan },
             { no: 3, name: "input_tokens", kind: "scalar", T: 3 /*ScalarType.INT64*/, L: 2 /*LongType.NUMBER*/ },
-            { no: 4, name: "output_tokens", kind: "scalar", T: 3 /*ScalarType.INT64*/, L: 2 /*LongType.NUMBER*/ }
+            { no: 4, name: "output_tokens", kind: "scalar", T: 3 /*ScalarType.INT64*/, L: 2 /*LongType.NUMBER*/ },
+            { no: 5, name: "truncated", kind: "scalar", T: 8 /*ScalarType.BOOL*/ }
         ]);
     }
 }
