@@ -18,9 +18,11 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from longline._store import DomainError, InvalidArgumentError
+from longline._store._loops import transient
 
 from ._auth import Principal, set_current
 
@@ -64,13 +66,19 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     if isinstance(exc, DomainError):
         retry_after = getattr(exc, "retry_after", None)
         await _fail(context, grpc.StatusCode[exc.code], exc.message, exc.reason, retry_after)
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError) or (
+        isinstance(exc, RedisError) and transient(exc)
+    ):
+        # Unreachable, or refusing for a while: a failover (READONLY), loading (LOADING),
+        # out of memory (OOM). The client retries; nothing it sent was half-applied.
         log.warning("%s: Redis unavailable: %s", method, exc)
         await _fail(
             context,
             grpc.StatusCode.UNAVAILABLE,
-            "the control plane cannot reach Redis right now; retry shortly (nothing was lost)",
+            "the control plane cannot reach Redis right now, or Redis refuses writes for a "
+            "moment (a failover); retry shortly (nothing was lost)",
             "BACKEND_UNAVAILABLE",
+            retry_after=1.0,
         )
     ref = secrets.token_hex(4)
     log.error("internal error in %s (ref %s)", method, ref, exc_info=exc)
