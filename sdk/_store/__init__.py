@@ -390,6 +390,9 @@ def _claimed(reply: Any) -> tuple[str, str, str] | str | None:
     return str(reply[1]), str(reply[2]), str(reply[3])
 
 
+_MIN_SCAN = 1000  # index entries one ListRuns request may read, at least
+
+
 def holder(attempt: int, worker_id: str) -> str:
     """How a fenced write names who it comes from: the attempt, on that very worker."""
     return f"{attempt}@{worker_id}"
@@ -547,6 +550,10 @@ class Store:
         sizes: list[int] = []
         offset = 0
         batch_size = page_size + 1
+        # A filter that matches few runs would read the whole index for one page: a request
+        # reads at most max_scan index entries, and a page that ends there (even an empty one)
+        # carries the cursor of the last entry read.
+        max_scan = max(_MIN_SCAN, 20 * page_size)
         while True:
             batch = await self.redis.zrevrangebyscore(
                 index, max_score, "-inf", start=offset, num=batch_size, withscores=True
@@ -581,11 +588,14 @@ class Store:
                     return await self._page_of_runs(found, full, max_bytes)
                 found.append(record)
                 sizes.append(size)
-            if len(batch) < batch_size:
+            if len(batch) < batch_size or offset >= max_scan:
                 page, _ = await self._page_of_runs(found, full, max_bytes)
                 if len(page) < len(found):  # cut short by what was written meanwhile
                     return page, (page[-1].create_ms, page[-1].run_id)
-                return page, None
+                if len(batch) < batch_size:
+                    return page, None
+                last_id, last_score = batch[-1]
+                return page, (int(last_score), str(last_id))
 
     async def _page_of_runs(
         self, runs: list[RunRecord], full: bool, max_bytes: int

@@ -290,3 +290,28 @@ async def test_an_event_of_a_type_the_server_does_not_know_streams_as_unspecifie
     trace = await stack.client.get_run("odd").trace()
     assert trace.run.status is longline.RunStatus.SUCCEEDED
     await store.redis.aclose()
+
+
+async def test_a_rare_status_is_listed_a_bounded_scan_at_a_time(
+    stack: Stack, redis_url: str
+) -> None:
+    """One cancelled run behind 1,050 queued ones: each ListRuns call reads at most 1,000
+    index entries; a page may come back empty with a token, and paging finds the run."""
+    store = Store(connect(redis_url))
+    try:
+        await store.create_run("rare", "echo", "1", {})
+        await store.cancel("rare", "the one to find")
+        for i in range(1050):
+            await store.create_run(f"q{i:04d}", "echo", "1", {})
+    finally:
+        await store.redis.aclose()
+    found, pages, token = [], 0, ""
+    while True:
+        runs, token = await stack.client.list_runs(
+            status="CANCELLED", page_size=10, page_token=token
+        )
+        pages += 1
+        found += [r.run_id for r in runs]
+        if not token:
+            break
+    assert "rare" in found and pages >= 2
