@@ -24,7 +24,6 @@ from longline import Context, LeaseLost, Workflow
 from longline._channel import bearer, open_channel
 from longline._component import component_of
 from longline._store import RunWriter, Store, connect, encode_event, presence_ms
-from longline._store._loops import Backoff
 from longline._store._services import RedisServices
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
@@ -193,6 +192,10 @@ class Worker:
         self._lease_ms = int(settings.heartbeat_interval * 5000)
         self._store: Store | None = None
         self._services: RedisServices | None = None
+        # Runs the lease watch stopped, to give back once Redis answers again:
+        # (run_id, attempt) -> workflow.
+        self._to_release: dict[tuple[str, int], str] = {}
+        self._beat_now = asyncio.Event()  # set when the interval or lease changes
         self.metrics = WorkerMetrics(CollectorRegistry()) if settings.metrics_listen else None
         self.metrics_port = 0  # the bound Prometheus port, with settings.metrics_listen
 
@@ -383,6 +386,7 @@ class Worker:
             self._heartbeat_interval = welcome.heartbeat_interval_seconds
         if welcome.lease_timeout_seconds > 0:
             self._lease_ms = int(welcome.lease_timeout_seconds * 1000)
+        self._beat_now.set()
         self._outbox = outbox
         self._connected.set()
         log.info("connected to control plane replica %s", welcome.replica_id)
@@ -410,7 +414,10 @@ class Worker:
             )
             return
         task = asyncio.create_task(self._execute(workflow, a), name=f"run-{a.run_id}")
-        self._running[a.run_id] = _Running(a.attempt, a.workflow, task, time.monotonic())
+        # The lease began when the run was claimed, a moment before this: counted from a
+        # little earlier, so the worker errs early.
+        claimed = time.monotonic() - min(1.0, self._lease_ms / 10_000)
+        self._running[a.run_id] = _Running(a.attempt, a.workflow, task, claimed)
         # However the task ends, even cancelled before its first step, the slot is given back.
         task.add_done_callback(lambda done: self._task_done(a.run_id, a.attempt, done))
         self._send(
@@ -575,7 +582,7 @@ class Worker:
         whose lease could not be renewed for a lease timeout are stopped by _lease_watch.
         """
         assert self._store is not None
-        backoff = Backoff(first=self._heartbeat_interval, cap=self._heartbeat_interval)
+        failures = 0
         while True:
             held = [(run_id, r.attempt) for run_id, r in self._running.items()]
             sent = time.monotonic()
@@ -585,10 +592,24 @@ class Worker:
                     self._beat(held), timeout=max(0.5, self._lease_ms / 2000)
                 )
             except (RedisError, OSError, TimeoutError) as exc:
-                # Not renewed: counted as such. The round is retried after an interval.
-                await backoff.wait(log, "heartbeat", exc)
+                # Not renewed: counted as such. Tried again within an interval (the interval
+                # the control plane gives, which may be shorter than when the loop began).
+                failures += 1
+                delay = self._heartbeat_interval * (0.5 + random.random() / 2)
+                log.warning(
+                    "heartbeat: %s: %s; retrying in %.2f s (failure %d)",
+                    type(exc).__name__,
+                    str(exc)[:200] or "no reply in time",
+                    delay,
+                    failures,
+                )
+                await asyncio.sleep(delay)
                 continue
-            backoff.reset()
+            failures = 0
+            try:
+                await self._release_stopped()
+            except (RedisError, OSError) as exc:  # given back at a later round
+                log.warning("could not give back stopped runs yet: %s", exc)
             for (run_id, attempt), ok in zip(held, alive, strict=True):
                 running = self._running.get(run_id)
                 if running is None or running.attempt != attempt:
@@ -598,7 +619,28 @@ class Worker:
                 else:
                     log.warning("run %s attempt %d lost its lease; stopping it", run_id, attempt)
                     running.task.cancel()
-            await asyncio.sleep(self._heartbeat_interval)
+            # Until the next round, or at once when the control plane says how often to beat
+            # (its interval may be shorter than this worker's default that the wait began with).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), timeout=self._heartbeat_interval)
+            self._beat_now.clear()
+
+    async def _release_stopped(self) -> None:
+        """Give back the runs the lease watch stopped, now that Redis answers: a run whose
+        lease the control plane has not expired yet (it could not reach Redis either) goes
+        back to the queue at once and does not count as a lost attempt. A run that moved on
+        meanwhile is left as it is (the requeue is fenced)."""
+        assert self._store is not None
+        for (run_id, attempt), workflow in list(self._to_release.items()):
+            await self._store.requeue(
+                run_id,
+                workflow,
+                attempt,
+                f"worker {self.settings.worker_id} could not renew its lease while Redis was "
+                "out of reach and stopped the run",
+                self.settings.worker_id,
+            )
+            del self._to_release[run_id, attempt]
 
     async def _beat(self, held: list[tuple[str, int]]) -> list[bool]:
         assert self._store is not None
@@ -626,6 +668,7 @@ class Worker:
             for run_id, running in list(self._running.items()):
                 if now - running.renewed >= self._lease_ms / 1000 and not running.stopped:
                     running.stopped = True
+                    self._to_release[run_id, running.attempt] = running.workflow
                     log.warning(
                         "run %s attempt %d: lease not renewed for %.1f s (this process was "
                         "paused, or Redis out of reach); stopping it, the control plane has "

@@ -30,6 +30,7 @@ class Janitor:
         self._retention_ms = int(retention * 1000)
         self.interval = sweep_interval(retention)
         self.rounds = 0  # rounds this replica ran
+        self._cursors: dict[str, str] = {}  # index -> where its scan goes on next round
 
     async def run(self) -> None:
         """The janitor loop; runs until cancelled, whatever Redis answers."""
@@ -38,6 +39,10 @@ class Janitor:
             try:
                 await self._round()
             except RedisError as exc:
+                await backoff.wait(log, "janitor", exc)
+                continue
+            except Exception as exc:  # a bug must not take the replica down with it
+                log.exception("janitor: unexpected error; it goes on")
                 await backoff.wait(log, "janitor", exc)
                 continue
             backoff.reset()
@@ -50,7 +55,7 @@ class Janitor:
             keys.SWEEP_LOCK, self._replica_id, nx=True, px=int(self.interval * 1000)
         ):
             return
-        report = await sweep(redis, self._retention_ms)
+        report = await sweep(redis, self._retention_ms, cursors=self._cursors)
         self.rounds += 1
         if report.anything:
             log.info(

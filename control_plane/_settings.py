@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from longline._store import check_redis_url
 
+MAX_RETENTION = 3650 * 86400.0  # ten years; 0 keeps finished runs forever
+
 
 @dataclass(frozen=True)
 class ControlPlaneSettings:
@@ -54,10 +56,12 @@ class ControlPlaneSettings:
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
-        if self.ack_timeout <= 0:
-            raise ValueError("--ack-timeout must be more than 0 seconds")
-        if self.retention < 0:
-            raise ValueError("--retention cannot be negative (0 keeps finished runs forever)")
+        if not 0 < self.ack_timeout <= 3600:  # also refuses nan
+            raise ValueError("--ack-timeout must be more than 0 seconds and at most an hour")
+        if not 0 <= self.retention <= MAX_RETENTION:
+            raise ValueError(
+                "--retention must be between 0 (keep finished runs forever) and 3650 days"
+            )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
         if self.tls_client_ca and not (self.tls_cert and self.worker_listen):

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from longline._store import (
+    TAKEN_BACK,
     BuildView,
     InvalidArgumentError,
     Store,
@@ -64,6 +65,8 @@ class WorkerSession:
     def silent(self) -> bool:
         """Its presence ran out: it has not heartbeat for five heartbeat intervals."""
         return time.monotonic() >= self.present_until
+
+    principal: str = ""  # the name of the token it connected with
 
     @property
     def answering(self) -> bool:
@@ -238,27 +241,38 @@ class Dispatcher:
                 if now - sent >= timeout
             ]
             for run_id, attempt, workflow in late:
-                if not session.unresponsive:
-                    log.warning(
-                        "worker %s did not acknowledge run %s within %g s: no runs go to it "
-                        "until it answers",
-                        session.worker_id,
+                # Out of the book before any await: an acknowledgement, a finish or the end of
+                # the stream may come while the take-back is on its way.
+                entry = session.unacked.pop(run_id, None)
+                if entry is None or entry[0] != attempt:
+                    continue
+                try:
+                    outcome = await self._store.take_back(
                         run_id,
-                        timeout,
+                        workflow,
+                        attempt,
+                        f"worker {session.worker_id} did not acknowledge attempt {attempt} "
+                        f"within {timeout:g} s (stalled, or its connection is half-open); "
+                        f"retrying as attempt {attempt + 1}",
+                        session.worker_id,
                     )
-                session.unresponsive = True
-                await self._store.requeue(
-                    run_id,
-                    workflow,
-                    attempt,
-                    f"worker {session.worker_id} did not acknowledge attempt {attempt} within "
-                    f"{timeout:g} s (stalled, or its connection is half-open); retrying as "
-                    f"attempt {attempt + 1}",
-                    session.worker_id,
-                )
-                del session.unacked[run_id]
-                if session.running.get(run_id) == attempt:
-                    del session.running[run_id]
+                except RedisError:
+                    session.unacked.setdefault(run_id, entry)  # tried again next round
+                    raise
+                if outcome == TAKEN_BACK:
+                    if not session.unresponsive:
+                        log.warning(
+                            "worker %s did not acknowledge run %s within %g s: no runs go to "
+                            "it until it answers",
+                            session.worker_id,
+                            run_id,
+                            timeout,
+                        )
+                    session.unresponsive = True
+                    if session.running.get(run_id) == attempt:
+                        del session.running[run_id]
+                # STARTED: the acknowledgement was lost, not the run (the worker has written
+                # for it already); its lease covers it from here.
 
     async def _reclaim(self) -> None:
         """Take over entries other replicas were handed but never acted on (they died).
@@ -292,6 +306,10 @@ class Dispatcher:
                 self._recover = True
                 if "NOGROUP" in str(exc):
                     self._groups.clear()  # a group or its stream vanished: made again
+                await backoff.wait(log, "dispatcher", exc)
+            except Exception as exc:  # a bug must not take the replica down with it
+                log.exception("dispatcher: unexpected error; it goes on")
+                self._recover = True
                 await backoff.wait(log, "dispatcher", exc)
             else:
                 backoff.reset()
@@ -389,27 +407,50 @@ class Dispatcher:
                 self._backlog = items + self._backlog  # nothing was lost: retried next time
                 raise
             done: dict[str, list[str]] = {}
+            failed: list[RedisError] = []
+            orphans: list[tuple[WorkerSession, _Queued]] = []
             for (session, item), claimed in zip(plan, claims, strict=True):
+                if isinstance(claimed, RedisError):
+                    failed.append(claimed)  # not claimed: tried again from the backlog
+                    waiting.append(item)
+                    continue
                 if isinstance(claimed, str):
                     # It has not started yet and another build was promoted meanwhile.
                     self._view_due = 0.0
                     back.append(item)
                     continue
                 if claimed is not None:
-                    self._send_assignment(session, item, claimed)
+                    if session.closed:  # its stream ended while the claim was on its way
+                        orphans.append((session, item))
+                    else:
+                        self._send_assignment(session, item, claimed)
                 # else: cancelled while queued, or this attempt was already taken
                 done.setdefault(item.stream, []).append(item.entry_id)
-            if done or back:
+            self._backlog = waiting + self._backlog
+            if back:
+                # Handed back as a new entry first; the old one is acknowledged only where its
+                # copy landed (under OOM Redis refuses XADD but not XACK: an entry acknowledged
+                # without its copy would strand the run QUEUED).
                 async with self._store.redis.pipeline(transaction=False) as pipe:
-                    for stream, entry_ids in done.items():
-                        pipe.xack(stream, keys.DISPATCH_GROUP, *entry_ids)
                     for item in back:
                         pipe.xadd(
                             item.stream, {"run_id": item.run_id, "attempt": str(item.attempt)}
                         )
-                        pipe.xack(item.stream, keys.DISPATCH_GROUP, item.entry_id)
+                    added = await pipe.execute(raise_on_error=False)
+                for item, reply in zip(back, added, strict=True):
+                    if isinstance(reply, Exception):
+                        self._backlog.append(item)  # still pending here: tried again
+                    else:
+                        done.setdefault(item.stream, []).append(item.entry_id)
+            if done:
+                async with self._store.redis.pipeline(transaction=False) as pipe:
+                    for stream, entry_ids in done.items():
+                        pipe.xack(stream, keys.DISPATCH_GROUP, *entry_ids)
                     await pipe.execute()
-            self._backlog = waiting + self._backlog
+            for session, item in orphans:
+                await self._take_back(session, item.run_id, item.attempt, item.workflow)
+            if failed:
+                raise failed[0]  # the loop backs off; what was not claimed waits here
 
     def _send_assignment(
         self, session: WorkerSession, item: _Queued, claimed: tuple[str, str, str]
@@ -432,30 +473,45 @@ class Dispatcher:
             )
         )
 
-    async def requeue_unsent(self, session: WorkerSession) -> None:
-        """Give back, at once, what a closed session's worker never showed it had: the
-        assignments still in its outbox and those it did not acknowledge."""
+    async def requeue_unsent(
+        self, session: WorkerSession, keep: dict[str, int] | None = None
+    ) -> None:
+        """Give back, at once, what a closed (or replaced) session's worker never showed it
+        had: the assignments still in its outbox and those it did not acknowledge, but not
+        what it wrote for already, nor the runs in `keep` (what it said it runs when it
+        connected again)."""
         unsent: dict[str, tuple[int, str]] = {
             run_id: (attempt, workflow)
             for run_id, (attempt, workflow, _) in session.unacked.items()
         }
+        stop = False
         while not session.outbox.empty():
             message = session.outbox.get_nowait()
-            if message is not None and message.HasField("assignment"):
+            if message is None:
+                stop = True
+            elif message.HasField("assignment"):
                 a = message.assignment
                 unsent[a.run_id] = (a.attempt, a.workflow)
+        if stop:
+            session.outbox.put_nowait(None)  # its write loop still ends
         session.unacked.clear()
         for run_id, (attempt, workflow) in unsent.items():
-            try:
-                await self._store.requeue(
-                    run_id,
-                    workflow,
-                    attempt,
-                    f"worker {session.worker_id} disconnected before it acknowledged the run",
-                    session.worker_id,
-                )
-            except RedisError as exc:  # its lease runs out and the monitor requeues it
-                log.warning("could not give back run %s now (%s)", run_id, exc)
+            if (keep or {}).get(run_id) != attempt:
+                await self._take_back(session, run_id, attempt, workflow)
+
+    async def _take_back(
+        self, session: WorkerSession, run_id: str, attempt: int, workflow: str
+    ) -> None:
+        try:
+            await self._store.take_back(
+                run_id,
+                workflow,
+                attempt,
+                f"worker {session.worker_id} disconnected before it acknowledged the run",
+                session.worker_id,
+            )
+        except RedisError as exc:  # its lease runs out and the monitor requeues it
+            log.warning("could not give back run %s now (%s)", run_id, exc)
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -502,6 +558,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             build_id=hello.build_id,
             workflows={w.name: w for w in hello.workflows},
             slots=hello.slots,
+            principal=current().name,
         )
         # What it says it runs counts only where Redis agrees (the attempt holds the run, on
         # this worker, for a workflow it may serve): a worker can give back only its own runs.
@@ -516,8 +573,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         )
         previous = self._dispatcher.sessions.get(session.worker_id)
         if previous is not None:
+            if previous.principal != session.principal:
+                raise PermissionDeniedError(
+                    f"worker id {session.worker_id!r} is connected here with another token",
+                    "WORKER_ID_IN_USE",
+                )
             previous.closed = True
             previous.outbox.put_nowait(None)
+            # What it was sent on the old stream and did not acknowledge, and does not say it
+            # runs now, is given back at once (its old stream may take a while to end).
+            await self._dispatcher.requeue_unsent(previous, keep=session.running)
         self._dispatcher.sessions[session.worker_id] = session
         log.info(
             "worker %s connected (build %s, %d slots, workflows %s)",
@@ -570,8 +635,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             sent = session.unacked.get(ref.run_id)
             if sent is not None and sent[0] == ref.attempt:
                 del session.unacked[ref.run_id]
-            elif session.running.get(ref.run_id) != ref.attempt:
-                # Taken back before this came (it was late): stop the task it started.
+            elif session.running.get(ref.run_id) != ref.attempt and session.outbox.qsize() < 1000:
+                # Taken back before this came (it was late): stop the task it started. (A
+                # stream that sends these and never reads gets no more than a bounded backlog.)
                 session.send(
                     worker_pb2.ConnectResponse(
                         cancel=worker_pb2.CancelAssignment(

@@ -49,8 +49,8 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a duration: give seconds, or a number with s, m, h or d (7d)"
         ) from None
-    if seconds < 0 or seconds != seconds:
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
+    if not 0 <= seconds < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration is a finite, positive number")
     return seconds
 
 

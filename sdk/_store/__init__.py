@@ -40,6 +40,9 @@ from ._sentinel import check_redis_url
 __all__ = [
     "PAGE_BYTES",
     "PAGE_EVENTS",
+    "NOT_HELD",
+    "STARTED",
+    "TAKEN_BACK",
     "TERMINAL_EVENTS",
     "TERMINAL_STATUSES",
     "BuildStats",
@@ -391,6 +394,8 @@ def _claimed(reply: Any) -> tuple[str, str, str] | str | None:
 
 
 _MIN_SCAN = 1000  # index entries one ListRuns request may read, at least
+# What Store.take_back did.
+TAKEN_BACK, STARTED, NOT_HELD = "taken back", "started", "not held"
 
 
 def holder(attempt: int, worker_id: str) -> str:
@@ -642,11 +647,14 @@ class Store:
         `build` is not the current one.
         """
         claims = [(run_id, attempt, worker_id, replica_id, lease_ms, max_attempts, build)]
-        return (await self.claim_many(claims))[0]
+        answer = (await self.claim_many(claims))[0]
+        if isinstance(answer, RedisError):
+            raise answer
+        return answer
 
     async def claim_many(
         self, claims: Sequence[tuple[str, int, str, str, int, int, str]]
-    ) -> list[tuple[str, str, str] | str | None]:
+    ) -> list[tuple[str, str, str] | str | None | RedisError]:
         """Several claims (run_id, attempt, worker_id, replica_id, lease_ms, max_attempts,
         build) in one round trip; each answer as claim() gives it."""
         if not claims:
@@ -664,8 +672,10 @@ class Store:
                     args=[attempt, worker_id, replica_id, lease_ms, max_attempts, build],
                     client=pipe,
                 )
-            replies = await pipe.execute()
-        return [_claimed(reply) for reply in replies]
+            # One refused claim (OOM near the memory limit) must not hide the others that
+            # landed: each answer stands alone, an error as the exception itself.
+            replies = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, RedisError) else _claimed(r) for r in replies]
 
     async def cancel(self, run_id: str, reason: str) -> CancelOutcome:
         """Cancel a queued or running run, writing RUN_CANCELLED once."""
@@ -703,9 +713,26 @@ class Store:
                 keys.LEASES,
                 *_STATS,
             ],
-            args=[holder(attempt, worker_id), reason],
+            args=[holder(attempt, worker_id), reason, ""],
         )
         return bool(done)
+
+    async def take_back(
+        self, run_id: str, workflow: str, attempt: int, reason: str, worker_id: str
+    ) -> str:
+        """Requeue an assignment `worker_id` never acknowledged, unless it has written for
+        the run already (then it has it: STARTED). TAKEN_BACK, STARTED, or NOT_HELD."""
+        done = await self._requeue(
+            keys=[
+                keys.run_key(run_id),
+                keys.events_key(run_id),
+                keys.queue_key(workflow),
+                keys.LEASES,
+                *_STATS,
+            ],
+            args=[holder(attempt, worker_id), reason, "untouched"],
+        )
+        return {1: TAKEN_BACK, 2: STARTED}.get(int(done), NOT_HELD)
 
     async def expire_leases(self, lease_timeout: float, limit: int = 100) -> list[tuple[str, str]]:
         """Requeue (or fail) the runs whose lease ran out; [(run_id, 'requeued'|'failed')]."""
@@ -1092,7 +1119,12 @@ class RunWriter:
                 args=[self._holder, seq, status, result_json, *error, *event],
             )
 
-        event_id = await self._send(call)
+        try:
+            event_id = await self._send(call)
+        except ResponseError as exc:
+            if str(exc).startswith("EVENTTYPE"):
+                raise ValueError(str(exc).removeprefix("EVENTTYPE ")) from None
+            raise
         if event_id is None:
             raise LeaseLost(self.run_id, self.attempt)
         return str(event_id)

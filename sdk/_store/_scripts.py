@@ -200,13 +200,24 @@ APPEND_EVENTS = (
 local allowed = {"""
     + ", ".join(f"{t}=true" for t in WORKER_EVENTS)
     + """}
+local names = {t=true, a=true, m=true, d=true, c=true, s=true, p=true}
 local j = 6
 for _ = 1, tonumber(ARGV[5]) do
   local t = ARGV[j + 2]
   if ARGV[j + 1] ~= 't' or not allowed[t] or (t == 'RUN_STARTED' and ARGV[2] ~= '1') then
     return redis.error_reply('EVENTTYPE a worker may not write a ' .. tostring(t) .. ' event')
   end
-  j = j + tonumber(ARGV[j]) + 1
+  -- Each field once, and only fields of the event codec: a second 't' would be read last.
+  local n = tonumber(ARGV[j])
+  local seen = {}
+  for k = j + 1, j + n, 2 do
+    if not names[ARGV[k]] or seen[ARGV[k]] then
+      return redis.error_reply('EVENTTYPE an event field ' .. tostring(ARGV[k]) ..
+        ' that is repeated or not one of t a m d c s p')
+    end
+    seen[ARGV[k]] = true
+  end
+  j = j + n + 1
 end
 local state = fenced(KEYS[1], ARGV[1], ARGV[2])
 if state == 0 then return false end
@@ -232,6 +243,14 @@ FINISH_RUN = (
     + """
 if ARGV[3] ~= 'SUCCEEDED' and ARGV[3] ~= 'FAILED' then
   return redis.error_reply('EVENTTYPE a worker may end a run only SUCCEEDED or FAILED')
+end
+local seen = {t=true}
+for k = 10, #ARGV, 2 do
+  if seen[ARGV[k]] or not string.find('amdcsp', ARGV[k], 1, true) or #ARGV[k] ~= 1 then
+    return redis.error_reply('EVENTTYPE an event field ' .. tostring(ARGV[k]) ..
+      ' that is repeated or not one of a m d c s p')
+  end
+  seen[ARGV[k]] = true
 end
 local state = fenced(KEYS[1], ARGV[1], ARGV[2])
 if state == 0 then return false end
@@ -300,14 +319,25 @@ end
 """
 )
 
-# KEYS: run, events, queue, leases. ARGV: holder ("attempt@worker_id"), reason.
+# KEYS: run, events, queue, leases. ARGV: holder ("attempt@worker_id"), reason, mode.
 # Puts a held attempt back in the queue as the next attempt at once (a worker that drains or
-# disconnects gives it back); it does not count as a lost attempt. Returns 1, or 0 if not held.
+# disconnects gives it back); it does not count as a lost attempt. Mode 'untouched' takes
+# back only an attempt its worker has not written for yet (an assignment it never
+# acknowledged): once it wrote, it has the run and its lease covers it. An attempt taken
+# back that way more than three times counts as lost from then on, so a run cannot bounce
+# between workers that acknowledge late for ever.
+# Returns 1 requeued, 0 not held, 2 not taken back (the worker has written for it).
 REQUEUE_RUN = (
     _PRELUDE
     + _local_requeue
     + """
 if not holds(KEYS[1], ARGV[1]) then return 0 end
+if ARGV[3] == 'untouched' then
+  if tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') > 0 then return 2 end
+  if redis.call('HINCRBY', KEYS[1], 'takebacks', 1) > 3 then
+    redis.call('HINCRBY', KEYS[1], 'lost', 1)
+  end
+end
 requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], string.match(ARGV[1], '^%d+'), ARGV[2])
 return 1
 """

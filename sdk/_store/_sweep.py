@@ -26,6 +26,14 @@ __all__ = ["SweepReport", "sweep"]
 
 _PAGE = 500
 
+# KEYS: the queue stream. ARGV: group, consumer. Deletes the consumer only if it has nothing
+# pending; returns 1 if it did.
+_FORGET_CONSUMER = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 
 @dataclass
 class SweepReport:
@@ -50,26 +58,35 @@ async def _now_ms(redis: aioredis.Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def _forget_gone_runs(redis: aioredis.Redis, index: str, cutoff: int, budget: int) -> int:
+async def _forget_gone_runs(
+    redis: aioredis.Redis, index: str, cutoff: int, budget: int, start: str
+) -> tuple[int, str]:
     """Remove from one index the runs whose hash is gone, among those created before `cutoff`
-    (a run created later cannot have ended and expired yet)."""
-    removed = offset = 0
-    while offset < budget:
-        run_ids = await redis.zrangebyscore(index, "-inf", cutoff, start=offset, num=_PAGE)
-        if not run_ids:
-            break
+    (a run created later cannot have ended and expired yet), reading at most `budget`
+    entries from score `start` on; (removed, where the next round starts: '-inf' once it
+    reached the cutoff). Runs that never expire (a retention of 0 when they were made, or
+    still running) are passed over, not read again every round."""
+    removed = read = 0
+    low = start
+    while read < budget:
+        page = await redis.zrangebyscore(index, low, cutoff, start=0, num=_PAGE, withscores=True)
+        if not page:
+            return removed, "-inf"
         async with redis.pipeline(transaction=False) as pipe:
-            for run_id in run_ids:
+            for run_id, _ in page:
                 pipe.exists(keys.run_key(run_id))
             found = await pipe.execute()
-        gone = [run_id for run_id, there in zip(run_ids, found, strict=True) if not there]
+        gone = [run_id for (run_id, _), there in zip(page, found, strict=True) if not there]
         if gone:
             await redis.zrem(index, *gone)
         removed += len(gone)
-        offset += len(run_ids) - len(gone)
-        if len(run_ids) < _PAGE:
-            break
-    return removed
+        read += len(page)
+        if len(page) < _PAGE:
+            return removed, "-inf"
+        # Past the last score read (entries sharing it beyond this page wait for the next
+        # pass from the start).
+        low = f"({int(page[-1][1])}"
+    return removed, low
 
 
 def _after(entry_id: str) -> str:
@@ -102,12 +119,14 @@ async def _sweep_queue(
     report.queue_entries += int(await redis.xtrim(stream, minid=floor, approximate=False))
     for consumer in await redis.xinfo_consumers(stream, keys.DISPATCH_GROUP):
         # A consumer with nothing pending holds nothing: forgetting one that is in fact
-        # alive costs nothing, its next read makes it again.
+        # alive costs nothing, its next read makes it again. Checked again in the same
+        # script as the delete, so entries it was handed meanwhile are never dropped.
         if int(consumer.get("pending") or 0) == 0 and int(consumer.get("idle") or 0) > (
             idle_consumer_ms
         ):
-            await redis.xgroup_delconsumer(stream, keys.DISPATCH_GROUP, consumer["name"])
-            report.consumers += 1
+            report.consumers += int(
+                await redis.eval(_FORGET_CONSUMER, 1, stream, keys.DISPATCH_GROUP, consumer["name"])
+            )
     return int(await redis.xlen(stream)), pending
 
 
@@ -117,15 +136,22 @@ async def sweep(
     *,
     idle_consumer_ms: int = 3_600_000,
     budget: int = 10_000,
+    cursors: dict[str, str] | None = None,
 ) -> SweepReport:
-    """One round of the sweep (see the module docstring)."""
+    """One round of the sweep (see the module docstring). `cursors` (index -> score) carries
+    where each index's scan stopped from one round to the next."""
     report = SweepReport()
     now = await _now_ms(redis)
     if retention_ms > 0:
+        cursors = cursors if cursors is not None else {}
+        seen: dict[str, str] = {}
         async for index in redis.scan_iter(match=keys.RUNS_INDEX + "*", count=500, _type="zset"):
-            report.index_entries += await _forget_gone_runs(
-                redis, index, now - retention_ms, budget
+            removed, seen[index] = await _forget_gone_runs(
+                redis, index, now - retention_ms, budget, cursors.get(index, "-inf")
             )
+            report.index_entries += removed
+        cursors.clear()
+        cursors.update({k: v for k, v in seen.items() if v != "-inf"})
     empty_pinned: list[str] = []
     async for stream in redis.scan_iter(match=keys.PREFIX + "queue*", count=500, _type="stream"):
         left, pending = await _sweep_queue(redis, stream, idle_consumer_ms, report)

@@ -30,8 +30,9 @@ pytestmark = pytest.mark.slow
 
 SECONDS = float(os.environ.get("LONGLINE_SOAK_SECONDS", "60"))
 KILL_EVERY = float(os.environ.get("LONGLINE_SOAK_KILL_EVERY", str(min(60.0, SECONDS / 4))))
-RETENTION = 10.0
-SAMPLE_EVERY = max(5.0, SECONDS / 30)
+RETENTION = 15.0
+SAMPLE_EVERY = min(5.0, RETENTION / 2)  # more often than the retention: no run ends unseen
+ROW_EVERY = max(5.0, SECONDS / 30)  # a row of the table
 FLAGS = ("--lease-timeout", "2", "--heartbeat-interval", "0.5", "--retention", f"{RETENTION:g}")
 
 
@@ -85,6 +86,20 @@ async def _load(target: str, tally: Tally, stop: asyncio.Event) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _seen_ended(redis: aioredis.Redis, tally: Tally) -> None:
+    """Mark the runs found in a terminal state."""
+    open_runs = [r for r in tally.started if r not in tally.ended]
+    async with redis.pipeline(transaction=False) as pipe:
+        for run_id in open_runs:
+            pipe.hget(keys.run_key(run_id), "status")
+        statuses = await pipe.execute()
+    tally.ended |= {
+        r
+        for r, s in zip(open_runs, statuses, strict=True)
+        if s in ("SUCCEEDED", "FAILED", "CANCELLED")
+    }
+
+
 async def _empty(probe: object) -> bool:
     return not await probe()  # type: ignore[operator]
 
@@ -112,20 +127,27 @@ async def test_soak(procs: list[Proc]) -> None:
         load = asyncio.create_task(_load(target, tally, stop))
         _, baseline, _ = await _sample(redis)  # the deployment's own keys, before any run
         t0 = time.monotonic()
-        next_kill, next_sample, restarted, kills = t0 + KILL_EVERY, t0, False, 0
+        next_kill, next_sample, next_row, restarted, kills = t0 + KILL_EVERY, t0, t0, False, 0
         try:
             while (now := time.monotonic()) - t0 < SECONDS:
                 if now >= next_sample:
+                    row = now >= next_row
                     try:
-                        memory, nkeys, stats = await _sample(redis)
-                        rows.append(
-                            f"{now - t0:7.0f} s {memory / 2**20:9.1f} MiB {nkeys:7d} keys "
-                            f"{stats.get('QUEUED', 0):6d} queued {stats.get('RUNNING', 0):5d} "
-                            f"running {len(tally.started):7d} started"
-                        )
+                        await _seen_ended(redis, tally)
+                        if row:
+                            memory, nkeys, stats = await _sample(redis)
+                            rows.append(
+                                f"{now - t0:7.0f} s {memory / 2**20:9.1f} MiB {nkeys:7d} keys "
+                                f"{stats.get('QUEUED', 0):6d} queued "
+                                f"{stats.get('RUNNING', 0):5d} running "
+                                f"{len(tally.started):7d} started {len(tally.ended):7d} ended"
+                            )
+                        next_sample = now + SAMPLE_EVERY
                     except (OSError, aioredis.RedisError):
                         rows.append(f"{now - t0:7.0f} s (Redis restarting)")
-                    next_sample = now + SAMPLE_EVERY
+                        next_sample = now + 0.5  # soon: no run may end and expire unseen
+                    if row:
+                        next_row = now + ROW_EVERY
                 if now >= next_kill:
                     victim = workers.pop(random.randrange(len(workers)))
                     victim.kill()
@@ -154,15 +176,11 @@ async def test_soak(procs: list[Proc]) -> None:
             stop.set()
             await load
 
-        # No run stuck: every run started reaches a terminal state (or has already ended and
-        # expired after its retention).
+        # No run stuck or lost: every run started was seen in a terminal state (samples come
+        # more often than the retention, so none expires unseen).
         async def settled() -> list[str]:
-            left = []
-            for run_id in tally.started:
-                status = await redis.hget(keys.run_key(run_id), "status")
-                if status in ("QUEUED", "RUNNING"):
-                    left.append(run_id)
-            return left
+            await _seen_ended(redis, tally)
+            return [run_id for run_id in tally.started if run_id not in tally.ended]
 
         try:
             await eventually(lambda: _empty(settled), timeout=90, what="every run to end")
@@ -183,6 +201,11 @@ async def test_soak(procs: list[Proc]) -> None:
             f"cancelled, {tally.watched} watchers, {kills} workers killed, Redis restarted "
             f"once; {len(stuck)} stuck; {len(tally.errors)} client errors\n" + "\n".join(rows)
         )
+        if stuck:
+            redis = aioredis.Redis.from_url(server.url, decode_responses=True)
+            states = [await redis.hgetall(keys.run_key(r)) for r in stuck[:5]]
+            await redis.aclose()
+            print("stuck:", states)
         assert not stuck, f"{len(stuck)} runs stuck: {stuck[:5]}"
         # What is left is the deployment's own (a queue per workflow used, a wake stream per
         # replica), not a key per run.

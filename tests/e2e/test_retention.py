@@ -60,7 +60,15 @@ async def test_finished_runs_leave_nothing_after_their_retention(
     await eventually(lambda: _none(redis), timeout=60, what="1,000 runs to expire")
     after = await _lasting_keys(redis)
     assert after == before, f"keys without expiry grew: {sorted(after - before)}"
+    # Nor do the queues: their acknowledged entries are trimmed.
+    await eventually(
+        lambda: _trimmed(redis), timeout=30, what="the queue's acknowledged entries to go"
+    )
     assert len(after) < 100, sorted(after)  # a few per workflow served, not one per run
+
+
+async def _trimmed(redis: aioredis.Redis) -> bool:
+    return await redis.xlen(keys.queue_key("echo")) == 0
 
 
 async def _none(redis: aioredis.Redis) -> bool:

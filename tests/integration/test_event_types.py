@@ -62,3 +62,18 @@ async def test_the_append_script_refuses_what_a_worker_may_not_write(
     await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_FAILED", 1, "x"))
     assert (await store.read_events("r1", "", 100))[-1].type == "RUN_SUCCEEDED"
     await store.redis.aclose()
+
+
+async def test_an_event_cannot_carry_a_second_type_field(redis_url: str) -> None:
+    """The last value of a repeated field wins when an event is read: a STATUS event with a
+    second 't' would read as RUN_SUCCEEDED. Repeated and unknown fields are refused."""
+    store = Store(connect(redis_url))
+    writer = await _claimed(store, "r2")
+    with pytest.raises(ValueError, match="repeated"):
+        await writer.append([[*encode_event("STATUS", 1, "x"), "t", "RUN_SUCCEEDED"]])
+    with pytest.raises(ValueError, match="repeated"):
+        await writer.append([[*encode_event("STATUS", 1, "x"), "zz", "?"]])
+    with pytest.raises(ValueError, match="repeated"):
+        await writer.finish("SUCCEEDED", event=[*encode_event("RUN_SUCCEEDED", 1), "t", "x"])
+    assert [e.type for e in await store.read_events("r2", "", 10)] == ["RUN_QUEUED"]
+    await store.redis.aclose()
