@@ -123,6 +123,13 @@ async def test_a_stalled_worker_is_passed_over_and_costs_no_attempt(
                 events = [e async for e in handle.events()]
                 taken_back += sum("did not acknowledge" in e.message for e in events)
             assert taken_back >= 1  # the stalled worker was chosen, and passed over
+            # gRPC keepalive found that its TCP connection answers nothing (a minute has
+            # passed; a ping goes unanswered for 5 s after 10 s of silence).
+            await eventually(
+                lambda: _true("worker stalled disconnected" in cp.output()),
+                timeout=30,
+                what="keepalive to drop the stalled worker's stream",
+            )
             took = first_started.time.timestamp() - stalled_at
             print(f"stall to restart: the first run started on the healthy worker {took:.1f} s")
     finally:

@@ -352,3 +352,14 @@ async def test_the_start_rate_of_a_tenant_is_limited(redis_url: str) -> None:
         assert caught.value.retry_after is not None and 0 < caught.value.retry_after <= 2.0
         async with longline.Client(f"127.0.0.1:{cp.port}", token=secret("bob")) as bob:
             await bob.start("echo", 1)  # its own bucket
+
+
+def test_admin_tokens_are_read_as_cluster_admin_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from longline.control_plane._auth import parse_tokens
+
+    entry = '[[tokens]]\nname = "ops"\nkind = "admin"\ntenant = "t"\nsha256 = "' + "a" * 64 + '"'
+    found = parse_tokens(entry, "tokens.toml")
+    assert [p.kind for p in found.values()] == ["cluster-admin"]
+    assert "every tenant" in caplog.text

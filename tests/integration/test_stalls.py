@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 import longline
-from longline._store import keys
+from longline._store import Store, connect, keys
 from longline.compute_plane import Worker, WorkerSettings, load_workflows
 from longline.control_plane import ControlPlane, ControlPlaneSettings
 from longline.v1 import worker_pb2, worker_pb2_grpc
@@ -224,3 +224,36 @@ async def test_a_workflow_name_with_a_tab_is_refused_where_workers_announce_it(
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "workflow name" in (refused.value.details() or "")
     await mute.close()
+
+
+async def test_a_newer_attempt_replaces_the_stale_task_instead_of_being_released(
+    cp: ControlPlane, redis_url: str, redis: aioredis.Redis
+) -> None:
+    """The run moved on (its lease ran out while the worker was slow) and its next attempt
+    comes back to the same worker: the stale task stops and the new attempt runs there.
+    Before, the assignment was released back, and back again, a RUN_RETRYING each time."""
+    target = f"127.0.0.1:{cp.port}"
+    worker = _worker(target, redis_url, "w1")
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.connected.wait(), 10)
+        async with longline.Client(target) as client:
+            handle = await client.start("slow", {"steps": 60, "delay": 0.05})
+            await eventually(lambda: _status(redis, handle.run_id, "RUNNING"), what="a start")
+            stale = worker._running[handle.run_id]
+            # As the lease monitor would after a lease ran out: the next attempt is queued,
+            # and only this worker is there to take it.
+            store = Store(connect(redis_url))
+            try:
+                assert await store.requeue(handle.run_id, "slow", 1, "test", "w1")
+            finally:
+                await store.redis.aclose()
+            assert await asyncio.wait_for(handle.result(), 30) == {"ticks": 60}
+            assert stale.task.cancelled() or stale.task.done()
+            events = [e async for e in handle.events()]
+            assert [e.attempt for e in events if e.type is EventType.RUN_RETRYING] == [2]
+            assert [e for e in events if e.type.terminal][0].attempt == 2
+            assert await redis.hget(keys.run_key(handle.run_id), "worker_id") == "w1"
+    finally:
+        worker.request_stop()
+        await task
