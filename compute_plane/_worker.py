@@ -458,8 +458,9 @@ class Worker:
         )
         try:
             checkpoints = await self._store.load_checkpoints(a.run_id)
-        except RedisError as exc:  # the lease runs out and another attempt starts
+        except RedisError as exc:  # given back once Redis answers
             log.error("run %s attempt %d could not start: %s", a.run_id, a.attempt, exc)
+            self._to_release[a.run_id, a.attempt] = a.workflow
             return
         sink = _RedisSink(writer, self.metrics, self.settings.max_event_bytes)
         ctx = Context(
@@ -524,9 +525,14 @@ class Worker:
         except LeaseLost:
             attempt_span.set_status(trace.Status(trace.StatusCode.ERROR, "lease lost"))
             log.info("run %s attempt %d no longer ours; abandoned", a.run_id, a.attempt)
+            # Refused by Redis (the run moved on: giving it back is a fenced no-op), or given
+            # up here because the lease could not be renewed: then it goes back to the queue
+            # once Redis answers, not as a lost attempt.
+            self._to_release[a.run_id, a.attempt] = a.workflow
         except RedisError as exc:
-            # Nothing more can be written now; the lease runs out and the run is retried.
+            # Nothing more can be written now: given back once Redis answers.
             log.error("run %s attempt %d lost Redis: %s", a.run_id, a.attempt, exc)
+            self._to_release[a.run_id, a.attempt] = a.workflow
         except Exception as exc:
             attempt_span.record_exception(exc)
             attempt_span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}"))
