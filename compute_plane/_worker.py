@@ -645,6 +645,7 @@ class Worker:
                 f"worker {self.settings.worker_id} could not renew its lease while Redis was "
                 "out of reach and stopped the run",
                 self.settings.worker_id,
+                stopped=True,
             )
             del self._to_release[run_id, attempt]
 

@@ -32,7 +32,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from longline._store import EventPage, Store, StoredEvent, event_id_key, keys
+from longline._store import (
+    TERMINAL_STATUSES,
+    EventPage,
+    NotFoundError,
+    Store,
+    StoredEvent,
+    event_id_key,
+    keys,
+)
 from longline._store._loops import Backoff
 
 log = logging.getLogger("longline.control_plane.hub")
@@ -41,7 +49,9 @@ log = logging.getLogger("longline.control_plane.hub")
 # many events, or so many bytes of their message and data (characters, as Python counts).
 _QUEUE_LIMIT = 10_000
 _QUEUE_BYTES = 1024 * 1024
-BLOCK_MS = 10_000  # the longest a blocking read waits; readers' socket timeout is longer
+BLOCK_MS = 10_000
+# A watcher that hears nothing for this long checks that its run still exists (seconds).
+LIVENESS = 30.0  # the longest a blocking read waits; readers' socket timeout is longer
 
 
 @dataclass(eq=False)
@@ -95,6 +105,7 @@ class EventHub:
         self._watches: dict[str, _Watch] = {}  # channel (the run's events key) -> watch
         # channel -> the watches whose SUBSCRIBE Redis has not confirmed yet, in sending order
         self._unconfirmed: dict[str, deque[_Watch]] = {}
+        self._subscribing: set[asyncio.Task[None]] = set()
         self._ready = asyncio.Event()
         self._ready_at = 0.0  # when the current connection's own subscription was confirmed
         self.on_delivery: Callable[[float], None] | None = None  # seconds from write to fan-out
@@ -121,6 +132,9 @@ class EventHub:
                     await self._read()
                     problem = RedisConnectionError("the subscription ended")  # nothing subscribed
                 except (RedisError, OSError) as exc:
+                    problem = exc
+                except Exception as exc:  # a bug must not take the replica down with it
+                    log.exception("event hub: unexpected error")
                     problem = exc
                 if self._ready.is_set() and time.monotonic() - self._ready_at >= backoff.cap:
                     backoff.reset()  # that connection served well: this is a new fault
@@ -183,17 +197,26 @@ class EventHub:
             watch = self._watches[channel] = _Watch(
                 subscribed=asyncio.get_running_loop().create_future()
             )
-            watch.subscribers.add(subscriber)
-            await self._ready.wait()
-            if self._watches.get(channel) is not watch:
-                # The connection was lost while we waited: nothing to subscribe for.
-                raise RedisConnectionError("the event hub lost Redis")
-            self._unconfirmed.setdefault(channel, deque()).append(watch)
-            await self._pubsub.subscribe(channel)
-        else:
-            watch.subscribers.add(subscriber)
+            # Sent by a task of the hub's, not by this caller: a caller that leaves before
+            # the hub is ready must not leave the others of this watch unsubscribed.
+            task = asyncio.create_task(self._subscribe(channel, watch))
+            self._subscribing.add(task)
+            task.add_done_callback(self._subscribing.discard)
+        watch.subscribers.add(subscriber)
         await asyncio.shield(watch.subscribed)
         return watch
+
+    async def _subscribe(self, channel: str, watch: _Watch) -> None:
+        try:
+            await self._ready.wait()
+            if self._watches.get(channel) is not watch:
+                return  # everyone left, or the connection was lost (its waiters were told)
+            self._unconfirmed.setdefault(channel, deque()).append(watch)
+            await self._pubsub.subscribe(channel)
+        except (RedisError, OSError) as exc:
+            if not watch.subscribed.done():
+                watch.subscribed.set_exception(exc)
+                watch.subscribed.exception()  # its waiters get it
 
     async def _unwatch(self, channel: str, subscriber: _Subscriber) -> None:
         watch = self._watches.get(channel)
@@ -213,6 +236,7 @@ class EventHub:
         pages bounded in count and bytes (Store.read_page)."""
         cursor = after or "0-0"
         channel = keys.events_key(run_id)
+        ended = False
         while True:
             # 1. Catch up from Redis.
             while True:
@@ -227,6 +251,8 @@ class EventHub:
                         return
                 if not page.more:
                     break
+            if ended:
+                return  # it ended, and its terminal event is not in the stream (lost with Redis)
             # 2. Subscribe, then read what was written before the subscription took effect.
             subscriber = _Subscriber()
             try:
@@ -242,7 +268,22 @@ class EventHub:
                         break
                 # 3. Live events, in id order; anything at or before the cursor was seen.
                 while not subscriber.overflowed:
-                    live = await subscriber.next()
+                    try:
+                        live = await asyncio.wait_for(subscriber.next(), LIVENESS)
+                    except TimeoutError:
+                        # Quiet for a while: is there still a run to wait for? Its keys expire
+                        # after its retention, and a Redis that restarted empty has none.
+                        status = await self._store.run_status(run_id)
+                        if status is None:
+                            raise NotFoundError(
+                                f"run {run_id!r} no longer exists: its retention passed, or "
+                                "Redis lost it",
+                                "RUN_NOT_FOUND",
+                            ) from None
+                        if status in TERMINAL_STATUSES:
+                            ended = True
+                            subscriber.resync()  # read what is left from the stream
+                        continue
                     if live is None or event_id_key(live.event_id) <= event_id_key(cursor):
                         continue
                     cursor = live.event_id

@@ -43,6 +43,10 @@ DEFAULT_PAGE_SIZE = 50
 MAX_IDEMPOTENCY_KEY = 256
 # RunWorkflow answers this long before the caller's deadline so the answer arrives in time.
 _DEADLINE_MARGIN = 0.25
+# A cursor up to this far ahead of Redis's clock may come from a server whose clock ran a
+# little ahead (another primary, before a failover).
+_CURSOR_SLACK_MS = 60_000
+_TRACE_REPLY_BYTES = 3 * 1024 * 1024  # spans in one GetRunTrace reply
 # GetRunTrace reads at most this many of a run's events, and about this many bytes of them;
 # past that its answer says it is truncated.
 _TRACE_MOST_EVENTS = 20_000
@@ -58,12 +62,19 @@ def _timestamp(ms: int) -> Timestamp:
     return ts
 
 
+def _run_status(status: str) -> runs_pb2.RunStatus:
+    """The wire value of a stored status; one this version does not know is UNSPECIFIED."""
+    name = f"RUN_STATUS_{status}"
+    known = name in runs_pb2.RunStatus.keys()
+    return runs_pb2.RunStatus.Value(name if known else "RUN_STATUS_UNSPECIFIED")
+
+
 def run_to_proto(r: RunRecord) -> runs_pb2.Run:
     """The wire form of a run."""
     msg = runs_pb2.Run(
         run_id=r.run_id,
         workflow=r.workflow,
-        status=runs_pb2.RunStatus.Value(f"RUN_STATUS_{r.status}"),
+        status=_run_status(r.status),
         attempt=r.attempt,
         result_json=r.result_json,
         create_time=_timestamp(r.create_ms),
@@ -383,10 +394,18 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         after = request.after_event_id
         opened = await self._store.open_events(run_id, current().tenant, after)
         last = opened.last_event_id
-        if after and last and not opened.ended and event_id_key(after) > event_id_key(last):
-            # Read in one HMGET with the status, and written in the same script as every
-            # event: no event of the run was newer. Those to come will have smaller ids than
-            # the cursor, so waiting for one would wait forever.
+        if (
+            after
+            and last
+            and not opened.ended
+            and event_id_key(after) > event_id_key(last)
+            and event_id_key(after)[0] > await self._store._now_ms() + _CURSOR_SLACK_MS
+        ):
+            # Past the run's last event (read in one HMGET with the status, written in the
+            # same script as every event) AND ahead of Redis's clock: every event to come has
+            # a smaller id, so waiting would wait forever. A cursor past the last event but
+            # not ahead of the clock is legitimate after a failover that lost the events it
+            # names: the events to come have larger ids, so it waits for them.
             raise OutOfRangeError(
                 f"after_event_id {after} is past the last event of run {run_id!r}, {last}: "
                 "pass an event_id this run's stream sent, or its last_event_id (GetRun) to "
@@ -427,10 +446,21 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 after = await self._store.read_page(run_id, events[-1].event_id, 1, 1)
                 truncated = bool(after.events)
                 break
-        spans = [_span_to_proto(s) for s in _trace.build(events)]
+        # The reply is bounded too (clients accept 4 MiB by default): spans past the budget
+        # are left out, and the trace says it is truncated.
+        spans = []
+        reply_bytes = 0
+        for span in map(_span_to_proto, _trace.build(events)):
+            reply_bytes += span.ByteSize()
+            if reply_bytes > _TRACE_REPLY_BYTES:
+                truncated = True
+                break
+            spans.append(span)
         live = [s for s in spans if s.status != runs_pb2.TRACE_SPAN_STATUS_REPLAYED]
+        run = run_to_proto(record)
+        run.input_json = run.result_json = ""  # GetRun has them; a trace is about spans
         return runs_pb2.GetRunTraceResponse(
-            run=run_to_proto(record),
+            run=run,
             spans=spans,
             input_tokens=sum(s.input_tokens for s in live),
             output_tokens=sum(s.output_tokens for s in live),

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from longline._store import (
+    NOT_HELD,
     TAKEN_BACK,
     BuildView,
     InvalidArgumentError,
@@ -259,6 +260,8 @@ class Dispatcher:
                 except RedisError:
                     session.unacked.setdefault(run_id, entry)  # tried again next round
                     raise
+                if outcome == NOT_HELD and session.running.get(run_id) == attempt:
+                    del session.running[run_id]  # it ended or moved on meanwhile: slot free
                 if outcome == TAKEN_BACK:
                     if not session.unresponsive:
                         log.warning(

@@ -79,7 +79,7 @@ _STATS = (keys.STATS_TENANTS, keys.STATS_BUILDS, keys.STATS_STATUS, keys.STATS_Q
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 TERMINAL_EVENTS = frozenset({"RUN_SUCCEEDED", "RUN_FAILED", "RUN_CANCELLED"})
-_EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # fullmatch: ASCII only, no newline
 
 
 # Python 3.11's asyncio.timeout can swallow a task's cancellation while redis-py waits for a
@@ -133,7 +133,7 @@ def connect(
 
 def parse_event_id(event_id: str) -> tuple[int, int]:
     """The (milliseconds, sequence) of an event id; InvalidArgumentError when malformed."""
-    match = _EVENT_ID.match(event_id)
+    match = _EVENT_ID.fullmatch(event_id)
     if not match:
         raise InvalidArgumentError(
             f"after_event_id {event_id[:60]!r} is not an event id: expected the "
@@ -701,21 +701,34 @@ class Store:
         return CancelOutcome(previous=str(reply[1]), attempt=int(reply[2]), worker_id=str(reply[3]))
 
     async def requeue(
-        self, run_id: str, workflow: str, attempt: int, reason: str, worker_id: str
+        self,
+        run_id: str,
+        workflow: str,
+        attempt: int,
+        reason: str,
+        worker_id: str,
+        *,
+        stopped: bool = False,
     ) -> bool:
         """Put an attempt `worker_id` holds back in the queue as the next attempt; False if
-        that worker does not hold it."""
+        that worker does not hold it. `stopped`: the worker stopped it because it could not
+        renew its lease (free three times per run, then a lost attempt; see REQUEUE_RUN)."""
         done = await self._requeue(
-            keys=[
-                keys.run_key(run_id),
-                keys.events_key(run_id),
-                keys.queue_key(workflow),
-                keys.LEASES,
-                *_STATS,
-            ],
-            args=[holder(attempt, worker_id), reason, ""],
+            keys=self._requeue_keys(run_id, workflow),
+            args=[holder(attempt, worker_id), reason, "stopped" if stopped else ""],
         )
-        return bool(done)
+        return int(done) == 1
+
+    @staticmethod
+    def _requeue_keys(run_id: str, workflow: str) -> list[str]:
+        return [
+            keys.run_key(run_id),
+            keys.events_key(run_id),
+            keys.queue_key(workflow),
+            keys.LEASES,
+            keys.steps_key(run_id),
+            *_STATS,
+        ]
 
     async def take_back(
         self, run_id: str, workflow: str, attempt: int, reason: str, worker_id: str
@@ -723,16 +736,10 @@ class Store:
         """Requeue an assignment `worker_id` never acknowledged, unless it has written for
         the run already (then it has it: STARTED). TAKEN_BACK, STARTED, or NOT_HELD."""
         done = await self._requeue(
-            keys=[
-                keys.run_key(run_id),
-                keys.events_key(run_id),
-                keys.queue_key(workflow),
-                keys.LEASES,
-                *_STATS,
-            ],
+            keys=self._requeue_keys(run_id, workflow),
             args=[holder(attempt, worker_id), reason, "untouched"],
         )
-        return {1: TAKEN_BACK, 2: STARTED}.get(int(done), NOT_HELD)
+        return {1: TAKEN_BACK, 2: STARTED, 3: TAKEN_BACK}.get(int(done), NOT_HELD)
 
     async def expire_leases(self, lease_timeout: float, limit: int = 100) -> list[tuple[str, str]]:
         """Requeue (or fail) the runs whose lease ran out; [(run_id, 'requeued'|'failed')]."""
@@ -768,6 +775,11 @@ class Store:
             for run_id in run_ids:
                 pipe.hget(keys.run_key(run_id), "workflow")
             return list(await pipe.execute())
+
+    async def run_status(self, run_id: str) -> str | None:
+        """The run's status, or None when it does not exist (any more)."""
+        status = await self.redis.hget(keys.run_key(run_id), "status")
+        return None if status is None else str(status)
 
     async def held_by(
         self, worker_id: str, attempts: Sequence[tuple[str, int]], workflows: set[str]

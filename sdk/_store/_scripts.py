@@ -209,6 +209,7 @@ for _ = 1, tonumber(ARGV[5]) do
   end
   -- Each field once, and only fields of the event codec: a second 't' would be read last.
   local n = tonumber(ARGV[j])
+  if n % 2 ~= 0 then return redis.error_reply('EVENTTYPE an event has an odd field list') end
   local seen = {}
   for k = j + 1, j + n, 2 do
     if not names[ARGV[k]] or seen[ARGV[k]] then
@@ -243,6 +244,9 @@ FINISH_RUN = (
     + """
 if ARGV[3] ~= 'SUCCEEDED' and ARGV[3] ~= 'FAILED' then
   return redis.error_reply('EVENTTYPE a worker may end a run only SUCCEEDED or FAILED')
+end
+if #ARGV % 2 ~= 1 then
+  return redis.error_reply('EVENTTYPE the terminal event has an odd field list')
 end
 local seen = {t=true}
 for k = 10, #ARGV, 2 do
@@ -316,29 +320,56 @@ local function requeue(run, events, queue, leases, attempt, message)
   redis.call('XADD', queue, '*', 'run_id', r[1], 'attempt', next_attempt)
   count(QUEUED, r[2], 1)
 end
+-- The run's last allowed attempt was lost: it ends FAILED (AttemptsExhausted) saying why.
+local function give_up(run, events, leases, steps, attempt, lost, limit, why)
+  local message = 'gave up after ' .. lost .. ' lost attempts (max_attempts ' .. limit ..
+    '): ' .. why
+  local data = cjson.encode({type = 'AttemptsExhausted', message = message, component = '',
+    attempt = tonumber(attempt)})
+  local id = emit(events, {'t', 'RUN_FAILED', 'a', attempt,
+    'm', 'AttemptsExhausted: ' .. message, 'd', data})
+  redis.call('HSET', run, 'status', 'FAILED', 'error_type', 'AttemptsExhausted',
+    'error_message', message, 'error_component', '', 'update_ms', fmt(now_ms()),
+    'last_event_id', id, 'lease_expires_ms', '')
+  redis.call('ZREM', leases, redis.call('HGET', run, 'run_id'))
+  moved(run, 'RUNNING', 'FAILED')
+  retire(run, events, steps)
+end
 """
 )
 
-# KEYS: run, events, queue, leases. ARGV: holder ("attempt@worker_id"), reason, mode.
-# Puts a held attempt back in the queue as the next attempt at once (a worker that drains or
-# disconnects gives it back); it does not count as a lost attempt. Mode 'untouched' takes
-# back only an attempt its worker has not written for yet (an assignment it never
-# acknowledged): once it wrote, it has the run and its lease covers it. An attempt taken
-# back that way more than three times counts as lost from then on, so a run cannot bounce
-# between workers that acknowledge late for ever.
-# Returns 1 requeued, 0 not held, 2 not taken back (the worker has written for it).
+# KEYS: run, events, queue, leases, steps. ARGV: holder ("attempt@worker_id"), reason, mode.
+# Puts a held attempt back in the queue as the next attempt at once; it does not count as a
+# lost attempt. Modes:
+# - '' : a worker that drains gives it back.
+# - 'untouched': the control plane takes back an assignment the worker never acknowledged,
+#   only while the worker has written nothing for it (once it wrote, it has the run and its
+#   lease covers it).
+# - 'stopped': a worker gives back a run it stopped because it could not renew its lease.
+# The last two are free three times per run; after that each counts as a lost attempt (and
+# the last allowed one fails the run), so a run cannot bounce between workers for ever.
+# Returns 1 requeued, 0 not held, 2 not taken back (the worker has written for it), 3 failed.
 REQUEUE_RUN = (
     _PRELUDE
     + _local_requeue
     + """
 if not holds(KEYS[1], ARGV[1]) then return 0 end
-if ARGV[3] == 'untouched' then
-  if tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') > 0 then return 2 end
+local attempt = string.match(ARGV[1], '^%d+')
+if ARGV[3] == 'untouched' or ARGV[3] == 'stopped' then
+  if ARGV[3] == 'untouched' and tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') > 0 then
+    return 2
+  end
   if redis.call('HINCRBY', KEYS[1], 'takebacks', 1) > 3 then
-    redis.call('HINCRBY', KEYS[1], 'lost', 1)
+    local lost = redis.call('HINCRBY', KEYS[1], 'lost', 1)
+    local limit = tonumber(redis.call('HGET', KEYS[1], 'max_attempts') or '3')
+    if lost >= limit then
+      give_up(KEYS[1], KEYS[2], KEYS[4], KEYS[5], attempt, lost, limit,
+        'it was taken back or given back more than three times: ' .. ARGV[2])
+      return 3
+    end
   end
 end
-requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], string.match(ARGV[1], '^%d+'), ARGV[2])
+requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], attempt, ARGV[2])
 return 1
 """
 )
@@ -367,18 +398,7 @@ local why = 'worker ' .. (st[4] or '?') .. ' stopped renewing the lease of attem
   ' for ' .. ARGV[2] .. ' s (it crashed, hung or lost its network)'
 redis.call('HSET', KEYS[1], 'lost', tostring(lost))
 if lost >= limit then
-  local message = 'gave up after ' .. lost .. ' lost attempts (max_attempts ' .. limit ..
-    '): ' .. why
-  local data = cjson.encode({type = 'AttemptsExhausted', message = message, component = '',
-    attempt = tonumber(st[2])})
-  local id = emit(KEYS[2], {'t', 'RUN_FAILED', 'a', st[2],
-    'm', 'AttemptsExhausted: ' .. message, 'd', data})
-  redis.call('HSET', KEYS[1], 'status', 'FAILED', 'error_type', 'AttemptsExhausted',
-    'error_message', message, 'error_component', '', 'update_ms', fmt(now),
-    'last_event_id', id, 'lease_expires_ms', '')
-  redis.call('ZREM', KEYS[4], ARGV[1])
-  moved(KEYS[1], 'RUNNING', 'FAILED')
-  retire(KEYS[1], KEYS[2], KEYS[5])
+  give_up(KEYS[1], KEYS[2], KEYS[4], KEYS[5], st[2], lost, limit, why)
   return 'failed'
 end
 requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], st[2], why .. '; retrying as attempt ' ..
