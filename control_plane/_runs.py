@@ -66,7 +66,10 @@ def _run_status(status: str) -> runs_pb2.RunStatus:
     """The wire value of a stored status; one this version does not know is UNSPECIFIED."""
     name = f"RUN_STATUS_{status}"
     known = name in runs_pb2.RunStatus.keys()
-    return runs_pb2.RunStatus.Value(name if known else "RUN_STATUS_UNSPECIFIED")
+    value: runs_pb2.RunStatus = runs_pb2.RunStatus.Value(
+        name if known else "RUN_STATUS_UNSPECIFIED"
+    )
+    return value
 
 
 def run_to_proto(r: RunRecord) -> runs_pb2.Run:
