@@ -1086,6 +1086,8 @@ class RunWriter:
                 try:
                     return await call(self._seq)
                 except RedisError as exc:
+                    if str(exc).startswith("EVENTTYPE"):  # the scripts refused what was sent
+                        raise ValueError(str(exc).removeprefix("EVENTTYPE ")) from None
                     if not transient(exc):
                         raise
                     await backoff.wait(log, f"run {self.run_id}: write {self._seq}", exc)
@@ -1105,12 +1107,7 @@ class RunWriter:
                 keys=[*self._keys, keys.steps_key(self.run_id)], args=args
             )
 
-        try:
-            ids = await self._send(call)
-        except ResponseError as exc:
-            if str(exc).startswith("EVENTTYPE"):
-                raise ValueError(str(exc).removeprefix("EVENTTYPE ")) from None
-            raise
+        ids = await self._send(call)
         if ids is None:
             raise LeaseLost(self.run_id, self.attempt)
         return [str(i) for i in ids] or [""] * len(events)
@@ -1131,12 +1128,7 @@ class RunWriter:
                 args=[self._holder, seq, status, result_json, *error, *event],
             )
 
-        try:
-            event_id = await self._send(call)
-        except ResponseError as exc:
-            if str(exc).startswith("EVENTTYPE"):
-                raise ValueError(str(exc).removeprefix("EVENTTYPE ")) from None
-            raise
+        event_id = await self._send(call)
         if event_id is None:
             raise LeaseLost(self.run_id, self.attempt)
         return str(event_id)

@@ -9,10 +9,16 @@ from longline._store import connect
 
 async def test_cancelling_a_blocked_read_always_ends_the_task(redis_url: str) -> None:
     """Python 3.11's asyncio.timeout could swallow the cancel and hang the task forever."""
+    await cancel_blocked_reads(redis_url, 60)
+
+
+async def cancel_blocked_reads(url: str, steps: int) -> None:
+    """Cancel a blocked XREADGROUP at different points, `steps` times, through each kind of
+    pool connect() makes: every task ends, and the client still works."""
     for pool in (0, 1):
-        client = connect(redis_url, max_connections=pool, socket_timeout=30)
+        client = connect(url, max_connections=pool, socket_timeout=30)
         await client.xgroup_create("probe", "g", id="$", mkstream=True)
-        for i in range(60):
+        for i in range(steps):
             task = asyncio.create_task(
                 client.xreadgroup("g", "c", {"probe": ">"}, count=1, block=10_000)
             )

@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from longline._store import connect
 from tests.conftest import eventually
+from tests.integration.test_redis_client import cancel_blocked_reads
 from tests.sentinel import SERVICE, SentinelCluster
 
 
@@ -160,21 +161,7 @@ async def test_cancelling_a_blocked_read_through_sentinel_always_ends_the_task(
     cluster: SentinelCluster,
 ) -> None:
     """As tests/integration/test_redis_client.py, through the sentinel-managed pool."""
-    for pool in (0, 1):
-        client = connect(cluster.url, max_connections=pool, socket_timeout=30)
-        await client.xgroup_create("probe", "g", id="$", mkstream=True)
-        for i in range(30):
-            task = asyncio.create_task(
-                client.xreadgroup("g", "c", {"probe": ">"}, count=1, block=10_000)
-            )
-            for _ in range(1 + i % 6):  # cancel at different points of the command
-                await asyncio.sleep(0)
-            task.cancel()
-            done, _ = await asyncio.wait({task}, timeout=5)
-            assert done, f"a cancelled XREADGROUP hung (pool={pool}, step {i})"
-        assert await client.ping()
-        await client.delete("probe")
-        await client.aclose()
+    await cancel_blocked_reads(cluster.url, 30)
 
 
 async def test_passwords_for_redis_and_for_the_sentinels_go_where_the_url_says() -> None:
