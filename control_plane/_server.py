@@ -249,6 +249,7 @@ class ControlPlane:
                 background = [
                     tasks.create_task(hub.run(), name="event-hub"),
                     tasks.create_task(dispatcher.run(), name="dispatcher"),
+                    tasks.create_task(dispatcher.watch_acks(), name="ack-watch"),
                     tasks.create_task(self._control_listener(pool, dispatcher), name="control"),
                     tasks.create_task(monitor.run(), name="lease-monitor"),
                     tasks.create_task(janitor.run(), name="janitor"),

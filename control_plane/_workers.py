@@ -222,6 +222,29 @@ class Dispatcher:
                     session.worker_id,
                 )
 
+    async def watch_acks(self) -> None:
+        """Take back unacknowledged assignments on a timer of their own (a quarter of the
+        ack timeout, at most 0.25 s), not only between the dispatcher's blocking reads: the
+        take-back must come before the lease runs out, or the attempt would count as lost.
+        Runs until cancelled; survives every error with backoff."""
+        backoff = Backoff()
+        every = min(0.25, self._ack_timeout() / 4)
+        while True:
+            try:
+                await self._expire_unacked()
+            except Exception as exc:
+                if not isinstance(exc, RedisError):
+                    log.exception("ack watch: unexpected error; it goes on")
+                await backoff.wait(log, "ack watch", exc)
+                continue
+            backoff.reset()
+            await asyncio.sleep(every)
+
+    def _ack_timeout(self) -> float:
+        # Within half a lease at most: an attempt taken back by its lease running out would
+        # count as lost, though the worker never had it.
+        return min(self._settings.ack_timeout, self._settings.lease_timeout / 2)
+
     async def _expire_unacked(self) -> None:
         """Take back assignments a worker did not acknowledge within the ack timeout.
 
@@ -231,9 +254,7 @@ class Dispatcher:
         gets nothing more until it speaks again. If it did start the run after all, its
         writes are refused (the attempt moved on) and it stops.
         """
-        # Within half a lease at most: an attempt taken back by its lease running out would
-        # count as lost, though the worker never had it.
-        timeout = min(self._settings.ack_timeout, self._settings.lease_timeout / 2)
+        timeout = self._ack_timeout()
         now = time.monotonic()
         for session in list(self.sessions.values()):
             late = [
@@ -247,6 +268,9 @@ class Dispatcher:
                 entry = session.unacked.pop(run_id, None)
                 if entry is None or entry[0] != attempt:
                     continue
+                # Passed over from now on, before the await: the run taken back is queued again
+                # in the same script, and the dispatcher must not hand it straight back here.
+                was_unresponsive, session.unresponsive = session.unresponsive, True
                 try:
                     outcome = await self._store.take_back(
                         run_id,
@@ -258,12 +282,13 @@ class Dispatcher:
                         session.worker_id,
                     )
                 except RedisError:
+                    session.unresponsive = was_unresponsive
                     session.unacked.setdefault(run_id, entry)  # tried again next round
                     raise
                 if outcome == NOT_HELD and session.running.get(run_id) == attempt:
                     del session.running[run_id]  # it ended or moved on meanwhile: slot free
                 if outcome == TAKEN_BACK:
-                    if not session.unresponsive:
+                    if not was_unresponsive:
                         log.warning(
                             "worker %s did not acknowledge run %s within %g s: no runs go to "
                             "it until it answers",
@@ -271,9 +296,10 @@ class Dispatcher:
                             run_id,
                             timeout,
                         )
-                    session.unresponsive = True
                     if session.running.get(run_id) == attempt:
                         del session.running[run_id]
+                else:
+                    session.unresponsive = was_unresponsive
                 # STARTED: the acknowledgement was lost, not the run (the worker has written
                 # for it already); its lease covers it from here.
 
@@ -324,7 +350,6 @@ class Dispatcher:
         if time.monotonic() >= self._next_reclaim:
             await self._reclaim()
             self._next_reclaim = time.monotonic() + max(0.1, self._settings.reclaim_after / 3)
-        await self._expire_unacked()
         await self._drain_backlog()
         capacity: dict[str, int] = {}
         for stream, sessions in self._readers().items():

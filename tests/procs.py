@@ -127,7 +127,10 @@ async def start_worker(
             if proc.popen.poll() is not None:
                 raise AssertionError(f"{name} exited early:\n{proc.output()}")
             now = {w.name: w.workers for w in await client.list_workflows()}
-            return now.get(workflow, 0) > before
+            # Its own stream is open (the count alone can stay level while another worker's
+            # presence runs out: a stopped or killed one).
+            connected = "connected to control plane replica" in proc.output()
+            return now.get(workflow, 0) > before or (connected and now.get(workflow, 0) > 0)
 
         await eventually(counted, what=f"{name} to announce {workflow}")
     return proc
