@@ -638,8 +638,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             session.closed = True
             if self._dispatcher.sessions.get(session.worker_id) is session:
                 del self._dispatcher.sessions[session.worker_id]
-            await asyncio.shield(self._dispatcher.requeue_unsent(session))
+            # Logged first: a stream cut off (keepalive, a reset) cancels this handler, and
+            # the shielded give-back goes on without it.
             log.info("worker %s disconnected", session.worker_id)
+            await asyncio.shield(self._dispatcher.requeue_unsent(session))
 
     async def _write_loop(self, session: WorkerSession, context: grpc.aio.ServicerContext) -> None:
         while True:

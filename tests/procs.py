@@ -132,5 +132,9 @@ async def start_worker(
             connected = "connected to control plane replica" in proc.output()
             return now.get(workflow, 0) > before or (connected and now.get(workflow, 0) > 0)
 
-        await eventually(counted, what=f"{name} to announce {workflow}")
+        try:
+            await eventually(counted, what=f"{name} to announce {workflow}")
+        except BaseException:
+            proc.kill()  # not left running to heartbeat into the next test's Redis
+            raise
     return proc
