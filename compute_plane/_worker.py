@@ -18,13 +18,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry, start_http_server
-from redis.exceptions import RedisError
 
 from longline import Context, LeaseLost, Workflow
 from longline._channel import bearer, open_channel
 from longline._component import component_of
-from longline._store import RunWriter, Store, connect, encode_event, presence_ms
-from longline._store._services import RedisServices
+from longline._events import EventBody
+from longline._store import (
+    RedisError,
+    RedisServices,
+    RunWriter,
+    Store,
+    connect,
+    encode_event,
+    presence_ms,
+)
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
 from ._metrics import WorkerMetrics
@@ -57,48 +64,29 @@ class _RedisSink:
         self._failure: BaseException | None = None
 
     async def emit(
-        self,
-        type: str,
-        *,
-        message: str = "",
-        data_json: str = "",
-        component: str = "",
-        span_id: str = "",
-        parent_span_id: str = "",
-        checkpoint: tuple[str, str] | None = None,
+        self, type: str, body: EventBody, checkpoint: tuple[str, str] | None = None
     ) -> str:
         _check_size(
             f"a {type} event",
-            len(message.encode()) + len(data_json.encode()),
+            len(body.message.encode()) + len(body.data_json.encode()),
             self._max_event_bytes,
         )
-        if type == "OUTPUT" and not (data_json or component or span_id or checkpoint):
-            await self._output(message, parent_span_id)
+        if type == "OUTPUT" and not (
+            body.data_json or body.component or body.span_id or checkpoint
+        ):
+            await self._output(body.message, body.parent_span_id)
             return ""
         await self.flush()
-        return await self._write(
-            type, message, data_json, component, span_id, parent_span_id, checkpoint
-        )
+        return await self._write(type, body, checkpoint)
 
-    async def _write(
-        self,
-        type: str,
-        message: str,
-        data_json: str,
-        component: str,
-        span_id: str,
-        parent_span_id: str,
-        checkpoint: tuple[str, str] | None,
-    ) -> str:
-        fields = encode_event(
-            type, self._writer.attempt, message, data_json, component, span_id, parent_span_id
-        )
+    async def _write(self, type: str, body: EventBody, checkpoint: tuple[str, str] | None) -> str:
+        fields = encode_event(type, self._writer.attempt, body)
         started = time.perf_counter()
         event_id = (await self._writer.append([fields], checkpoint))[0]
         if self._metrics is not None:
             self._metrics.event_write.observe(time.perf_counter() - started)
             if type == "COMPONENT_FINISHED":
-                self._metrics.step_finished(component, data_json)
+                self._metrics.step_finished(body.component, body.data_json)
         return event_id
 
     async def _output(self, chunk: str, parent_span_id: str) -> None:
@@ -123,7 +111,8 @@ class _RedisSink:
             chunks, parent = self._chunks, self._chunks_parent
             self._chunks, self._chunks_bytes = [], 0
             try:
-                await self._write("OUTPUT", "".join(chunks), "", "", "", parent, None)
+                body = EventBody(message="".join(chunks), parent_span_id=parent)
+                await self._write("OUTPUT", body, None)
             except Exception as exc:  # LeaseLost, Redis: the run's own task raises it next
                 self._failure = exc
                 return
@@ -244,7 +233,7 @@ class Worker:
                 watch.cancel()
         finally:
             with contextlib.suppress(Exception):
-                await self._store.withdraw(s.worker_id, self.workflows, s.build_id)
+                await self._store.presence.withdraw(s.worker_id, self.workflows, s.build_id)
             if health_server is not None:
                 await health_server[0].stop(0)
             if metrics_server is not None:
@@ -291,7 +280,7 @@ class Worker:
         try:
             # In Redis first (fenced, so harmless if the lease already moved on): the hand-off
             # does not depend on the control plane being reachable right now.
-            await self._store.requeue(
+            await self._store.attempts.requeue(
                 run_id, running.workflow, running.attempt, reason, self.settings.worker_id
             )
         except RedisError as exc:
@@ -457,7 +446,7 @@ class Worker:
             alive=lambda: self._lease_held(a.run_id, a.attempt),
         )
         try:
-            checkpoints = await self._store.load_checkpoints(a.run_id)
+            checkpoints = await self._store.attempts.load_checkpoints(a.run_id)
         except RedisError as exc:  # given back once Redis answers
             log.error("run %s attempt %d could not start: %s", a.run_id, a.attempt, exc)
             self._to_release[a.run_id, a.attempt] = a.workflow
@@ -492,15 +481,17 @@ class Worker:
         try:
             await sink.emit(
                 "RUN_STARTED",
-                message=f"attempt {a.attempt} started on worker {self.settings.worker_id}"
-                + resumed,
-                span_id=ctx.span_id,
-                data_json=json.dumps(
-                    {
-                        "worker": self.settings.worker_id,
-                        "build": self.settings.build_id,
-                        "checkpoints": sorted(checkpoints),
-                    }
+                EventBody(
+                    message=f"attempt {a.attempt} started on worker {self.settings.worker_id}"
+                    + resumed,
+                    span_id=ctx.span_id,
+                    data_json=json.dumps(
+                        {
+                            "worker": self.settings.worker_id,
+                            "build": self.settings.build_id,
+                            "checkpoints": sorted(checkpoints),
+                        }
+                    ),
                 ),
             )
             result = await workflow(ctx, json.loads(a.input_json or "null"))
@@ -517,7 +508,9 @@ class Worker:
                 "SUCCEEDED",
                 result_json=result_json,
                 event=encode_event(
-                    "RUN_SUCCEEDED", a.attempt, "succeeded", result_json, span_id=ctx.span_id
+                    "RUN_SUCCEEDED",
+                    a.attempt,
+                    EventBody(message="succeeded", data_json=result_json, span_id=ctx.span_id),
                 ),
             )
             if self.metrics is not None:
@@ -561,10 +554,12 @@ class Worker:
                 event=encode_event(
                     "RUN_FAILED",
                     ctx.attempt,
-                    f"{kind}{where}: {text}",
-                    json.dumps(error),
-                    component,
-                    span_id=ctx.span_id,
+                    EventBody(
+                        message=f"{kind}{where}: {text}",
+                        data_json=json.dumps(error),
+                        component=component,
+                        span_id=ctx.span_id,
+                    ),
                 ),
             )
         except (LeaseLost, RedisError) as lost:
@@ -638,7 +633,7 @@ class Worker:
         meanwhile is left as it is (the requeue is fenced)."""
         assert self._store is not None
         for (run_id, attempt), workflow in list(self._to_release.items()):
-            await self._store.requeue(
+            await self._store.attempts.requeue(
                 run_id,
                 workflow,
                 attempt,
@@ -652,8 +647,8 @@ class Worker:
     async def _beat(self, held: list[tuple[str, int]]) -> list[bool]:
         assert self._store is not None
         s = self.settings
-        alive = await self._store.heartbeat(held, self._lease_ms, s.worker_id)
-        await self._store.announce(
+        alive = await self._store.attempts.heartbeat(held, self._lease_ms, s.worker_id)
+        await self._store.presence.announce(
             s.worker_id,
             [(w.name, w.description) for w in self.workflows.values()],
             presence_ms(self._heartbeat_interval),

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import grpc
 
-from longline._store._errors import PermissionDeniedError, UnauthenticatedError
+from longline._store import PermissionDeniedError, UnauthenticatedError
 
 log = logging.getLogger("longline.control_plane.auth")
 

@@ -6,8 +6,7 @@ import logging
 
 import grpc
 
-from longline._store import InvalidArgumentError, Store, WorkflowBuilds
-from longline._store._builds import POLICIES
+from longline._store import POLICIES, InvalidArgumentError, Store, WorkflowBuilds
 from longline.v1 import builds_pb2, builds_pb2_grpc
 
 from ._workers import Dispatcher
@@ -60,7 +59,7 @@ class BuildServicer(builds_pb2_grpc.BuildServiceServicer):
             raise InvalidArgumentError("workflow is required", "WORKFLOW_REQUIRED")
         name = _policy_name(request.policy)
         policy = "" if name == "UNSPECIFIED" else name
-        previous = await self._store.promote(
+        previous = await self._store.builds.promote(
             request.workflow, request.build_id, policy, request.force
         )
         log.info(
@@ -70,7 +69,7 @@ class BuildServicer(builds_pb2_grpc.BuildServiceServicer):
             previous or "none",
         )
         await self._dispatcher.builds_changed()
-        (builds,) = await self._store.list_builds(request.workflow)
+        (builds,) = await self._store.builds.list_all(request.workflow)
         return builds_pb2.PromoteBuildResponse(
             workflow=workflow_builds_to_proto(builds), previous_build_id=previous
         )
@@ -78,5 +77,5 @@ class BuildServicer(builds_pb2_grpc.BuildServiceServicer):
     async def ListBuilds(
         self, request: builds_pb2.ListBuildsRequest, context: grpc.aio.ServicerContext
     ) -> builds_pb2.ListBuildsResponse:
-        found = await self._store.list_builds(request.workflow)
+        found = await self._store.builds.list_all(request.workflow)
         return builds_pb2.ListBuildsResponse(workflows=[workflow_builds_to_proto(w) for w in found])

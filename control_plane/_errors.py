@@ -17,12 +17,15 @@ import grpc
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from longline._store import DomainError, InvalidArgumentError
-from longline._store._loops import transient
+from longline._store import (
+    DomainError,
+    InvalidArgumentError,
+    RedisConnectionError,
+    RedisError,
+    RedisTimeoutError,
+    transient,
+)
 
 from ._auth import Principal, set_current
 

@@ -21,27 +21,26 @@ watches whose SUBSCRIBE is unanswered, oldest first, and gives each reply to the
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-
+from longline._events import TERMINAL_STATUSES
 from longline._store import (
-    TERMINAL_STATUSES,
+    Backoff,
+    EventFeed,
     EventPage,
     NotFoundError,
+    Published,
+    RedisConnectionError,
+    RedisError,
     Store,
     StoredEvent,
     event_id_key,
-    keys,
 )
-from longline._store._loops import Backoff
 
 log = logging.getLogger("longline.control_plane.hub")
 
@@ -96,12 +95,12 @@ class _Watch:
 class EventHub:
     """Serves run events from Redis to any number of local watchers over one connection."""
 
-    def __init__(self, store: Store, reader: aioredis.Redis, replica_id: str) -> None:
+    def __init__(self, store: Store, feed: EventFeed) -> None:
         self._store = store
-        self._reader = reader  # a dedicated connection, held by the subscription
-        self._pubsub = reader.pubsub()
-        # Always subscribed to something, so the reader can block on the connection at once.
-        self._own_channel = keys.wake_key(replica_id + ":hub")
+        # On a dedicated connection, held by the subscription. Always subscribed to a channel
+        # of its own, so the reader can block on the connection at once.
+        self._feed = feed
+        self._own_channel = feed.own_channel
         self._watches: dict[str, _Watch] = {}  # channel (the run's events key) -> watch
         # channel -> the watches whose SUBSCRIBE Redis has not confirmed yet, in sending order
         self._unconfirmed: dict[str, deque[_Watch]] = {}
@@ -128,7 +127,7 @@ class EventHub:
             while True:
                 problem: Exception
                 try:
-                    await self._pubsub.subscribe(self._own_channel)
+                    await self._feed.open()
                     await self._read()
                     problem = RedisConnectionError("the subscription ended")  # nothing subscribed
                 except (RedisError, OSError) as exc:
@@ -139,13 +138,10 @@ class EventHub:
                 if self._ready.is_set() and time.monotonic() - self._ready_at >= backoff.cap:
                     backoff.reset()  # that connection served well: this is a new fault
                 self._lost_connection()
-                old, self._pubsub = self._pubsub, self._reader.pubsub()
-                with _quiet():
-                    await old.aclose()
+                await self._feed.renew()
                 await backoff.wait(log, "event hub (watchers re-read from their cursors)", problem)
         finally:
-            with _quiet():
-                await self._pubsub.aclose()
+            await self._feed.aclose()
 
     def _lost_connection(self) -> None:
         """Messages may have been lost: every subscriber re-reads from its cursor and
@@ -161,9 +157,9 @@ class EventHub:
                 subscriber.resync()
 
     async def _read(self) -> None:
-        async for message in self._pubsub.listen():
-            kind, channel = message["type"], message["channel"]
-            if kind == "subscribe":
+        async for message in self._feed.messages():
+            channel = message.channel
+            if not isinstance(message, Published):
                 if channel == self._own_channel:
                     self._ready_at = time.monotonic()
                     self._ready.set()
@@ -174,15 +170,16 @@ class EventHub:
                         del self._unconfirmed[channel]
                     if not confirmed.subscribed.done():
                         confirmed.subscribed.set_result(None)
-            elif kind == "message":
+            else:
                 watch = self._watches.get(channel)
                 if watch is None:
                     continue  # its last watcher left while the message was on its way
-                try:
-                    event = _decode(message["data"])
-                except (ValueError, TypeError, AttributeError) as exc:
+                event = message.event
+                if event is None:
                     # Not written by the scripts; the stream holds the truth: re-read it.
-                    log.warning("event hub: a message on %s is not an event (%s)", channel, exc)
+                    log.warning(
+                        "event hub: a message on %s is not an event (%s)", channel, message.problem
+                    )
                     for subscriber in watch.subscribers:
                         subscriber.resync()
                     continue
@@ -212,7 +209,7 @@ class EventHub:
             if self._watches.get(channel) is not watch:
                 return  # everyone left, or the connection was lost (its waiters were told)
             self._unconfirmed.setdefault(channel, deque()).append(watch)
-            await self._pubsub.subscribe(channel)
+            await self._feed.subscribe(channel)
         except (RedisError, OSError) as exc:
             if not watch.subscribed.done():
                 watch.subscribed.set_exception(exc)
@@ -225,17 +222,17 @@ class EventHub:
         watch.subscribers.discard(subscriber)
         if not watch.subscribers:
             del self._watches[channel]
-            with _quiet():
-                await self._pubsub.unsubscribe(channel)
+            with contextlib.suppress(RedisError, OSError, RuntimeError):  # a dead connection
+                await self._feed.unsubscribe(channel)
 
     async def events(
         self, run_id: str, after: str = "", first: EventPage | None = None
     ) -> AsyncIterator[StoredEvent]:
         """The run's events after `after`, live, ending with the terminal event. `first` is
         the first page after `after`, when the caller read it already. Catching up reads
-        pages bounded in count and bytes (Store.read_page)."""
+        pages bounded in count and bytes (Events.read_page)."""
         cursor = after or "0-0"
-        channel = keys.events_key(run_id)
+        channel = self._feed.channel(run_id)
         ended = False
         while True:
             # 1. Catch up from Redis.
@@ -243,7 +240,7 @@ class EventHub:
                 if first is not None:
                     page, first = first, None
                 else:
-                    page = await self._store.read_page(run_id, cursor)
+                    page = await self._store.events.read_page(run_id, cursor)
                 for event in page.events:
                     cursor = event.event_id
                     yield event
@@ -258,7 +255,7 @@ class EventHub:
             try:
                 await self._watch(channel, subscriber)
                 while True:
-                    page = await self._store.read_page(run_id, cursor)
+                    page = await self._store.events.read_page(run_id, cursor)
                     for event in page.events:
                         cursor = event.event_id
                         yield event
@@ -273,7 +270,7 @@ class EventHub:
                     except TimeoutError:
                         # Quiet for a while: is there still a run to wait for? Its keys expire
                         # after its retention, and a Redis that restarted empty has none.
-                        status = await self._store.run_status(run_id)
+                        status = await self._store.runs.status(run_id)
                         if status is None:
                             raise NotFoundError(
                                 f"run {run_id!r} no longer exists: its retention passed, or "
@@ -292,23 +289,3 @@ class EventHub:
                         return
             finally:
                 await asyncio.shield(self._unwatch(channel, subscriber))
-
-
-def _decode(data: str) -> StoredEvent:
-    """An event from its message: the id, a space, the fields as a flat JSON array."""
-    event_id, _, payload = data.partition(" ")
-    flat = json.loads(payload)
-    if not isinstance(flat, list) or not all(isinstance(x, str) for x in flat):
-        raise ValueError("the fields are not a list of strings")
-    event_id_key(event_id)  # raises ValueError when it is not an id
-    return StoredEvent.decode(event_id, dict(zip(flat[::2], flat[1::2], strict=True)))
-
-
-class _quiet:
-    """Suppress Redis errors around cleanup that may meet a dead connection."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
-        return kind is not None and issubclass(kind, RedisError | OSError | RuntimeError)

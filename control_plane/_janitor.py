@@ -1,4 +1,4 @@
-"""The janitor: one round of the sweep (longline._store._sweep) every so often, by one
+"""The janitor: one round of the sweep (longline._store.Sweeper) every so often, by one
 replica at a time, so that Redis holds what the retention policy says and nothing more."""
 
 from __future__ import annotations
@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.exceptions import RedisError
-
-from longline._store import Store, keys
-from longline._store._loops import Backoff
-from longline._store._sweep import sweep
+from longline._store import Backoff, RedisError, Store
 
 log = logging.getLogger("longline.control_plane.janitor")
 
@@ -50,12 +46,10 @@ class Janitor:
 
     async def _round(self) -> None:
         # One replica per interval: the lock lapses by itself if its holder dies mid-round.
-        redis = self._store.redis
-        if not await redis.set(
-            keys.SWEEP_LOCK, self._replica_id, nx=True, px=int(self.interval * 1000)
-        ):
+        sweeper = self._store.sweeper
+        if not await sweeper.take_turn(self._replica_id, int(self.interval * 1000)):
             return
-        report = await sweep(redis, self._retention_ms, cursors=self._cursors)
+        report = await sweeper.sweep(self._retention_ms, self._cursors)
         self.rounds += 1
         if report.anything:
             log.info(

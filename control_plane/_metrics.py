@@ -7,9 +7,8 @@ import logging
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from redis.exceptions import RedisError
 
-from longline._store import Store
+from longline._store import RedisError, Store
 
 log = logging.getLogger("longline.control_plane.metrics")
 
@@ -67,8 +66,9 @@ class ControlPlaneMetrics:
         seen: set[str] = set()
         while True:
             try:
-                by_status, queued = await store.stats()
-                builds = await store.list_builds()
+                stats = await store.runs.stats()
+                by_status, queued = stats.by_status, stats.queued
+                builds = await store.builds.list_all()
             except RedisError as exc:
                 log.warning("metrics could not read Redis: %s", exc)
             except ValueError as exc:  # a field it cannot parse: reported, never fatal

@@ -12,10 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
-
-from longline._store import Store
-from longline._store._loops import Backoff
+from longline._store import Backoff, RedisError, Store
 
 log = logging.getLogger("longline.control_plane.monitor")
 
@@ -41,13 +38,13 @@ class LeaseMonitor:
         while True:
             try:
                 if time.monotonic() >= self._judge_after:
-                    for run_id, outcome in await self._store.expire_leases(self._lease_timeout):
+                    for expired in await self._store.attempts.expire_leases(self._lease_timeout):
                         self.expired += 1
                         if self._on_expired is not None:
                             self._on_expired()
-                        log.warning("run %s lost its worker: %s", run_id, outcome)
-                now_ms = await self._store._now_ms()
-                due = await self._store.next_lease_expiry_ms()
+                        log.warning("run %s lost its worker: %s", expired.run_id, expired.outcome)
+                now_ms = await self._store.now_ms()
+                due = await self._store.attempts.next_lease_expiry_ms()
             except RedisError as exc:
                 self._judge_after = time.monotonic() + self._lease_timeout
                 await backoff.wait(log, "lease monitor", exc)

@@ -15,9 +15,11 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import propagate, trace
 
+from longline._events import body_of
 from longline._store import (
     PAGE_BYTES,
     PAGE_EVENTS,
+    CancelNotice,
     InvalidArgumentError,
     NotFoundError,
     OutOfRangeError,
@@ -27,13 +29,13 @@ from longline._store import (
     StoredEvent,
     TenantLimits,
     TooLargeError,
-    _trace,
     event_id_key,
-    keys,
     parse_event_id,
 )
+from longline._types import SPAN_COPIED, TraceSpan
 from longline.v1 import runs_pb2, runs_pb2_grpc
 
+from . import _trace
 from ._auth import current
 from ._hub import EventHub
 from ._settings import ControlPlaneSettings
@@ -112,35 +114,21 @@ def event_to_proto(run_id: str, e: StoredEvent) -> runs_pb2.RunEvent:
         type=_EVENT_TYPES.get(e.type, runs_pb2.EVENT_TYPE_UNSPECIFIED),
         time=_timestamp(e.time_ms),
         attempt=e.attempt,
-        message=e.message,
-        data_json=e.data_json,
-        component=e.component,
-        span_id=e.span_id,
-        parent_span_id=e.parent_span_id,
+        **body_of(e),
     )
 
 
-def _span_to_proto(s: _trace.SpanRecord) -> runs_pb2.TraceSpan:
+def span_to_proto(s: TraceSpan) -> runs_pb2.TraceSpan:
+    """The wire form of a trace span."""
     msg = runs_pb2.TraceSpan(
-        span_id=s.span_id,
-        parent_span_id=s.parent_span_id,
-        name=s.name,
         kind=runs_pb2.TraceSpanKind.Value(f"TRACE_SPAN_KIND_{s.kind}"),
-        attempt=s.attempt,
-        step=s.step,
-        start_time=_timestamp(s.start_ms),
         status=runs_pb2.TraceSpanStatus.Value(f"TRACE_SPAN_STATUS_{s.status}"),
-        error=s.error,
-        tries=s.tries,
-        cache_hit=s.cache_hit,
-        model=s.model,
-        provider=s.provider,
-        input_tokens=s.input_tokens,
-        output_tokens=s.output_tokens,
-        worker=s.worker,
+        **{name: getattr(s, name) for name in SPAN_COPIED},
     )
-    if s.end_ms is not None:
-        msg.end_time.CopyFrom(_timestamp(s.end_ms))
+    if s.start_time is not None:
+        msg.start_time.FromDatetime(s.start_time)
+    if s.end_time is not None:
+        msg.end_time.FromDatetime(s.end_time)
     return msg
 
 
@@ -271,7 +259,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(run_span))
         try:
-            created, record = await self._store.create_run(
+            outcome = await self._store.runs.create(
                 new_id,
                 request.workflow,
                 input_json,
@@ -284,7 +272,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             )
         finally:
             run_span.end()
-        return record, created
+        return outcome.run, outcome.created
 
     async def StartRun(
         self, request: runs_pb2.StartRunRequest, context: grpc.aio.ServicerContext
@@ -312,13 +300,13 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                             break
             except TimeoutError:
                 pass  # the caller's deadline comes first: answer with the run as it is
-            record = await self._store.get_run(record.run_id, record.tenant)
+            record = await self._store.runs.get(record.run_id, record.tenant)
         return runs_pb2.RunWorkflowResponse(run=run_to_proto(record), created=created)
 
     async def GetRun(
         self, request: runs_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> runs_pb2.GetRunResponse:
-        record = await self._store.get_run(_require_run_id(request.run_id), current().tenant)
+        record = await self._store.runs.get(_require_run_id(request.run_id), current().tenant)
         return runs_pb2.GetRunResponse(run=run_to_proto(record))
 
     async def ListRuns(
@@ -350,7 +338,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             if not _CURSOR_MS.fullmatch(ms) or not 0 < len(run_id) <= 128:
                 raise InvalidArgumentError(_BAD_TOKEN, "INVALID_PAGE_TOKEN")
             before = (int(ms), run_id)
-        records, cursor = await self._store.list_runs(
+        page = await self._store.runs.page(
             request.workflow,
             status,
             size,
@@ -360,8 +348,10 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             max_bytes=_LIST_MOST_BYTES,
         )
         return runs_pb2.ListRunsResponse(
-            runs=[run_to_proto(r) for r in records],
-            next_page_token=_encode_token(str(cursor[0]), cursor[1]) if cursor else "",
+            runs=[run_to_proto(r) for r in page.runs],
+            next_page_token=_encode_token(str(page.cursor[0]), page.cursor[1])
+            if page.cursor
+            else "",
         )
 
     async def CancelRun(
@@ -370,21 +360,13 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         run_id = _require_run_id(request.run_id)
         reason = request.reason[:1000] or "cancelled by request"
         tenant = current().tenant
-        await self._store.get_run(run_id, tenant)  # another tenant's run is not found
-        outcome = await self._store.cancel(run_id, reason)
+        await self._store.runs.get(run_id, tenant)  # another tenant's run is not found
+        outcome = await self._store.runs.cancel(run_id, reason)
         if outcome.previous == "RUNNING" and outcome.worker_id:
-            await self._store.redis.publish(
-                keys.CONTROL_CHANNEL,
-                json.dumps(
-                    {
-                        "cancel": run_id,
-                        "attempt": outcome.attempt,
-                        "worker_id": outcome.worker_id,
-                        "reason": reason,
-                    }
-                ),
+            await self._store.notices.cancel(
+                CancelNotice(run_id, outcome.attempt, outcome.worker_id, reason)
             )
-        record = await self._store.get_run(run_id, tenant)
+        record = await self._store.runs.get(run_id, tenant)
         return runs_pb2.CancelRunResponse(run=run_to_proto(record))
 
     async def StreamRun(
@@ -395,14 +377,14 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             parse_event_id(request.after_event_id)
         # NOT_FOUND before any event.
         after = request.after_event_id
-        opened = await self._store.open_events(run_id, current().tenant, after)
+        opened = await self._store.events.open(run_id, current().tenant, after)
         last = opened.last_event_id
         if (
             after
             and last
             and not opened.ended
             and event_id_key(after) > event_id_key(last)
-            and event_id_key(after)[0] > await self._store._now_ms() + _CURSOR_SLACK_MS
+            and event_id_key(after)[0] > await self._store.now_ms() + _CURSOR_SLACK_MS
         ):
             # Past the run's last event (read in one HMGET with the status, written in the
             # same script as every event) AND ahead of Redis's clock: every event to come has
@@ -429,12 +411,12 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         self, request: runs_pb2.GetRunTraceRequest, context: grpc.aio.ServicerContext
     ) -> runs_pb2.GetRunTraceResponse:
         run_id = _require_run_id(request.run_id)
-        record = await self._store.get_run(run_id, current().tenant)
+        record = await self._store.runs.get(run_id, current().tenant)
         events: list[StoredEvent] = []
         size = 0
         truncated = False
         while True:
-            page = await self._store.read_page(
+            page = await self._store.events.read_page(
                 run_id,
                 events[-1].event_id if events else "",
                 min(PAGE_EVENTS, _TRACE_MOST_EVENTS - len(events)),
@@ -446,14 +428,14 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 break
             if len(events) >= _TRACE_MOST_EVENTS or size >= _TRACE_MOST_BYTES:
                 # Whether anything follows: one event at most.
-                after = await self._store.read_page(run_id, events[-1].event_id, 1, 1)
+                after = await self._store.events.read_page(run_id, events[-1].event_id, 1, 1)
                 truncated = bool(after.events)
                 break
         # The reply is bounded too (clients accept 4 MiB by default): spans past the budget
         # are left out, and the trace says it is truncated.
         spans = []
         reply_bytes = 0
-        for span in map(_span_to_proto, _trace.build(events)):
+        for span in map(span_to_proto, _trace.build(events)):
             reply_bytes += span.ByteSize()
             if reply_bytes > _TRACE_REPLY_BYTES:
                 truncated = True
@@ -475,9 +457,12 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     ) -> runs_pb2.ListWorkflowsResponse:
         size = _page_size(request.page_size, self._settings.max_page_size)
         after = _decode_token(request.page_token, 1)[0] if request.page_token else ""
-        rows = [row for row in await self._store.list_workflows() if row[0] > after]
+        rows = [w for w in await self._store.presence.workflows() if w.name > after]
         page = rows[:size]
         return runs_pb2.ListWorkflowsResponse(
-            workflows=[runs_pb2.Workflow(name=n, description=d, workers=w) for n, d, w in page],
-            next_page_token=_encode_token(page[-1][0]) if len(rows) > size else "",
+            workflows=[
+                runs_pb2.Workflow(name=w.name, description=w.description, workers=w.workers)
+                for w in page
+            ],
+            next_page_token=_encode_token(page[-1].name) if len(rows) > size else "",
         )

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
-from redis.exceptions import RedisError
 
 from longline._channel import SERVER_KEEPALIVE, read_pem
-from longline._store import Store, connect, keys
-from longline._store._loops import Backoff
+from longline._store import Backoff, CancelNotice, EventFeed, Queues, RedisError, Store, connect
 from longline.v1 import (
     builds_pb2,
     builds_pb2_grpc,
@@ -169,8 +165,8 @@ class ControlPlane:
             socket_timeout=reader_timeout,
         )
         store = Store(pool)
-        hub = self._hub = EventHub(store, hub_reader, s.replica_id)
-        dispatcher = Dispatcher(store, dispatch_reader, s)
+        hub = self._hub = EventHub(store, EventFeed(hub_reader, s.replica_id))
+        dispatcher = Dispatcher(store, Queues(pool, dispatch_reader, s.replica_id), s)
         metrics = ControlPlaneMetrics(CollectorRegistry()) if s.metrics_listen else None
         monitor = LeaseMonitor(
             store, s.lease_timeout, metrics.lease_expiries.inc if metrics else None
@@ -250,7 +246,7 @@ class ControlPlane:
                     tasks.create_task(hub.run(), name="event-hub"),
                     tasks.create_task(dispatcher.run(), name="dispatcher"),
                     tasks.create_task(dispatcher.watch_acks(), name="ack-watch"),
-                    tasks.create_task(self._control_listener(pool, dispatcher), name="control"),
+                    tasks.create_task(self._control_listener(store, dispatcher), name="control"),
                     tasks.create_task(monitor.run(), name="lease-monitor"),
                     tasks.create_task(janitor.run(), name="janitor"),
                     tasks.create_task(self._watch_tokens(), name="tokens"),
@@ -277,7 +273,7 @@ class ControlPlane:
             for client in (hub_reader, dispatch_reader, pool):
                 await client.aclose()
 
-    async def _control_listener(self, pool: Any, dispatcher: Dispatcher) -> None:
+    async def _control_listener(self, store: Store, dispatcher: Dispatcher) -> None:
         """Cancel notices from any replica, forwarded to the worker if it is connected here.
 
         A notice lost while Redis is away is not fatal: the worker's next heartbeat or
@@ -286,31 +282,18 @@ class ControlPlane:
         backoff = Backoff()
         while True:
             try:
-                await self._listen(pool, dispatcher, backoff)
-            except (RedisError, OSError) as exc:
-                await backoff.wait(log, "control channel", exc)
-
-    async def _listen(self, pool: Any, dispatcher: Dispatcher, backoff: Backoff) -> None:
-        async with pool.pubsub() as pubsub:
-            await pubsub.subscribe(keys.CONTROL_CHANNEL)
-            async for message in pubsub.listen():
-                if message.get("type") == "subscribe":
-                    backoff.reset()
-                if message.get("type") != "message":
-                    continue
-                try:
-                    notice = json.loads(message["data"])
-                    session = dispatcher.sessions.get(str(notice.get("worker_id", "")))
-                    if session is None or "cancel" not in notice:
+                async for notice in store.notices.listen():
+                    if not isinstance(notice, CancelNotice):
+                        backoff.reset()  # subscribed
                         continue
-                    ref = worker_pb2.RunRef(run_id=notice["cancel"], attempt=notice["attempt"])
-                except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                    log.error("ignored a control notice that is not one: %s", exc)
-                    continue
-                session.send(
-                    worker_pb2.ConnectResponse(
-                        cancel=worker_pb2.CancelAssignment(
-                            run=ref, reason=str(notice.get("reason", ""))
+                    session = dispatcher.sessions.get(notice.worker_id)
+                    if session is None:
+                        continue
+                    ref = worker_pb2.RunRef(run_id=notice.run_id, attempt=notice.attempt)
+                    session.send(
+                        worker_pb2.ConnectResponse(
+                            cancel=worker_pb2.CancelAssignment(run=ref, reason=notice.reason)
                         )
                     )
-                )
+            except (RedisError, OSError) as exc:
+                await backoff.wait(log, "control channel", exc)

@@ -14,23 +14,25 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
 
 from longline._store import (
-    NOT_HELD,
-    TAKEN_BACK,
+    Backoff,
     BuildView,
+    Claimed,
+    ClaimRequest,
     InvalidArgumentError,
+    PermissionDeniedError,
+    QueueEntry,
+    Queues,
+    RedisError,
     Store,
+    TakeBack,
+    WrongBuild,
     check_build_id,
     check_workflow_name,
     keys,
     presence_ms,
 )
-from longline._store._builds import queue_workflow
-from longline._store._errors import PermissionDeniedError
-from longline._store._loops import Backoff
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
 from ._auth import current
@@ -88,47 +90,27 @@ class WorkerSession:
 
 
 ROUTING_REFRESH = 1.0  # seconds between reads of the builds (blue-green routing)
-# The wake stream lives while its replica does: its expiry is pushed back every
-# WAKE_REFRESH seconds, and it is made again whenever it is found missing.
-WAKE_TTL = 3600
+# The wake stream lives while its replica does: its expiry (Queues' WAKE_TTL) is pushed back
+# every WAKE_REFRESH seconds, and it is made again whenever it is found missing.
 WAKE_REFRESH = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Queued:
-    """A queue entry this replica holds: an attempt of a run to assign."""
-
-    stream: str
-    workflow: str
-    run_id: str
-    attempt: int
-    entry_id: str
-
-    @classmethod
-    def of(cls, stream: str, entry_id: str, fields: dict[str, str]) -> _Queued:
-        return cls(
-            stream, queue_workflow(stream)[0], fields["run_id"], int(fields["attempt"]), entry_id
-        )
 
 
 class Dispatcher:
     """Reads the queues that local workers have room for and assigns runs.
 
-    Which queues a worker reads follows its build (see longline._store._builds): the view
+    Which queues a worker reads follows its build (see longline._store.BuildView): the view
     of current builds and live builds is refreshed every ROUTING_REFRESH seconds, at once
     after a promotion here, and whenever a claim finds the view was stale.
     """
 
-    def __init__(
-        self, store: Store, reader: aioredis.Redis, settings: ControlPlaneSettings
-    ) -> None:
+    def __init__(self, store: Store, queues: Queues, settings: ControlPlaneSettings) -> None:
         self._store = store
-        self._reader = reader  # a dedicated connection: it blocks in XREADGROUP
+        self._queues = queues  # its reads block in XREADGROUP, on a connection of their own
         self._settings = settings
         self.sessions: dict[str, WorkerSession] = {}
-        self._wake_key = keys.wake_key(settings.replica_id + ":dispatch")
+        self._wake_key = queues.wake_key
         self._groups: set[str] = set()
-        self._backlog: list[_Queued] = []
+        self._backlog: list[QueueEntry] = []
         # Entries delivered to this replica but not yet handled are in its pending list; they
         # are re-read from there at start and after any lost reply, so none is stranded.
         self._recover = True
@@ -146,10 +128,7 @@ class Dispatcher:
         """Make the dispatcher look at its workers again (a slot freed, a worker came). A
         wake lost to a Redis error only delays that until the dispatcher's next round."""
         try:
-            async with self._store.redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
-                pipe.expire(self._wake_key, WAKE_TTL)
-                await pipe.execute()
+            await self._queues.wake()
         except RedisError as exc:
             log.warning("could not wake the dispatcher (%s); it looks again within a second", exc)
 
@@ -166,15 +145,8 @@ class Dispatcher:
     async def _ensure_group(self, stream: str) -> None:
         if stream in self._groups:
             return
-        try:
-            await self._store.redis.xgroup_create(
-                stream, keys.DISPATCH_GROUP, id="0", mkstream=True
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await self._queues.ensure_group(stream)
         if stream == self._wake_key:
-            await self._store.redis.expire(stream, WAKE_TTL)
             self._wake_due = time.monotonic() + WAKE_REFRESH
         self._groups.add(stream)
         self._recover = True  # entries an earlier life of this replica was handed come first
@@ -184,7 +156,7 @@ class Dispatcher:
         its group) when something removed it: an expiry, a flush, a Redis that restarted
         empty."""
         if time.monotonic() >= self._wake_due:
-            if not await self._store.redis.expire(self._wake_key, WAKE_TTL):
+            if not await self._queues.keep_wake():
                 self._groups.discard(self._wake_key)
             self._wake_due = time.monotonic() + WAKE_REFRESH
         await self._ensure_group(self._wake_key)
@@ -205,7 +177,7 @@ class Dispatcher:
             return
         sessions = list(self.sessions.values())
         workflows = {name for s in sessions for name in s.workflows}
-        view = self._view = await self._store.build_view(workflows)
+        view = self._view = await self._store.builds.view(workflows)
         self._view_due = time.monotonic() + ROUTING_REFRESH
         for session in sessions:
             # A worker that stopped heartbeating (its presence runs out) is not chosen, however
@@ -272,7 +244,7 @@ class Dispatcher:
                 # in the same script, and the dispatcher must not hand it straight back here.
                 was_unresponsive, session.unresponsive = session.unresponsive, True
                 try:
-                    outcome = await self._store.take_back(
+                    outcome = await self._store.attempts.take_back(
                         run_id,
                         workflow,
                         attempt,
@@ -285,9 +257,9 @@ class Dispatcher:
                     session.unresponsive = was_unresponsive
                     session.unacked.setdefault(run_id, entry)  # tried again next round
                     raise
-                if outcome == NOT_HELD and session.running.get(run_id) == attempt:
+                if outcome is TakeBack.NOT_HELD and session.running.get(run_id) == attempt:
                     del session.running[run_id]  # it ended or moved on meanwhile: slot free
-                if outcome == TAKEN_BACK:
+                if outcome is TakeBack.TAKEN_BACK:
                     if not was_unresponsive:
                         log.warning(
                             "worker %s did not acknowledge run %s within %g s: no runs go to "
@@ -310,15 +282,12 @@ class Dispatcher:
         assignment of an attempt through, and the loser just acknowledges the entry.
         """
         idle_ms = int(self._settings.reclaim_after * 1000)
-        held = {item.entry_id for item in self._backlog}
+        held = {(item.stream, item.entry_id) for item in self._backlog}
         for stream in sorted(self._groups - {self._wake_key}):
-            reply = await self._store.redis.xautoclaim(
-                stream, keys.DISPATCH_GROUP, self._settings.replica_id, idle_ms, "0-0", count=100
-            )
-            for entry_id, fields in reply[1] if len(reply) > 1 else []:
-                if fields and entry_id not in held:
-                    log.warning("taking over queued run %s from a silent replica", fields["run_id"])
-                    self._backlog.append(_Queued.of(stream, entry_id, fields))
+            for entry in await self._queues.reclaim(stream, idle_ms):
+                if (entry.stream, entry.entry_id) not in held:
+                    log.warning("taking over queued run %s from a silent replica", entry.run_id)
+                    self._backlog.append(entry)
 
     async def run(self) -> None:
         """The dispatch loop; runs until cancelled.
@@ -364,26 +333,15 @@ class Dispatcher:
         recovering = self._recover
         if recovering:  # everything this replica was handed, for any workflow
             streams = {k: "0" for k in sorted(self._groups | set(streams))}
-        reply = await self._reader.xreadgroup(
-            keys.DISPATCH_GROUP,
-            self._settings.replica_id,
+        entries = await self._queues.read(
             streams,
             count=None if recovering else max(1, count),
-            block=None if recovering else self._block_ms,
+            block_ms=None if recovering else self._block_ms,
         )
         self._recover = False
-        for stream, entries in reply or []:
-            if not entries:
-                continue
-            if stream == self._wake_key:
-                await self._store.redis.xack(stream, keys.DISPATCH_GROUP, *[e[0] for e in entries])
-                continue
-            held = {item.entry_id for item in self._backlog}
-            for entry_id, fields in entries:
-                if not fields:  # trimmed away while pending: nothing left to assign
-                    await self._store.redis.xack(stream, keys.DISPATCH_GROUP, entry_id)
-                elif entry_id not in held:
-                    self._backlog.append(_Queued.of(stream, entry_id, fields))
+        # Entry ids are unique within a stream only (two queues can hand out the same id).
+        held = {(item.stream, item.entry_id) for item in self._backlog}
+        self._backlog += [e for e in entries if (e.stream, e.entry_id) not in held]
 
     async def drain_now(self) -> None:
         """Assign what the backlog holds to free local slots now (a slot just freed). A Redis
@@ -400,9 +358,9 @@ class Dispatcher:
         a freed slot may both call it."""
         async with self._draining:
             items, self._backlog = self._backlog, []
-            waiting: list[_Queued] = []
-            back: list[_Queued] = []
-            plan: list[tuple[WorkerSession, _Queued]] = []
+            waiting: list[QueueEntry] = []
+            back: list[QueueEntry] = []
+            plan: list[tuple[WorkerSession, QueueEntry]] = []
             readers = self._readers()
             free = {id(s): s.free for s in self.sessions.values()}
             for item in items:
@@ -417,9 +375,9 @@ class Dispatcher:
                 free[id(session)] -= 1
                 plan.append((session, item))
             try:
-                claims = await self._store.claim_many(
+                claims = await self._store.attempts.claim_many(
                     [
-                        (
+                        ClaimRequest(
                             item.run_id,
                             item.attempt,
                             session.worker_id,
@@ -436,13 +394,13 @@ class Dispatcher:
                 raise
             done: dict[str, list[str]] = {}
             failed: list[RedisError] = []
-            orphans: list[tuple[WorkerSession, _Queued]] = []
+            orphans: list[tuple[WorkerSession, QueueEntry]] = []
             for (session, item), claimed in zip(plan, claims, strict=True):
                 if isinstance(claimed, RedisError):
                     failed.append(claimed)  # not claimed: tried again from the backlog
                     waiting.append(item)
                     continue
-                if isinstance(claimed, str):
+                if isinstance(claimed, WrongBuild):
                     # It has not started yet and another build was promoted meanwhile.
                     self._view_due = 0.0
                     back.append(item)
@@ -459,31 +417,22 @@ class Dispatcher:
                 # Handed back as a new entry first; the old one is acknowledged only where its
                 # copy landed (under OOM Redis refuses XADD but not XACK: an entry acknowledged
                 # without its copy would strand the run QUEUED).
-                async with self._store.redis.pipeline(transaction=False) as pipe:
-                    for item in back:
-                        pipe.xadd(
-                            item.stream, {"run_id": item.run_id, "attempt": str(item.attempt)}
-                        )
-                    added = await pipe.execute(raise_on_error=False)
-                for item, reply in zip(back, added, strict=True):
-                    if isinstance(reply, Exception):
-                        self._backlog.append(item)  # still pending here: tried again
-                    else:
+                landed = await self._queues.hand_back(back)
+                for item, copied in zip(back, landed, strict=True):
+                    if copied:
                         done.setdefault(item.stream, []).append(item.entry_id)
-            if done:
-                async with self._store.redis.pipeline(transaction=False) as pipe:
-                    for stream, entry_ids in done.items():
-                        pipe.xack(stream, keys.DISPATCH_GROUP, *entry_ids)
-                    await pipe.execute()
+                    else:
+                        self._backlog.append(item)  # still pending here: tried again
+            await self._queues.ack(done)
             for session, item in orphans:
                 await self._take_back(session, item.run_id, item.attempt, item.workflow)
             if failed:
                 raise failed[0]  # the loop backs off; what was not claimed waits here
 
     def _send_assignment(
-        self, session: WorkerSession, item: _Queued, claimed: tuple[str, str, str]
+        self, session: WorkerSession, item: QueueEntry, claimed: Claimed
     ) -> None:
-        _, input_json, traceparent = claimed
+        input_json, traceparent = claimed.input_json, claimed.traceparent
         session.running[item.run_id] = item.attempt
         session.unacked[item.run_id] = (item.attempt, item.workflow, time.monotonic())
         session.send(
@@ -531,7 +480,7 @@ class Dispatcher:
         self, session: WorkerSession, run_id: str, attempt: int, workflow: str
     ) -> None:
         try:
-            await self._store.take_back(
+            await self._store.attempts.take_back(
                 run_id,
                 workflow,
                 attempt,
@@ -590,10 +539,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         )
         # What it says it runs counts only where Redis agrees (the attempt holds the run, on
         # this worker, for a workflow it may serve): a worker can give back only its own runs.
-        session.running = await self._store.held_by(
+        session.running = await self._store.attempts.held_by(
             hello.worker_id, [(r.run_id, r.attempt) for r in hello.running], set(session.workflows)
         )
-        await self._store.announce(
+        await self._store.presence.announce(
             session.worker_id,
             [(w.name, w.description) for w in session.workflows.values()],
             presence_ms(self._settings.heartbeat_interval),
@@ -692,8 +641,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             session.unacked.pop(ref.run_id, None)
             if kind == "released":
                 try:
-                    workflow = await self._store.redis.hget(keys.run_key(ref.run_id), "workflow")
-                    await self._store.requeue(
+                    workflow = await self._store.runs.workflow_of(ref.run_id)
+                    await self._store.attempts.requeue(
                         ref.run_id,
                         workflow or "",
                         ref.attempt,
@@ -712,7 +661,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         elif kind == "draining":
             session.draining = True
             # Its build stops counting this worker at once, so pinned runs can move on.
-            await self._store.announce(
+            await self._store.presence.announce(
                 session.worker_id,
                 [(w.name, w.description) for w in session.workflows.values()],
                 presence_ms(self._settings.heartbeat_interval),

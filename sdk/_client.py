@@ -15,7 +15,9 @@ from opentelemetry import propagate, trace
 
 from ._channel import bearer, env_tls_ca, env_token, open_channel
 from ._errors import RunCancelled, RunFailed, Unavailable, map_rpc_error
+from ._events import body_of
 from ._types import (
+    SPAN_COPIED,
     BuildInfo,
     Event,
     EventType,
@@ -129,11 +131,18 @@ def event_from_proto(msg: runs_pb2.RunEvent) -> Event:
         type=_EVENT_TYPES.get(msg.type, EventType.UNSPECIFIED),
         time=_time(msg.time),
         attempt=msg.attempt,
-        message=msg.message,
-        data_json=msg.data_json,
-        component=msg.component,
-        span_id=msg.span_id,
-        parent_span_id=msg.parent_span_id,
+        **body_of(msg),
+    )
+
+
+def span_from_proto(msg: runs_pb2.TraceSpan) -> TraceSpan:
+    """The SDK's TraceSpan for a runs_pb2.TraceSpan."""
+    return TraceSpan(
+        kind=runs_pb2.TraceSpanKind.Name(msg.kind).removeprefix("TRACE_SPAN_KIND_"),
+        status=runs_pb2.TraceSpanStatus.Name(msg.status).removeprefix("TRACE_SPAN_STATUS_"),
+        start_time=_time(msg.start_time),
+        end_time=_time(msg.end_time) if msg.HasField("end_time") else None,
+        **{name: getattr(msg, name) for name in SPAN_COPIED},
     )
 
 
@@ -377,28 +386,7 @@ class RunHandle:
         response = await self._client._call(
             "GetRunTrace", runs_pb2.GetRunTraceRequest(run_id=self.run_id)
         )
-        spans = [
-            TraceSpan(
-                span_id=s.span_id,
-                parent_span_id=s.parent_span_id,
-                name=s.name,
-                kind=runs_pb2.TraceSpanKind.Name(s.kind).removeprefix("TRACE_SPAN_KIND_"),
-                attempt=s.attempt,
-                step=s.step,
-                start_time=_time(s.start_time),
-                end_time=_time(s.end_time) if s.HasField("end_time") else None,
-                status=runs_pb2.TraceSpanStatus.Name(s.status).removeprefix("TRACE_SPAN_STATUS_"),
-                error=s.error,
-                tries=s.tries,
-                cache_hit=s.cache_hit,
-                model=s.model,
-                provider=s.provider,
-                input_tokens=s.input_tokens,
-                output_tokens=s.output_tokens,
-                worker=s.worker,
-            )
-            for s in response.spans
-        ]
+        spans = [span_from_proto(s) for s in response.spans]
         return RunTrace(
             run_from_proto(response.run),
             spans,

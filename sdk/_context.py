@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from ._events import EMITTABLE, EventBody
 from ._policies import Limit
 
 __all__ = ["Context", "EventSink", "Services", "current", "new_span_id", "step_facts"]
@@ -17,15 +18,7 @@ class EventSink(Protocol):
     """Where a run's events go (the worker's fenced Redis writer, or memory in tests)."""
 
     async def emit(
-        self,
-        type: str,
-        *,
-        message: str = "",
-        data_json: str = "",
-        component: str = "",
-        span_id: str = "",
-        parent_span_id: str = "",
-        checkpoint: tuple[str, str] | None = None,
+        self, type: str, body: EventBody, checkpoint: tuple[str, str] | None = None
     ) -> str:
         """Record one event (with a step's checkpoint: (step key, JSON result)); its id."""
         ...
@@ -87,7 +80,6 @@ def current_or_none() -> Context | None:
 
 
 # Event types workflow code may write through Context.emit.
-EMITTABLE = ("STATUS", "OUTPUT", "COMPONENT_STARTED", "COMPONENT_FINISHED")
 
 
 class Context:
@@ -114,23 +106,30 @@ class Context:
 
     async def status(self, text: str) -> None:
         """Tell watchers what the run is doing now (a STATUS event)."""
-        await self._sink.emit("STATUS", message=str(text), parent_span_id=current_span.get())
+        await self._sink.emit(
+            "STATUS", EventBody(message=str(text), parent_span_id=current_span.get())
+        )
 
     async def output(self, chunk: str) -> None:
         """Stream a piece of output to watchers (an OUTPUT event)."""
-        await self._sink.emit("OUTPUT", message=str(chunk), parent_span_id=current_span.get())
+        await self._sink.emit(
+            "OUTPUT", EventBody(message=str(chunk), parent_span_id=current_span.get())
+        )
 
-    async def emit(self, type: str, **fields: Any) -> str:
-        """Write an event of a type workflow code may write (STATUS, OUTPUT, COMPONENT_*);
-        used by components. The run's lifecycle events (started, retrying, its end) are
-        written by the worker and the control plane only: ValueError for those."""
+    async def emit(
+        self, type: str, *, checkpoint: tuple[str, str] | None = None, **body: str
+    ) -> str:
+        """Write an event of a type workflow code may write (STATUS, OUTPUT, COMPONENT_*),
+        with the `EventBody` fields given (message=..., data_json=...); used by components.
+        The run's lifecycle events (started, retrying, its end) are written by the worker and
+        the control plane only: ValueError for those."""
         if type not in EMITTABLE:
             raise ValueError(
                 f"a workflow cannot write a {type!r} event: only {', '.join(EMITTABLE)}; the "
                 "run's lifecycle (started, retrying, succeeded, failed, cancelled) is written "
                 "by longline itself"
             )
-        return await self._sink.emit(type, **fields)
+        return await self._sink.emit(type, EventBody(**body), checkpoint)
 
     def next_step(self, name: str, key: str = "") -> str:
         """The deterministic key of the next call of a component.

@@ -2,48 +2,26 @@
 
 from __future__ import annotations
 
-import enum
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from ._events import EventBody, EventType, RunStatus
 
-class RunStatus(enum.StrEnum):
-    """Where a run is in its life."""
-
-    UNSPECIFIED = "UNSPECIFIED"
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def terminal(self) -> bool:
-        """Whether a run in this status has ended."""
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
-
-
-class EventType(enum.StrEnum):
-    """The kind of one event in a run's stream."""
-
-    UNSPECIFIED = "UNSPECIFIED"
-    RUN_QUEUED = "RUN_QUEUED"
-    RUN_STARTED = "RUN_STARTED"
-    STATUS = "STATUS"
-    OUTPUT = "OUTPUT"
-    COMPONENT_STARTED = "COMPONENT_STARTED"
-    COMPONENT_FINISHED = "COMPONENT_FINISHED"
-    RUN_RETRYING = "RUN_RETRYING"
-    RUN_SUCCEEDED = "RUN_SUCCEEDED"
-    RUN_FAILED = "RUN_FAILED"
-    RUN_CANCELLED = "RUN_CANCELLED"
-
-    @property
-    def terminal(self) -> bool:
-        """Whether this is a run's last event."""
-        return self in (EventType.RUN_SUCCEEDED, EventType.RUN_FAILED, EventType.RUN_CANCELLED)
+__all__ = [
+    "SPAN_COPIED",
+    "BuildInfo",
+    "Event",
+    "EventType",
+    "Run",
+    "RunErrorInfo",
+    "RunStatus",
+    "RunTrace",
+    "TraceSpan",
+    "WorkflowBuilds",
+    "WorkflowInfo",
+]
 
 
 @dataclass(frozen=True)
@@ -78,25 +56,16 @@ class Run:
         return json.loads(self.result_json) if self.result_json else None
 
 
-@dataclass(frozen=True)
-class Event:
-    """One event of a run. Pass `event_id` as `after=` to resume from it."""
+@dataclass(frozen=True, slots=True)
+class Event(EventBody):
+    """One event of a run. Pass `event_id` as `after=` to resume from it. What it says
+    (message, data_json and `data`, component, span ids) is its `EventBody`."""
 
     event_id: str
     run_id: str
     type: EventType
     time: datetime | None
     attempt: int
-    message: str = ""
-    data_json: str = ""
-    component: str = ""
-    span_id: str = ""
-    parent_span_id: str = ""
-
-    @property
-    def data(self) -> Any:
-        """The decoded structured payload, or None."""
-        return json.loads(self.data_json) if self.data_json else None
 
 
 @dataclass(frozen=True)
@@ -127,6 +96,13 @@ class TraceSpan:
         if self.start_time is None or self.end_time is None:
             return None
         return (self.end_time - self.start_time).total_seconds()
+
+
+# The fields both forms of a span (this one and the proto's) hold under the same name and
+# type; kind, status and the times are converted.
+SPAN_COPIED: tuple[str, ...] = tuple(
+    f.name for f in fields(TraceSpan) if f.name not in ("kind", "status", "start_time", "end_time")
+)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 from ._context import Context
-from ._store._builds import check_workflow_name
-from ._store._errors import InvalidArgumentError
+from ._store import InvalidArgumentError, check_workflow_name
 
 __all__ = ["Workflow", "workflow"]
 

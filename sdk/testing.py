@@ -9,6 +9,7 @@ from typing import Any
 
 from ._component import component_of
 from ._context import Context, Services
+from ._events import EventBody, body_of
 from ._offline_model import Faults, OfflineModel
 from ._policies import Limit
 from ._workflow import Workflow
@@ -41,16 +42,12 @@ class MemoryServices:
         return None
 
 
-@dataclass
-class RecordedEvent:
-    """An event a workflow emitted during run_local."""
+@dataclass(frozen=True, slots=True)
+class RecordedEvent(EventBody):
+    """An event a workflow emitted during run_local: its type, and what it says (its
+    `EventBody`: message, data_json, component, span ids)."""
 
     type: str
-    message: str = ""
-    data_json: str = ""
-    component: str = ""
-    span_id: str = ""
-    parent_span_id: str = ""
 
 
 @dataclass
@@ -76,11 +73,11 @@ class _MemorySink:
         self._ids = itertools.count(1)
 
     async def emit(
-        self, type: str, checkpoint: tuple[str, str] | None = None, **fields: Any
+        self, type: str, body: EventBody, checkpoint: tuple[str, str] | None = None
     ) -> str:
         if checkpoint is not None:
             self._run.checkpoints[checkpoint[0]] = checkpoint[1]
-        self._run.events.append(RecordedEvent(type=type, **fields))
+        self._run.events.append(RecordedEvent(type=type, **body_of(body)))
         return f"0-{next(self._ids)}"
 
 

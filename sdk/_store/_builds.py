@@ -6,18 +6,25 @@ worker's build (the run hash's `build`), and a requeued attempt waits in that bu
 workers of the current build read (any worker when no build was promoted). The pinned queue
 of a build that has no live, non-draining worker left is read by the current build's workers
 when the workflow's policy is WHEN_UNSERVED, and by nobody (reported) when it is NEVER.
+
+Owns `keys.BUILDS_CURRENT` (a hash: workflow -> promoted build), `keys.BUILDS_POLICY`
+(workflow -> move policy) and `keys.builds_key(workflow)` (a set: every build seen); reads
+the presence zsets of `_presence` and the build counters (`keys.STATS_BUILDS`).
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
 from . import _keys as keys
-from ._errors import InvalidArgumentError
+from ._connection import redis_time_ms
+from ._errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from ._presence import Presence
 
 BUILD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 # Workflow names appear in keys and in tab-separated counter fields: no spaces, no tabs.
@@ -126,3 +133,120 @@ def queue_workflow(stream: str) -> tuple[str, str]:
         build, _, workflow = stream.removeprefix(keys.PINNED_QUEUE_PREFIX).partition(":")
         return workflow, build
     return stream.removeprefix(keys.queue_key("")), ""
+
+
+@dataclass(frozen=True, slots=True)
+class BuildStats:
+    """One build of one workflow: its live workers and its runs."""
+
+    build: str
+    workers: int
+    queued: int
+    running: int
+    unserved: int
+    current: bool
+
+
+@dataclass(frozen=True)
+class WorkflowBuilds:
+    """One workflow's current build, move policy and builds."""
+
+    workflow: str
+    current: str
+    policy: str
+    builds: list[BuildStats]
+
+    @property
+    def unserved(self) -> int:
+        """Queued runs no worker will take as things stand."""
+        return sum(b.unserved for b in self.builds)
+
+
+class Builds:
+    """Current builds, move policies and what each build holds (BuildService's data)."""
+
+    def __init__(self, redis: aioredis.Redis, presence: Presence) -> None:
+        self._redis = redis
+        self._presence = presence
+
+    async def view(self, workflows: Iterable[str]) -> BuildView:
+        """The routing state of `workflows` (current builds, policies, live builds)."""
+        return await load_view(self._redis, sorted(set(workflows)))
+
+    async def promote(self, workflow: str, build: str, policy: str, force: bool) -> str:
+        """Make `build` the current build of `workflow`; returns the previous one ('')."""
+        check_build_id(build, allow_empty=False)
+        if not await self._presence.known(workflow):
+            raise NotFoundError(
+                f"workflow {workflow[:100]!r} is not known: no worker has announced it",
+                "WORKFLOW_NOT_FOUND",
+            )
+        view = await self.view([workflow])
+        if not force and build not in view.live.get(workflow, set()):
+            raise FailedPreconditionError(
+                f"no live worker of build {build!r} serves workflow {workflow!r}, so new runs "
+                "would wait: start its workers first (longline worker --build-id "
+                f"{build}), or promote with force",
+                "BUILD_HAS_NO_WORKERS",
+            )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hget(keys.BUILDS_CURRENT, workflow)
+            pipe.hset(keys.BUILDS_CURRENT, workflow, build)
+            pipe.sadd(keys.builds_key(workflow), build)
+            if policy:
+                pipe.hset(keys.BUILDS_POLICY, workflow, policy)
+            previous = (await pipe.execute())[0]
+        return previous or ""
+
+    async def list_all(self, workflow: str = "") -> list[WorkflowBuilds]:
+        """Every workflow's builds with their workers and queued and running runs."""
+        names = [workflow] if workflow else sorted(await self._redis.hkeys(keys.WORKFLOWS))
+        if workflow and not await self._presence.known(workflow):
+            raise NotFoundError(
+                f"workflow {workflow[:100]!r} is not known: no worker has announced it",
+                "WORKFLOW_NOT_FOUND",
+            )
+        view = await self.view(names)
+        counts: dict[tuple[str, str, str], int] = {}
+        for field_name, value in (await self._redis.hgetall(keys.STATS_BUILDS)).items():
+            parts = field_name.split("\t")
+            if len(parts) == 3:  # names cannot hold tabs; anything else is not ours
+                counts[parts[0], parts[1], parts[2]] = int(value)
+        now = await redis_time_ms(self._redis)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zrangebyscore(keys.build_workers_key(name), now, "+inf")
+            members = await pipe.execute()
+        result = []
+        for name, live_members in zip(names, members, strict=True):
+            workers: dict[str, int] = {}
+            for member in live_members:
+                build = member.partition("\t")[0]
+                workers[build] = workers.get(build, 0) + 1
+            current = view.current.get(name, "")
+            builds = view.builds.get(name, set()) | {b for (w, b, _) in counts if w == name}
+            statuses = []
+            for build in sorted(builds):
+                queued = counts.get((name, build, "QUEUED"), 0)
+                running = counts.get((name, build, "RUNNING"), 0)
+                if not (queued or running or workers.get(build) or build == current):
+                    continue  # a build of the past: nothing left of it
+                statuses.append(
+                    BuildStats(
+                        build=build,
+                        workers=workers.get(build, 0),
+                        queued=queued,
+                        running=running,
+                        unserved=0 if view.served(name, build) else queued,
+                        current=build == current,
+                    )
+                )
+            result.append(
+                WorkflowBuilds(
+                    workflow=name,
+                    current=current,
+                    policy=view.policy.get(name, WHEN_UNSERVED),
+                    builds=statuses,
+                )
+            )
+        return result

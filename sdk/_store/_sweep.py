@@ -10,7 +10,8 @@ the sweep for the round:
 - pinned queues and build ids of builds with no worker, no run and not current.
 
 Each step reads at most `budget` entries a round, so a round is bounded in time and bytes
-whatever the backlog; what is left is taken the next round.
+whatever the backlog; what is left is taken the next round. Owns `keys.SWEEP_LOCK` (a
+string: the replica sweeping this round; it expires by itself after one interval).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import redis.asyncio as aioredis
 
 from . import _keys as keys
 from ._builds import load_view, queue_workflow
+from ._connection import redis_time_ms
 
-__all__ = ["SweepReport", "sweep"]
+__all__ = ["SweepReport", "Sweeper", "sweep"]
 
 _PAGE = 500
 
@@ -51,11 +53,6 @@ class SweepReport:
         return any(
             (self.index_entries, self.queue_entries, self.consumers, self.queues, self.builds)
         )
-
-
-async def _now_ms(redis: aioredis.Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def _forget_gone_runs(
@@ -141,7 +138,7 @@ async def sweep(
     """One round of the sweep (see the module docstring). `cursors` (index -> score) carries
     where each index's scan stopped from one round to the next."""
     report = SweepReport()
-    now = await _now_ms(redis)
+    now = await redis_time_ms(redis)
     if retention_ms > 0:
         cursors = cursors if cursors is not None else {}
         seen: dict[str, str] = {}
@@ -181,3 +178,19 @@ async def sweep(
         if past:
             report.builds += int(await redis.srem(keys.builds_key(workflow), *past))
     return report
+
+
+class Sweeper:
+    """The sweep as the control plane's janitor runs it: one replica a round."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def take_turn(self, holder: str, ms: int) -> bool:
+        """Whether `holder` sweeps this round: the lock is taken for `ms`, and lapses by
+        itself if its holder dies mid-round."""
+        return bool(await self._redis.set(keys.SWEEP_LOCK, holder, nx=True, px=ms))
+
+    async def sweep(self, retention_ms: int, cursors: dict[str, str]) -> SweepReport:
+        """One round (see `sweep`)."""
+        return await sweep(self._redis, retention_ms, cursors=cursors)

@@ -68,7 +68,7 @@ async def _announce(redis_url: str, *workflows: str) -> None:
     """Make workflows known, as a worker that has come and gone would have."""
     redis = connect(redis_url)
     try:
-        await Store(redis).announce("gone", [(w, "") for w in workflows], 1)
+        await Store(redis).presence.announce("gone", [(w, "") for w in workflows], 1)
     finally:
         await redis.aclose()
 

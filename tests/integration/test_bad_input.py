@@ -206,13 +206,15 @@ async def test_a_cursor_past_the_last_event_of_a_live_run_is_out_of_range(
     but not ahead of the clock is what a failover that lost events leaves a client with: it
     waits for the events to come, whose ids are larger.)"""
     from longline._errors import error_reason
-    from longline._store import RunWriter, Store, connect, encode_event
+    from longline._store import ClaimRequest, RunWriter, Store, connect, encode_event
 
     store = Store(connect(redis_url))
-    await store.announce("w9", [("elsewhere", "")], 60_000)
-    await store.create_run("live1", "elsewhere", "null", {})
-    assert await store.claim("live1", 1, "w9", "cp", lease_ms=60_000, max_attempts=3)
-    last = (await store.get_run("live1")).last_event_id
+    await store.presence.announce("w9", [("elsewhere", "")], 60_000)
+    await store.runs.create("live1", "elsewhere", "null", {})
+    assert await store.attempts.claim(
+        ClaimRequest("live1", 1, "w9", "cp", lease_ms=60_000, max_attempts=3)
+    )
+    last = (await store.runs.get("live1")).last_event_id
     ms = int(last.split("-")[0])
     for cursor in ("99999999999999-0", f"{ms + 3_600_000}-0"):
         with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -83,7 +83,7 @@ async def _events(handle: longline.RunHandle) -> list[StoredEvent]:
     """The run's events so far, read from Redis without following."""
     redis = connect(os.environ["LONGLINE_TEST_REDIS"])
     try:
-        return await Store(redis).read_events(handle.run_id, "", 10_000)
+        return await Store(redis).events.read_events(handle.run_id, "", 10_000)
     finally:
         await redis.aclose()
 

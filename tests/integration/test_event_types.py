@@ -6,7 +6,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from longline._store import RunWriter, Store, connect, encode_event, keys
+from longline._store import ClaimRequest, RunWriter, Store, connect, encode_event, keys
 from tests.integration.conftest import Stack
 
 
@@ -26,9 +26,11 @@ async def test_workflow_code_cannot_write_lifecycle_events(stack: Stack) -> None
 
 
 async def _claimed(store: Store, run_id: str) -> RunWriter:
-    await store.announce("w1", [("flow", "")], 60_000)
-    await store.create_run(run_id, "flow", "null", {})
-    assert await store.claim(run_id, 1, "w1", "cp", lease_ms=10_000, max_attempts=3)
+    await store.presence.announce("w1", [("flow", "")], 60_000)
+    await store.runs.create(run_id, "flow", "null", {})
+    assert await store.attempts.claim(
+        ClaimRequest(run_id, 1, "w1", "cp", lease_ms=10_000, max_attempts=3)
+    )
     return RunWriter(store, run_id, 1, "w1")
 
 
@@ -50,17 +52,17 @@ async def test_the_append_script_refuses_what_a_worker_may_not_write(
             [encode_event("STATUS", 1, "fine"), encode_event("RUN_SUCCEEDED", 1, "forged")]
         )
     with pytest.raises(ResponseError, match="EVENTTYPE"):
-        await store._finish(
+        await store.attempts._finish(
             keys=[keys.run_key("r1"), keys.events_key("r1"), keys.LEASES, keys.steps_key("r1")]
             + [keys.STATS_TENANTS, keys.STATS_BUILDS, keys.STATS_STATUS, keys.STATS_QUEUED],
             args=["1@w1", 99, "CANCELLED", "", "", "", "", *encode_event("RUN_CANCELLED", 1)],
         )
-    types = [e.type for e in await store.read_events("r1", "", 100)]
+    types = [e.type for e in await store.events.read_events("r1", "", 100)]
     assert types == ["RUN_QUEUED", "RUN_STARTED"]
     assert await redis.hget(keys.run_key("r1"), "status") == "RUNNING"
     # The finish writes the terminal event that matches the status, whatever it was given.
     await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_FAILED", 1, "x"))
-    assert (await store.read_events("r1", "", 100))[-1].type == "RUN_SUCCEEDED"
+    assert (await store.events.read_events("r1", "", 100))[-1].type == "RUN_SUCCEEDED"
     await store.redis.aclose()
 
 
@@ -75,5 +77,5 @@ async def test_an_event_cannot_carry_a_second_type_field(redis_url: str) -> None
         await writer.append([[*encode_event("STATUS", 1, "x"), "zz", "?"]])
     with pytest.raises(ValueError, match="repeated"):
         await writer.finish("SUCCEEDED", event=[*encode_event("RUN_SUCCEEDED", 1), "t", "x"])
-    assert [e.type for e in await store.read_events("r2", "", 10)] == ["RUN_QUEUED"]
+    assert [e.type for e in await store.events.read_events("r2", "", 10)] == ["RUN_QUEUED"]
     await store.redis.aclose()

@@ -15,7 +15,16 @@ from urllib.parse import urlparse
 import pytest
 import redis.asyncio as aioredis
 
-from longline._store import RunWriter, Store, StoredEvent, connect, encode_event, keys
+from longline._store import (
+    ClaimRequest,
+    EventFeed,
+    RunWriter,
+    Store,
+    StoredEvent,
+    connect,
+    encode_event,
+    keys,
+)
 from longline.control_plane._hub import _QUEUE_BYTES, EventHub
 from tests.conftest import eventually
 
@@ -88,7 +97,7 @@ async def hub(redis_url: str) -> AsyncIterator[Hub]:
     await proxy.start()
     store = Store(connect(redis_url))
     reader = connect(proxy.url, socket_timeout=None, max_connections=1)
-    event_hub = EventHub(store, reader, "hub-test")
+    event_hub = EventHub(store, EventFeed(reader, "hub-test"))
     task = asyncio.create_task(event_hub.run())
     await asyncio.wait_for(event_hub._ready.wait(), 10)
     yield Hub(event_hub, store, proxy)
@@ -102,9 +111,11 @@ async def hub(redis_url: str) -> AsyncIterator[Hub]:
 
 async def _started_run(store: Store, run_id: str) -> RunWriter:
     """A RUNNING run (its one event: RUN_QUEUED) and the writer of its attempt."""
-    await store.announce("w1", [("flow", "")], 60_000)
-    await store.create_run(run_id, "flow", "null", {})
-    assert await store.claim(run_id, 1, "w1", "cp", lease_ms=60_000, max_attempts=3)
+    await store.presence.announce("w1", [("flow", "")], 60_000)
+    await store.runs.create(run_id, "flow", "null", {})
+    assert await store.attempts.claim(
+        ClaimRequest(run_id, 1, "w1", "cp", lease_ms=60_000, max_attempts=3)
+    )
     return RunWriter(store, run_id, 1, "w1")
 
 
@@ -203,7 +214,7 @@ async def test_the_hub_outlives_any_redis_error_with_capped_backoff(
     reader = connect(
         f"redis://hub:pw@{parsed.hostname}:{parsed.port}/0", socket_timeout=None, max_connections=1
     )
-    hub = EventHub(store, reader, "hub-errors")
+    hub = EventHub(store, EventFeed(reader, "hub-errors"))
     task = asyncio.create_task(hub.run())
     try:
         await asyncio.wait_for(hub._ready.wait(), 10)

@@ -10,8 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 import longline
-from longline._store import connect
-from longline._store._services import RedisServices
+from longline._store import RedisServices, connect
 
 
 @pytest.fixture

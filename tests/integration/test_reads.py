@@ -12,7 +12,16 @@ import pytest
 import redis.asyncio as aioredis
 
 import longline
-from longline._store import RunWriter, Store, StoredEvent, connect, encode_event, keys
+from longline._events import EventBody
+from longline._store import (
+    ClaimRequest,
+    RunWriter,
+    Store,
+    StoredEvent,
+    connect,
+    encode_event,
+    keys,
+)
 from longline.v1 import runs_pb2
 from tests.integration.conftest import Stack
 
@@ -27,9 +36,11 @@ async def store(redis_url: str) -> AsyncIterator[Store]:
 
 
 async def _run(store: Store, run_id: str = "r1") -> RunWriter:
-    await store.announce("w1", [("flow", "")], 60_000)
-    await store.create_run(run_id, "flow", "null", {})
-    assert await store.claim(run_id, 1, "w1", "cp", lease_ms=60_000, max_attempts=3)
+    await store.presence.announce("w1", [("flow", "")], 60_000)
+    await store.runs.create(run_id, "flow", "null", {})
+    assert await store.attempts.claim(
+        ClaimRequest(run_id, 1, "w1", "cp", lease_ms=60_000, max_attempts=3)
+    )
     return RunWriter(store, run_id, 1, "w1")
 
 
@@ -44,7 +55,7 @@ async def _write(writer: RunWriter, n: int, size: int) -> None:
 
 async def test_a_page_of_large_events_stops_at_the_byte_budget(store: Store) -> None:
     await _write(await _run(store), 40, 64 * 1024)  # 2.5 MiB after RUN_QUEUED
-    first = await store.read_events("r1", "", 500)
+    first = await store.events.read_events("r1", "", 500)
     assert 1 < len(first) < 41
     assert _bytes(first) <= MIB, f"a page of {_bytes(first)} bytes"
 
@@ -59,7 +70,7 @@ async def test_pages_of_any_size_read_every_event_once_in_order(store: Store) ->
     pages = 0
     cursor = ""
     while True:
-        page = await store.read_page("r1", cursor)
+        page = await store.events.read_page("r1", cursor)
         pages += 1
         assert page.events or not page.more
         assert len(page.events) == 1 or page.bytes <= MIB
@@ -77,9 +88,9 @@ async def test_pages_of_any_size_read_every_event_once_in_order(store: Store) ->
 
 async def test_small_streams_are_read_in_one_page_of_up_to_the_count(store: Store) -> None:
     await _write(await _run(store), 20, 10)
-    page = await store.read_page("r1", "", count=8)
+    page = await store.events.read_page("r1", "", count=8)
     assert (len(page.events), page.more) == (8, True)
-    page = await store.read_page("r1", page.events[-1].event_id, count=100)
+    page = await store.events.read_page("r1", page.events[-1].event_id, count=100)
     assert (len(page.events), page.more) == (13, False)
 
 
@@ -101,10 +112,10 @@ async def test_without_memory_usage_pages_are_still_bounded(
     try:
         await _write(await _run(limited), 40, 64 * 1024)
         for _ in range(2):
-            page = await limited.read_page("r1", "")
+            page = await limited.events.read_page("r1", "")
             assert page.more and 1 < len(page.events) < 41 and page.bytes <= MIB
         fresh = Store(limited.redis)  # has not met the refusal yet
-        page = (await fresh.open_events("r1", "", "")).page
+        page = (await fresh.events.open("r1", "", "")).page
         assert page.more and 1 < len(page.events) < 41 and page.bytes <= MIB
     finally:
         await limited.redis.aclose()
@@ -126,7 +137,7 @@ async def test_stream_run_reads_every_page_of_large_events_live_and_after_the_en
     expected = ["queu", *[f"{i:04d}" for i in range(24)], ""]
     assert await asyncio.wait_for(live, 20) == expected
     assert await stream() == expected  # the run has ended: a replay
-    events = await store.read_events("big", "", 3)
+    events = await store.events.read_events("big", "", 3)
     assert await stream(events[1].event_id) == expected[2:]
     await store.redis.aclose()
 
@@ -136,9 +147,17 @@ async def _components(writer: RunWriter, n: int, size: int = 0) -> None:
         await writer.append(
             [
                 encode_event(
-                    "COMPONENT_STARTED", 1, "", json.dumps({"step": f"c#{i}"}), "c", f"s{i}"
+                    "COMPONENT_STARTED",
+                    1,
+                    EventBody(
+                        data_json=json.dumps({"step": f"c#{i}"}), component="c", span_id=f"s{i}"
+                    ),
                 ),
-                encode_event("COMPONENT_FINISHED", 1, "x" * size, "{}", "c", f"s{i}"),
+                encode_event(
+                    "COMPONENT_FINISHED",
+                    1,
+                    EventBody(message="x" * size, data_json="{}", component="c", span_id=f"s{i}"),
+                ),
             ]
         )
 
@@ -263,9 +282,16 @@ async def test_an_event_of_a_type_the_server_does_not_know_streams_as_unspecifie
         2,
         keys.run_key("odd"),
         keys.events_key("odd"),
-        *encode_event("SOMETHING_NEW", 1, "from the future", '{"k": [1, 2]}', "c", "s1"),
+        *encode_event(
+            "SOMETHING_NEW",
+            1,
+            EventBody(
+                message="from the future", data_json='{"k": [1, 2]}', component="c", span_id="s1"
+            ),
+        ),
     )
-    await writer.append([encode_event("COMPONENT_FINISHED", 1, "", '{"tries": "many"}', "c", "s1")])
+    finished = EventBody(data_json='{"tries": "many"}', component="c", span_id="s1")
+    await writer.append([encode_event("COMPONENT_FINISHED", 1, finished)])
     await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
     live = await watching
     assert live == await stream()
@@ -299,10 +325,10 @@ async def test_a_rare_status_is_listed_a_bounded_scan_at_a_time(
     index entries; a page may come back empty with a token, and paging finds the run."""
     store = Store(connect(redis_url))
     try:
-        await store.create_run("rare", "echo", "1", {})
-        await store.cancel("rare", "the one to find")
+        await store.runs.create("rare", "echo", "1", {})
+        await store.runs.cancel("rare", "the one to find")
         for i in range(1050):
-            await store.create_run(f"q{i:04d}", "echo", "1", {})
+            await store.runs.create(f"q{i:04d}", "echo", "1", {})
     finally:
         await store.redis.aclose()
     found, pages, token = [], 0, ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from longline._events import EventBody
 from longline._store import (
     InvalidArgumentError,
     StoredEvent,
@@ -30,9 +31,11 @@ def test_malformed_event_ids_are_rejected_with_a_helpful_message(bad: str) -> No
 
 
 def test_events_round_trip_through_stream_fields() -> None:
-    fields = encode_event("OUTPUT", 2, message="hi", component="c", span_id="ab")
+    fields = encode_event("OUTPUT", 2, EventBody(message="hi", component="c", span_id="ab"))
     pairs = dict(zip(fields[::2], fields[1::2], strict=True))
     event = StoredEvent.decode("5-1", pairs)
-    assert event == StoredEvent("5-1", "OUTPUT", 2, "hi", "", "c", "ab", "")
+    assert event == StoredEvent(
+        "5-1", "OUTPUT", 2, message="hi", data_json="", component="c", span_id="ab"
+    )
     assert event.time_ms == 5 and not event.terminal
     assert "d" not in pairs  # empty fields are not stored

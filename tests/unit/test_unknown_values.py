@@ -6,7 +6,8 @@ import json
 
 from longline import EventType, RunStatus
 from longline._client import event_from_proto, run_from_proto
-from longline._store import StoredEvent, _trace
+from longline._store import StoredEvent
+from longline.control_plane import _trace
 from longline.v1 import runs_pb2
 
 

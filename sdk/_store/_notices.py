@@ -1,0 +1,86 @@
+"""Notices between control-plane replicas: "cancel this attempt on that worker".
+
+Owns the pub/sub channel `keys.CONTROL_CHANNEL` (not a key: nothing is stored). A notice is
+at most once: one lost while Redis is away is not fatal, since the worker's next heartbeat
+or write finds the run cancelled and stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from . import _keys as keys
+
+__all__ = ["CancelNotice", "Notices", "Subscribed"]
+
+log = logging.getLogger("longline.store")
+
+
+@dataclass(frozen=True, slots=True)
+class CancelNotice:
+    """Stop attempt `attempt` of run `run_id` on worker `worker_id`."""
+
+    run_id: str
+    attempt: int
+    worker_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """The subscription is in place (notices published from now on arrive)."""
+
+
+class Notices:
+    """Publishing and hearing notices."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def cancel(self, notice: CancelNotice) -> None:
+        """Tell every replica (the one the worker is connected to acts on it)."""
+        await self._redis.publish(
+            keys.CONTROL_CHANNEL,
+            json.dumps(
+                {
+                    "cancel": notice.run_id,
+                    "attempt": notice.attempt,
+                    "worker_id": notice.worker_id,
+                    "reason": notice.reason,
+                }
+            ),
+        )
+
+    async def listen(self) -> AsyncIterator[Subscribed | CancelNotice]:
+        """Subscribed once the subscription is in place, then every notice, until the
+        connection is lost (a Redis error). A message that is not a notice is logged and
+        skipped."""
+        async with self._redis.pubsub() as pubsub:
+            await pubsub.subscribe(keys.CONTROL_CHANNEL)
+            async for message in pubsub.listen():
+                if message.get("type") == "subscribe":
+                    yield Subscribed()
+                if message.get("type") != "message":
+                    continue
+                try:
+                    notice = json.loads(message["data"])
+                    if "cancel" not in notice:
+                        continue
+                    run_id, attempt = notice["cancel"], notice["attempt"]
+                    if not isinstance(run_id, str) or type(attempt) is not int:
+                        raise TypeError(f"run {run_id!r}, attempt {attempt!r}")
+                    parsed = CancelNotice(
+                        run_id=run_id,
+                        attempt=attempt,
+                        worker_id=str(notice.get("worker_id", "")),
+                        reason=str(notice.get("reason", "")),
+                    )
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    log.error("ignored a control notice that is not one: %s", exc)
+                    continue
+                yield parsed
