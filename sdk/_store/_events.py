@@ -18,8 +18,9 @@ the script below, whose cost is in copying entries into Lua and back):
   id, field names and values, and ends the page before the entry that would pass the budget:
   a page holds at least one entry, however large.
 
-`EventFeed` is the subscriber side of those channels, on one dedicated connection: the
-control plane's event hub (control_plane/_hub.py) keeps the no-gap protocol on top of it.
+`EventFeed` is the subscriber side of those channels, on one dedicated connection (which
+also holds the hub's own channel, `keys.hub_channel`): the control plane's event hub
+(control_plane/_hub.py) keeps the no-gap protocol on top of it.
 """
 
 from __future__ import annotations
@@ -324,7 +325,7 @@ class EventFeed:
     def __init__(self, reader: aioredis.Redis, owner: str) -> None:
         self._reader = reader
         self._pubsub = reader.pubsub()
-        self.own_channel = keys.wake_key(owner + ":hub")
+        self.own_channel = keys.hub_channel(owner)
 
     @staticmethod
     def channel(run_id: str) -> str:

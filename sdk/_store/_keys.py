@@ -123,7 +123,59 @@ def workflow_workers_key(workflow: str) -> str:
     return f"{PREFIX}workers:{workflow}"
 
 
+def hub_channel(replica_id: str) -> str:
+    """pub/sub, not a key: a channel nobody publishes on, which one replica's event hub holds
+    so that its connection always has a subscription to wait on."""
+    return wake_key(replica_id + ":hub")
+
+
+def cache_key(key: str) -> str:
+    """string: a component's cached JSON result. PX: the component's cache TTL."""
+    return f"{PREFIX}cache:{key}"
+
+
+def limit_key(name: str, part: str) -> str:
+    """A cluster-wide limit's state, by part (a zset window, a counter, a pause): each has a
+    PX renewed while callers use it (see _services)."""
+    return f"{PREFIX}limit:{{{name}}}:{part}"
+
+
 def wake_key(replica_id: str) -> str:
     """A tiny stream (MAXLEN ~16) that wakes one replica's dispatcher. EXPIRE one hour,
     pushed back every minute while the replica lives and made again when missing."""
     return f"{PREFIX}wake:{replica_id}"
+
+
+# The one module of the store that owns each key (issues every command on it outside the Lua
+# scripts, and says in its docstring what the key holds); the scripts are `_scripts`'.
+# docs/architecture.md's key table follows this, and a unit test holds both to it.
+OWNERS: dict[str, str] = {
+    "run_key": "_runs",
+    "RUNS_INDEX": "_runs",
+    "runs_key": "_runs",
+    "runs_by_workflow_key": "_runs",
+    "idempotency_key": "_runs",
+    "start_rate_key": "_runs",
+    "STATS_STATUS": "_runs",
+    "STATS_QUEUED": "_runs",
+    "STATS_TENANTS": "_runs",
+    "STATS_BUILDS": "_runs",
+    "LEASES": "_attempts",
+    "steps_key": "_attempts",
+    "events_key": "_events",
+    "hub_channel": "_events",
+    "queue_key": "_queues",
+    "PINNED_QUEUE_PREFIX": "_queues",
+    "DISPATCH_GROUP": "_queues",
+    "wake_key": "_queues",
+    "WORKFLOWS": "_presence",
+    "workflow_workers_key": "_presence",
+    "build_workers_key": "_presence",
+    "BUILDS_CURRENT": "_builds",
+    "BUILDS_POLICY": "_builds",
+    "builds_key": "_builds",
+    "CONTROL_CHANNEL": "_notices",
+    "SWEEP_LOCK": "_sweep",
+    "cache_key": "_services",
+    "limit_key": "_services",
+}

@@ -1,11 +1,12 @@
 """The run queues as a control-plane replica's dispatcher reads them, and its wake stream.
 
-Owns `keys.queue_key(workflow[, build])` (streams: one entry per queued attempt, added by
-CREATE_RUN and the requeue scripts, read through the consumer group `keys.DISPATCH_GROUP`
+Owns `keys.queue_key(workflow[, build])`: streams, one entry per queued attempt, added by
+CREATE_RUN and the requeue scripts and read through the consumer group `keys.DISPATCH_GROUP`
 that every replica shares, so each entry is delivered to one replica; acknowledged entries
-are trimmed by the sweep) and `keys.wake_key(replica + ":dispatch")` (a replica's wake
-stream: a freed slot or a new worker wakes its blocking read; it expires WAKE_TTL after its
-replica stopped pushing it back).
+are trimmed by the sweep. A build's own queue starts with `keys.PINNED_QUEUE_PREFIX`. Owns
+too `keys.wake_key(replica + ":dispatch")`, a replica's wake stream: a freed slot or a new
+worker wakes its blocking read; it expires WAKE_TTL after its replica stopped pushing it
+back.
 """
 
 from __future__ import annotations

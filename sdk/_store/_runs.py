@@ -3,8 +3,10 @@
 Owns `keys.run_key(run_id)` (a hash: the run's state; the attempt scripts change it too, as
 they move a run through its life), the run indexes (`keys.runs_key`,
 `keys.runs_by_workflow_key`), idempotency keys (`keys.idempotency_key`), the tenants' rate
-buckets (`keys.start_rate_key`) and the counters (`keys.STATS_*`), which every script keeps
-exact. CREATE_RUN and CANCEL_RUN are its scripts (`_scripts`).
+buckets (`keys.start_rate_key`) and the counters (`keys.STATS_STATUS`,
+`keys.STATS_QUEUED`, `keys.STATS_TENANTS`, `keys.STATS_BUILDS`), which every script keeps
+exact. `keys.RUNS_INDEX` is the index of the tenant-less runs. CREATE_RUN and CANCEL_RUN
+are its scripts (`_scripts`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Component services backed by Redis: the result cache and cluster-wide limits.
 
-Every key of one limit shares the hash tag `{name}`; admission and release are
-Lua scripts, so every worker sees the same window and the same slots.
+Owns `keys.cache_key(key)` (a component's cached result, PX its TTL) and
+`keys.limit_key(name, part)` (a limit's window, slots and pause). Every key of one limit
+shares the hash tag `{name}`; admission and release are Lua scripts, so every worker sees
+the same window and the same slots.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import redis.asyncio as aioredis
 
 from .._policies import Concurrency, Limit, RateLimit
-from ._keys import PREFIX
+from . import _keys as keys
 
 _NOW = """
 local t = redis.call('TIME')
@@ -97,8 +99,6 @@ return 1
 _WINDOW_MS = 61_000
 
 
-def _limit_key(name: str, part: str) -> str:
-    return f"{PREFIX}limit:{{{name}}}:{part}"
 
 
 class RedisServices:
@@ -112,11 +112,11 @@ class RedisServices:
         self._slot = redis.register_script(_SLOT_ACQUIRE)
 
     async def cache_get(self, key: str) -> str | None:
-        value = await self._redis.get(f"{PREFIX}cache:{key}")
+        value = await self._redis.get(keys.cache_key(key))
         return None if value is None else str(value)
 
     async def cache_set(self, key: str, value: str, ttl: float) -> None:
-        await self._redis.set(f"{PREFIX}cache:{key}", value, px=max(1, int(ttl * 1000)))
+        await self._redis.set(keys.cache_key(key), value, px=max(1, int(ttl * 1000)))
 
     async def acquire(self, limits: Sequence[Limit]) -> Callable[[], Awaitable[None]]:
         held: list[tuple[str, str]] = []
@@ -137,17 +137,17 @@ class RedisServices:
 
     async def _admit(self, limit: RateLimit) -> None:
         member = secrets.token_hex(8)
-        keys = [_limit_key(limit.name, p) for p in ("requests", "tokens", "pause")]
+        names = [keys.limit_key(limit.name, p) for p in ("requests", "tokens", "pause")]
         args = [member, _WINDOW_MS, limit.requests_per_minute or 0, limit.tokens_per_minute or 0]
         while True:
-            wait_ms = int(await self._rate(keys=keys, args=args))
+            wait_ms = int(await self._rate(keys=names, args=args))
             if wait_ms <= 0:
                 return
             # The window says exactly when a place frees; jitter spreads the waiting workers.
             await asyncio.sleep(wait_ms / 1000 * (1 + random.random() * 0.1))
 
     async def _take_slot(self, limit: Concurrency) -> tuple[str, str]:
-        key = _limit_key(limit.name, "slots")
+        key = keys.limit_key(limit.name, "slots")
         member = secrets.token_hex(8)
         delay = 0.01
         while not await self._slot(
@@ -166,7 +166,7 @@ class RedisServices:
         for limit in limits:
             if isinstance(limit, RateLimit) and limit.tokens_per_minute:
                 await self._tokens(
-                    keys=[_limit_key(limit.name, "tokens")],
+                    keys=[keys.limit_key(limit.name, "tokens")],
                     args=[f"{secrets.token_hex(6)}:{tokens}", _WINDOW_MS],
                 )
 
@@ -174,5 +174,5 @@ class RedisServices:
         for limit in limits:
             if isinstance(limit, RateLimit):
                 await self._pause(
-                    keys=[_limit_key(limit.name, "pause")], args=[int(seconds * 1000)]
+                    keys=[keys.limit_key(limit.name, "pause")], args=[int(seconds * 1000)]
                 )
