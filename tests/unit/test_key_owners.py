@@ -42,7 +42,7 @@ def test_the_architecture_doc_names_the_same_owners() -> None:
     assert seen == keys.OWNERS
 
 
-def test_the_planes_and_the_sdk_do_not_build_key_names() -> None:
+def test_the_planes_and_the_sdk_neither_build_key_names_nor_send_commands() -> None:
     allowed = {
         # Informational fields of an Assignment (the worker does not use them).
         ROOT / "control_plane" / "_workers.py": {"keys.events_key", "keys.run_key"},
@@ -51,5 +51,8 @@ def test_the_planes_and_the_sdk_do_not_build_key_names() -> None:
         for path in (ROOT / folder).rglob("*.py"):
             if "_store" in path.parts or "v1" in path.parts:
                 continue
-            used = set(re.findall(r"\bkeys\.\w+", path.read_text()))
+            text = path.read_text()
+            used = set(re.findall(r"\bkeys\.\w+", text))
             assert used <= allowed.get(path, set()), f"{path}: {sorted(used)}"
+            # Nor do they send Redis commands through the store's client.
+            assert not re.search(r"\.redis\.", text), f"{path} uses a Redis client directly"
