@@ -19,7 +19,10 @@ def _key_names() -> set[str]:
         for name, value in vars(keys).items()
         if not name.startswith("_")
         and name not in _NOT_KEYS
-        and (name.isupper() or (callable(value) and getattr(value, "__module__", "") == keys.__name__))
+        and (
+            name.isupper()
+            or (callable(value) and getattr(value, "__module__", "") == keys.__name__)
+        )
     }
 
 
