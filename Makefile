@@ -25,13 +25,15 @@ test: $(STAMP)
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf breaking --against baseline.binpb
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# mypy cannot follow setuptools' editable-install import hook, so it checks a plain install.
+# mypy cannot follow setuptools' editable-install import hook, so it checks a plain install;
+# so does lint-imports (the import contracts in pyproject.toml).
 lint: $(STAMP)
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf breaking --against baseline.binpb
 	$(BIN)/ruff check .
 	rm -rf $(VENV)/lint-site
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --target $(VENV)/lint-site . 2>/dev/null
 	cd $(VENV)/lint-site && MYPYPATH=. ../bin/mypy --config-file ../../pyproject.toml -p longline
+	cd $(VENV)/lint-site && PYTHONPATH=. ../bin/lint-imports ../../pyproject.toml
 	rm -rf build longline.egg-info
 
 protos: $(STAMP)

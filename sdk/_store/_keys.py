@@ -4,7 +4,8 @@ All keys of one run share the hash tag ``{run_id}`` so that they land in one
 Redis Cluster slot. Global keys (queues, indexes, presence) are few and named
 here too.
 
-Every key is one of three kinds (docs/durability.md has the table):
+Every key is one of three kinds (docs/architecture.md lists every key, its owner and what
+removes it; docs/durability.md explains the kinds):
 
 - OWNED BY A RUN: the run's hash, events and checkpoints, and its idempotency key. They
   expire together `--retention` after the run ends (the terminal scripts set the TTL; the
