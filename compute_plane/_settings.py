@@ -29,7 +29,8 @@ class WorkerSettings:
         default=DEFAULT_ADDRESS,
         metadata=option(
             "control-plane HOST:PORT, or several separated by commas (tried in turn); a "
-            "dns:///NAME:PORT target resolving to several addresses is handed to gRPC"
+            "dns:///NAME:PORT target resolving to several addresses is handed to gRPC, whose "
+            "pick_first tries them in order"
         ),
     )
     slots: int = field(default=16, metadata=option("runs held at once", dev=True))
