@@ -1,4 +1,9 @@
-"""The worker's settings, built once by the entry point."""
+"""The worker's settings, built once by the entry point.
+
+Each field is a flag of `longline worker` (its default, type and help are the flag's; it
+reads LONGLINE_<FLAG>); those marked `dev` are flags of `longline dev` too. See
+`longline._options`; docs/configuration.md is generated from these.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 
+from longline._options import DEFAULT_ADDRESS, DEFAULT_REDIS, REDIS_HELP, option
 from longline._store import check_build_id, check_redis_url
 
 
@@ -18,26 +24,56 @@ def _default_worker_id() -> str:
 class WorkerSettings:
     """Everything a worker process is configured with."""
 
-    redis_url: str
-    control_plane: str = "127.0.0.1:50051"  # one target, or several separated by commas
-    slots: int = 16
-    build_id: str = ""
-    worker_id: str = field(default_factory=_default_worker_id)
-    heartbeat_interval: float = 2.0
-    drain_timeout: float = 25.0
-    health_listen: str = ""  # host:port for grpc.health.v1; empty: none
-    metrics_listen: str = ""  # HOST:PORT for Prometheus; empty: none
-    max_event_bytes: int = 1024 * 1024  # one event's message + data, and the result; 0: any
+    redis_url: str = field(default=DEFAULT_REDIS, metadata=option(REDIS_HELP, flag="--redis"))
+    control_plane: str = field(
+        default=DEFAULT_ADDRESS,
+        metadata=option(
+            "control-plane HOST:PORT, or several separated by commas (tried in turn); a "
+            "dns:///NAME:PORT target resolving to several addresses is handed to gRPC, whose "
+            "pick_first tries them in order"
+        ),
+    )
+    slots: int = field(default=16, metadata=option("runs held at once", dev=True))
+    build_id: str = field(
+        default="", metadata=option("the build this worker runs (blue-green deploys)", dev=True)
+    )
+    worker_id: str = field(
+        default_factory=_default_worker_id,
+        metadata=option("unique id (default: host-pid-random)", dev=True, shown="host-pid-random"),
+    )
+    heartbeat_interval: float = field(
+        default=2.0,
+        metadata=option(
+            "seconds between lease renewals, until the control plane sends its own", dev=True
+        ),
+    )
+    drain_timeout: float = field(
+        default=25.0, metadata=option("seconds to finish runs after SIGTERM", dev=True)
+    )
+    health_listen: str = field(
+        default="", metadata=option("HOST:PORT for the gRPC health service; empty: none", dev=True)
+    )
+    metrics_listen: str = field(
+        default="", metadata=option("HOST:PORT for Prometheus metrics; empty: none", dev=True)
+    )
+    max_event_bytes: int = field(
+        default=1024 * 1024,
+        metadata=option("largest event (message and data), and largest result; 0: any", dev=True),
+    )
     # A worker token (see the control plane's tokens file); without one the worker refuses to
     # start unless insecure_no_auth says the control plane runs without authentication.
-    token: str = ""
-    insecure_no_auth: bool = False
+    token: str = field(default="", metadata=option("worker token"))
+    insecure_no_auth: bool = field(
+        default=False, metadata=option("for a control plane with no auth")
+    )
     # TLS to the control plane: verify it against tls_ca (system roots when empty and tls is
     # set); tls_cert and tls_key present a client certificate (mutual TLS).
-    tls: bool = False
-    tls_ca: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
+    tls: bool = field(default=False, metadata=option("connect to the control plane over TLS"))
+    tls_ca: str = field(
+        default="", metadata=option("PEM CA to verify the control plane with (implies --tls)")
+    )
+    tls_cert: str = field(default="", metadata=option("PEM client certificate (mutual TLS)"))
+    tls_key: str = field(default="", metadata=option("PEM private key of --tls-cert"))
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)

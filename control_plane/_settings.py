@@ -1,58 +1,126 @@
-"""The control plane's settings, built once by the entry point."""
+"""The control plane's settings, built once by the entry point.
+
+Each field is a flag of `longline control-plane` (its default, type and help are the
+flag's; it reads LONGLINE_<FLAG>), or `internal`, saying why it is not one; see
+`longline._options`. docs/configuration.md is generated from these.
+"""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
 
+from longline._options import DEFAULT_ADDRESS, DEFAULT_REDIS, REDIS_HELP, duration, internal, option
 from longline._store import check_redis_url
 
 MAX_RETENTION = 3650 * 86400.0  # ten years; 0 keeps finished runs forever
+_LIMIT = "a limit of the API contract, the same for every deploy, so clients can rely on it"
 
 
 @dataclass(frozen=True)
 class ControlPlaneSettings:
     """Everything a control-plane replica is configured with."""
 
-    redis_url: str
-    listen: str = "127.0.0.1:50051"
-    replica_id: str = field(default_factory=lambda: "cp-" + secrets.token_hex(4))
-    max_input_bytes: int = 1024 * 1024
-    lease_timeout: float = 10.0
-    heartbeat_interval: float = 2.0
+    redis_url: str = field(default=DEFAULT_REDIS, metadata=option(REDIS_HELP, flag="--redis"))
+    listen: str = field(
+        default=DEFAULT_ADDRESS, metadata=option("HOST:PORT to serve gRPC on", dev=True)
+    )
+    replica_id: str = field(
+        default_factory=lambda: "cp-" + secrets.token_hex(4),
+        metadata=option(
+            "unique replica id, its consumer name in the queue group (default: random)",
+            shown="random",
+        ),
+    )
+    max_input_bytes: int = field(
+        default=1024 * 1024,
+        metadata=option("largest input_json accepted; a larger one is RESOURCE_EXHAUSTED"),
+    )
+    lease_timeout: float = field(
+        default=10.0, metadata=option("seconds a lease lasts without a heartbeat")
+    )
+    heartbeat_interval: float = field(
+        default=2.0, metadata=option("seconds between worker heartbeats (sent to workers)")
+    )
     # A worker that does not acknowledge an assignment within this many seconds is taken for
     # stalled: the run goes back to the queue (not a lost attempt) and the worker gets no
     # more until it answers.
-    ack_timeout: float = 5.0
+    ack_timeout: float = field(
+        default=5.0,
+        metadata=option(
+            "seconds a worker has to acknowledge an assignment (at most half the lease) before "
+            "the run goes elsewhere, not counted as a lost attempt"
+        ),
+    )
     # How long a finished run's keys (state, events, checkpoints, idempotency key) stay in
     # Redis after it ends, in seconds; 0 keeps them forever.
-    retention: float = 7 * 86400.0
-    redis_pool_size: int = 32
-    shutdown_grace: float = 5.0
-    metrics_listen: str = ""  # HOST:PORT for Prometheus; empty: none
+    retention: float = field(
+        default=7 * 86400.0,
+        metadata=option(
+            "how long a finished run's state, events, checkpoints and idempotency key are kept "
+            "(e.g. 7d, 12h, 90s, or seconds); 0: forever",
+            type=duration,
+        ),
+    )
+    redis_pool_size: int = field(
+        default=32,
+        metadata=option(
+            "most connections in the shared Redis pool (blocking readers have their own)"
+        ),
+    )
+    shutdown_grace: float = field(
+        default=5.0,
+        metadata=option("seconds open calls and streams get to finish when the replica stops"),
+    )
+    metrics_listen: str = field(
+        default="", metadata=option("HOST:PORT for Prometheus metrics; empty: none")
+    )
     # Queue entries another replica was handed and has not acted on for this long are taken
     # over (that replica died between reading and assigning them).
-    reclaim_after: float = 30.0
+    reclaim_after: float = field(
+        default=30.0, metadata=internal("a timing of the dispatch protocol; tests shorten it")
+    )
     # Authentication (see _auth): a tokens file, or the same TOML as text (LONGLINE_TOKENS).
     # With neither, the control plane refuses to start unless insecure_no_auth is set.
-    tokens_file: str = ""
-    tokens: str = ""
-    insecure_no_auth: bool = False
+    tokens_file: str = field(
+        default="",
+        metadata=option("TOML file of token hashes (or the TOML itself in LONGLINE_TOKENS)"),
+    )
+    tokens: str = field(
+        default="",
+        metadata=option(
+            "the TOML of a tokens file, for where no file can be mounted", env_only=True
+        ),
+    )
+    insecure_no_auth: bool = field(default=False, metadata=option("serve with no tokens at all"))
     # TLS: a certificate and key (PEM files) make every port TLS. worker_listen serves
     # WorkerService on a port of its own (and not on `listen`); with tls_client_ca that port
     # takes only workers presenting a client certificate signed by that CA (mutual TLS).
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    worker_listen: str = ""
+    tls_cert: str = field(default="", metadata=option("PEM certificate: serve TLS"))
+    tls_key: str = field(default="", metadata=option("PEM private key of --tls-cert"))
+    tls_client_ca: str = field(
+        default="", metadata=option("PEM CA: --worker-listen takes only workers it signed")
+    )
+    worker_listen: str = field(
+        default="", metadata=option("HOST:PORT serving workers only (default: --listen)")
+    )
     # Limits on what callers send, and per tenant (0 = no limit where noted).
-    max_labels: int = 64
-    max_label_bytes: int = 256
-    max_page_size: int = 1000
-    max_queued_per_tenant: int = 100_000  # QUEUED runs of one tenant; 0 = no limit
-    start_rate_per_tenant: float = 2000.0  # StartRun/RunWorkflow per second, sustained; 0 = none
-    start_burst_per_tenant: int = 10_000  # ... and in a burst
-    max_streams_per_tenant: int = 10_000  # concurrent StreamRun/RunWorkflow per replica; 0 = none
+    max_labels: int = field(default=64, metadata=internal(_LIMIT))
+    max_label_bytes: int = field(default=256, metadata=internal(_LIMIT))
+    max_page_size: int = field(default=1000, metadata=internal(_LIMIT))
+    max_queued_per_tenant: int = field(
+        default=100_000, metadata=option("QUEUED runs per tenant; 0: any")
+    )
+    start_rate_per_tenant: float = field(
+        default=2000.0, metadata=option("StartRun/RunWorkflow per second per tenant; 0: any")
+    )
+    start_burst_per_tenant: int = field(
+        default=10_000, metadata=option("StartRun/RunWorkflow burst per tenant")
+    )
+    max_streams_per_tenant: int = field(
+        default=10_000,
+        metadata=option("open StreamRun/RunWorkflow streams per tenant per replica; 0: any"),
+    )
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from . import _offline_text as _offline
+from ._options import option
 
 __all__ = ["Faults", "OfflineModel"]
 
@@ -35,13 +36,19 @@ BAD_REQUEST_MARKER = "[[offline:bad-request]]"
 class Faults:
     """How often and how the offline model misbehaves (rates are shares of requests, 0-1)."""
 
-    rate_limit: float = 0.0  # answered 429 with Retry-After
-    retry_after: float = 1.0  # seconds, sent as Retry-After (and retry-after-ms)
-    server_error: float = 0.0  # answered 500
-    drop: float = 0.0  # streams cut off half-way (the connection is closed)
-    slow_first_token: float = 0.0  # seconds before the first byte of every answer
-    token_delay: float = 0.0  # seconds between streamed tokens
-    seed: int = 0
+    rate_limit: float = field(default=0.0, metadata=option("share of requests answered 429"))
+    retry_after: float = field(
+        default=1.0, metadata=option("seconds sent as Retry-After (and retry-after-ms) with a 429")
+    )
+    server_error: float = field(default=0.0, metadata=option("share of requests answered 500"))
+    drop: float = field(
+        default=0.0, metadata=option("share of streams cut off half-way (connection closed)")
+    )
+    slow_first_token: float = field(
+        default=0.0, metadata=option("seconds before the first byte of every answer")
+    )
+    token_delay: float = field(default=0.0, metadata=option("seconds between streamed tokens"))
+    seed: int = field(default=0, metadata=option("seed of the fault dice"))
 
 
 @dataclass

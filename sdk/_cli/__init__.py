@@ -1,0 +1,85 @@
+"""The `longline` command (the console script `longline`, or `python -m longline._cli`).
+
+How it is put together, one concern per module:
+
+    longline._options               flags declared once, on the settings dataclasses
+    longline._plugins               entry points: how the SDK reaches the planes
+    longline._devstack              the dev stack (`longline dev`, and tests)
+    longline._cli._command          a command as data; the argparse parser made from it
+    longline._cli._client_commands  run, watch, runs, cancel, trace, workflows, builds
+    longline._cli._servers          dev, offline-model
+    longline._cli._render           what a person sees: a run live, a trace, builds
+    longline._cli._runtime          the event loop and the signals
+    longline._cli._docs             the configuration table of docs/configuration.md
+    longline.control_plane._cli     control-plane, tokens   (registered entry points)
+    longline.compute_plane._cli     worker                  (registered entry points)
+
+The SDK never imports a plane, not even lazily: the planes' commands and dev-stack
+factories are entry points (`longline._plugins`). Every flag also reads LONGLINE_<FLAG>
+(`--redis` <- LONGLINE_REDIS); a flag given wins. This is entry-point code: `main` is the
+one place that exits, and the commands run the loop and handle signals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping
+
+from .._errors import LonglineError
+from .._options import Option, duration
+from .._plugins import COMMANDS_GROUP, planes, registered
+from ._client_commands import COMMANDS as CLIENT_COMMANDS
+from ._command import RUN, Command, CommandError, add_options
+from ._render import LiveView, print_builds, print_trace
+from ._servers import dev_command, offline_model_command
+
+__all__ = [
+    "LOG_LEVEL",
+    "LiveView",
+    "build_parser",
+    "commands",
+    "main",
+    "print_builds",
+    "print_trace",
+]
+
+DESCRIPTION = "longline: durable, resumable, streamable long-running AI workflows."
+LOG_LEVEL = Option("--log-level", "logging level", "WARNING")
+_duration = duration  # its name when it lived here
+
+
+def commands() -> list[Command]:
+    """Every command, in the order `--help` lists them: the serving ones (the SDK's, then
+    the planes' registered ones, by name), then the client commands."""
+    planes_found = planes()
+    plane_commands = registered(COMMANDS_GROUP, Command).values()
+    return [dev_command(planes_found), offline_model_command(), *plane_commands, *CLIENT_COMMANDS]
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The `longline` argument parser; defaults read from `environ` (os.environ if None)."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="longline", description=DESCRIPTION)
+    add_options(parser, (LOG_LEVEL,), env)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in commands():
+        command.add_to(sub, env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the longline command; a command's one-line refusal exits with it (code 1)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(getattr(args, RUN)(args))
+    except CommandError as exc:
+        raise SystemExit(str(exc)) from None
+    except LonglineError as exc:
+        print(f"longline: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,236 @@
+"""The client commands (`run`, `watch`, `runs`, `cancel`, `trace`, `workflows`, `builds`):
+a table of small functions, each given a `Session`, none touching a plane.
+
+They talk to a control plane through `longline.Client` only. A client's token comes from
+LONGLINE_TOKEN (read by the client); every flag also reads its LONGLINE_* variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from .._client import Client
+from .._options import DEFAULT_ADDRESS, Option
+from .._types import RunStatus
+from ._command import Command, CommandError
+from ._render import LiveView, print_builds, print_trace
+from ._runtime import detachable
+
+__all__ = ["COMMANDS", "Session", "follow", "start_and_follow"]
+
+CONTROL_PLANE = Option("--control-plane", "control-plane HOST:PORT", default=DEFAULT_ADDRESS)
+TLS_CA = Option(
+    "--tls-ca",
+    "PEM CA to verify the control plane with (TLS); the token comes from LONGLINE_TOKEN",
+    default="",
+)
+CLIENT = (CONTROL_PLANE, TLS_CA)
+VERBOSE = Option("--verbose", "show component events", default=False, switch=True)
+INPUT = Option("--input", "JSON input", default="null")
+RUN_ID = Option("run_id")
+WORKFLOW = Option("workflow")
+
+
+@dataclass
+class Session:
+    """One client command's arguments, its live view, and the run it follows (if any)."""
+
+    args: argparse.Namespace
+    view: LiveView
+    run_id: str = ""  # set once known, for the "detached" note at Ctrl-C
+
+    def client(self) -> Client:
+        """A client of the control plane the flags name."""
+        return Client(self.args.control_plane, tls_ca=self.args.tls_ca)
+
+    def detached(self) -> None:
+        """Say how to follow the run again (at Ctrl-C; nothing if no run is known yet)."""
+        if not self.run_id:
+            return
+        after = f" --after {self.view.last_event_id}" if self.view.last_event_id else ""
+        print(
+            f"\ndetached; the run goes on. Follow it again with:\n"
+            f"  longline watch {self.run_id}{after}"
+        )
+
+
+async def follow(session: Session, run_id: str, after: str = "") -> int:
+    """Show the run's events until it ends; exit code 0 succeeded, 2 cancelled, 1 failed."""
+    session.run_id = run_id
+    async with session.client() as client:
+        handle = client.get_run(run_id)
+        async for event in handle.events(after=after or None):
+            session.view.show(event)
+        run = await handle.describe()
+    return {RunStatus.SUCCEEDED: 0, RunStatus.CANCELLED: 2}.get(run.status, 1)
+
+
+async def start_and_follow(session: Session, workflow: str, text: str, key: str = "") -> int:
+    """Start `workflow` with the JSON `text` as input, then follow the run."""
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise CommandError(f"--input is not valid JSON: {exc}") from None
+    async with session.client() as client:
+        handle = await client.start(workflow, payload, idempotency_key=key)
+    return await follow(session, handle.run_id)
+
+
+async def _run(s: Session) -> int:
+    return await start_and_follow(s, s.args.workflow, s.args.input, s.args.idempotency_key or "")
+
+
+async def _watch(s: Session) -> int:
+    return await follow(s, s.args.run_id, s.args.after or "")
+
+
+async def _runs(s: Session) -> int:
+    async with s.client() as client:
+        runs, _ = await client.list_runs(
+            workflow=s.args.workflow or "", status=s.args.status, page_size=s.args.limit
+        )
+    for r in runs:
+        created = r.create_time.strftime("%Y-%m-%d %H:%M:%S") if r.create_time else ""
+        print(f"{r.run_id}  {r.status:<10} {r.workflow:<20} attempt {r.attempt}  {created}")
+    return 0
+
+
+async def _cancel(s: Session) -> int:
+    async with s.client() as client:
+        run = await client.get_run(s.args.run_id).cancel(s.args.reason or "")
+    print(f"run {run.run_id}: {run.status}")
+    return 0
+
+
+async def _trace(s: Session) -> int:
+    async with s.client() as client:
+        print_trace(await client.get_run(s.args.run_id).trace())
+    return 0
+
+
+async def _workflows(s: Session) -> int:
+    async with s.client() as client:
+        for w in await client.list_workflows():
+            print(f"{w.name:<24} {w.workers} workers  {w.description}")
+    return 0
+
+
+async def _builds_list(s: Session) -> int:
+    async with s.client() as client:
+        print_builds(await client.list_builds(s.args.workflow or ""))
+    return 0
+
+
+async def _builds_promote(s: Session) -> int:
+    a = s.args
+    async with s.client() as client:
+        builds, previous = await client.promote_build(
+            a.workflow, a.build_id, policy=a.policy or "", force=a.force
+        )
+    print(
+        f"{a.workflow}: build {a.build_id} is current (was {previous or 'none'}); "
+        "new runs go to its workers"
+    )
+    print_builds([builds])
+    return 0
+
+
+def _client(main: Callable[[Session], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
+    """A command running main(session) on a plain asyncio loop; Ctrl-C detaches at once."""
+
+    def run(args: argparse.Namespace) -> int:
+        session = Session(args, LiveView(verbose=getattr(args, "verbose", False)))
+
+        async def go() -> int:
+            return await main(session)
+
+        return detachable(go, session.detached)
+
+    return run
+
+
+COMMANDS = (
+    Command(
+        "run",
+        "start a run and show it live until it ends",
+        (
+            WORKFLOW,
+            INPUT,
+            Option("--idempotency-key", "a second run with this key returns the first", ""),
+            VERBOSE,
+            *CLIENT,
+        ),
+        _client(_run),
+    ),
+    Command(
+        "watch",
+        "follow a run live from where it is, or from --after",
+        (RUN_ID, Option("--after", "resume after this event id", ""), VERBOSE, *CLIENT),
+        _client(_watch),
+    ),
+    Command(
+        "runs",
+        "list runs, newest first",
+        (
+            Option("--workflow", "only this workflow", ""),
+            Option("--status", "only this status, e.g. RUNNING", None, type=str.upper, shown="any"),
+            Option("--limit", "how many", 20, type=int),
+            *CLIENT,
+        ),
+        _client(_runs),
+    ),
+    Command(
+        "cancel",
+        "cancel a queued or running run",
+        (RUN_ID, Option("--reason", "why (recorded in the run)", ""), *CLIENT),
+        _client(_cancel),
+    ),
+    Command(
+        "trace",
+        "a run's trace tree: attempts, steps, durations, tokens",
+        (RUN_ID, *CLIENT),
+        _client(_trace),
+    ),
+    Command("workflows", "list the workflows workers serve", CLIENT, _client(_workflows)),
+    Command(
+        "builds",
+        "blue-green deploys: list builds, promote one",
+        subcommands=(
+            Command(
+                "list",
+                "each workflow's builds, workers and runs",
+                (Option("workflow", nargs="?", default=""), *CLIENT),
+                _client(_builds_list),
+            ),
+            Command(
+                "promote",
+                "make BUILD_ID the build new runs of WORKFLOW go to",
+                (
+                    WORKFLOW,
+                    Option("build_id"),
+                    Option(
+                        "--policy",
+                        "runs pinned to a build with no workers left: WHEN_UNSERVED moves "
+                        "them to the current build, NEVER leaves them waiting for their own",
+                        type=str.upper,
+                        choices=("WHEN_UNSERVED", "NEVER"),
+                        env=False,
+                        shown="WHEN_UNSERVED",
+                    ),
+                    Option(
+                        "--force",
+                        "promote even if no worker of the build is live",
+                        default=False,
+                        switch=True,
+                        env=False,
+                    ),
+                    *CLIENT,
+                ),
+                _client(_builds_promote),
+            ),
+        ),
+    ),
+)

@@ -1,0 +1,146 @@
+"""How the `longline` command shows things to a person: a run live, a trace tree, builds.
+
+Output formats here are read by people and matched by tests (tests/e2e/test_cli.py);
+change them on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from .._types import Event, EventType, RunTrace, TraceSpan, WorkflowBuilds
+
+__all__ = ["LiveView", "print_builds", "print_trace"]
+
+
+def _seconds(span: TraceSpan) -> str:
+    d = span.duration
+    if d is None:
+        return "running"
+    return f"{d * 1000:.0f} ms" if d < 1 else f"{d:.2f} s"
+
+
+def print_trace(t: RunTrace, out: TextIO = sys.stdout) -> None:
+    """Print a run's trace tree."""
+    run = t.run
+    attempts = t.children("")
+    tokens = t.input_tokens + t.output_tokens
+    out.write(
+        f"run {run.run_id} {run.workflow} {run.status}: {len(attempts)} attempt"
+        f"{'s' if len(attempts) != 1 else ''}, {tokens} tokens "
+        f"({t.input_tokens} in, {t.output_tokens} out)\n"
+    )
+
+    def walk(span_id: str, prefix: str) -> None:
+        kids = t.children(span_id)
+        for n, s in enumerate(kids):
+            last = n == len(kids) - 1
+            branch = "└─ " if last else "├─ "
+            if s.status == "REPLAYED":
+                line = f"↺ {s.step} replayed from a checkpoint (not run again)"
+            else:
+                line = f"{s.step or s.name} {_seconds(s)} {s.status.lower()}"
+                if s.tries > 1:
+                    line += f" after {s.tries} tries"
+                if s.cache_hit:
+                    line += ", cache hit"
+                if s.model:
+                    line += f" · {s.model} at {s.provider}, {s.input_tokens}+{s.output_tokens} tok"
+                if s.error:
+                    line += f" · {s.error}"
+            out.write(f"{prefix}{branch}{line}\n")
+            walk(s.span_id, prefix + ("   " if last else "│  "))
+
+    for a in attempts:
+        where = f" on {a.worker}" if a.worker else ""
+        why = f": {a.error}" if a.error else ""
+        out.write(f"{a.name}{where} · {_seconds(a)} · {a.status.lower()}{why}\n")
+        walk(a.span_id, "  ")
+    if t.truncated:
+        out.write(
+            "(truncated: the run has more events than one trace reads; what happened after "
+            "the spans above is not shown)\n"
+        )
+
+
+def _abridged(value: Any, limit: int = 240) -> Any:
+    """The value with long strings cut, for a terminal (GetRun has the whole result)."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit].replace("\n", " ") + f"… ({len(value)} characters)"
+    if isinstance(value, dict):
+        return {k: _abridged(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_abridged(v, limit) for v in value]
+    return value
+
+
+class LiveView:
+    """Prints a run's events as a person wants to watch them."""
+
+    def __init__(self, out: TextIO = sys.stdout, verbose: bool = False) -> None:
+        self.out = out
+        self.verbose = verbose
+        self.last_event_id = ""
+        self._mid_line = False
+
+    def _line(self, text: str) -> None:
+        if self._mid_line:
+            self.out.write("\n")
+            self._mid_line = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def show(self, event: Event) -> None:
+        """Print one event."""
+        self.last_event_id = event.event_id
+        t = event.type
+        if t is EventType.OUTPUT:
+            self.out.write(event.message)
+            self.out.flush()
+            self._mid_line = not event.message.endswith("\n")
+        elif t is EventType.STATUS:
+            self._line(f"· {event.message}")
+        elif t is EventType.RUN_QUEUED:
+            self._line(f"queued run {event.run_id}")
+        elif t is EventType.RUN_STARTED:
+            self._line(f"▶ {event.message}")
+        elif t is EventType.RUN_RETRYING:
+            self._line(f"↻ retrying (attempt {event.attempt}): {event.message}")
+        elif t in (EventType.COMPONENT_STARTED, EventType.COMPONENT_FINISHED):
+            if self.verbose or (
+                t is EventType.COMPONENT_FINISHED and "error" in (event.data or {})
+            ):
+                verb = "started" if t is EventType.COMPONENT_STARTED else "finished"
+                extra = f": {event.message}" if event.message else ""
+                self._line(f"  [{event.component} {verb}{extra}]")
+        elif t is EventType.RUN_SUCCEEDED:
+            self._line("✓ succeeded; result:")
+            self._line(json.dumps(_abridged(event.data), indent=2, ensure_ascii=False))
+        elif t is EventType.RUN_FAILED:
+            self._line(f"✗ failed: {event.message}")
+        elif t is EventType.RUN_CANCELLED:
+            self._line(f"■ cancelled: {event.message}")
+
+
+def print_builds(workflows: list[WorkflowBuilds], out: TextIO = sys.stdout) -> None:
+    """A table per workflow: its builds, live workers and runs; unserved runs called out."""
+    for w in workflows:
+        current = w.current_build_id or "none (any worker takes new runs)"
+        print(f"{w.workflow}  current build: {current}  policy: {w.policy}", file=out)
+        header = f"{'BUILD':<24} {'WORKERS':>7} {'QUEUED':>7} {'RUNNING':>7} {'UNSERVED':>8}"
+        print("  " + header, file=out)
+        for b in w.builds:
+            name = (b.build_id or "(not started)") + (" *" if b.current else "")
+            print(
+                f"  {name:<24} {b.workers:>7} {b.queued_runs:>7} {b.running_runs:>7} "
+                f"{b.unserved_runs:>8}",
+                file=out,
+            )
+        if w.unserved_runs:
+            print(
+                f"  warning: {w.unserved_runs} queued runs of {w.workflow} wait for a build no "
+                "worker serves: start its workers, or promote a build that has some",
+                file=out,
+            )
