@@ -13,8 +13,7 @@ import argparse
 from typing import Any
 
 from longline import _telemetry
-from longline._cli._command import Command, CommandError
-from longline._cli._runtime import serve
+from longline._cli import Command, CommandError, serve
 from longline._options import Option, options_of, values_of
 from longline._plugins import Plane
 from longline._store import InvalidArgumentError, check_build_id

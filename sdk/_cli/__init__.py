@@ -34,16 +34,22 @@ from .._plugins import COMMANDS_GROUP, planes, registered
 from ._client_commands import COMMANDS as CLIENT_COMMANDS
 from ._command import RUN, Command, CommandError, add_options
 from ._render import LiveView, print_builds, print_trace
+from ._runtime import serve
 from ._servers import dev_command, offline_model_command
 
+# What the planes' own command modules build on (they import it from here, not from the
+# private modules: see the import contracts in pyproject.toml).
 __all__ = [
     "LOG_LEVEL",
+    "Command",
+    "CommandError",
     "LiveView",
     "build_parser",
     "commands",
     "main",
     "print_builds",
     "print_trace",
+    "serve",
 ]
 
 DESCRIPTION = "longline: durable, resumable, streamable long-running AI workflows."

@@ -3,9 +3,7 @@ name; and the SDK reaches the planes through entry points, never by importing th
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +15,6 @@ from longline.compute_plane import WorkerSettings
 from longline.compute_plane._cli import OPTIONS as WORKER_OPTIONS
 from longline.control_plane import ControlPlaneSettings
 from longline.control_plane._cli import OPTIONS as CP_OPTIONS
-from tests.conftest import ROOT
 
 
 def _settings(cls: type, options: tuple[Option, ...], *argv: str, env: dict | None = None):
@@ -108,47 +105,3 @@ def test_every_command_has_help() -> None:
         with pytest.raises(SystemExit) as caught:
             build_parser({}).parse_args([*path, "--help"])
         assert caught.value.code == 0, path
-
-
-# -- import boundaries ---------------------------------------------------------------------
-
-SOURCES = {
-    "sdk": "longline",
-    "control_plane": "longline.control_plane",
-    "compute_plane": "longline.compute_plane",
-}
-FORBIDDEN = {
-    "sdk": ("longline.control_plane", "longline.compute_plane"),
-    "control_plane": ("longline.compute_plane",),
-    "compute_plane": ("longline.control_plane",),
-}
-
-
-def _imports(path: Path, package: str) -> list[str]:
-    """Every module a file imports, anywhere in it (functions included), absolute."""
-    names: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parent, base] if base else parent)
-            names += [base] + [f"{base}.{a.name}" for a in node.names]
-    return names
-
-
-@pytest.mark.parametrize("folder", sorted(FORBIDDEN))
-def test_the_sdk_imports_no_plane_and_the_planes_not_each_other(folder: str) -> None:
-    crossing = []
-    for path in sorted((ROOT / folder).rglob("*.py")):
-        if "v1" in path.relative_to(ROOT / folder).parts:
-            continue
-        rel = path.relative_to(ROOT / folder).with_suffix("").parts
-        module = ".".join([SOURCES[folder], *[p for p in rel if p != "__init__"]])
-        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        for name in _imports(path, package):
-            if name.startswith(FORBIDDEN[folder]):
-                crossing.append(f"{path.relative_to(ROOT)} imports {name}")
-    assert not crossing, crossing
