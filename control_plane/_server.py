@@ -284,16 +284,17 @@ class ControlPlane:
             try:
                 async for notice in store.notices.listen():
                     if not isinstance(notice, CancelNotice):
-                        backoff.reset()  # subscribed
+                        backoff.reset()  # Listening: subscribed
                         continue
                     session = dispatcher.sessions.get(notice.worker_id)
                     if session is None:
                         continue
-                    ref = worker_pb2.RunRef(run_id=notice.run_id, attempt=notice.attempt)
-                    session.send(
-                        worker_pb2.ConnectResponse(
-                            cancel=worker_pb2.CancelAssignment(run=ref, reason=notice.reason)
-                        )
-                    )
+                    try:
+                        ref = worker_pb2.RunRef(run_id=notice.run_id, attempt=notice.attempt)
+                        cancel = worker_pb2.CancelAssignment(run=ref, reason=notice.reason)
+                    except (ValueError, TypeError) as exc:  # a bug must not stop the listener
+                        log.error("ignored a control notice that is not one: %s", exc)
+                        continue
+                    session.send(worker_pb2.ConnectResponse(cancel=cancel))
             except (RedisError, OSError) as exc:
                 await backoff.wait(log, "control channel", exc)

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from . import _keys as keys
 
-__all__ = ["CancelNotice", "Notices", "Subscribed"]
+__all__ = ["CancelNotice", "Listening", "Notices"]
 
 log = logging.getLogger("longline.store")
 
@@ -32,8 +32,22 @@ class CancelNotice:
 
 
 @dataclass(frozen=True, slots=True)
-class Subscribed:
+class Listening:
     """The subscription is in place (notices published from now on arrive)."""
+
+
+def _parse(notice: dict[str, object]) -> CancelNotice:
+    """A cancel notice as a replica can act on it: text that encodes, an attempt that fits
+    the protocol's int32; ValueError or TypeError otherwise."""
+    run_id, attempt = notice["cancel"], notice["attempt"]
+    if not isinstance(run_id, str) or type(attempt) is not int or not 0 <= attempt < 2**31:
+        raise TypeError(f"run {run_id!r}, attempt {attempt!r}")
+    parsed = CancelNotice(
+        run_id, attempt, str(notice.get("worker_id", "")), str(notice.get("reason", ""))
+    )
+    for text in (parsed.run_id, parsed.worker_id, parsed.reason):
+        text.encode()  # UnicodeEncodeError (a ValueError) for a lone surrogate
+    return parsed
 
 
 class Notices:
@@ -56,30 +70,22 @@ class Notices:
             ),
         )
 
-    async def listen(self) -> AsyncIterator[Subscribed | CancelNotice]:
-        """Subscribed once the subscription is in place, then every notice, until the
+    async def listen(self) -> AsyncIterator[Listening | CancelNotice]:
+        """Listening once the subscription is in place, then every notice, until the
         connection is lost (a Redis error). A message that is not a notice is logged and
         skipped."""
         async with self._redis.pubsub() as pubsub:
             await pubsub.subscribe(keys.CONTROL_CHANNEL)
             async for message in pubsub.listen():
                 if message.get("type") == "subscribe":
-                    yield Subscribed()
+                    yield Listening()
                 if message.get("type") != "message":
                     continue
                 try:
                     notice = json.loads(message["data"])
                     if "cancel" not in notice:
                         continue
-                    run_id, attempt = notice["cancel"], notice["attempt"]
-                    if not isinstance(run_id, str) or type(attempt) is not int:
-                        raise TypeError(f"run {run_id!r}, attempt {attempt!r}")
-                    parsed = CancelNotice(
-                        run_id=run_id,
-                        attempt=attempt,
-                        worker_id=str(notice.get("worker_id", "")),
-                        reason=str(notice.get("reason", "")),
-                    )
+                    parsed = _parse(notice)
                 except (ValueError, TypeError, KeyError, AttributeError) as exc:
                     log.error("ignored a control notice that is not one: %s", exc)
                     continue

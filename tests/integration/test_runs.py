@@ -250,3 +250,38 @@ async def test_streaming_a_finished_run_from_past_its_end_ends_at_once(stack: St
             runs_pb2.StreamRunRequest(run_id=handle.run_id, after_event_id=cursor), timeout=10
         )
         assert [r async for r in replies] == []
+
+
+async def test_notices_that_are_not_notices_do_not_stop_the_replica(
+    stack: Stack, redis_url: str
+) -> None:
+    """Anyone who can PUBLISH on Redis can send the cancel channel anything: an attempt out
+    of int32, text that does not encode, the wrong types. Each is logged and skipped; the
+    replica keeps serving and a real cancellation still reaches the worker."""
+    from longline._store import connect, keys
+
+    redis = connect(redis_url)
+    worker_id = stack.worker.settings.worker_id
+
+    async def listening() -> bool:
+        return dict(await redis.pubsub_numsub(keys.CONTROL_CHANNEL))[keys.CONTROL_CHANNEL] > 0
+
+    await eventually(listening, what="the replica to listen for notices")
+    for garbage in (
+        {"cancel": "r", "attempt": 2**40, "worker_id": worker_id},
+        '{"cancel": "\\ud800", "attempt": 1, "worker_id": "' + worker_id + '"}',
+        {"cancel": "r", "attempt": "1", "worker_id": worker_id},
+        {"cancel": ["r"], "attempt": 1, "worker_id": worker_id},
+        [1, 2],
+        "not json",
+    ):
+        await redis.publish(
+            keys.CONTROL_CHANNEL, garbage if isinstance(garbage, str) else json.dumps(garbage)
+        )
+    handle = await stack.client.start("slow", {"steps": 10_000, "delay": 0.01})
+    async for event in handle.events():
+        if event.type is longline.EventType.STATUS:
+            break
+    assert (await handle.cancel("enough")).status is longline.RunStatus.CANCELLED
+    await eventually(lambda: _true(stack.worker.running == 0), what="the worker to stop it")
+    await redis.aclose()
