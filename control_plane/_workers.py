@@ -429,9 +429,7 @@ class Dispatcher:
             if failed:
                 raise failed[0]  # the loop backs off; what was not claimed waits here
 
-    def _send_assignment(
-        self, session: WorkerSession, item: QueueEntry, claimed: Claimed
-    ) -> None:
+    def _send_assignment(self, session: WorkerSession, item: QueueEntry, claimed: Claimed) -> None:
         input_json, traceparent = claimed.input_json, claimed.traceparent
         session.running[item.run_id] = item.attempt
         session.unacked[item.run_id] = (item.attempt, item.workflow, time.monotonic())

@@ -7,7 +7,7 @@ import asyncio
 import redis.asyncio as aioredis
 
 import longline
-from longline._store import keys
+from longline._store import event_id_key, keys
 from longline.compute_plane import Worker, WorkerSettings, load_workflows
 from longline.control_plane import ControlPlane, ControlPlaneSettings
 from tests.conftest import FLOWS, eventually
@@ -97,5 +97,56 @@ async def test_entries_held_by_a_replica_that_died_are_taken_over(
             assert await asyncio.wait_for(handle.result(), 20) == "rescued"
         pending = await redis.xpending(keys.queue_key("echo"), keys.DISPATCH_GROUP)
         assert pending["pending"] == 0
+        worker.request_stop()
+        await task
+
+
+async def test_two_queues_may_hand_out_the_same_entry_id(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """Entry ids are unique within one stream only: two runs of two workflows queued in the
+    same millisecond get the same id. Read in one round, both are assigned; neither waits in
+    the replica's pending list for the reclaim."""
+    settings = ControlPlaneSettings(
+        insecure_no_auth=True,
+        redis_url=redis_url,
+        listen="127.0.0.1:0",
+        replica_id="cp-ids",
+        reclaim_after=120,
+    )
+    async with ControlPlane(settings) as cp:
+        target = f"127.0.0.1:{cp.port}"
+        worker, task = await _serve_worker(redis_url, target)
+        await _group_created(redis)
+        worker.request_stop()  # both workflows are known; for now nobody runs them
+        await task
+        async with longline.Client(target) as client:
+            first = await client.start("echo", "one")
+            second = await client.start("slow", {"steps": 1, "delay": 0.01})
+            # A replica that was reading when the worker left hands entries back as new ones:
+            # wait until each queue's newest entry is one nobody was handed.
+            queues = [keys.queue_key("echo"), keys.queue_key("slow")]
+
+            async def undelivered() -> list[tuple[str, str, dict[str, str]]]:
+                tops = []
+                for q in queues:
+                    [group] = await redis.xinfo_groups(q)
+                    [(top, fields)] = await redis.xrevrange(q, count=1)
+                    if group["pending"] or event_id_key(group["last-delivered-id"]) >= event_id_key(
+                        top
+                    ):
+                        return []
+                    tops.append((q, top, fields))
+                return sorted(tops, key=lambda t: event_id_key(t[1]))
+
+            # As two runs queued in the same millisecond would be: one id in both queues.
+            (low, low_id, low_fields), (_, high_id, _) = await eventually(
+                undelivered, what="both runs to wait in their queues"
+            )
+            await redis.xadd(low, low_fields, id=high_id)
+            await redis.xdel(low, low_id)
+            worker, task = await _serve_worker(redis_url, target)
+            results = await asyncio.wait_for(asyncio.gather(first.result(), second.result()), 20)
+        assert results[0] == "one"
         worker.request_stop()
         await task
