@@ -2,14 +2,14 @@
 channels that publish them live.
 
 Owns `keys.events_key(run_id)` (a stream: one entry per event, written only by the
-attempt scripts in `_scripts`, which also publish each event on a channel of the same name)
-and reads it. Pages are bounded in count and bytes:
+scripts in `_scripts`, which also publish each event on a channel of the same name) and
+reads it; opening a stream reads the run's status from its hash (`_runs`) in the same round
+trip.
 
-Reads of a run's event stream that are bounded in bytes as well as in count.
-
-Redis cannot say how large a stream entry is before it sends it, so a page is read one of
-two ways (measured: 500 events of 100 bytes cost Redis 0.4 ms as XRANGE and 4 to 7 ms as
-the script below, whose cost is in copying entries into Lua and back):
+Pages are bounded in count and in bytes. Redis cannot say how large a stream entry is
+before it sends it, so a page is read one of two ways (measured: 500 events of 100 bytes
+cost Redis 0.4 ms as XRANGE and 4 to 7 ms as the script below, whose cost is in copying
+entries into Lua and back):
 
 - When the whole stream is smaller than the budget (MEMORY USAGE, which sums the stream's
   listpacks, plus a margin per entry for what an entry grows by when sent: its id and field
@@ -56,13 +56,17 @@ __all__ = [
 ]
 
 log = logging.getLogger("longline.store")
+# A stream entry's field names: its type, its attempt, then the body's (`EventBody`'s wire
+# names); the scripts accept these and no others.
+TYPE, ATTEMPT = "t", "a"
+FIELD_NAMES: tuple[str, ...] = (TYPE, ATTEMPT, *(wire for _, wire in WIRE_NAMES))
 _EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # fullmatch: ASCII only, no newline
 
 PAGE_EVENTS = 500  # events in one page at most
 PAGE_BYTES = 1024 * 1024  # bytes in one page at most, but for a single larger event
 # What one entry may take when sent beyond what it takes in its listpack: its id (at most
 # 41 characters), field names that the listpack stores once per node, and integers stored
-# in binary (at most 20 characters each as text), for the seven fields an event has.
+# in binary (at most 20 characters each as text), for the fields an event has (FIELD_NAMES).
 ENTRY_MARGIN = 256
 
 # KEYS: the events stream. ARGV: XRANGE's start ('-', or '(' and an id), most entries, most
@@ -150,8 +154,8 @@ class StoredEvent(EventBody):
         """From a stream entry."""
         return cls(
             event_id=event_id,
-            type=fields.get("t", "UNSPECIFIED"),
-            attempt=int(fields.get("a", "0")),
+            type=fields.get(TYPE, "UNSPECIFIED"),
+            attempt=int(fields.get(ATTEMPT, "0")),
             **{name: fields.get(wire, "") for name, wire in WIRE_NAMES},
         )
 
@@ -161,7 +165,7 @@ def encode_event(type: str, attempt: int, body: EventBody | str = "") -> list[st
     message alone."""
     if isinstance(body, str):
         body = EventBody(message=body)
-    out = ["t", type, "a", str(attempt)]
+    out = [TYPE, type, ATTEMPT, str(attempt)]
     for name, wire in WIRE_NAMES:
         value = getattr(body, name)
         if value:

@@ -15,7 +15,15 @@ cancel_reason.
 
 from __future__ import annotations
 
+from .._events import EMITTABLE, EventType
 from . import _keys as keys
+from ._events import FIELD_NAMES
+
+
+def _lua_set(names: tuple[str, ...]) -> str:
+    """A Lua table literal that holds each name (as a key, true)."""
+    return "{" + ", ".join(f"{name}=true" for name in names) + "}"
+
 
 _PRELUDE = """
 local function now_ms()
@@ -187,7 +195,7 @@ return {1, st[3], st[4], st[6] or ''}
 
 # The events a worker may append; every other type (queued, retrying, the terminal ones) is
 # written only by the lifecycle scripts. RUN_STARTED only as an attempt's first write.
-WORKER_EVENTS = ("RUN_STARTED", "STATUS", "OUTPUT", "COMPONENT_STARTED", "COMPONENT_FINISHED")
+WORKER_EVENTS: tuple[str, ...] = (EventType.RUN_STARTED, *EMITTABLE)
 
 # KEYS: run, events, steps. ARGV: holder ("attempt@worker_id"), seq, step key ('' = none),
 # step value, n, then per
@@ -197,10 +205,12 @@ WORKER_EVENTS = ("RUN_STARTED", "STATUS", "OUTPUT", "COMPONENT_STARTED", "COMPON
 APPEND_EVENTS = (
     _PRELUDE
     + """
-local allowed = {"""
-    + ", ".join(f"{t}=true" for t in WORKER_EVENTS)
-    + """}
-local names = {t=true, a=true, m=true, d=true, c=true, s=true, p=true}
+local allowed = """
+    + _lua_set(WORKER_EVENTS)
+    + """
+local names = """
+    + _lua_set(FIELD_NAMES)
+    + """
 local j = 6
 for _ = 1, tonumber(ARGV[5]) do
   local t = ARGV[j + 2]
@@ -214,7 +224,9 @@ for _ = 1, tonumber(ARGV[5]) do
   for k = j + 1, j + n, 2 do
     if not names[ARGV[k]] or seen[ARGV[k]] then
       return redis.error_reply('EVENTTYPE an event field ' .. tostring(ARGV[k]) ..
-        ' that is repeated or not one of t a m d c s p')
+        ' that is repeated or not one of """
+    + " ".join(FIELD_NAMES)
+    + """')
     end
     seen[ARGV[k]] = true
   end
@@ -248,11 +260,16 @@ end
 if #ARGV % 2 ~= 1 then
   return redis.error_reply('EVENTTYPE the terminal event has an odd field list')
 end
-local seen = {t=true}
+local names = """
+    + _lua_set(FIELD_NAMES[1:])
+    + """
+local seen = {}
 for k = 10, #ARGV, 2 do
-  if seen[ARGV[k]] or not string.find('amdcsp', ARGV[k], 1, true) or #ARGV[k] ~= 1 then
+  if seen[ARGV[k]] or not names[ARGV[k]] then
     return redis.error_reply('EVENTTYPE an event field ' .. tostring(ARGV[k]) ..
-      ' that is repeated or not one of a m d c s p')
+      ' that is repeated or not one of """
+    + " ".join(FIELD_NAMES[1:])
+    + """')
   end
   seen[ARGV[k]] = true
 end

@@ -60,3 +60,14 @@ def test_enums_match_the_proto_and_terminal_sets_derive_from_them() -> None:
     )
     assert TERMINAL_EVENTS == {t for t in EventType if t.terminal}
     assert not set(EMITTABLE) & TERMINAL_EVENTS
+
+
+def test_the_scripts_accept_exactly_the_fields_and_types_of_the_contract() -> None:
+    from longline._store import _scripts
+    from longline._store._events import FIELD_NAMES
+
+    append, finish = _scripts.APPEND_EVENTS, _scripts.FINISH_RUN
+    assert "{" + ", ".join(f"{n}=true" for n in FIELD_NAMES) + "}" in append
+    assert "{" + ", ".join(f"{n}=true" for n in FIELD_NAMES[1:]) + "}" in finish
+    assert set(_scripts.WORKER_EVENTS) == {EventType.RUN_STARTED, *EMITTABLE}
+    assert FIELD_NAMES[2:] == tuple(wire for _, wire in WIRE_NAMES)
