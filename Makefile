@@ -30,6 +30,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf breaking --against baseline.binpb
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	rm -rf $(VENV)/lint-site
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --target $(VENV)/lint-site . 2>/dev/null
 	cd $(VENV)/lint-site && MYPYPATH=. ../bin/mypy --config-file ../../pyproject.toml -p longline

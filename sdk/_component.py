@@ -196,7 +196,8 @@ class Component(Generic[P, R]):
 
     def with_key(self, key: StepKey) -> Component[P, R]:
         """A copy whose steps are keyed by `key` (a string, or a function of the call's
-        arguments) instead of by call order: see "Checkpoints" in the README."""
+        arguments) instead of by call order: see "Checkpoints and the determinism rule" in
+        docs/workflows.md."""
         return self._but(key=key)
 
     def with_cache(

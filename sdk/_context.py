@@ -79,9 +79,6 @@ def current_or_none() -> Context | None:
     return _current.get()
 
 
-# Event types workflow code may write through Context.emit.
-
-
 class Context:
     """What a workflow knows about its run, and how it talks to its watchers."""
 

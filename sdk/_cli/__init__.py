@@ -26,16 +26,15 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .._errors import LonglineError
-from .._options import Option, duration
+from .._options import Option
 from .._plugins import COMMANDS_GROUP, planes, registered
 from ._client_commands import COMMANDS as CLIENT_COMMANDS
 from ._command import RUN, Command, CommandError, add_options
 from ._render import LiveView, print_builds, print_trace
 from ._runtime import serve
-from ._servers import dev_command, offline_model_command
 
 # What the planes' own command modules build on (they import it from here, not from the
 # private modules: see the import contracts in pyproject.toml).
@@ -54,31 +53,52 @@ __all__ = [
 
 DESCRIPTION = "longline: durable, resumable, streamable long-running AI workflows."
 LOG_LEVEL = Option("--log-level", "logging level", "WARNING")
-_duration = duration  # its name when it lived here
 
 
 def commands() -> list[Command]:
     """Every command, in the order `--help` lists them: the serving ones (the SDK's, then
     the planes' registered ones, by name), then the client commands."""
+    from ._servers import dev_command, offline_model_command  # the offline model: aiohttp
+
     planes_found = planes()
     plane_commands = registered(COMMANDS_GROUP, Command).values()
     return [dev_command(planes_found), offline_model_command(), *plane_commands, *CLIENT_COMMANDS]
 
 
-def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    """The `longline` argument parser; defaults read from `environ` (os.environ if None)."""
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The command `argv` asks for, or None when it does not say before an option (--help)."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token == LOG_LEVEL.flag:
+            next(tokens, None)
+        elif not token.startswith("-"):
+            return token
+        elif not token.startswith(LOG_LEVEL.flag + "="):
+            return None
+    return None
+
+
+def build_parser(
+    environ: Mapping[str, str] | None = None, argv: Sequence[str] | None = None
+) -> argparse.ArgumentParser:
+    """The `longline` argument parser; defaults read from `environ` (os.environ if None).
+    Given the `argv` it will parse, a client command's parser is built without loading the
+    planes (their imports cost a client command most of a second)."""
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog="longline", description=DESCRIPTION)
     add_options(parser, (LOG_LEVEL,), env)
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in commands():
+    chosen = _chosen(argv) if argv is not None else None
+    client = [c for c in CLIENT_COMMANDS if c.name == chosen]
+    for command in client or commands():
         command.add_to(sub, env)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the longline command; a command's one-line refusal exits with it (code 1)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv=argv).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

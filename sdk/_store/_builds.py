@@ -8,8 +8,10 @@ of a build that has no live, non-draining worker left is read by the current bui
 when the workflow's policy is WHEN_UNSERVED, and by nobody (reported) when it is NEVER.
 
 Owns `keys.BUILDS_CURRENT` (a hash: workflow -> promoted build), `keys.BUILDS_POLICY`
-(workflow -> move policy) and `keys.builds_key(workflow)` (a set: every build seen); reads
-the presence zsets of `_presence` and the build counters (`keys.STATS_BUILDS`).
+(workflow -> move policy) and `keys.builds_key(workflow)` (a set: every build seen; a
+worker's announcement adds its own, in `_presence`'s round trip, and the sweep removes
+builds of the past); reads the presence zsets of `_presence` and the build counters
+(`keys.STATS_BUILDS`).
 """
 
 from __future__ import annotations

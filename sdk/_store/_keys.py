@@ -147,8 +147,9 @@ def wake_key(replica_id: str) -> str:
     return f"{PREFIX}wake:{replica_id}"
 
 
-# The one module of the store that owns each key (issues every command on it outside the Lua
-# scripts, and says in its docstring what the key holds); the scripts are `_scripts`'.
+# The one module of the store that owns each key: it says in its docstring what the key holds
+# and issues the commands on it outside the Lua scripts (`_scripts`), but for the few its
+# docstring names (a neighbour's write in the same round trip, the sweep's reads).
 # docs/architecture.md's key table follows this, and a unit test holds both to it.
 OWNERS: dict[str, str] = {
     "run_key": "_runs",

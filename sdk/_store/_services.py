@@ -99,8 +99,6 @@ return 1
 _WINDOW_MS = 61_000
 
 
-
-
 class RedisServices:
     """The Services of components running in a worker."""
 

@@ -1,5 +1,6 @@
-"""The README's secured setup, typed as a user would: tokens made with `longline tokens new`,
-a control plane that refuses to start without them, a worker and a client with theirs."""
+"""The secured setup of docs/security.md, typed as a user would: tokens made with
+`longline tokens new`, a control plane that refuses to start without them, a worker and a
+client with theirs."""
 
 from __future__ import annotations
 

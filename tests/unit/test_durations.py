@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from longline._cli import _duration
+from longline._options import duration as _duration
 from longline.control_plane import ControlPlaneSettings
 
 

@@ -20,18 +20,24 @@ def plain_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
     invisible to the import graph)."""
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
+    # Built from a copy: setuptools writes build/ and egg-info beside the sources.
+    source = build / "source"
+    skip = shutil.ignore_patterns("node_modules", "__pycache__", ".venv", "*.egg-info", "build")
+    for name in ("sdk", "control_plane", "compute_plane"):
+        shutil.copytree(ROOT / name, source / name, ignore=skip)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run(
         [
             sys.executable,
             *("-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"),
-            *("--target", str(target), str(ROOT)),
+            *("--target", str(target), str(source)),
         ],
         check=True,
         capture_output=True,
         env={"PATH": "/usr/bin:/bin", "TMPDIR": str(build), "PIP_NO_INDEX": "1"},
         cwd=build,
     )
-    shutil.rmtree(ROOT / "build", ignore_errors=True)
     return target
 
 
