@@ -23,6 +23,12 @@ class EventSink(Protocol):
         """Record one event (with a step's checkpoint: (step key, JSON result)); its id."""
         ...
 
+    async def output(self, text: str, parent_span_id: str) -> None:
+        """Record an OUTPUT chunk: `emit("OUTPUT", EventBody(message=text, parent_span_id=
+        ...))`, on the path a workflow streaming tokens takes for each one (a sink may
+        coalesce chunks into fewer events)."""
+        ...
+
 
 class Services(Protocol):
     """What components need from the cluster: a result cache and shared limits."""
@@ -109,9 +115,7 @@ class Context:
 
     async def output(self, chunk: str) -> None:
         """Stream a piece of output to watchers (an OUTPUT event)."""
-        await self._sink.emit(
-            "OUTPUT", EventBody(message=str(chunk), parent_span_id=current_span.get())
-        )
+        await self._sink.output(str(chunk), current_span.get())
 
     async def emit(
         self, type: str, *, checkpoint: tuple[str, str] | None = None, **body: str

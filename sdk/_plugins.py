@@ -87,14 +87,15 @@ class Plane:
     dev_options: tuple[Option, ...] = ()
 
 
-def registered(group: str, kind: type[T]) -> dict[str, T]:
-    """The `kind` objects installed distributions register under an entry-point group.
+def registered(group: str, kind: type[T], only: str | None = None) -> dict[str, T]:
+    """The `kind` objects installed distributions register under an entry-point group (only
+    the one named `only`, when given: loading one imports its plane).
 
     Sorted by name; a name registered twice (a stale copy of an install) counts once.
     """
     found: dict[str, T] = {}
     for point in sorted(importlib.metadata.entry_points(group=group), key=lambda p: p.name):
-        if point.name in found:
+        if point.name in found or (only is not None and point.name != only):
             continue
         value = point.load()
         if not isinstance(value, kind):

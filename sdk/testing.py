@@ -80,6 +80,12 @@ class _MemorySink:
         self._run.events.append(RecordedEvent(type=type, **body_of(body)))
         return f"0-{next(self._ids)}"
 
+    async def output(self, text: str, parent_span_id: str) -> None:
+        self._run.events.append(
+            RecordedEvent(type="OUTPUT", message=text, parent_span_id=parent_span_id)
+        )
+        next(self._ids)  # as emit() would have numbered it
+
 
 async def run_local(
     workflow: Workflow,

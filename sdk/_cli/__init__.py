@@ -88,11 +88,23 @@ def build_parser(
     parser = argparse.ArgumentParser(prog="longline", description=DESCRIPTION)
     add_options(parser, (LOG_LEVEL,), env)
     sub = parser.add_subparsers(dest="command", required=True)
-    chosen = _chosen(argv) if argv is not None else None
-    client = [c for c in CLIENT_COMMANDS if c.name == chosen]
-    for command in client or commands():
+    for command in _needed(_chosen(argv) if argv is not None else None):
         command.add_to(sub, env)
     return parser
+
+
+def _needed(chosen: str | None) -> list[Command]:
+    """The commands a parser for `chosen` needs: that one alone when it is a client command
+    or a plane's own (a plane command loads its plane only: a worker process does not
+    import the control plane, nor a replica the worker), else every command."""
+    client = [c for c in CLIENT_COMMANDS if c.name == chosen]
+    if client:
+        return client
+    if chosen is not None:
+        own = registered(COMMANDS_GROUP, Command, only=chosen)
+        if own:
+            return list(own.values())
+    return commands()
 
 
 def main(argv: list[str] | None = None) -> int:
