@@ -23,8 +23,9 @@ SERVICE = "longline"
 _REPL_USER, _REPL_PASSWORD = "replication", "replication-secret"
 
 
-class _Server:
-    """One redis-server child process with a directory and a log file of its own."""
+class Server:
+    """One redis-server child process with a directory and a log file of its own (the
+    Sentinel setup here and the Redis Cluster in tests/cluster.py are made of these)."""
 
     def __init__(
         self, binary: str, root: Path, name: str, port: int, args: list[str], password: str = ""
@@ -84,8 +85,9 @@ class _Server:
                 self.proc.wait(5)
 
 
-def _wait(probe: Callable[[], bool], timeout: float, what: str, servers: list[_Server]) -> None:
-    """Wait for a child process to come up (there is nothing to block on but polling)."""
+def wait_for(probe: Callable[[], bool], timeout: float, what: str, servers: list[Server]) -> None:
+    """Wait for child processes to reach a state (there is nothing to block on but polling);
+    on timeout, fail with the tail of every server's log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if probe():
@@ -122,8 +124,8 @@ class SentinelCluster:
             data += ["--requirepass", password]
         first, second = free_port(), free_port()
         self.nodes = [
-            _Server(self.binary, self._root, "node0", first, ["--port", str(first)], password),
-            _Server(
+            Server(self.binary, self._root, "node0", first, ["--port", str(first)], password),
+            Server(
                 self.binary,
                 self._root,
                 "node1",
@@ -134,10 +136,10 @@ class SentinelCluster:
         ]
         for node in self.nodes:
             node._args += data
-        self.sentinels: list[_Server] = []
+        self.sentinels: list[Server] = []
         for i in range(3):
             port = free_port()
-            server = _Server(
+            server = Server(
                 self.binary, self._root, f"sentinel{i}", port, ["sentinel.conf"], sentinel_password
             )
             auth = f"sentinel auth-pass {SERVICE} {password}\n" if password else ""
@@ -166,18 +168,18 @@ class SentinelCluster:
         try:
             for node in self.nodes:
                 node.start()
-            _wait(lambda: all(n.ping() for n in self.nodes), timeout, "the nodes", self.nodes)
-            _wait(self._replica_synced, timeout, "the replica to sync", self.nodes)
+            wait_for(lambda: all(n.ping() for n in self.nodes), timeout, "the nodes", self.nodes)
+            wait_for(self._replica_synced, timeout, "the replica to sync", self.nodes)
             for sentinel in self.sentinels:
                 sentinel.start()
-            _wait(self._sentinels_ready, timeout, "the sentinels to meet", self._all)
+            wait_for(self._sentinels_ready, timeout, "the sentinels to meet", self._all)
         except BaseException:
             self.stop()
             raise
         return self
 
     @property
-    def _all(self) -> list[_Server]:
+    def _all(self) -> list[Server]:
         return [*self.nodes, *self.sentinels]
 
     def _replica_synced(self) -> bool:
@@ -209,7 +211,7 @@ class SentinelCluster:
                 continue
         raise RuntimeError("no sentinel answered")
 
-    def node(self, port: int) -> _Server:
+    def node(self, port: int) -> Server:
         return next(n for n in self.nodes if n.port == port)
 
     def kill_primary(self) -> int:
