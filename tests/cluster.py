@@ -276,6 +276,27 @@ class RedisCluster:
                 )
         raise RuntimeError("no cluster node answered")
 
+    def failed_over_from(self, old_port: int) -> bool:
+        """Whether every live node sees the old master's replica as a master holding its
+        slots, and says the cluster is ok again."""
+        replica = next(r for r, m in self.replica_of.items() if m == old_port)
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            views = self._views(node)
+            if views is None:
+                return False
+            promoted = next((v for v in views if v.port == replica), None)
+            if promoted is None or not promoted.is_master or not promoted.slots:
+                return False
+            try:
+                with node.client(1.0) as c:
+                    if c.cluster("INFO").get("cluster_state") != "ok":
+                        return False
+            except redis.RedisError:
+                return False
+        return True
+
     def flush(self) -> None:
         """Empty every master that holds slots now (their replicas follow)."""
         for port in self.live_master_ports():

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Redis server per session, flushed per test; helpers to wait."""
+"""Shared fixtures: a real Redis server per session, flushed per test; a local Redis
+Cluster, started only when a test asks for it; helpers to wait."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import redis.asyncio as aioredis
 from hypothesis import settings
 
 from longline._embedded import EmbeddedRedis
+from tests.cluster import RedisCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "tests" / "flows.py"
@@ -71,6 +73,29 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """An async client of the test's Redis."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A local Redis Cluster of 3 masters for the session, started (about 2 s) by the first
+    test that asks for it. Shared: a test that kills or moves nodes starts its own."""
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    """A seed URL of the session's cluster, every master emptied for this test."""
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+@pytest.fixture
+async def redis_cluster_client(redis_cluster_url: str) -> AsyncIterator[aioredis.RedisCluster]:
+    """An async cluster client of the test's (emptied) cluster."""
+    client = aioredis.RedisCluster.from_url(redis_cluster_url, decode_responses=True)
     yield client
     await client.aclose()
 
