@@ -9,8 +9,9 @@ own, every node MEETs the first, each replica REPLICATEs its master once it know
 link is up.
 
 Ports: a cluster node also listens on its port + 10000 (the cluster bus; 6.2 cannot move
-it), so a node's port is drawn from 10000-22767, where both it and its bus port lie below
-the kernel's ephemeral range and so never collide with a port-0 bind of another test.
+it), so a node's port is drawn from 10000-19999: its bus port is then never another
+node's port, and both lie below the kernel's ephemeral range, so a port-0 bind of another
+test never takes them.
 A node that still loses the race for its port is started again on another.
 """
 
@@ -30,7 +31,9 @@ from tests.sentinel import Server, wait_for
 
 SLOTS = 16384
 _BUS_OFFSET = 10000  # the cluster bus port is the node's port + 10000
-_PORTS = (10000, 32767 - _BUS_OFFSET)  # node and bus port both below the ephemeral range
+# Nodes on 10000-19999, buses on 20000-29999: one node's port is never another's bus port,
+# and both lie below the ephemeral range (32768 and up) where port-0 binds land.
+_PORTS = (10000, 19999)
 _ADDSLOTS_CHUNK = 1000
 
 
@@ -43,11 +46,12 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def cluster_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1, with its bus port (+10000) free too."""
+def cluster_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
+    """A port that was free a moment ago on 127.0.0.1, with its bus port (+10000) free too,
+    and not in `taken` (the ports already picked for nodes not started yet)."""
     for _ in range(1000):
         port = random.randint(*_PORTS)
-        if _bindable(port) and _bindable(port + _BUS_OFFSET):
+        if port not in taken and _bindable(port) and _bindable(port + _BUS_OFFSET):
             return port
     raise RuntimeError(f"no free port pair (P, P+{_BUS_OFFSET}) with P in {_PORTS}")
 
@@ -108,6 +112,7 @@ class RedisCluster:
         self.binary = find_redis_server()
         self.node_timeout_ms = node_timeout_ms
         self._root = Path(tempfile.mkdtemp(prefix="longline-cluster-"))
+        self._picked: set[int] = set()
         self.masters: list[Server] = [self._server() for _ in range(masters)]
         self.replicas: list[Server] = [self._server() for _ in range(masters * replicas)]
         # Replica j follows master j % masters: with one replica each, replica i -> master i.
@@ -116,8 +121,9 @@ class RedisCluster:
         }
         self.node_ids: dict[int, str] = {}
 
-    def _server(self, port: int | None = None) -> Server:
-        port = port or cluster_port()
+    def _server(self) -> Server:
+        port = cluster_port(self._picked)
+        self._picked.add(port)
         name = f"node-{port}"
         args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", "."]
         args += ["--cluster-enabled", "yes", "--cluster-node-timeout", str(self.node_timeout_ms)]
