@@ -84,17 +84,14 @@ class Queues:
             keys.DISPATCH_GROUP, self._consumer, dict(streams), count=count, block=block_ms
         )
         found: list[QueueEntry] = []
+        done: dict[str, list[str]] = {}  # acknowledged in one round trip
         for stream, entries in reply or []:
-            if not entries:
-                continue
-            if stream == self.wake_key:
-                await self._redis.xack(stream, keys.DISPATCH_GROUP, *[e[0] for e in entries])
-                continue
-            for entry_id, fields in entries:
-                if not fields:
-                    await self._redis.xack(stream, keys.DISPATCH_GROUP, entry_id)
-                else:
+            for entry_id, fields in entries or []:
+                if fields and stream != self.wake_key:
                     found.append(QueueEntry.of(stream, entry_id, fields))
+                else:
+                    done.setdefault(stream, []).append(entry_id)
+        await self.ack(done)
         return found
 
     async def reclaim(self, stream: str, idle_ms: int, count: int = 100) -> list[QueueEntry]:

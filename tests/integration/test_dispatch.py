@@ -38,6 +38,15 @@ async def _group_created(redis: aioredis.Redis) -> None:
     await eventually(created, what="the dispatcher to create the echo queue's group")
 
 
+async def _known_but_unserved(redis_url: str, target: str, redis: aioredis.Redis) -> None:
+    """A worker comes (its workflows become known, their queues read) and goes: runs
+    started now wait in their queues."""
+    worker, task = await _serve_worker(redis_url, target)
+    await _group_created(redis)
+    worker.request_stop()
+    await task
+
+
 async def test_entries_delivered_before_a_restart_are_assigned_after_it(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
@@ -46,10 +55,7 @@ async def test_entries_delivered_before_a_restart_are_assigned_after_it(
     )
     async with ControlPlane(settings) as cp:
         target = f"127.0.0.1:{cp.port}"
-        worker, task = await _serve_worker(redis_url, target)
-        await _group_created(redis)
-        worker.request_stop()  # the workflow is now known, but nobody can run it
-        await task
+        await _known_but_unserved(redis_url, target, redis)
         async with longline.Client(target) as client:
             handle = await client.start("echo", "survives")
         # The replica is handed the entry and dies before it can act on it.
@@ -82,10 +88,7 @@ async def test_entries_held_by_a_replica_that_died_are_taken_over(
     )
     async with ControlPlane(settings) as cp:
         target = f"127.0.0.1:{cp.port}"
-        worker, task = await _serve_worker(redis_url, target)
-        await _group_created(redis)
-        worker.request_stop()  # the workflow is known; for now nobody runs it
-        await task
+        await _known_but_unserved(redis_url, target, redis)
         async with longline.Client(target) as client:
             handle = await client.start("echo", "rescued")
             # Another replica is handed the entry, then dies: it never assigns or acks it.
@@ -116,10 +119,7 @@ async def test_two_queues_may_hand_out_the_same_entry_id(
     )
     async with ControlPlane(settings) as cp:
         target = f"127.0.0.1:{cp.port}"
-        worker, task = await _serve_worker(redis_url, target)
-        await _group_created(redis)
-        worker.request_stop()  # both workflows are known; for now nobody runs them
-        await task
+        await _known_but_unserved(redis_url, target, redis)
         async with longline.Client(target) as client:
             first = await client.start("echo", "one")
             second = await client.start("slow", {"steps": 1, "delay": 0.01})
