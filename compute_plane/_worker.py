@@ -288,7 +288,7 @@ class Worker:
             # In Redis first (fenced, so harmless if the lease already moved on): the hand-off
             # does not depend on the control plane being reachable right now.
             await self._store.attempts.requeue(
-                run_id, running.workflow, running.attempt, reason, self.settings.worker_id
+                run_id, running.attempt, reason, self.settings.worker_id
             )
         except RedisError as exc:
             log.error("could not release run %s (%s); its lease will run out", run_id, exc)
@@ -453,7 +453,7 @@ class Worker:
             alive=lambda: self._lease_held(a.run_id, a.attempt),
         )
         try:
-            checkpoints = await self._store.attempts.load_checkpoints(a.run_id)
+            checkpoints = await writer.open()
         except RedisError as exc:  # given back once Redis answers
             log.error("run %s attempt %d could not start: %s", a.run_id, a.attempt, exc)
             self._to_release[a.run_id, a.attempt] = a.workflow
@@ -639,10 +639,9 @@ class Worker:
         back to the queue at once and does not count as a lost attempt. A run that moved on
         meanwhile is left as it is (the requeue is fenced)."""
         assert self._store is not None
-        for (run_id, attempt), workflow in list(self._to_release.items()):
+        for run_id, attempt in list(self._to_release):
             await self._store.attempts.requeue(
                 run_id,
-                workflow,
                 attempt,
                 f"worker {self.settings.worker_id} could not renew its lease while Redis was "
                 "out of reach and stopped the run",

@@ -18,6 +18,7 @@ from longline import _telemetry
 from longline._cli import Command, CommandError, serve
 from longline._options import Option, options_of, values_of
 from longline._plugins import Plane
+from longline._store import DomainError
 
 from ._auth import hash_token, new_token, parse_tokens
 from ._server import ControlPlane
@@ -43,7 +44,10 @@ def _serve(args: argparse.Namespace) -> int:
     shutdown_tracing = _telemetry.setup("longline-control-plane")
 
     async def main() -> int:
-        await cp.run()
+        try:
+            await cp.run()
+        except DomainError as exc:  # the deployment refuses this replica: say why, plainly
+            raise CommandError(f"longline control-plane: {exc}") from None
         return 0
 
     try:

@@ -48,7 +48,6 @@ log = logging.getLogger("longline.control_plane.hub")
 # many events, or so many bytes of their message and data (characters, as Python counts).
 _QUEUE_LIMIT = 10_000
 _QUEUE_BYTES = 1024 * 1024
-BLOCK_MS = 10_000
 # A watcher that hears nothing for this long checks that its run still exists (seconds).
 LIVENESS = 30.0  # the longest a blocking read waits; readers' socket timeout is longer
 

@@ -8,7 +8,6 @@ import binascii
 import contextlib
 import json
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
@@ -246,7 +245,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                     "INVALID_LABELS",
                 )
         tenant = current().tenant
-        new_id = uuid.uuid4().hex
+        new_id = self._store.runs.new_run_id(request.idempotency_key, tenant)
         # The run's span is a child of the caller's (from the gRPC span, or the traceparent
         # it sent); attempts on workers become its children through the stored traceparent.
         caller_span = trace.get_current_span().get_span_context()

@@ -24,7 +24,7 @@ from longline.v1 import (
 from ._auth import Authenticator, TokenStore
 from ._builds import BuildServicer
 from ._errors import ErrorInterceptor
-from ._hub import BLOCK_MS, EventHub
+from ._hub import EventHub
 from ._janitor import Janitor
 from ._metrics import ControlPlaneMetrics
 from ._monitor import LeaseMonitor
@@ -152,21 +152,17 @@ class ControlPlane:
         s = self.settings
         name = f"longline-{s.replica_id}"
         pool = connect(s.redis_url, client_name=name, max_connections=s.redis_pool_size)
-        # Blocking readers get connections of their own, with a socket timeout longer than
-        # their BLOCK (redis-py's default of 5 s would cut every blocking read short).
-        reader_timeout = BLOCK_MS / 1000 + 10
-        hub_reader = connect(  # holds the hub's subscription: no read timeout, keepalive
+        # Subscriptions get connections of their own: no read timeout, keepalive.
+        hub_reader = connect(
             s.redis_url, client_name=name + "-events", max_connections=1, socket_timeout=None
         )
         dispatch_reader = connect(
-            s.redis_url,
-            client_name=name + "-dispatch",
-            max_connections=1,
-            socket_timeout=reader_timeout,
+            s.redis_url, client_name=name + "-dispatch", max_connections=1, socket_timeout=None
         )
-        store = Store(pool)
+        store = Store(pool, s.partitions)
         hub = self._hub = EventHub(store, EventFeed(hub_reader, s.replica_id))
-        dispatcher = Dispatcher(store, Queues(pool, dispatch_reader, s.replica_id), s)
+        queues = Queues(pool, dispatch_reader, s.replica_id, store.partitions)
+        dispatcher = Dispatcher(store, queues, s)
         metrics = ControlPlaneMetrics(CollectorRegistry()) if s.metrics_listen else None
         monitor = LeaseMonitor(
             store, s.lease_timeout, metrics.lease_expiries.inc if metrics else None
@@ -213,6 +209,7 @@ class ControlPlane:
         )
         try:
             await pool.ping()
+            await store.check_partitions()
             self.port = _bind(server, s.listen, _credentials(s, for_workers=False))
             if worker_server is not server:
                 self.worker_port = _bind(
@@ -245,6 +242,7 @@ class ControlPlane:
                 background = [
                     tasks.create_task(hub.run(), name="event-hub"),
                     tasks.create_task(dispatcher.run(), name="dispatcher"),
+                    tasks.create_task(dispatcher.watch_notices(), name="queue-notices"),
                     tasks.create_task(dispatcher.watch_acks(), name="ack-watch"),
                     tasks.create_task(self._control_listener(store, dispatcher), name="control"),
                     tasks.create_task(monitor.run(), name="lease-monitor"),

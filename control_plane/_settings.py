@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from longline._options import DEFAULT_ADDRESS, DEFAULT_REDIS, REDIS_HELP, duration, internal, option
-from longline._store import check_redis_url
+from longline._store import DEFAULT_PARTITIONS, MAX_PARTITIONS, check_redis_url
 
 MAX_RETENTION = 3650 * 86400.0  # ten years; 0 keeps finished runs forever
 _LIMIT = "a limit of the API contract, the same for every deploy, so clients can rely on it"
@@ -30,6 +30,13 @@ class ControlPlaneSettings:
         metadata=option(
             "unique replica id, its consumer name in the queue group (default: random)",
             shown="random",
+        ),
+    )
+    partitions: int = field(
+        default=DEFAULT_PARTITIONS,
+        metadata=option(
+            "partitions runs are spread over (1-4096): set once per deployment, checked at "
+            "start-up; more partitions spread over more Redis Cluster masters"
         ),
     )
     max_input_bytes: int = field(
@@ -64,9 +71,7 @@ class ControlPlaneSettings:
     )
     redis_pool_size: int = field(
         default=32,
-        metadata=option(
-            "most connections in the shared Redis pool (blocking readers have their own)"
-        ),
+        metadata=option("most connections in the shared Redis pool (subscriptions have their own)"),
     )
     shutdown_grace: float = field(
         default=5.0,
@@ -124,6 +129,8 @@ class ControlPlaneSettings:
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            raise ValueError(f"--partitions must be 1 to {MAX_PARTITIONS}")
         if not 0 < self.ack_timeout <= 3600:  # also refuses nan
             raise ValueError("--ack-timeout must be more than 0 seconds and at most an hour")
         if not 0 <= self.retention <= MAX_RETENTION:

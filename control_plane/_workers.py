@@ -8,6 +8,7 @@ CLAIM_RUN makes it RUNNING on exactly one worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -36,7 +37,6 @@ from longline._store import (
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
 from ._auth import current
-from ._hub import BLOCK_MS
 from ._settings import ControlPlaneSettings
 
 log = logging.getLogger("longline.control_plane.workers")
@@ -90,9 +90,9 @@ class WorkerSession:
 
 
 ROUTING_REFRESH = 1.0  # seconds between reads of the builds (blue-green routing)
-# The wake stream lives while its replica does: its expiry (Queues' WAKE_TTL) is pushed back
-# every WAKE_REFRESH seconds, and it is made again whenever it is found missing.
-WAKE_REFRESH = 60.0
+# Seconds between reads of every queue stream. Notices are lost only with the subscription's
+# connection, and every stream is read again when it is made anew: this is a safety net.
+FULL_READ = 10.0
 
 
 class Dispatcher:
@@ -101,36 +101,41 @@ class Dispatcher:
     Which queues a worker reads follows its build (see longline._store.BuildView): the view
     of current builds and live builds is refreshed every ROUTING_REFRESH seconds, at once
     after a promotion here, and whenever a claim finds the view was stale.
+
+    A queue is one stream per partition. The dispatcher reads a stream only when it may
+    hold something: a notice (`Queues.notices`) says an attempt was queued there, and the
+    stream stays marked until a read of it comes back short. It reads every stream again
+    when its subscription starts over (notices were missed meanwhile), and every FULL_READ
+    seconds. Between reads it waits for a notice or a local wake (a slot freed, a worker
+    came), never in Redis.
     """
 
     def __init__(self, store: Store, queues: Queues, settings: ControlPlaneSettings) -> None:
         self._store = store
-        self._queues = queues  # its reads block in XREADGROUP, on a connection of their own
+        self._queues = queues
         self._settings = settings
         self.sessions: dict[str, WorkerSession] = {}
-        self._wake_key = queues.wake_key
         self._groups: set[str] = set()
         self._backlog: list[QueueEntry] = []
         # Entries delivered to this replica but not yet handled are in its pending list; they
         # are re-read from there at start and after any lost reply, so none is stranded.
         self._recover = True
-        # Wake at least as often as abandoned entries are looked for and builds change.
-        self._block_ms = min(
-            BLOCK_MS, int(ROUTING_REFRESH * 1000), max(100, int(settings.reclaim_after * 1000 / 3))
-        )
+        # stream -> the notice count when it was last marked: a read that comes back short
+        # clears the mark only if no notice came in while it was on its way.
+        self._marked: dict[str, int] = {}
+        self._notices = 0
+        self._read_all = True  # every stream, not only the marked ones (at start, after gaps)
+        self._next_full = 0.0
+        self._rotation = 0
+        self._woken = asyncio.Event()
         self._view = BuildView()
         self._view_due = 0.0
         self._draining = asyncio.Lock()
-        self._wake_due = 0.0
         self._next_reclaim = 0.0
 
     async def wake(self) -> None:
-        """Make the dispatcher look at its workers again (a slot freed, a worker came). A
-        wake lost to a Redis error only delays that until the dispatcher's next round."""
-        try:
-            await self._queues.wake()
-        except RedisError as exc:
-            log.warning("could not wake the dispatcher (%s); it looks again within a second", exc)
+        """Make the dispatcher look at its workers again (a slot freed, a worker came)."""
+        self._woken.set()
 
     @property
     def backlog(self) -> int:
@@ -140,36 +145,42 @@ class Dispatcher:
     async def builds_changed(self) -> None:
         """Read the builds again before the next dispatch (a promotion, a draining worker)."""
         self._view_due = 0.0
+        self._read_all = True  # queues a worker newly reads may hold entries already
         await self.wake()
 
-    async def _ensure_group(self, stream: str) -> None:
-        if stream in self._groups:
-            return
-        await self._queues.ensure_group(stream)
-        if stream == self._wake_key:
-            self._wake_due = time.monotonic() + WAKE_REFRESH
-        self._groups.add(stream)
-        self._recover = True  # entries an earlier life of this replica was handed come first
+    async def watch_notices(self) -> None:
+        """Follow every partition's notices, marking the streams they name; runs until
+        cancelled, and survives every error with backoff (reading every stream again once
+        subscribed anew)."""
+        backoff = Backoff()
+        while True:
+            try:
+                async for stream in self._queues.notices():
+                    backoff.reset()
+                    if stream is None:  # (re)subscribed: what was sent before went unseen
+                        self._read_all = True
+                    else:
+                        self._notices += 1
+                        self._marked[stream] = self._notices
+                    self._woken.set()
+                raise RedisError("the notice subscription ended")
+            except Exception as exc:
+                if not isinstance(exc, RedisError | OSError):
+                    log.exception("notice watch: unexpected error; it goes on")
+                self._read_all = True
+                self._woken.set()
+                await backoff.wait(log, "queue notices", exc)
 
-    async def _keep_wake_stream(self) -> None:
-        """Push the wake stream's expiry back while this replica lives; make it again (and
-        its group) when something removed it: an expiry, a flush, a Redis that restarted
-        empty."""
-        if time.monotonic() >= self._wake_due:
-            if not await self._queues.keep_wake():
-                self._groups.discard(self._wake_key)
-            self._wake_due = time.monotonic() + WAKE_REFRESH
-        await self._ensure_group(self._wake_key)
-
-    def _readers(self) -> dict[str, list[WorkerSession]]:
-        """stream -> the local sessions that take runs from it (free slots or not)."""
-        readers: dict[str, list[WorkerSession]] = {}
+    def _readers(self) -> dict[tuple[str, str], list[WorkerSession]]:
+        """queue (workflow, build) -> the local sessions that take runs from it (free slots
+        or not)."""
+        readers: dict[tuple[str, str], list[WorkerSession]] = {}
         for session in self.sessions.values():
             if session.closed or session.draining:
                 continue
             for name in session.workflows:
-                for stream in self._view.streams_for(name, session.build_id):
-                    readers.setdefault(stream, []).append(session)
+                for queue in self._view.queues_for(name, session.build_id):
+                    readers.setdefault(queue, []).append(session)
         return readers
 
     async def _refresh_view(self) -> None:
@@ -196,7 +207,7 @@ class Dispatcher:
 
     async def watch_acks(self) -> None:
         """Take back unacknowledged assignments on a timer of their own (a quarter of the
-        ack timeout, at most 0.25 s), not only between the dispatcher's blocking reads: the
+        ack timeout, at most 0.25 s), not only between the dispatcher's rounds: the
         take-back must come before the lease runs out, or the attempt would count as lost.
         Runs until cancelled; survives every error with backoff."""
         backoff = Backoff()
@@ -234,7 +245,7 @@ class Dispatcher:
                 for run_id, (attempt, workflow, sent) in session.unacked.items()
                 if now - sent >= timeout
             ]
-            for run_id, attempt, workflow in late:
+            for run_id, attempt, _ in late:
                 # Out of the book before any await: an acknowledgement, a finish or the end of
                 # the stream may come while the take-back is on its way.
                 entry = session.unacked.pop(run_id, None)
@@ -246,7 +257,6 @@ class Dispatcher:
                 try:
                     outcome = await self._store.attempts.take_back(
                         run_id,
-                        workflow,
                         attempt,
                         f"worker {session.worker_id} did not acknowledge attempt {attempt} "
                         f"within {timeout:g} s (stalled, or its connection is half-open); "
@@ -283,23 +293,26 @@ class Dispatcher:
         """
         idle_ms = int(self._settings.reclaim_after * 1000)
         held = {(item.stream, item.entry_id) for item in self._backlog}
-        for stream in sorted(self._groups - {self._wake_key}):
-            for entry in await self._queues.reclaim(stream, idle_ms):
-                if (entry.stream, entry.entry_id) not in held:
-                    log.warning("taking over queued run %s from a silent replica", entry.run_id)
-                    self._backlog.append(entry)
+        for entry in await self._queues.reclaim(sorted(self._groups), idle_ms):
+            if (entry.stream, entry.entry_id) not in held:
+                log.warning("taking over queued run %s from a silent replica", entry.run_id)
+                self._backlog.append(entry)
 
     async def run(self) -> None:
         """The dispatch loop; runs until cancelled.
 
         It survives every Redis error: one log line, a capped backoff, and the next round
-        starts by re-reading what this replica was handed. A consumer group or wake stream
-        that vanished (an expiry, a flush, a Redis that restarted empty) is made again.
+        starts by re-reading what this replica was handed. A consumer group that vanished
+        (an expiry, a flush, a Redis that restarted empty) is made again.
         """
         backoff = Backoff()
         while True:
             try:
-                await self._round()
+                if not await self._round():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._nap()):
+                            await self._woken.wait()
+                    self._woken.clear()
             except RedisError as exc:
                 self._recover = True
                 if "NOGROUP" in str(exc):
@@ -312,33 +325,78 @@ class Dispatcher:
             else:
                 backoff.reset()
 
-    async def _round(self) -> None:
-        """One round: upkeep, assign what the backlog holds, then wait for queue entries."""
-        await self._keep_wake_stream()
+    def _nap(self) -> float:
+        """How long to wait for a notice or a wake before the next round's upkeep."""
+        now = time.monotonic()
+        due = min(self._next_full, self._view_due, self._next_reclaim)
+        return min(max(due - now, 0.01), FULL_READ)
+
+    async def _round(self) -> bool:
+        """One round: upkeep, assign what the backlog holds, then read the marked streams
+        that local workers have room for. True when it read something (go again at once)."""
         await self._refresh_view()
         if time.monotonic() >= self._next_reclaim:
             await self._reclaim()
             self._next_reclaim = time.monotonic() + max(0.1, self._settings.reclaim_after / 3)
         await self._drain_backlog()
-        capacity: dict[str, int] = {}
-        for stream, sessions in self._readers().items():
+        if time.monotonic() >= self._next_full:
+            self._read_all = True
+        capacity: dict[tuple[str, str], int] = {}
+        for queue, sessions in self._readers().items():
             free = sum(s.free for s in sessions)
             if free:
-                capacity[stream] = free
-        streams = {self._wake_key: ">"}
-        for stream in sorted(capacity):
-            await self._ensure_group(stream)
-            streams[stream] = ">"
-        count = min(capacity.values()) if capacity else 1
-        recovering = self._recover
-        if recovering:  # everything this replica was handed, for any workflow
-            streams = {k: "0" for k in sorted(self._groups | set(streams))}
-        entries = await self._queues.read(
-            streams,
-            count=None if recovering else max(1, count),
-            block_ms=None if recovering else self._block_ms,
+                capacity[queue] = free
+        wanted = [s for queue in sorted(capacity) for s in self._queues.streams(*queue)]
+        missing = [s for s in wanted if s not in self._groups]
+        if missing:
+            await self._queues.ensure_groups(missing)
+            self._groups.update(missing)
+            self._recover = True  # entries an earlier life of this replica was handed first
+        if self._recover:  # everything this replica was handed, for any workflow
+            entries = await self._queues.read({s: ("0", None) for s in sorted(self._groups)})
+            self._recover = False
+            self._hold(entries)
+            return True  # then the new entries, at once
+        if self._read_all:
+            self._read_all = False
+            self._next_full = time.monotonic() + FULL_READ
+            for stream in wanted:
+                self._marked.setdefault(stream, self._notices)
+        plan = self._plan(capacity)
+        if not plan:
+            return False
+        seen = {stream: self._marked.get(stream, 0) for stream in plan}
+        entries = await self._queues.read({s: (">", count) for s, count in plan.items()})
+        got: dict[str, int] = {}
+        for e in entries:
+            got[e.stream] = got.get(e.stream, 0) + 1
+        for stream, count in plan.items():
+            # Came back short: nothing more there, unless a notice came in meanwhile.
+            if got.get(stream, 0) < count and self._marked.get(stream) == seen[stream]:
+                self._marked.pop(stream, None)
+        self._hold(entries)
+        # Go on at once while marked streams of queues with room are left unread.
+        return bool(entries) or any(
+            s in self._marked for queue in capacity for s in self._queues.streams(*queue)
         )
-        self._recover = False
+
+    def _plan(self, capacity: dict[tuple[str, str], int]) -> dict[str, int]:
+        """stream -> how many entries to read: each queue's free slots shared among its
+        marked streams, starting at a rotating partition so that none waits behind others."""
+        plan: dict[str, int] = {}
+        self._rotation += 1
+        for queue, free in capacity.items():
+            streams = [s for s in self._queues.streams(*queue) if s in self._marked]
+            if not streams:
+                continue
+            turn = self._rotation % len(streams)
+            streams = streams[turn:] + streams[:turn]
+            share, extra = divmod(free, len(streams))
+            for i, stream in enumerate(streams[:free]):
+                plan[stream] = plan.get(stream, 0) + share + (1 if i < extra else 0)
+        return plan
+
+    def _hold(self, entries: list[QueueEntry]) -> None:
         # Entry ids are unique within a stream only (two queues can hand out the same id).
         held = {(item.stream, item.entry_id) for item in self._backlog}
         self._backlog += [e for e in entries if (e.stream, e.entry_id) not in held]
@@ -364,9 +422,10 @@ class Dispatcher:
             readers = self._readers()
             free = {id(s): s.free for s in self.sessions.values()}
             for item in items:
-                candidates = [s for s in readers.get(item.stream, []) if free[id(s)] > 0]
+                queue = (item.workflow, item.build)
+                candidates = [s for s in readers.get(queue, []) if free[id(s)] > 0]
                 if not candidates:
-                    if any(s.answering for s in readers.get(item.stream, [])):
+                    if any(s.answering for s in readers.get(queue, [])):
                         waiting.append(item)  # assigned here when a local slot frees
                     else:  # no local worker takes it any more: hand it back to every replica
                         back.append(item)
@@ -480,7 +539,6 @@ class Dispatcher:
         try:
             await self._store.attempts.take_back(
                 run_id,
-                workflow,
                 attempt,
                 f"worker {session.worker_id} disconnected before it acknowledged the run",
                 session.worker_id,
@@ -639,10 +697,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             session.unacked.pop(ref.run_id, None)
             if kind == "released":
                 try:
-                    workflow = await self._store.runs.workflow_of(ref.run_id)
                     await self._store.attempts.requeue(
                         ref.run_id,
-                        workflow or "",
                         ref.attempt,
                         request.released.reason[:1000] or "released",
                         session.worker_id,

@@ -13,13 +13,48 @@ from typing import Any, TypeVar
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import settings
+from redis.commands.core import AsyncScript
 
 from longline._embedded import EmbeddedRedis
+from longline._store import keys as store_keys
 from tests.cluster import RedisCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "tests" / "flows.py"
 T = TypeVar("T")
+
+# Every Lua script this process ran, by its text, with the slots its KEYS fell in.
+SCRIPTS_RUN: dict[str, int] = {}
+_CROSS_SLOT: list[str] = []
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _scripts_checked_for_one_slot() -> Iterator[None]:
+    """Every Lua script run in the test process (the store's, and those of the planes the
+    tests run in process) is checked: all its KEYS in one slot, as Redis Cluster demands.
+    A script that spans slots fails the test that ran it (see _no_script_spanned_slots),
+    even where a loop of the planes would catch the error and go on."""
+    original = AsyncScript.__call__
+
+    async def checked(
+        self: AsyncScript, keys: Any = None, args: Any = None, client: Any = None
+    ) -> Any:
+        slots = {store_keys.slot(str(k)) for k in keys or ()}
+        if len(slots) > 1:
+            _CROSS_SLOT.append(f"{str(self.script)[:60]!r}... with keys {list(keys)}")
+        SCRIPTS_RUN[str(self.script)] = SCRIPTS_RUN.get(str(self.script), 0) + 1
+        return await original(self, keys, args, client)
+
+    AsyncScript.__call__ = checked  # type: ignore[method-assign]
+    yield
+    AsyncScript.__call__ = original  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _no_script_spanned_slots() -> Iterator[None]:
+    _CROSS_SLOT.clear()
+    yield
+    assert not _CROSS_SLOT, f"scripts whose keys span hash slots (CROSSSLOT): {_CROSS_SLOT}"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

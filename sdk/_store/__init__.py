@@ -6,12 +6,13 @@ script (`_scripts`) or one MULTI. Each module owns its keys (`_keys` lists every
 what removes it; docs/architecture.md has the table):
 
     _connection  opening a client (redis://, rediss://, unix://, redis+sentinel://)
-    _keys        every key name, with its type and what removes it
+    _keys        every key name, with its type and what removes it; partitions and tags
+    _partitions  the deployment's partition count, recorded once and checked at start-up
     _scripts     the Lua scripts and the invariants each keeps
     _runs        run hashes, run indexes, idempotency keys, rate buckets, counters
     _attempts    leases, claims, requeues, checkpoints, fenced writes (RunWriter)
     _events      run event streams: ids, encoding, byte-bounded pages, live channels
-    _queues      queue streams and consumer groups, a replica's wake stream
+    _queues      queue streams and consumer groups, the partitions' queue notices
     _presence    workers' presence and announced workflows
     _builds      current builds, move policies, routing (blue-green)
     _notices     cancel notices between replicas (pub/sub)
@@ -77,13 +78,19 @@ from ._events import (
 )
 from ._loops import Backoff, transient
 from ._notices import CancelNotice, Notices
+from ._partitions import check_partitions
 from ._presence import Presence, WorkflowPresence, presence_ms
 from ._queues import QueueEntry, Queues
-from ._runs import CancelOutcome, Created, RunPage, RunRecord, Runs, Stats, TenantLimits
+from ._runs import CancelOutcome, Created, Route, RunPage, RunRecord, Runs, Stats, TenantLimits
 from ._services import RedisServices
 from ._sweep import Sweeper, SweepReport
 
+DEFAULT_PARTITIONS = keys.DEFAULT_PARTITIONS
+MAX_PARTITIONS = keys.MAX_PARTITIONS
+
 __all__ = [
+    "DEFAULT_PARTITIONS",
+    "MAX_PARTITIONS",
     "PAGE_BYTES",
     "PAGE_EVENTS",
     "POLICIES",
@@ -120,6 +127,7 @@ __all__ = [
     "RedisError",
     "RedisServices",
     "RedisTimeoutError",
+    "Route",
     "RunPage",
     "RunRecord",
     "RunWriter",
@@ -138,6 +146,7 @@ __all__ = [
     "WorkflowPresence",
     "WrongBuild",
     "check_build_id",
+    "check_partitions",
     "check_redis_url",
     "check_workflow_name",
     "connect",
@@ -153,21 +162,29 @@ __all__ = [
 
 
 class Store:
-    """Everything longline keeps in one Redis, one part per kind of data.
+    """Everything longline keeps in Redis, one part per kind of data.
 
-    Built on one client (`redis`, pooled); the parts that need a dedicated blocking
-    connection (`Queues`, `EventFeed`) are made by the control plane with their own.
+    Built on one client (`redis`, pooled); the parts that hold a dedicated connection
+    (`Queues`, `EventFeed`) are made by the control plane with their own. `partitions` is
+    the deployment's partition count (see `_keys`); a process that makes runs or reads every
+    partition checks it first (`check_partitions`).
     """
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, partitions: int = keys.DEFAULT_PARTITIONS) -> None:
         self.redis = redis
+        self.partitions = keys.partition_numbers(partitions)
         self.presence = Presence(redis)
-        self.runs = Runs(redis, self.presence)
+        self.runs = Runs(redis, self.presence, self.partitions)
         self.attempts = Attempts(redis, self.runs)
         self.events = Events(redis)
-        self.builds = Builds(redis, self.presence)
+        self.builds = Builds(redis, self.presence, self.partitions)
         self.notices = Notices(redis)
-        self.sweeper = Sweeper(redis)
+        self.sweeper = Sweeper(redis, self.partitions)
+
+    async def check_partitions(self) -> None:
+        """Record the partition count on first start, or refuse another one (see
+        `_partitions`)."""
+        await check_partitions(self.redis, len(self.partitions))
 
     async def now_ms(self) -> int:
         """Redis's clock in ms (every process measures leases by this one clock)."""

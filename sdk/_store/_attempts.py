@@ -2,11 +2,12 @@
 
 An attempt holds its run from CLAIM_RUN until a terminal script, a requeue or an expired
 lease moves the run on; every write names its holder ("attempt@worker_id", `holder`) and is
-refused inside Redis once that holder no longer holds the run (fencing). Owns `keys.LEASES`
-(a zset: run_id -> lease expiry of every RUNNING run), `keys.steps_key(run_id)` (a hash: a
-run's step checkpoints), the queue entries the requeue scripts add, and the scripts
-CLAIM_RUN, REQUEUE_RUN, EXPIRE_LEASE, HEARTBEAT, APPEND_EVENTS and FINISH_RUN (`_scripts`),
-which also change the run's hash (`_runs`) and append to its events (`_events`).
+refused inside Redis once that holder no longer holds the run (fencing). Owns
+`keys.leases_key(n)` (a zset per partition: run_id -> lease expiry of every RUNNING run),
+`keys.steps_key(run_id)` (a hash: a run's step checkpoints), the queue entries the requeue
+scripts add, and the scripts CLAIM_RUN, REQUEUE_RUN, EXPIRE_LEASE, HEARTBEAT, APPEND_EVENTS
+and FINISH_RUN (`_scripts`), which also change the run's hash (`_runs`) and append to its
+events (`_events`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from . import _keys as keys
 from . import _scripts
 from ._connection import redis_time_ms
 from ._loops import Backoff, transient
-from ._runs import STATS, Runs
+from ._runs import Route, Runs
 
 __all__ = [
     "Attempts",
@@ -107,6 +108,7 @@ class _RequeueAnswer(enum.IntEnum):
     REQUEUED = 1
     STARTED = 2  # mode 'untouched' only: the attempt has written already
     FAILED = 3  # modes 'untouched' and 'stopped' only: it came back too often, and failed
+    STALE = 4  # the run's build is not the one read before: read again
 
 
 def _claimed(reply: Any) -> Claimed | WrongBuild | None:
@@ -149,13 +151,14 @@ class Attempts:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for r in requests:
+                n = keys.partition_of(r.run_id)
                 await self._claim(
                     keys=[
                         keys.run_key(r.run_id),
-                        keys.LEASES,
+                        keys.leases_key(n),
                         keys.events_key(r.run_id),
-                        keys.BUILDS_CURRENT,
-                        *STATS,
+                        keys.builds_current_key(n),
+                        *keys.stats_keys(n),
                     ],
                     args=[
                         r.attempt,
@@ -175,7 +178,6 @@ class Attempts:
     async def requeue(
         self,
         run_id: str,
-        workflow: str,
         attempt: int,
         reason: str,
         worker_id: str,
@@ -185,66 +187,92 @@ class Attempts:
         """Put an attempt `worker_id` holds back in the queue as the next attempt; False if
         that worker does not hold it. `stopped`: the worker stopped it because it could not
         renew its lease (free three times per run, then a lost attempt; see REQUEUE_RUN)."""
-        done = await self._requeue(
-            keys=self._requeue_keys(run_id, workflow),
-            args=[holder(attempt, worker_id), reason, "stopped" if stopped else ""],
+        done = await self._requeue_as(
+            run_id, holder(attempt, worker_id), reason, "stopped" if stopped else ""
         )
-        return _RequeueAnswer(int(done)) is _RequeueAnswer.REQUEUED
+        return done is _RequeueAnswer.REQUEUED
+
+    async def _requeue_as(
+        self, run_id: str, held_by: str, reason: str, mode: str
+    ) -> _RequeueAnswer:
+        # The run's build names the queue the script declares: read first, and read again
+        # should it have changed in between (it does not, once a run is RUNNING).
+        for _ in range(3):
+            (route,) = await self._runs.routes([run_id])
+            if route is None:
+                return _RequeueAnswer.NOT_HELD
+            done = _RequeueAnswer(
+                int(
+                    await self._requeue(
+                        keys=self._requeue_keys(run_id, route),
+                        args=[held_by, reason, mode, route.build, self._channel(run_id)],
+                    )
+                )
+            )
+            if done is not _RequeueAnswer.STALE:
+                return done
+        return _RequeueAnswer.NOT_HELD
 
     @staticmethod
-    def _requeue_keys(run_id: str, workflow: str) -> list[str]:
+    def _channel(run_id: str) -> str:
+        return keys.work_channel(keys.partition_of(run_id))
+
+    @staticmethod
+    def _requeue_keys(run_id: str, route: Route) -> list[str]:
+        n = keys.partition_of(run_id)
         return [
             keys.run_key(run_id),
             keys.events_key(run_id),
-            keys.queue_key(workflow),
-            keys.LEASES,
+            keys.queue_key(n, route.workflow, route.build),
+            keys.leases_key(n),
             keys.steps_key(run_id),
-            *STATS,
+            Runs.idem_or_run_key(run_id, route),
+            *keys.stats_keys(n),
         ]
 
-    async def take_back(
-        self, run_id: str, workflow: str, attempt: int, reason: str, worker_id: str
-    ) -> TakeBack:
+    async def take_back(self, run_id: str, attempt: int, reason: str, worker_id: str) -> TakeBack:
         """Requeue an assignment `worker_id` never acknowledged, unless it has written for
         the run already (then it has it: STARTED)."""
-        done = await self._requeue(
-            keys=self._requeue_keys(run_id, workflow),
-            args=[holder(attempt, worker_id), reason, "untouched"],
-        )
+        done = await self._requeue_as(run_id, holder(attempt, worker_id), reason, "untouched")
         return {
             _RequeueAnswer.REQUEUED: TakeBack.TAKEN_BACK,
             _RequeueAnswer.STARTED: TakeBack.STARTED,
             _RequeueAnswer.FAILED: TakeBack.TAKEN_BACK,
-        }.get(_RequeueAnswer(int(done)), TakeBack.NOT_HELD)
+        }.get(done, TakeBack.NOT_HELD)
 
     async def expire_leases(self, lease_timeout: float, limit: int = 100) -> list[Expired]:
-        """Requeue (or fail) the runs whose lease ran out."""
+        """Requeue (or fail) the runs whose lease ran out, in every partition."""
         now = await redis_time_ms(self._redis)
-        due = await self._redis.zrangebyscore(keys.LEASES, "-inf", now, start=0, num=limit)
-        if not due:
-            return []
-        workflows = await self._runs.workflows_of(due)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for n in self._runs.partitions:
+                pipe.zrangebyscore(keys.leases_key(n), "-inf", now, start=0, num=limit)
+            due = [run_id for reply in await pipe.execute() for run_id in reply][:limit]
         acted = []
-        for run_id, workflow in zip(due, workflows, strict=True):
-            outcome = await self._expire(
-                keys=[
-                    keys.run_key(run_id),
-                    keys.events_key(run_id),
-                    keys.queue_key(workflow or ""),
-                    keys.LEASES,
-                    keys.steps_key(run_id),
-                    *STATS,
-                ],
-                args=[run_id, f"{lease_timeout:g}"],
-            )
-            if outcome:
-                acted.append(Expired(run_id, str(outcome)))
+        for _ in range(3):  # again for a run whose build changed since it was read
+            if not due:
+                break
+            stale = []
+            for run_id, route in zip(due, await self._runs.routes(due), strict=True):
+                route = route or Route("", "", "")  # gone: the script only drops the lease
+                outcome = await self._expire(
+                    keys=self._requeue_keys(run_id, route),
+                    args=[run_id, f"{lease_timeout:g}", route.build, self._channel(run_id)],
+                )
+                if outcome == "stale":
+                    stale.append(run_id)
+                elif outcome:
+                    acted.append(Expired(run_id, str(outcome)))
+            due = stale
         return acted
 
     async def next_lease_expiry_ms(self) -> int | None:
-        """When the earliest lease runs out (Redis time, ms), or None with no leases."""
-        first = await self._redis.zrange(keys.LEASES, 0, 0, withscores=True)
-        return int(first[0][1]) if first else None
+        """When the earliest lease of any partition runs out (Redis time, ms), or None with
+        no leases."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for n in self._runs.partitions:
+                pipe.zrange(keys.leases_key(n), 0, 0, withscores=True)
+            firsts = [int(r[0][1]) for r in await pipe.execute() if r]
+        return min(firsts) if firsts else None
 
     async def held_by(
         self, worker_id: str, attempts: Sequence[tuple[str, int]], workflows: set[str]
@@ -268,10 +296,6 @@ class Attempts:
             and workflow in workflows
         }
 
-    async def load_checkpoints(self, run_id: str) -> dict[str, str]:
-        """The run's finished steps: step key -> JSON result."""
-        return dict(await self._redis.hgetall(keys.steps_key(run_id)))
-
     async def heartbeat(
         self, attempts: Sequence[tuple[str, int]], lease_ms: int, worker_id: str
     ) -> list[bool]:
@@ -282,7 +306,7 @@ class Attempts:
         async with self._redis.pipeline(transaction=False) as pipe:
             for run_id, attempt in attempts:
                 await self._heartbeat(
-                    keys=[keys.run_key(run_id), keys.LEASES],
+                    keys=[keys.run_key(run_id), keys.leases_key(keys.partition_of(run_id))],
                     args=[holder(attempt, worker_id), lease_ms],
                     client=pipe,
                 )
@@ -322,6 +346,17 @@ class RunWriter:
         self._seq = 0
         self._lock = asyncio.Lock()
         self._keys = [keys.run_key(run_id), keys.events_key(run_id)]
+        self._idem: str | None = None  # the run's idempotency key, read once (see finish)
+
+    async def open(self) -> dict[str, str]:
+        """The run's step checkpoints (step key -> JSON result), read with what `finish`
+        must declare, in one round trip."""
+        async with self._attempts._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.steps_key(self.run_id))
+            pipe.hget(keys.run_key(self.run_id), "idem_key")
+            steps, idem = await pipe.execute()
+        self._idem = idem or ""
+        return dict(steps)
 
     async def _send(self, call: Callable[[int], Awaitable[Any]]) -> Any:
         async with self._lock:
@@ -368,10 +403,19 @@ class RunWriter:
         event: list[str],
     ) -> str:
         """Write the terminal state and event at once; error is (type, message, component)."""
+        n = keys.partition_of(self.run_id)
 
         async def call(seq: int) -> Any:
+            if self._idem is None:  # not opened: the script must declare the run's key
+                self._idem = await self._attempts._redis.hget(self._keys[0], "idem_key") or ""
             return await self._attempts._finish(
-                keys=[*self._keys, keys.LEASES, keys.steps_key(self.run_id), *STATS],
+                keys=[
+                    *self._keys,
+                    keys.leases_key(n),
+                    keys.steps_key(self.run_id),
+                    self._idem or self._keys[0],
+                    *keys.stats_keys(n),
+                ],
                 args=[self._holder, seq, status, result_json, *error, *event],
             )
 

@@ -7,11 +7,12 @@ workers of the current build read (any worker when no build was promoted). The p
 of a build that has no live, non-draining worker left is read by the current build's workers
 when the workflow's policy is WHEN_UNSERVED, and by nobody (reported) when it is NEVER.
 
-Owns `keys.BUILDS_CURRENT` (a hash: workflow -> promoted build), `keys.BUILDS_POLICY`
-(workflow -> move policy) and `keys.builds_key(workflow)` (a set: every build seen; a
-worker's announcement adds its own, in `_presence`'s round trip, and the sweep removes
-builds of the past); reads the presence zsets of `_presence` and the build counters
-(`keys.STATS_BUILDS`).
+Owns `keys.BUILDS_CURRENT` (a hash: workflow -> promoted build), its copy in every partition
+`keys.builds_current_key(n)` (which CLAIM_RUN reads in the run's slot; a promotion writes
+them all), `keys.BUILDS_POLICY` (workflow -> move policy) and `keys.builds_key(workflow)` (a
+set: every build seen; a worker's announcement adds its own, in `_presence`'s round trip,
+and the sweep removes builds of the past); reads the presence zsets of `_presence` and the
+partitions' build counters (`keys.stats_keys`), summed.
 """
 
 from __future__ import annotations
@@ -88,20 +89,21 @@ class BuildView:
             return True
         return self.policy.get(workflow, WHEN_UNSERVED) != NEVER and current_served
 
-    def streams_for(self, workflow: str, build: str) -> list[str]:
-        """The queue streams a worker of `build` takes runs of `workflow` from."""
-        streams = [keys.queue_key(workflow, build)] if build else []
+    def queues_for(self, workflow: str, build: str) -> list[tuple[str, str]]:
+        """The queues (workflow, build) a worker of `build` takes runs of `workflow` from,
+        each one stream per partition (keys.queue_key); '' is the workflow's own queue."""
+        queues = [(workflow, build)] if build else []
         if not self.takes_new_runs(workflow, build):
-            return streams
-        streams.append(keys.queue_key(workflow))
+            return queues
+        queues.append((workflow, ""))
         if self.policy.get(workflow) != NEVER:
             live = self.live.get(workflow, set())
-            streams += [
-                keys.queue_key(workflow, other)
+            queues += [
+                (workflow, other)
                 for other in sorted(self.builds.get(workflow, set()))
                 if other and other != build and other not in live
             ]
-        return streams
+        return queues
 
 
 async def load_view(redis: aioredis.Redis, workflows: list[str]) -> BuildView:
@@ -129,12 +131,34 @@ async def load_view(redis: aioredis.Redis, workflows: list[str]) -> BuildView:
     return view
 
 
-def queue_workflow(stream: str) -> tuple[str, str]:
-    """(workflow, build) of a queue stream key."""
-    if stream.startswith(keys.PINNED_QUEUE_PREFIX):
-        build, _, workflow = stream.removeprefix(keys.PINNED_QUEUE_PREFIX).partition(":")
-        return workflow, build
-    return stream.removeprefix(keys.queue_key("")), ""
+async def build_counts(
+    redis: aioredis.Redis, partitions: tuple[int, ...]
+) -> dict[tuple[str, str, str], int]:
+    """(workflow, build, QUEUED|RUNNING) -> runs, summed over the partitions."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in partitions:
+            pipe.hgetall(keys.stats_keys(n)[1])
+        replies = await pipe.execute()
+    counts: dict[tuple[str, str, str], int] = {}
+    for reply in replies:
+        for field_name, value in reply.items():
+            parts = field_name.split("\t")
+            if len(parts) == 3:  # names cannot hold tabs; anything else is not ours
+                key = (parts[0], parts[1], parts[2])
+                counts[key] = counts.get(key, 0) + int(value)
+    return counts
+
+
+async def copy_current(
+    redis: aioredis.Redis, partitions: tuple[int, ...], current: dict[str, str]
+) -> None:
+    """Write the current builds into every partition's copy."""
+    if not current:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in partitions:
+            pipe.hset(keys.builds_current_key(n), mapping=current)
+        await pipe.execute()
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +191,12 @@ class WorkflowBuilds:
 class Builds:
     """Current builds, move policies and what each build holds (BuildService's data)."""
 
-    def __init__(self, redis: aioredis.Redis, presence: Presence) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, presence: Presence, partitions: tuple[int, ...]
+    ) -> None:
         self._redis = redis
         self._presence = presence
+        self._partitions = partitions
 
     async def view(self, workflows: Iterable[str]) -> BuildView:
         """The routing state of `workflows` (current builds, policies, live builds)."""
@@ -198,6 +225,9 @@ class Builds:
             if policy:
                 pipe.hset(keys.BUILDS_POLICY, workflow, policy)
             previous = (await pipe.execute())[0]
+        # Each partition's claims read the partition's copy (one slot each). A promotion cut
+        # short here is made whole by the next one, or by the sweep (`_sweep`).
+        await copy_current(self._redis, self._partitions, {workflow: build})
         return previous or ""
 
     async def list_all(self, workflow: str = "") -> list[WorkflowBuilds]:
@@ -209,11 +239,7 @@ class Builds:
                 "WORKFLOW_NOT_FOUND",
             )
         view = await self.view(names)
-        counts: dict[tuple[str, str, str], int] = {}
-        for field_name, value in (await self._redis.hgetall(keys.STATS_BUILDS)).items():
-            parts = field_name.split("\t")
-            if len(parts) == 3:  # names cannot hold tabs; anything else is not ours
-                counts[parts[0], parts[1], parts[2]] = int(value)
+        counts = await build_counts(self._redis, self._partitions)
         now = await redis_time_ms(self._redis)
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in names:

@@ -47,7 +47,7 @@ def connect(
     malformed URL is a ValueError; check_redis_url says what to fix in any of them.
     With max_connections, callers wait for a free connection instead of opening more:
     the number of Redis connections of a process stays bounded whatever its load.
-    A blocking reader must pass a socket_timeout longer than its BLOCK.
+    A connection that holds a subscription passes socket_timeout=None.
     """
     options: dict[str, Any] = {
         "decode_responses": True,

@@ -1,28 +1,27 @@
-"""The run queues as a control-plane replica's dispatcher reads them, and its wake stream.
+"""The run queues as a control-plane replica's dispatcher reads them, and their notices.
 
-Owns `keys.queue_key(workflow[, build])`: streams, one entry per queued attempt, added by
-CREATE_RUN and the requeue scripts and read through the consumer group `keys.DISPATCH_GROUP`
-that every replica shares, so each entry is delivered to one replica; acknowledged entries
-are trimmed by the sweep. A build's own queue starts with `keys.PINNED_QUEUE_PREFIX`. Owns
-too `keys.wake_key(replica + ":dispatch")`, a replica's wake stream: a freed slot or a new
-worker wakes its blocking read; it expires WAKE_TTL after its replica stopped pushing it
-back.
+Owns `keys.queue_key(n, workflow[, build])`: streams, one per partition, workflow and build,
+one entry per queued attempt, added by CREATE_RUN and the requeue scripts and read through
+the consumer group `keys.DISPATCH_GROUP` that every replica shares, so each entry is
+delivered to one replica; acknowledged entries are trimmed by the sweep. Owns too
+`keys.work_channel(n)`, each partition's notices: whatever queues an attempt publishes the
+queue's key there, so a replica reads a queue when it has something, without a blocking read
+per queue (a notice lost with a connection is made up for by reading every queue again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from . import _keys as keys
-from ._builds import queue_workflow
 
-__all__ = ["WAKE_TTL", "QueueEntry", "Queues"]
-
-WAKE_TTL = 3600  # seconds a wake stream outlives the last push of its expiry
+__all__ = ["QueueEntry", "Queues"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +30,7 @@ class QueueEntry:
 
     stream: str
     workflow: str
+    build: str  # the queue's build ('' for the workflow's own queue)
     run_id: str
     attempt: int
     entry_id: str
@@ -38,82 +38,104 @@ class QueueEntry:
     @classmethod
     def of(cls, stream: str, entry_id: str, fields: Mapping[str, str]) -> QueueEntry:
         """From a stream entry (its fields as the scripts write them)."""
-        return cls(
-            stream, queue_workflow(stream)[0], fields["run_id"], int(fields["attempt"]), entry_id
-        )
+        workflow, build = keys.queue_of(stream)
+        return cls(stream, workflow, build, fields["run_id"], int(fields["attempt"]), entry_id)
 
 
 class Queues:
-    """One replica's reads of the queues (`consumer` names it in the group), over `reader`,
-    a dedicated connection that blocks in XREADGROUP, and its other commands over `redis`."""
+    """One replica's reads of the queues (`consumer` names it in the group) over `redis`,
+    and its subscription to every partition's notices over `reader`, a connection of its
+    own."""
 
-    def __init__(self, redis: aioredis.Redis, reader: aioredis.Redis, consumer: str) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        reader: aioredis.Redis,
+        consumer: str,
+        partitions: tuple[int, ...],
+    ) -> None:
         self._redis = redis
         self._reader = reader
         self._consumer = consumer
-        self.wake_key = keys.wake_key(consumer + ":dispatch")
+        self.partitions = partitions
+        self._pubsub: Any = None
 
-    async def wake(self) -> None:
-        """Wake this replica's blocking read."""
+    def streams(self, workflow: str, build: str) -> list[str]:
+        """A queue's streams, one per partition."""
+        return [keys.queue_key(n, workflow, build) for n in self.partitions]
+
+    async def ensure_groups(self, streams: Sequence[str]) -> None:
+        """Make each stream and its consumer group where either is missing."""
+        if not streams:
+            return
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self.wake_key, {"w": "1"}, maxlen=16, approximate=True)
-            pipe.expire(self.wake_key, WAKE_TTL)
-            await pipe.execute()
+            for stream in streams:
+                pipe.xgroup_create(stream, keys.DISPATCH_GROUP, id="0", mkstream=True)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, ResponseError) and "BUSYGROUP" in str(reply):
+                continue
+            if isinstance(reply, Exception):
+                raise reply
 
-    async def ensure_group(self, stream: str) -> None:
-        """Make the stream and its consumer group when either is missing."""
-        try:
-            await self._redis.xgroup_create(stream, keys.DISPATCH_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        if stream == self.wake_key:
-            await self._redis.expire(stream, WAKE_TTL)
-
-    async def keep_wake(self) -> bool:
-        """Push the wake stream's expiry back; False when it was gone (make it again)."""
-        return bool(await self._redis.expire(self.wake_key, WAKE_TTL))
-
-    async def read(
-        self, streams: Mapping[str, str], count: int | None, block_ms: int | None
-    ) -> list[QueueEntry]:
-        """Entries of `streams` (stream -> '>' for new entries, '0' for this replica's
-        pending ones), blocking up to block_ms (None: not at all). Wake entries and entries
-        trimmed away while pending (nothing left to assign) are acknowledged here."""
-        reply = await self._reader.xreadgroup(
-            keys.DISPATCH_GROUP, self._consumer, dict(streams), count=count, block=block_ms
-        )
+    async def read(self, streams: Mapping[str, tuple[str, int | None]]) -> list[QueueEntry]:
+        """Entries of `streams` (stream -> ('>' for new entries or '0' for this replica's
+        pending ones, at most how many; None: all)), without blocking, in one round trip.
+        Entries trimmed away while pending (nothing left to assign) are acknowledged here."""
+        if not streams:
+            return []
+        order = sorted(streams)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in order:
+                start, count = streams[stream]
+                pipe.xreadgroup(keys.DISPATCH_GROUP, self._consumer, {stream: start}, count=count)
+            replies = await pipe.execute()
         found: list[QueueEntry] = []
         done: dict[str, list[str]] = {}  # acknowledged in one round trip
-        for stream, entries in reply or []:
-            for entry_id, fields in entries or []:
-                if fields and stream != self.wake_key:
-                    found.append(QueueEntry.of(stream, entry_id, fields))
-                else:
-                    done.setdefault(stream, []).append(entry_id)
+        for reply in replies:
+            for stream, entries in reply or []:
+                for entry_id, fields in entries or []:
+                    if fields:
+                        found.append(QueueEntry.of(stream, entry_id, fields))
+                    else:
+                        done.setdefault(stream, []).append(entry_id)
         await self.ack(done)
         return found
 
-    async def reclaim(self, stream: str, idle_ms: int, count: int = 100) -> list[QueueEntry]:
+    async def reclaim(
+        self, streams: Sequence[str], idle_ms: int, count: int = 100
+    ) -> list[QueueEntry]:
         """Entries other replicas were handed and left idle for idle_ms (they died), now
-        this replica's."""
-        reply = await self._redis.xautoclaim(
-            stream, keys.DISPATCH_GROUP, self._consumer, idle_ms, "0-0", count=count
-        )
+        this replica's, in one round trip."""
+        if not streams:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xautoclaim(
+                    stream, keys.DISPATCH_GROUP, self._consumer, idle_ms, "0-0", count=count
+                )
+            replies = await pipe.execute()
         return [
             QueueEntry.of(stream, entry_id, fields)
+            for stream, reply in zip(streams, replies, strict=True)
             for entry_id, fields in (reply[1] if len(reply) > 1 else [])
             if fields
         ]
 
     async def hand_back(self, entries: Sequence[QueueEntry]) -> list[bool]:
-        """Queue each entry again as a new one, for every replica; True where that landed
-        (the old entry may then be acknowledged)."""
+        """Queue each entry again as a new one, for every replica (with its notice); True
+        where that landed (the old entry may then be acknowledged)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for e in entries:
                 pipe.xadd(e.stream, {"run_id": e.run_id, "attempt": str(e.attempt)})
             added = await pipe.execute(raise_on_error=False)
-        return [not isinstance(reply, Exception) for reply in added]
+        landed = [not isinstance(reply, Exception) for reply in added]
+        with contextlib.suppress(RedisError):  # a lost notice: read at the next full round
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for e in {e.stream for e, ok in zip(entries, landed, strict=True) if ok}:
+                    pipe.publish(keys.work_channel(keys.partition_of_key(e)), e)
+                await pipe.execute()
+        return landed
 
     async def ack(self, done: Mapping[str, Sequence[str]]) -> None:
         """Acknowledge handled entries: stream -> entry ids."""
@@ -123,3 +145,28 @@ class Queues:
             for stream, entry_ids in done.items():
                 pipe.xack(stream, keys.DISPATCH_GROUP, *entry_ids)
             await pipe.execute()
+
+    async def notices(self) -> AsyncIterator[str | None]:
+        """Subscribe to every partition's notices, then yield None once subscribed (read
+        every queue: notices sent before were not seen) and a queue's key per notice, until
+        the connection is lost (an error: call again, on a new connection)."""
+        await self.close_notices()
+        self._pubsub = self._reader.pubsub()
+        channels = [keys.work_channel(n) for n in self.partitions]
+        await self._pubsub.subscribe(*channels)
+        confirmed = 0
+        async for message in self._pubsub.listen():
+            kind = message["type"]
+            if kind == "subscribe":
+                confirmed += 1
+                if confirmed == len(channels):
+                    yield None
+            elif kind == "message" and isinstance(message["data"], str):
+                yield message["data"]
+
+    async def close_notices(self) -> None:
+        """Drop the subscription (errors of a dead connection are ignored)."""
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError, RuntimeError):
+                await pubsub.aclose()

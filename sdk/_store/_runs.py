@@ -3,10 +3,13 @@
 Owns `keys.run_key(run_id)` (a hash: the run's state; the attempt scripts change it too, as
 they move a run through its life), the run indexes (`keys.runs_key`,
 `keys.runs_by_workflow_key`), idempotency keys (`keys.idempotency_key`), the tenants' rate
-buckets (`keys.start_rate_key`) and the counters (`keys.STATS_STATUS`,
-`keys.STATS_QUEUED`, `keys.STATS_TENANTS`, `keys.STATS_BUILDS`), which every script keeps
-exact. `keys.RUNS_INDEX` is the index of the tenant-less runs. CREATE_RUN and CANCEL_RUN
-are its scripts (`_scripts`).
+buckets (`keys.start_rate_key`) and each partition's counters (`keys.stats_keys`), which
+every script keeps exact and readers sum over the partitions. CREATE_RUN, TAKE_START_TOKEN
+and CANCEL_RUN are its scripts (`_scripts`).
+
+A run is made in one partition (`new_run_id`); what spans partitions is read from all of
+them: ListRuns merges the partitions' indexes in order (`page`), counters are summed
+(`stats`), and a tenant's queued runs are summed before its limit is checked (`create`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,19 +31,22 @@ from ._errors import FailedPreconditionError, NotFoundError, RateLimitedError
 from ._presence import Presence
 
 __all__ = [
-    "STATS",
     "CancelOutcome",
     "Created",
     "RunPage",
+    "Route",
     "RunRecord",
     "Runs",
     "Stats",
     "TenantLimits",
 ]
 
-# The counters every transition keeps exact; every script takes them as its last four KEYS.
-STATS = (keys.STATS_TENANTS, keys.STATS_BUILDS, keys.STATS_STATUS, keys.STATS_QUEUED)
 _MIN_SCAN = 1000  # index entries one ListRuns request may read, at least
+_KNOWN_FOR = 10.0  # seconds a replica trusts that a workflow was announced before asking again
+# Seconds a replica trusts its sum of a tenant's queued runs (read every time once within 10%
+# of the limit): a burst may pass the limit by what it starts meanwhile, bounded by the
+# tenant's start rate.
+_QUEUED_FOR = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,14 +172,31 @@ class Stats:
     queued: dict[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a script that moves a run must know before it runs, to declare the run's keys:
+    its workflow and build (its queue) and its idempotency key ('' = none)."""
+
+    workflow: str
+    build: str
+    idem_key: str
+
+
 class _CreateAnswer(enum.IntEnum):
     """CREATE_RUN's first reply element."""
 
     CREATED = 1
     EXISTING = 0  # an earlier run with this idempotency key
-    TOO_MANY_QUEUED = -1
-    RATE_EXCEEDED = -2
-    UNKNOWN_WORKFLOW = -3
+
+
+@dataclass
+class _Cursor:
+    """One partition's index, read newest first in batches, as ListRuns merges them."""
+
+    index: str
+    offset: int = 0
+    buffer: list[tuple[int, str]] = field(default_factory=list)  # (score, run_id), oldest first
+    done: bool = False
 
 
 class _CancelAnswer(enum.IntEnum):
@@ -185,11 +210,26 @@ class _CancelAnswer(enum.IntEnum):
 class Runs:
     """Runs in their hashes and indexes."""
 
-    def __init__(self, redis: aioredis.Redis, presence: Presence) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, presence: Presence, partitions: tuple[int, ...]
+    ) -> None:
         self._redis = redis
         self._presence = presence
+        self.partitions = partitions  # the deployment's partition numbers
         self._create = redis.register_script(_scripts.CREATE_RUN)
+        self._take_token = redis.register_script(_scripts.TAKE_START_TOKEN)
         self._cancel = redis.register_script(_scripts.CANCEL_RUN)
+        self._known: dict[str, float] = {}  # workflow -> until when it counts as announced
+        self._queued: dict[str, tuple[float, int]] = {}  # tenant -> (trusted until, queued)
+
+    def new_run_id(self, idempotency_key: str = "", tenant: str = "") -> str:
+        """A new run's id, in its partition: the idempotency key's, or one at random."""
+        random_hex = uuid.uuid4().hex
+        if idempotency_key:
+            n = keys.partition_for_key(idempotency_key, tenant, self.partitions)
+        else:
+            n = self.partitions[int(random_hex[:8], 16) % len(self.partitions)]
+        return keys.run_id_in(n, random_hex)
 
     async def create(
         self,
@@ -206,23 +246,82 @@ class Runs:
         """Queue a new run of `tenant`, or find the earlier run on an idempotency key match.
         Raises NotFoundError for a workflow no worker announced, RateLimitedError over the
         tenant's limits."""
-        idem = (
-            keys.idempotency_key(idempotency_key, tenant)
-            if idempotency_key
-            else keys.run_key(run_id)
-        )
+        n = keys.partition_of(run_id)
+        if idempotency_key:
+            if n != keys.partition_for_key(idempotency_key, tenant, self.partitions):
+                raise ValueError(f"run id {run_id!r} is not in its idempotency key's partition")
+            idem = keys.idempotency_key(n, idempotency_key, tenant)
+        else:
+            idem = keys.run_key(run_id)
         limits = limits or TenantLimits()
+        # What lives in other slots is read first, in one round trip: an earlier run on the
+        # idempotency key (it wins over every limit, so that a retry of a StartRun that
+        # landed always finds its run), whether a worker ever announced the workflow, a
+        # token of the tenant's start rate, and its queued runs summed over the partitions
+        # (read again at most every _QUEUED_FOR seconds, or every time near its limit).
+        now = time.monotonic()
+        ask_known = self._known.get(workflow, 0.0) <= now
+        seen = self._queued.get(tenant)
+        ask_queued = bool(limits.max_queued) and (
+            seen is None or seen[0] <= now or seen[1] >= limits.max_queued * 0.9
+        )
+        rate = limits.start_rate > 0
+        if ask_known or idempotency_key or rate or ask_queued:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if ask_known:
+                    pipe.hexists(keys.WORKFLOWS, workflow)
+                if idempotency_key:
+                    pipe.get(idem)
+                if rate:
+                    await self._take_token(
+                        keys=[keys.start_rate_key(tenant)],
+                        args=[limits.start_rate, limits.start_burst],
+                        client=pipe,
+                    )
+                for p in self.partitions if ask_queued else ():
+                    pipe.hget(keys.stats_keys(p)[0], tenant)
+                replies = list(await pipe.execute())
+            announced = replies.pop(0) if ask_known else True
+            earlier = replies.pop(0) if idempotency_key else None
+            wait_ms = int(replies.pop(0)) if rate else 0
+            if ask_queued:
+                seen = (now + _QUEUED_FOR, sum(int(q or 0) for q in replies))
+                self._queued[tenant] = seen
+            if earlier:
+                return Created(await self.get(str(earlier), tenant), False)
+            if not announced:
+                known_names = [w.name for w in await self._presence.workflows()]
+                raise NotFoundError(
+                    f"workflow {workflow[:100]!r} is not known: no worker has announced it. "
+                    f"Known workflows: {', '.join(known_names) or 'none (is a worker running?)'}",
+                    "WORKFLOW_NOT_FOUND",
+                )
+            self._known[workflow] = now + _KNOWN_FOR
+            if limits.max_queued and seen is not None and seen[1] >= limits.max_queued:
+                raise RateLimitedError(
+                    f"{seen[1]} runs of this tenant are queued, its limit: wait for some to "
+                    "start (more workers drain the queue faster), or ask the operator to raise "
+                    "--max-queued-per-tenant",
+                    "TOO_MANY_QUEUED_RUNS",
+                    retry_after=1.0,
+                )
+            if wait_ms:
+                wait = wait_ms / 1000
+                raise RateLimitedError(
+                    f"this tenant starts runs faster than its limit of {limits.start_rate:g} "
+                    f"per second (bursts of {limits.start_burst}): retry in {wait:.3f} s",
+                    "START_RATE_EXCEEDED",
+                    retry_after=wait,
+                )
         reply = await self._create(
             keys=[
                 keys.run_key(run_id),
                 keys.events_key(run_id),
                 idem,
-                keys.runs_key(tenant),
-                keys.runs_by_workflow_key(workflow, tenant),
-                keys.queue_key(workflow),
-                keys.start_rate_key(tenant),
-                keys.WORKFLOWS,
-                *STATS,
+                keys.runs_key(n, tenant),
+                keys.runs_by_workflow_key(n, workflow, tenant),
+                keys.queue_key(n, workflow),
+                *keys.stats_keys(n),
             ],
             args=[
                 run_id,
@@ -232,52 +331,51 @@ class Runs:
                 idempotency_key,
                 traceparent,
                 tenant,
-                limits.max_queued,
-                limits.start_rate,
-                limits.start_burst,
                 retention_ms,
+                keys.work_channel(n),
             ],
         )
-        answer = _CreateAnswer(int(reply[0]))
-        if answer is _CreateAnswer.UNKNOWN_WORKFLOW:
-            known = [w.name for w in await self._presence.workflows()]
-            raise NotFoundError(
-                f"workflow {workflow[:100]!r} is not known: no worker has announced it. "
-                f"Known workflows: {', '.join(known) or 'none (is a worker running?)'}",
-                "WORKFLOW_NOT_FOUND",
-            )
-        value = reply[1]
-        if answer is _CreateAnswer.TOO_MANY_QUEUED:
-            raise RateLimitedError(
-                f"{value} runs of this tenant are queued, its limit: wait for some to start "
-                "(more workers drain the queue faster), or ask the operator to raise "
-                "--max-queued-per-tenant",
-                "TOO_MANY_QUEUED_RUNS",
-                retry_after=1.0,
-            )
-        if answer is _CreateAnswer.RATE_EXCEEDED:
-            wait = int(value) / 1000
-            raise RateLimitedError(
-                f"this tenant starts runs faster than its limit of {limits.start_rate:g} per "
-                f"second (bursts of {limits.start_burst}): retry in {wait:.3f} s",
-                "START_RATE_EXCEEDED",
-                retry_after=wait,
-            )
-        if answer is _CreateAnswer.CREATED:
+        if _CreateAnswer(int(reply[0])) is _CreateAnswer.CREATED:
+            counted = self._queued.get(tenant)
+            if counted is not None:  # this replica's own starts count at once
+                self._queued[tenant] = (counted[0], counted[1] + 1)
             flat = reply[2]
             return Created(RunRecord.decode(dict(zip(flat[::2], flat[1::2], strict=True))), True)
-        return Created(await self.get(str(value), tenant), False)
+        return Created(await self.get(str(reply[1]), tenant), False)
 
     async def stats(self) -> Stats:
-        """Runs by status and queued runs by workflow, kept exact by the scripts."""
+        """Runs by status and queued runs by workflow, kept exact by the scripts, summed
+        over the partitions."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.STATS_STATUS)
-            pipe.hgetall(keys.STATS_QUEUED)
-            by_status, queued = await pipe.execute()
-        return Stats(
-            {k: int(v) for k, v in by_status.items()},
-            {k: int(v) for k, v in queued.items()},
-        )
+            for n in self.partitions:
+                _, _, status, queued = keys.stats_keys(n)
+                pipe.hgetall(status)
+                pipe.hgetall(queued)
+            replies = await pipe.execute()
+        by_status: dict[str, int] = {}
+        by_workflow: dict[str, int] = {}
+        for i, reply in enumerate(replies):
+            into = by_status if i % 2 == 0 else by_workflow
+            for k, v in reply.items():
+                into[k] = into.get(k, 0) + int(v)
+        return Stats(by_status, by_workflow)
+
+    async def routes(self, run_ids: Sequence[str]) -> list[Route | None]:
+        """What the scripts that move these runs must declare (None: the run is gone), in
+        one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hmget(keys.run_key(run_id), "workflow", "build", "idem_key")
+            replies = await pipe.execute()
+        return [
+            None if workflow is None else Route(workflow, build or "", idem or "")
+            for workflow, build, idem in replies
+        ]
+
+    @staticmethod
+    def idem_or_run_key(run_id: str, route: Route | None) -> str:
+        """The idempotency key a script declares for the run (its own key when none)."""
+        return route.idem_key if route and route.idem_key else keys.run_key(run_id)
 
     async def get(self, run_id: str, tenant: str | None = None) -> RunRecord:
         """The run's state; NotFoundError when there is no such run, or when it belongs to
@@ -313,24 +411,31 @@ class Runs:
         With `max_bytes`, the page ends early (with a cursor) before the run whose fields
         would take it over that many bytes; it always holds one run when there is one.
         """
-        index = keys.runs_by_workflow_key(workflow, tenant) if workflow else keys.runs_key(tenant)
+        cursors = [
+            _Cursor(
+                keys.runs_by_workflow_key(n, workflow, tenant)
+                if workflow
+                else keys.runs_key(n, tenant)
+            )
+            for n in self.partitions
+        ]
         max_score = "+inf" if before is None else str(before[0])
         found: list[RunRecord] = []
         sizes: list[int] = []
-        offset = 0
+        scanned = 0
         batch_size = page_size + 1
+        # Each partition's index is read in small batches, and the heads merged newest first.
+        per_read = max(4, min(batch_size, 2 * batch_size // len(cursors) + 2))
         # A filter that matches few runs would read the whole index for one page: a request
         # reads at most max_scan index entries, and a page that ends there (even an empty one)
         # carries the cursor of the last entry read.
         max_scan = max(_MIN_SCAN, 20 * page_size)
         while True:
-            batch = await self._redis.zrevrangebyscore(
-                index, max_score, "-inf", start=offset, num=batch_size, withscores=True
-            )
-            offset += len(batch)
+            batch = await self._merged(cursors, max_score, per_read, batch_size)
+            scanned += len(batch)
             # Ties on the millisecond are ordered by id, as the cursor tuple is.
             candidates = [
-                run_id for run_id, score in batch if before is None or (int(score), run_id) < before
+                run_id for score, run_id in batch if before is None or (score, run_id) < before
             ]
             # The small fields, and how large input and result are, before reading them.
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -357,14 +462,46 @@ class Runs:
                     return await self._filled(found, full, max_bytes)
                 found.append(record)
                 sizes.append(size)
-            if len(batch) < batch_size or offset >= max_scan:
+            if len(batch) < batch_size or scanned >= max_scan:
                 page = (await self._filled(found, full, max_bytes)).runs
                 if len(page) < len(found):  # cut short by what was written meanwhile
                     return RunPage(page, (page[-1].create_ms, page[-1].run_id))
                 if len(batch) < batch_size:
                     return RunPage(page, None)
-                last_id, last_score = batch[-1]
-                return RunPage(page, (int(last_score), str(last_id)))
+                last_score, last_id = batch[-1]
+                return RunPage(page, (last_score, last_id))
+
+    async def _merged(
+        self, cursors: list[_Cursor], max_score: str, per_read: int, count: int
+    ) -> list[tuple[int, str]]:
+        """The next `count` entries (score, run_id) of the partitions' indexes taken
+        together, newest first (fewer: they ran out). A partition whose batch ran dry is read
+        again before its next entry is compared: all such reads share one round trip."""
+        taken: list[tuple[int, str]] = []
+        while len(taken) < count:
+            dry = [c for c in cursors if not c.buffer and not c.done]
+            if dry:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for c in dry:
+                        pipe.zrevrangebyscore(
+                            c.index,
+                            max_score,
+                            "-inf",
+                            start=c.offset,
+                            num=per_read,
+                            withscores=True,
+                        )
+                    replies = await pipe.execute()
+                for c, reply in zip(dry, replies, strict=True):
+                    c.offset += len(reply)
+                    c.done = len(reply) < per_read
+                    c.buffer = [(int(score), str(run_id)) for run_id, score in reversed(reply)]
+            heads = [c for c in cursors if c.buffer]
+            if not heads:
+                break
+            newest = max(heads, key=lambda c: c.buffer[-1])
+            taken.append(newest.buffer.pop())
+        return taken
 
     async def _filled(self, runs: list[RunRecord], full: bool, max_bytes: int) -> RunPage:
         """The page with input and result filled in when `full`, and its cursor. A result
@@ -394,13 +531,16 @@ class Runs:
 
     async def cancel(self, run_id: str, reason: str) -> CancelOutcome:
         """Cancel a queued or running run, writing RUN_CANCELLED once."""
+        (route,) = await self.routes([run_id])
+        n = keys.partition_of(run_id)
         reply = await self._cancel(
             keys=[
                 keys.run_key(run_id),
                 keys.events_key(run_id),
-                keys.LEASES,
+                keys.leases_key(n),
                 keys.steps_key(run_id),
-                *STATS,
+                self.idem_or_run_key(run_id, route),
+                *keys.stats_keys(n),
             ],
             args=[reason],
         )

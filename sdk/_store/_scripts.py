@@ -16,7 +16,6 @@ cancel_reason.
 from __future__ import annotations
 
 from .._events import EMITTABLE, EventType
-from . import _keys as keys
 from ._events import FIELD_NAMES
 
 
@@ -62,15 +61,22 @@ local function per_tenant(run, status, delta)
   count(TENANTS, redis.call('HGET', run, 'tenant') or '', delta)
 end
 -- A run that ended keeps its keys for its retention (set when it was created; 0 = forever),
--- then they expire together: its hash, events, checkpoints and idempotency key.
-local function retire(run, events, steps)
+-- then they expire together: its hash, events, checkpoints and idempotency key. The caller
+-- declares the idempotency key it read from the run's hash (`idem`, the run's own key when
+-- it has none); only the key the hash names is touched.
+local function retire(run, events, steps, idem)
   local r = redis.call('HMGET', run, 'retention_ms', 'idem_key')
   local ms = tonumber(r[1] or '0') or 0
   if ms <= 0 then return end
   redis.call('PEXPIRE', run, ms)
   redis.call('PEXPIRE', events, ms)
   redis.call('PEXPIRE', steps, ms)
-  if r[2] and r[2] ~= '' then redis.call('PEXPIRE', r[2], ms) end
+  if r[2] and r[2] ~= '' and r[2] == idem then redis.call('PEXPIRE', idem, ms) end
+end
+-- Queue an attempt and tell the replicas that the queue has an entry to read.
+local function enqueue(queue, channel, run_id, attempt)
+  redis.call('XADD', queue, '*', 'run_id', run_id, 'attempt', attempt)
+  redis.call('PUBLISH', channel, queue)
 end
 local function moved(run, from, to)
   if from then
@@ -101,42 +107,25 @@ local function fenced(run, attempt, seq)
 end
 """
 
-# Every script's last four KEYS are STATS_TENANTS, STATS_BUILDS, STATS_STATUS, STATS_QUEUED.
-# KEYS: run, events, idempotency, runs index, workflow index, queue, tenant's rate bucket,
-# known workflows
-# ARGV: run_id, workflow, input_json, labels_json, idempotency key ('' = none), traceparent,
-# tenant, the tenant's most QUEUED runs (0 = no limit), its StartRun rate per second and
-# burst (0 = no limit), the run's retention after it ends (ms, 0 = forever).
+# Every script's last four KEYS are the partition's counters (keys.stats_keys): tenants,
+# builds, status, queued. Every key a script touches is in its KEYS, all in the partition of
+# the run (one slot); channels are ARGV (they are not keys).
+
+# KEYS: run, events, idempotency (the run key when there is none), tenant's index, workflow
+# index, queue. ARGV: run_id, workflow, input_json, labels_json, idempotency key ('' = none),
+# traceparent, tenant, the run's retention after it ends (ms, 0 = forever), the partition's
+# work channel.
 # Returns {1, run_id, the run's hash as a flat list} created; {0, earlier run_id} on an
-# idempotency key seen before (before any limit: a retry of a StartRun that landed always
-# finds its run); {-1, queued} when the tenant has its most QUEUED runs; {-2, ms to wait} over
-# the tenant's StartRun rate; {-3} when no worker ever announced the workflow.
+# idempotency key seen before (a StartRun racing with another on the same key finds its run).
+# The tenant's limits and the workflow's existence are checked by the caller before
+# (`Runs.create`); they live in other slots.
 CREATE_RUN = (
     _PRELUDE
     + """
-if redis.call('HEXISTS', KEYS[8], ARGV[2]) == 0 then return {-3} end
+local idem = ''
 if ARGV[5] ~= '' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return {0, existing} end
-end
-local max_queued = tonumber(ARGV[8])
-if max_queued > 0 then
-  local queued = tonumber(redis.call('HGET', TENANTS, ARGV[7]) or '0')
-  if queued >= max_queued then return {-1, queued} end
-end
-local rate = tonumber(ARGV[9]) / 1000
-if rate > 0 then
-  local burst = tonumber(ARGV[10])
-  local now = now_ms()
-  local bucket = redis.call('HMGET', KEYS[7], 'tokens', 'ms')
-  local tokens = math.min(burst, tonumber(bucket[1] or burst) +
-    (now - tonumber(bucket[2] or now)) * rate)
-  if tokens < 1 then return {-2, math.ceil((1 - tokens) / rate)} end
-  redis.call('HSET', KEYS[7], 'tokens', string.format('%.6f', tokens - 1), 'ms', fmt(now))
-  redis.call('PEXPIRE', KEYS[7], math.ceil(burst / rate) + 1000)
-end
-local idem = ''
-if ARGV[5] ~= '' then
   redis.call('SET', KEYS[3], ARGV[1])
   idem = KEYS[3]
 end
@@ -145,18 +134,36 @@ local id = emit(KEYS[2], {'t', 'RUN_QUEUED', 'a', '1', 'm', 'queued'})
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'QUEUED',
   'attempt', '1', 'input_json', ARGV[3], 'labels_json', ARGV[4], 'idempotency_key', ARGV[5],
   'create_ms', now, 'update_ms', now, 'last_event_id', id, 'lost', '0', 'traceparent', ARGV[6],
-  'tenant', ARGV[7], 'retention_ms', ARGV[11], 'idem_key', idem)
+  'tenant', ARGV[7], 'retention_ms', ARGV[8], 'idem_key', idem)
 moved(KEYS[1], nil, 'QUEUED')
 count(QUEUED, ARGV[2], 1)
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
-redis.call('XADD', KEYS[6], '*', 'run_id', ARGV[1], 'attempt', '1')
+enqueue(KEYS[6], ARGV[9], ARGV[1], '1')
 return {1, ARGV[1], redis.call('HGETALL', KEYS[1])}
 """
 )
 
-# KEYS: run, leases, events, current builds. ARGV: attempt, worker_id, replica_id, lease_ms,
-# max_attempts, the worker's build id.
+# KEYS: the tenant's rate bucket. ARGV: its StartRun rate per second, its burst.
+# Takes one token: returns 0, or the ms to wait for one (nothing taken).
+TAKE_START_TOKEN = (
+    _PRELUDE
+    + """
+local rate = tonumber(ARGV[1]) / 1000
+local burst = tonumber(ARGV[2])
+local now = now_ms()
+local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'ms')
+local tokens = math.min(burst, tonumber(bucket[1] or burst) +
+  (now - tonumber(bucket[2] or now)) * rate)
+if tokens < 1 then return math.ceil((1 - tokens) / rate) end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens - 1), 'ms', fmt(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
+return 0
+"""
+)
+
+# KEYS: run, leases, events, the partition's current builds (keys.builds_current_key).
+# ARGV: attempt, worker_id, replica_id, lease_ms, max_attempts, the worker's build id.
 # Returns {1, workflow, input_json, traceparent} when this caller now holds the attempt,
 # {-1, current build} when the run has not started on any build yet and another build is
 # current (new runs go to the current build only), else {0}.
@@ -248,7 +255,8 @@ return ids
 """
 )
 
-# KEYS: run, events, leases, steps. ARGV: holder, seq, status, result_json, error_type,
+# KEYS: run, events, leases, steps, idempotency (as the run's hash names it; the run key when
+# it has none). ARGV: holder, seq, status, result_json, error_type,
 # error_message, error_component, then the terminal event's fields.
 # Returns the event id ('' for a write already applied) or nil.
 FINISH_RUN = (
@@ -282,12 +290,12 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result_json', ARGV[4], 'error_ty
   'last_event_id', id, 'lease_expires_ms', '')
 redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'run_id'))
 moved(KEYS[1], 'RUNNING', ARGV[3])
-retire(KEYS[1], KEYS[2], KEYS[4])
+retire(KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 return id
 """
 )
 
-# KEYS: run, events, leases, steps. ARGV: reason.
+# KEYS: run, events, leases, steps, idempotency (as for FINISH_RUN). ARGV: reason.
 # Returns {-1} unknown run, {0, status} already finished, {1, previous status, attempt, worker}.
 CANCEL_RUN = (
     _PRELUDE
@@ -301,7 +309,7 @@ redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'cancel_reason', ARGV[1],
 redis.call('ZREM', KEYS[3], st[4])
 moved(KEYS[1], st[1], 'CANCELLED')
 if st[1] == 'QUEUED' then count(QUEUED, st[5], -1) end
-retire(KEYS[1], KEYS[2], KEYS[4])
+retire(KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 return {1, st[1], st[2], st[3] or ''}
 """
 )
@@ -319,10 +327,10 @@ return 1
 """
 )
 
-_local_requeue = (
-    """
--- A run pinned to a build goes back to that build's queue (keys.queue_key(workflow, build)).
-local function requeue(run, events, queue, leases, attempt, message)
+_local_requeue = """
+-- The attempt goes back to `queue`: the caller read the run's build and declared that
+-- build's queue (keys.queue_key(n, workflow, build); the workflow's own when it has none).
+local function requeue(run, events, queue, leases, attempt, message, channel)
   local next_attempt = tostring(tonumber(attempt) + 1)
   local r = redis.call('HMGET', run, 'run_id', 'workflow', 'build')
   local id = emit(events, {'t', 'RUN_RETRYING', 'a', next_attempt, 'm', message})
@@ -331,14 +339,15 @@ local function requeue(run, events, queue, leases, attempt, message)
     'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '', 'seq', '0')
   moved(run, nil, 'QUEUED')
   redis.call('ZREM', leases, r[1])
-  if r[3] and r[3] ~= '' then queue = '"""
-    + keys.PINNED_QUEUE_PREFIX
-    + """' .. r[3] .. ':' .. r[2] end
-  redis.call('XADD', queue, '*', 'run_id', r[1], 'attempt', next_attempt)
+  enqueue(queue, channel, r[1], next_attempt)
   count(QUEUED, r[2], 1)
 end
+-- Whether the run's build is the one the caller read (and declared the queue of).
+local function built(run, build)
+  return (redis.call('HGET', run, 'build') or '') == build
+end
 -- The run's last allowed attempt was lost: it ends FAILED (AttemptsExhausted) saying why.
-local function give_up(run, events, leases, steps, attempt, lost, limit, why)
+local function give_up(run, events, leases, steps, idem, attempt, lost, limit, why)
   local message = 'gave up after ' .. lost .. ' lost attempts (max_attempts ' .. limit ..
     '): ' .. why
   local data = cjson.encode({type = 'AttemptsExhausted', message = message, component = '',
@@ -350,12 +359,13 @@ local function give_up(run, events, leases, steps, attempt, lost, limit, why)
     'last_event_id', id, 'lease_expires_ms', '')
   redis.call('ZREM', leases, redis.call('HGET', run, 'run_id'))
   moved(run, 'RUNNING', 'FAILED')
-  retire(run, events, steps)
+  retire(run, events, steps, idem)
 end
 """
-)
 
-# KEYS: run, events, queue, leases, steps. ARGV: holder ("attempt@worker_id"), reason, mode.
+# KEYS: run, events, queue (of the run's build, as the caller read it), leases, steps,
+# idempotency (as for FINISH_RUN). ARGV: holder ("attempt@worker_id"), reason, mode, the
+# run's build as the caller read it, the partition's work channel.
 # Puts a held attempt back in the queue as the next attempt at once; it does not count as a
 # lost attempt. Modes:
 # - '' : a worker that drains gives it back.
@@ -365,12 +375,14 @@ end
 # - 'stopped': a worker gives back a run it stopped because it could not renew its lease.
 # The last two are free three times per run; after that each counts as a lost attempt (and
 # the last allowed one fails the run), so a run cannot bounce between workers for ever.
-# Returns 1 requeued, 0 not held, 2 not taken back (the worker has written for it), 3 failed.
+# Returns 1 requeued, 0 not held, 2 not taken back (the worker has written for it), 3 failed,
+# 4 the run's build is not the one the caller read (read again and retry).
 REQUEUE_RUN = (
     _PRELUDE
     + _local_requeue
     + """
 if not holds(KEYS[1], ARGV[1]) then return 0 end
+if not built(KEYS[1], ARGV[4]) then return 4 end
 local attempt = string.match(ARGV[1], '^%d+')
 if ARGV[3] == 'untouched' or ARGV[3] == 'stopped' then
   if ARGV[3] == 'untouched' and tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') > 0 then
@@ -380,20 +392,22 @@ if ARGV[3] == 'untouched' or ARGV[3] == 'stopped' then
     local lost = redis.call('HINCRBY', KEYS[1], 'lost', 1)
     local limit = tonumber(redis.call('HGET', KEYS[1], 'max_attempts') or '3')
     if lost >= limit then
-      give_up(KEYS[1], KEYS[2], KEYS[4], KEYS[5], attempt, lost, limit,
+      give_up(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], attempt, lost, limit,
         'it was taken back or given back more than three times: ' .. ARGV[2])
       return 3
     end
   end
 end
-requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], attempt, ARGV[2])
+requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], attempt, ARGV[2], ARGV[5])
 return 1
 """
 )
 
-# KEYS: run, events, queue, leases, steps. ARGV: run_id, lease timeout (s, for the message).
+# KEYS: as for REQUEUE_RUN. ARGV: run_id, lease timeout (s, for the message), the run's build
+# as the caller read it, the partition's work channel.
 # Acts only on a RUNNING run whose lease really expired, so of several replicas racing on
-# one expiry exactly one acts. Returns 'requeued', 'failed', or '' (nothing to do).
+# one expiry exactly one acts. Returns 'requeued', 'failed', '' (nothing to do), or 'stale'
+# when the run's build is not the one the caller read (read again and retry).
 EXPIRE_LEASE = (
     _PRELUDE
     + _local_requeue
@@ -409,17 +423,18 @@ if tonumber(st[3]) > now then
   redis.call('ZADD', KEYS[4], st[3], ARGV[1])
   return ''
 end
+if not built(KEYS[1], ARGV[3]) then return 'stale' end
 local lost = tonumber(st[6] or '0') + 1
 local limit = tonumber(st[5] or '3')
 local why = 'worker ' .. (st[4] or '?') .. ' stopped renewing the lease of attempt ' .. st[2] ..
   ' for ' .. ARGV[2] .. ' s (it crashed, hung or lost its network)'
 redis.call('HSET', KEYS[1], 'lost', tostring(lost))
 if lost >= limit then
-  give_up(KEYS[1], KEYS[2], KEYS[4], KEYS[5], st[2], lost, limit, why)
+  give_up(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], st[2], lost, limit, why)
   return 'failed'
 end
 requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], st[2], why .. '; retrying as attempt ' ..
-  tostring(tonumber(st[2]) + 1))
+  tostring(tonumber(st[2]) + 1), ARGV[4])
 return 'requeued'
 """
 )

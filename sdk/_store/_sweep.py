@@ -7,7 +7,9 @@ the sweep for the round:
 - index entries (ListRuns' sorted sets) of runs whose keys expired;
 - queue entries already acknowledged (a queue stream keeps every entry until trimmed);
 - consumers of replicas that are gone (each replica is a consumer of every queue group);
-- pinned queues and build ids of builds with no worker, no run and not current.
+- pinned queues and build ids of builds with no worker, no run and not current;
+- and it makes every partition's copy of the current builds whole again, should a promotion
+  have been cut short.
 
 Each step reads at most `budget` entries a round, so a round is bounded in time and bytes
 whatever the backlog; what is left is taken the next round. Owns `keys.SWEEP_LOCK` (a
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from . import _keys as keys
-from ._builds import load_view, queue_workflow
+from ._builds import build_counts, copy_current, load_view
 from ._connection import redis_time_ms
 
 __all__ = ["SweepReport", "Sweeper", "sweep"]
@@ -129,6 +131,7 @@ async def _sweep_queue(
 
 async def sweep(
     redis: aioredis.Redis,
+    partitions: tuple[int, ...],
     retention_ms: int,
     *,
     idle_consumer_ms: int = 3_600_000,
@@ -142,7 +145,9 @@ async def sweep(
     if retention_ms > 0:
         cursors = cursors if cursors is not None else {}
         seen: dict[str, str] = {}
-        async for index in redis.scan_iter(match=keys.RUNS_INDEX + "*", count=500, _type="zset"):
+        async for index in redis.scan_iter(
+            match=keys.PREFIX + "{p*}:runs*", count=500, _type="zset"
+        ):
             removed, seen[index] = await _forget_gone_runs(
                 redis, index, now - retention_ms, budget, cursors.get(index, "-inf")
             )
@@ -150,17 +155,19 @@ async def sweep(
         cursors.clear()
         cursors.update({k: v for k, v in seen.items() if v != "-inf"})
     empty_pinned: list[str] = []
-    async for stream in redis.scan_iter(match=keys.PREFIX + "queue*", count=500, _type="stream"):
+    async for stream in redis.scan_iter(
+        match=keys.PREFIX + "{p*}:queue*", count=500, _type="stream"
+    ):
         left, pending = await _sweep_queue(redis, stream, idle_consumer_ms, report)
-        if stream.startswith(keys.PINNED_QUEUE_PREFIX) and not left and not pending:
+        if keys.queue_of(stream)[1] and not left and not pending:
             empty_pinned.append(stream)
     workflows = sorted(await redis.hkeys(keys.WORKFLOWS))
     if not workflows:
         return report
     view = await load_view(redis, workflows)
-    counted = {
-        tuple(name.split("\t")[:2]) for name in await redis.hkeys(keys.STATS_BUILDS)
-    }  # (workflow, build) with queued or running runs
+    await copy_current(redis, partitions, view.current)
+    # (workflow, build) with queued or running runs
+    counted = {(w, b) for (w, b, _) in await build_counts(redis, partitions)}
 
     def forgettable(workflow: str, build: str) -> bool:
         return (
@@ -170,7 +177,7 @@ async def sweep(
         )
 
     for stream in empty_pinned:
-        workflow, build = queue_workflow(stream)
+        workflow, build = keys.queue_of(stream)
         if forgettable(workflow, build):
             report.queues += int(await redis.delete(stream))
     for workflow in workflows:
@@ -183,8 +190,9 @@ async def sweep(
 class Sweeper:
     """The sweep as the control plane's janitor runs it: one replica a round."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, partitions: tuple[int, ...]) -> None:
         self._redis = redis
+        self._partitions = partitions
 
     async def take_turn(self, holder: str, ms: int) -> bool:
         """Whether `holder` sweeps this round: the lock is taken for `ms`, and lapses by
@@ -193,4 +201,4 @@ class Sweeper:
 
     async def sweep(self, retention_ms: int, cursors: dict[str, str]) -> SweepReport:
         """One round (see `sweep`)."""
-        return await sweep(self._redis, retention_ms, cursors=cursors)
+        return await sweep(self._redis, self._partitions, retention_ms, cursors=cursors)

@@ -26,7 +26,7 @@ import psutil
 
 import longline
 from longline._embedded import EmbeddedRedis
-from longline._store import keys
+from longline._store import Store
 from tests.bench.b1 import BENCH_FLOWS, NO_LIMITS, stack, throughput
 from tests.bench.footprint import footprints
 from tests.conftest import ROOT
@@ -224,7 +224,7 @@ async def _running(redis_url: str) -> int:
 
     r = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        return int(await r.hget(keys.STATS_STATUS, "RUNNING") or 0)
+        return (await Store(r).runs.stats()).by_status.get("RUNNING", 0)
     finally:
         await r.aclose()
 

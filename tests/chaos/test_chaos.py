@@ -275,7 +275,10 @@ async def test_a_run_cancelled_while_its_worker_is_dead_ends_cancelled_once(
         killed_at = await _redis_seconds(redis)
         cancelled = await handle.cancel("nobody needs it now")
         assert cancelled.status is longline.RunStatus.CANCELLED
-        assert await redis.zscore(keys.LEASES, handle.run_id) is None
+        assert (
+            await redis.zscore(keys.leases_key(keys.partition_of(handle.run_id)), handle.run_id)
+            is None
+        )
 
         # Outlive the 2 s lease: the monitor must not bring the cancelled run back.
         async def lease_would_have_expired() -> bool:

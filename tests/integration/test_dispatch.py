@@ -12,6 +12,9 @@ from longline.compute_plane import Worker, WorkerSettings, load_workflows
 from longline.control_plane import ControlPlane, ControlPlaneSettings
 from tests.conftest import FLOWS, eventually
 
+# One partition: each workflow's queue is one stream (partition 0's), which the tests read.
+ONE = 1
+
 
 async def _serve_worker(redis_url: str, target: str) -> tuple[Worker, asyncio.Task[None]]:
     worker = Worker(
@@ -33,7 +36,7 @@ async def _group_created(redis: aioredis.Redis) -> None:
     """Wait until the dispatcher reads the echo queue (it does once a worker has room)."""
 
     async def created() -> bool:
-        return await redis.exists(keys.queue_key("echo")) == 1
+        return await redis.exists(keys.queue_key(0, "echo")) == 1
 
     await eventually(created, what="the dispatcher to create the echo queue's group")
 
@@ -51,7 +54,11 @@ async def test_entries_delivered_before_a_restart_are_assigned_after_it(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
     settings = ControlPlaneSettings(
-        insecure_no_auth=True, redis_url=redis_url, listen="127.0.0.1:0", replica_id="cp-a"
+        insecure_no_auth=True,
+        redis_url=redis_url,
+        listen="127.0.0.1:0",
+        replica_id="cp-a",
+        partitions=ONE,
     )
     async with ControlPlane(settings) as cp:
         target = f"127.0.0.1:{cp.port}"
@@ -60,7 +67,7 @@ async def test_entries_delivered_before_a_restart_are_assigned_after_it(
             handle = await client.start("echo", "survives")
         # The replica is handed the entry and dies before it can act on it.
         got = await redis.xreadgroup(
-            keys.DISPATCH_GROUP, "cp-a", {keys.queue_key("echo"): ">"}, count=10
+            keys.DISPATCH_GROUP, "cp-a", {keys.queue_key(0, "echo"): ">"}, count=10
         )
         assert got and got[0][1][0][1]["run_id"] == handle.run_id
 
@@ -70,7 +77,7 @@ async def test_entries_delivered_before_a_restart_are_assigned_after_it(
         async with longline.Client(target) as client:
             result = await asyncio.wait_for(client.get_run(handle.run_id).result(), 20)
         assert result == "survives"
-        pending = await redis.xpending(keys.queue_key("echo"), keys.DISPATCH_GROUP)
+        pending = await redis.xpending(keys.queue_key(0, "echo"), keys.DISPATCH_GROUP)
         assert pending["pending"] == 0
         worker.request_stop()
         await task
@@ -84,6 +91,7 @@ async def test_entries_held_by_a_replica_that_died_are_taken_over(
         redis_url=redis_url,
         listen="127.0.0.1:0",
         replica_id="cp-live",
+        partitions=ONE,
         reclaim_after=0.3,
     )
     async with ControlPlane(settings) as cp:
@@ -93,12 +101,12 @@ async def test_entries_held_by_a_replica_that_died_are_taken_over(
             handle = await client.start("echo", "rescued")
             # Another replica is handed the entry, then dies: it never assigns or acks it.
             got = await redis.xreadgroup(
-                keys.DISPATCH_GROUP, "cp-dead", {keys.queue_key("echo"): ">"}, count=10
+                keys.DISPATCH_GROUP, "cp-dead", {keys.queue_key(0, "echo"): ">"}, count=10
             )
             assert got and got[0][1][0][1]["run_id"] == handle.run_id
             worker, task = await _serve_worker(redis_url, target)
             assert await asyncio.wait_for(handle.result(), 20) == "rescued"
-        pending = await redis.xpending(keys.queue_key("echo"), keys.DISPATCH_GROUP)
+        pending = await redis.xpending(keys.queue_key(0, "echo"), keys.DISPATCH_GROUP)
         assert pending["pending"] == 0
         worker.request_stop()
         await task
@@ -115,6 +123,7 @@ async def test_two_queues_may_hand_out_the_same_entry_id(
         redis_url=redis_url,
         listen="127.0.0.1:0",
         replica_id="cp-ids",
+        partitions=ONE,
         reclaim_after=120,
     )
     async with ControlPlane(settings) as cp:
@@ -125,7 +134,7 @@ async def test_two_queues_may_hand_out_the_same_entry_id(
             second = await client.start("slow", {"steps": 1, "delay": 0.01})
             # A replica that was reading when the worker left hands entries back as new ones:
             # wait until each queue's newest entry is one nobody was handed.
-            queues = [keys.queue_key("echo"), keys.queue_key("slow")]
+            queues = [keys.queue_key(0, "echo"), keys.queue_key(0, "slow")]
 
             async def undelivered() -> list[tuple[str, str, dict[str, str]]]:
                 tops = []

@@ -53,8 +53,8 @@ async def test_the_append_script_refuses_what_a_worker_may_not_write(
         )
     with pytest.raises(ResponseError, match="EVENTTYPE"):
         await store.attempts._finish(
-            keys=[keys.run_key("r1"), keys.events_key("r1"), keys.LEASES, keys.steps_key("r1")]
-            + [keys.STATS_TENANTS, keys.STATS_BUILDS, keys.STATS_STATUS, keys.STATS_QUEUED],
+            keys=[keys.run_key("r1"), keys.events_key("r1"), keys.leases_key(0)]
+            + [keys.steps_key("r1"), keys.run_key("r1"), *keys.stats_keys(0)],
             args=["1@w1", 99, "CANCELLED", "", "", "", "", *encode_event("RUN_CANCELLED", 1)],
         )
     types = [e.type for e in await store.events.read_events("r1", "", 100)]

@@ -59,7 +59,7 @@ async def test_the_last_allowed_loss_fails_the_run_saying_why(
     record = await store.runs.get(run_id)
     assert record.status == "FAILED" and record.error_type == "AttemptsExhausted"
     assert record.error_message.startswith("gave up after 1 lost attempts (max_attempts 1)")
-    assert await redis.zscore(keys.LEASES, run_id) is None
+    assert await redis.zscore(keys.leases_key(keys.partition_of(run_id)), run_id) is None
     await store.redis.aclose()
 
 
@@ -120,7 +120,7 @@ async def test_a_claim_lost_in_a_failover_does_not_let_two_workers_hold_one_atte
     with pytest.raises(LeaseLost):
         await w1.append([encode_event("STATUS", 1, "w1 here")])
     assert await store.attempts.heartbeat([("r3", 1)], 10_000, "w1") == [False]
-    assert not await store.attempts.requeue("r3", "flow", 1, "w1 gives it back", "w1")
+    assert not await store.attempts.requeue("r3", 1, "w1 gives it back", "w1")
     await w2.append([encode_event("STATUS", 1, "w2 here")])
     assert await store.attempts.heartbeat([("r3", 1)], 10_000, "w2") == [True]
     await w2.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))

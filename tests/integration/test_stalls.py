@@ -245,7 +245,7 @@ async def test_a_newer_attempt_replaces_the_stale_task_instead_of_being_released
             # and only this worker is there to take it.
             store = Store(connect(redis_url))
             try:
-                assert await store.attempts.requeue(handle.run_id, "slow", 1, "test", "w1")
+                assert await store.attempts.requeue(handle.run_id, 1, "test", "w1")
             finally:
                 await store.redis.aclose()
             assert await asyncio.wait_for(handle.result(), 30) == {"ticks": 60}

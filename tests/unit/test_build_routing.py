@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from longline._store import BuildView, InvalidArgumentError, check_build_id, keys
+from longline._store import BuildView, InvalidArgumentError, check_build_id
 
-Q = keys.queue_key
+
+def Q(workflow: str, build: str = "") -> tuple[str, str]:  # noqa: N802 - reads as a queue
+    return (workflow, build)
 
 
 def test_without_builds_every_worker_reads_the_workflow_queue_only() -> None:
     view = BuildView(builds={"wf": {""}}, live={"wf": {""}})
-    assert view.streams_for("wf", "") == [Q("wf")]
+    assert view.queues_for("wf", "") == [Q("wf")]
     assert view.served("wf", "")
 
 
@@ -21,9 +23,9 @@ def test_the_current_build_takes_new_runs_and_runs_of_builds_with_no_worker_left
         builds={"wf": {"", "v1", "v2", "v3"}},
         live={"wf": {"v2", "v3"}},
     )
-    assert view.streams_for("wf", "v3") == [Q("wf", "v3"), Q("wf"), Q("wf", "v1")]
-    assert view.streams_for("wf", "v2") == [Q("wf", "v2")], "pinned runs only"
-    assert view.streams_for("wf", "") == [], "no build id: no new runs once one is promoted"
+    assert view.queues_for("wf", "v3") == [Q("wf", "v3"), Q("wf"), Q("wf", "v1")]
+    assert view.queues_for("wf", "v2") == [Q("wf", "v2")], "pinned runs only"
+    assert view.queues_for("wf", "") == [], "no build id: no new runs once one is promoted"
     assert all(view.served("wf", b) for b in ("", "v1", "v2", "v3"))
 
 
@@ -34,7 +36,7 @@ def test_policy_never_keeps_runs_on_their_build_and_reports_them() -> None:
         builds={"wf": {"v1", "v2"}},
         live={"wf": {"v2"}},
     )
-    assert view.streams_for("wf", "v2") == [Q("wf", "v2"), Q("wf")]
+    assert view.queues_for("wf", "v2") == [Q("wf", "v2"), Q("wf")]
     assert not view.served("wf", "v1")
 
 

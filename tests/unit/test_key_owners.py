@@ -10,7 +10,22 @@ from pathlib import Path
 from longline._store import _keys as keys
 
 ROOT = Path(__file__).resolve().parents[2]
-_NOT_KEYS = {"PREFIX", "OWNERS"}
+# Names of `_keys` that are not keys: the partition helpers and constants.
+_NOT_KEYS = {
+    "PREFIX",
+    "OWNERS",
+    "MAX_PARTITIONS",
+    "DEFAULT_PARTITIONS",
+    "LAYOUT",
+    "slot",
+    "tag",
+    "partition_numbers",
+    "partition_of",
+    "partition_of_key",
+    "partition_for_key",
+    "run_id_in",
+    "queue_of",
+}
 
 
 def _key_names() -> set[str]:

@@ -1,0 +1,170 @@
+"""Partitions against a real Redis: every script runs with the keys of one slot, listings
+merge the partitions in order, and the partition count is checked at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from longline._store import (
+    ClaimRequest,
+    FailedPreconditionError,
+    RunWriter,
+    Store,
+    TenantLimits,
+    _scripts,
+    connect,
+    encode_event,
+    keys,
+)
+from tests.conftest import SCRIPTS_RUN, eventually
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    s = Store(connect(redis_url), partitions=8)
+    await s.check_partitions()
+    await s.presence.announce("w1", [("flow", ""), ("other", "")], 60_000)
+    yield s
+    await s.redis.aclose()
+
+
+async def test_every_script_of_a_run_runs_with_keys_in_its_partition_slot(store: Store) -> None:
+    """Each script of `_scripts` runs here at least once; the session's check (conftest)
+    fails the test if any call's KEYS span slots."""
+    scripts = [
+        getattr(_scripts, name)
+        for name in dir(_scripts)
+        if name.isupper()
+        and not name.startswith("_")
+        and isinstance(getattr(_scripts, name), str)
+        and "redis.call" in getattr(_scripts, name)
+    ]
+    assert len(scripts) == 9
+    for text in scripts:
+        SCRIPTS_RUN.pop(text, None)
+    limits = TenantLimits(max_queued=100, start_rate=100, start_burst=100)
+    runs = [
+        await store.runs.create(
+            store.runs.new_run_id(f"key-{i}", "alice"),
+            "flow",
+            "null",
+            {},
+            idempotency_key=f"key-{i}",
+            tenant="alice",
+            limits=limits,
+            retention_ms=60_000,
+        )
+        for i in range(6)
+    ]
+    ids = [c.run.run_id for c in runs]
+    assert len({keys.partition_of(i) for i in ids}) > 1, "the runs spread over partitions"
+    claim = [ClaimRequest(i, 1, "w1", "cp", 60_000, 1) for i in ids]
+    assert all(await store.attempts.claim_many(claim))
+    writer = RunWriter(store, ids[0], 1, "w1")
+    await writer.open()
+    await writer.append([encode_event("STATUS", 1, "hi")], ("step", "1"))
+    assert await store.attempts.heartbeat([(i, 1) for i in ids], 60_000, "w1") == [True] * 6
+    await writer.finish("SUCCEEDED", result_json="1", event=["a", "1"])
+    await store.runs.cancel(ids[1], "enough")
+    assert await store.attempts.requeue(ids[2], 1, "draining", "w1")
+    await store.attempts.take_back(ids[3], 1, "never acknowledged", "w1")
+    late = ClaimRequest(ids[4], 1, "w1", "cp", 1, 1)
+    await store.redis.hset(keys.run_key(ids[4]), "status", "QUEUED")  # claimed again, 1 ms
+    await store.attempts.claim(late)
+    await asyncio.sleep(0.01)
+    assert [e.outcome for e in await store.attempts.expire_leases(1)] == ["failed"]
+    assert [text[-200:] for text in scripts if text not in SCRIPTS_RUN] == []
+
+
+async def test_list_runs_merges_the_partitions_newest_first_with_stable_cursors(
+    store: Store,
+) -> None:
+    made = []
+    for _ in range(60):  # several runs per millisecond: ties are ordered by id
+        made.append((await store.runs.create(store.runs.new_run_id(), "flow", "1", {})).run)
+    assert len({keys.partition_of(r.run_id) for r in made}) == 8
+    expected = sorted(((r.create_ms, r.run_id) for r in made), reverse=True)
+    for size in (1, 7, 60, 100):
+        seen: list[tuple[int, str]] = []
+        cursor = None
+        while True:
+            page = await store.runs.page("", "", size, cursor)
+            seen += [(r.create_ms, r.run_id) for r in page.runs]
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+        assert seen == expected, f"pages of {size}"
+    by_workflow = await store.runs.page("flow", "", 100, None)
+    assert [(r.create_ms, r.run_id) for r in by_workflow.runs] == expected
+    assert (await store.runs.page("other", "", 100, None)).runs == []
+
+
+async def test_counters_are_summed_over_the_partitions(store: Store) -> None:
+    for _ in range(20):
+        await store.runs.create(store.runs.new_run_id(), "flow", "1", {})
+    stats = await store.runs.stats()
+    assert stats.by_status == {"QUEUED": 20} and stats.queued == {"flow": 20}
+    (builds,) = await store.builds.list_all("flow")
+    assert [(b.build, b.queued) for b in builds.builds] == [("", 20)]
+
+
+async def test_the_queued_limit_counts_every_partition(store: Store) -> None:
+    limits = TenantLimits(max_queued=5)
+    for _ in range(5):
+        await store.runs.create(store.runs.new_run_id(), "flow", "1", {}, tenant="t", limits=limits)
+    other = Store(store.redis, partitions=8)  # another replica: it has counted nothing itself
+    with pytest.raises(Exception, match="5 runs of this tenant are queued"):
+        await other.runs.create(other.runs.new_run_id(), "flow", "1", {}, tenant="t", limits=limits)
+
+
+async def test_a_replica_with_another_partition_count_refuses_to_start(
+    store: Store, redis_url: str
+) -> None:
+    other = Store(connect(redis_url), partitions=16)
+    with pytest.raises(FailedPreconditionError, match="--partitions 8") as caught:
+        await other.check_partitions()
+    assert caught.value.reason == "PARTITIONS_MISMATCH"
+    await Store(store.redis, partitions=8).check_partitions()  # the same count starts
+    await other.redis.aclose()
+
+
+async def test_a_redis_in_the_layout_before_partitions_is_refused(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    await redis.hset("ll:stats:status", "SUCCEEDED", 3)
+    store = Store(connect(redis_url))
+    with pytest.raises(FailedPreconditionError, match="Upgrading to partitions") as caught:
+        await store.check_partitions()
+    assert caught.value.reason == "OLD_KEY_LAYOUT"
+    assert not await redis.exists(keys.META), "nothing written"
+    await store.redis.aclose()
+
+
+async def test_notices_wake_the_dispatcher_of_every_replica_subscribed(
+    store: Store, redis_url: str
+) -> None:
+    from longline._store import Queues
+
+    reader = connect(redis_url, socket_timeout=None)
+    queues = Queues(store.redis, reader, "cp-a", store.partitions)
+    seen: list[str | None] = []
+
+    async def listen() -> None:
+        async for stream in queues.notices():
+            seen.append(stream)
+
+    async def seen_as(want: list[str | None]) -> bool:
+        return seen == want
+
+    task = asyncio.create_task(listen())
+    await eventually(lambda: seen_as([None]), what="the subscription")
+    run = (await store.runs.create(store.runs.new_run_id(), "flow", "1", {})).run
+    expected = keys.queue_key(keys.partition_of(run.run_id), "flow")
+    await eventually(lambda: seen_as([None, expected]), what="the notice")
+    task.cancel()
+    await queues.close_notices()
+    await reader.aclose()
