@@ -67,7 +67,9 @@ async def test_finished_runs_leave_nothing_after_their_retention(
     await eventually(
         lambda: _trimmed(redis), timeout=30, what="the queue's acknowledged entries to go"
     )
-    assert len(after) < 100, sorted(after)  # a few per workflow served, not one per run
+    # A few per workflow served (tests/flows.py has 16) and per partition (a queue each):
+    # about 120, not one per run (1,100 ran).
+    assert len(after) < 200, sorted(after)
 
 
 async def _trimmed(redis: aioredis.Redis) -> bool:
