@@ -159,7 +159,7 @@ class Dispatcher:
                     backoff.reset()
                     if stream is None:  # (re)subscribed: what was sent before went unseen
                         self._read_all = True
-                    else:
+                    elif stream in self._groups:  # a stream this replica reads
                         self._notices += 1
                         self._marked[stream] = self._notices
                     self._woken.set()
@@ -341,25 +341,30 @@ class Dispatcher:
         await self._drain_backlog()
         if time.monotonic() >= self._next_full:
             self._read_all = True
+        readers = self._readers()
         capacity: dict[tuple[str, str], int] = {}
-        for queue, sessions in self._readers().items():
+        for queue, sessions in readers.items():
             free = sum(s.free for s in sessions)
             if free:
                 capacity[queue] = free
-        wanted = [s for queue in sorted(capacity) for s in self._queues.streams(*queue)]
+        wanted = [s for queue in sorted(readers) for s in self._queues.streams(*queue)]
         missing = [s for s in wanted if s not in self._groups]
         if missing:
             await self._queues.ensure_groups(missing)
             self._groups.update(missing)
             self._recover = True  # entries an earlier life of this replica was handed first
+            self._read_all = True  # and what the new streams hold (no notice was followed)
         if self._recover:  # everything this replica was handed, for any workflow
             entries = await self._queues.read({s: ("0", None) for s in sorted(self._groups)})
             self._recover = False
             self._hold(entries)
             return True  # then the new entries, at once
         if self._read_all:
+            # Every stream local workers read, with room or not: a slot that frees later
+            # finds its streams marked.
             self._read_all = False
             self._next_full = time.monotonic() + FULL_READ
+            self._marked = {s: n for s, n in self._marked.items() if s in self._groups}
             for stream in wanted:
                 self._marked.setdefault(stream, self._notices)
         plan = self._plan(capacity)
@@ -453,6 +458,7 @@ class Dispatcher:
                 raise
             done: dict[str, list[str]] = {}
             failed: list[RedisError] = []
+            behind: set[str] = set()
             orphans: list[tuple[WorkerSession, QueueEntry]] = []
             for (session, item), claimed in zip(plan, claims, strict=True):
                 if isinstance(claimed, RedisError):
@@ -460,8 +466,11 @@ class Dispatcher:
                     waiting.append(item)
                     continue
                 if isinstance(claimed, WrongBuild):
-                    # It has not started yet and another build was promoted meanwhile.
+                    # It has not started yet and another build was promoted meanwhile; or
+                    # the partition's copy of the current build is behind (a promotion cut
+                    # short): made whole below, before the entry goes back.
                     self._view_due = 0.0
+                    behind.add(item.workflow)
                     back.append(item)
                     continue
                 if claimed is not None:
@@ -472,6 +481,8 @@ class Dispatcher:
                 # else: cancelled while queued, or this attempt was already taken
                 done.setdefault(item.stream, []).append(item.entry_id)
             self._backlog = waiting + self._backlog
+            if behind:
+                await self._store.builds.sync(behind)
             if back:
                 # Handed back as a new entry first; the old one is acknowledged only where its
                 # copy landed (under OOM Redis refuses XADD but not XACK: an entry acknowledged
@@ -480,6 +491,9 @@ class Dispatcher:
                 for item, copied in zip(back, landed, strict=True):
                     if copied:
                         done.setdefault(item.stream, []).append(item.entry_id)
+                        # Read again here too, should its notice be lost.
+                        self._notices += 1
+                        self._marked[item.stream] = self._notices
                     else:
                         self._backlog.append(item)  # still pending here: tried again
             await self._queues.ack(done)

@@ -155,6 +155,11 @@ class RedisCluster:
         """One seed: the first master."""
         return self.seed_urls[0]
 
+    @property
+    def longline_url(self) -> str:
+        """The cluster as longline's --redis names it: every node a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
     def node(self, port: int) -> Server:
         return next(n for n in self.nodes if n.port == port)
 

@@ -59,6 +59,12 @@ def _no_script_spanned_slots() -> Iterator[None]:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
+        "--redis-cluster",
+        action="store_true",
+        help="run against a local Redis Cluster of 3 masters: redis_url names it "
+        "(redis+cluster://) and redis is a cluster client; tests marked single_redis skip",
+    )
+    parser.addoption(
         "--skip-slow",
         action="store_true",
         help="skip the slow chaos and soak tests (never in CI: CI=true runs them regardless)",
@@ -66,6 +72,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--redis-cluster"):
+        one = pytest.mark.skip(reason="needs one Redis server, not a cluster (single_redis)")
+        for item in items:
+            if "single_redis" in item.keywords:
+                item.add_marker(one)
     if not config.getoption("--skip-slow") or os.environ.get("CI") == "true":
         return
     skip = pytest.mark.skip(reason="slow test skipped by --skip-slow (CI runs it)")
@@ -93,20 +104,35 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 
 
 @pytest.fixture
-def redis_url(redis_server: EmbeddedRedis) -> str:
-    """The session's Redis, emptied for this test."""
+def redis_url(redis_server: EmbeddedRedis, request: pytest.FixtureRequest) -> str:
+    """The session's Redis, emptied for this test; with --redis-cluster, the session's
+    cluster (redis+cluster://). The test flows' step counters stay in the single server
+    (LONGLINE_TEST_REDIS)."""
     import redis
 
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
     os.environ["LONGLINE_TEST_REDIS"] = redis_server.url
+    from tests import procs as proc_helpers  # it imports this module
+
+    proc_helpers.COUNTERS = redis_server.url
+    if request.config.getoption("--redis-cluster"):
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return cluster.longline_url
     return redis_server.url
 
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """An async client of the test's Redis."""
+    """An async client of the test's Redis (of its cluster, with --redis-cluster)."""
+    if redis_url.startswith("redis+cluster://"):
+        seed = redis_url.removeprefix("redis+cluster://").split(",")[0]
+        cluster = aioredis.RedisCluster.from_url(f"redis://{seed}", decode_responses=True)
+        yield cluster
+        await cluster.aclose()
+        return
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()

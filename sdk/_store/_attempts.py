@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from .._errors import LeaseLost
 from . import _keys as keys
 from . import _scripts
-from ._connection import redis_time_ms
+from ._connection import redis_time_ms, scripts_together
 from ._loops import Backoff, transient
 from ._runs import Route, Runs
 
@@ -149,30 +149,24 @@ class Attempts:
         error that refused that one claim."""
         if not requests:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for r in requests:
-                n = keys.partition_of(r.run_id)
-                await self._claim(
-                    keys=[
-                        keys.run_key(r.run_id),
-                        keys.leases_key(n),
-                        keys.events_key(r.run_id),
-                        keys.builds_current_key(n),
-                        *keys.stats_keys(n),
-                    ],
-                    args=[
-                        r.attempt,
-                        r.worker_id,
-                        r.replica_id,
-                        r.lease_ms,
-                        r.max_attempts,
-                        r.build,
-                    ],
-                    client=pipe,
-                )
-            # One refused claim (OOM near the memory limit) must not hide the others that
-            # landed: each answer stands alone, an error as the exception itself.
-            replies = await pipe.execute(raise_on_error=False)
+        calls = []
+        for r in requests:
+            n = keys.partition_of(r.run_id)
+            claim_keys = [
+                keys.run_key(r.run_id),
+                keys.leases_key(n),
+                keys.events_key(r.run_id),
+                keys.builds_current_key(n),
+                *keys.stats_keys(n),
+            ]
+            args = [r.attempt, r.worker_id, r.replica_id, r.lease_ms, r.max_attempts, r.build]
+            calls.append((self._claim, claim_keys, args))
+        # One refused claim (OOM near the memory limit) must not hide the others that
+        # landed: each answer stands alone, an error as the exception itself.
+        replies = await scripts_together(self._redis, calls, raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, RedisError):
+                raise reply
         return [r if isinstance(r, RedisError) else _claimed(r) for r in replies]
 
     async def requeue(
@@ -303,15 +297,15 @@ class Attempts:
         False = lost."""
         if not attempts:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for run_id, attempt in attempts:
-                await self._heartbeat(
-                    keys=[keys.run_key(run_id), keys.leases_key(keys.partition_of(run_id))],
-                    args=[holder(attempt, worker_id), lease_ms],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
-        return [bool(r) for r in replies]
+        calls = [
+            (
+                self._heartbeat,
+                [keys.run_key(run_id), keys.leases_key(keys.partition_of(run_id))],
+                [holder(attempt, worker_id), lease_ms],
+            )
+            for run_id, attempt in attempts
+        ]
+        return [bool(r) for r in await scripts_together(self._redis, calls)]
 
 
 class _HasAttempts(Protocol):

@@ -7,16 +7,18 @@ workers of the current build read (any worker when no build was promoted). The p
 of a build that has no live, non-draining worker left is read by the current build's workers
 when the workflow's policy is WHEN_UNSERVED, and by nobody (reported) when it is NEVER.
 
-Owns `keys.BUILDS_CURRENT` (a hash: workflow -> promoted build), its copy in every partition
-`keys.builds_current_key(n)` (which CLAIM_RUN reads in the run's slot; a promotion writes
-them all), `keys.BUILDS_POLICY` (workflow -> move policy) and `keys.builds_key(workflow)` (a
-set: every build seen; a worker's announcement adds its own, in `_presence`'s round trip,
-and the sweep removes builds of the past); reads the presence zsets of `_presence` and the
-partitions' build counters (`keys.stats_keys`), summed.
+Owns `keys.BUILDS_CURRENT` (a hash: workflow -> promoted build), its copy in every
+partition `keys.builds_current_key(n)` (which CLAIM_RUN reads in the run's slot; a
+promotion writes them all, each taking only a later promotion than it holds, counted in
+`keys.BUILDS_GEN`), `keys.BUILDS_POLICY` (workflow -> move policy) and
+`keys.builds_key(workflow)` (a set: every build seen; a worker's announcement adds its own,
+in `_presence`'s round trip, and the sweep removes builds of the past); reads the presence
+zsets of `_presence` and the partitions' build counters (`keys.stats_keys`), summed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterable
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from . import _keys as keys
-from ._connection import redis_time_ms
+from ._connection import redis_time_ms, scripts_together
 from ._errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from ._presence import Presence
 
@@ -110,15 +112,14 @@ async def load_view(redis: aioredis.Redis, workflows: list[str]) -> BuildView:
     """Read the routing state of `workflows` in one round trip."""
     loaded = time.monotonic()
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.time()
         pipe.hgetall(keys.BUILDS_CURRENT)
         pipe.hgetall(keys.BUILDS_POLICY)
         for name in workflows:
             pipe.smembers(keys.builds_key(name))
             pipe.zrange(keys.build_workers_key(name), 0, -1, withscores=True)
-        replies = await pipe.execute()
-    (seconds, micros), current, policy, *rest = replies
-    now = int(seconds) * 1000 + int(micros) // 1000
+        # Redis's clock beside the reads (a cluster pipelines no TIME: it is no key's).
+        now, replies = await asyncio.gather(redis_time_ms(redis), pipe.execute())
+    current, policy, *rest = replies
     view = BuildView(current=dict(current), policy=dict(policy), loaded=loaded)
     for i, name in enumerate(workflows):
         view.builds[name] = set(rest[2 * i])
@@ -149,16 +150,47 @@ async def build_counts(
     return counts
 
 
+# KEYS: a partition's copy of the current builds. ARGV: workflow, build, the promotion's
+# generation. Takes the build only from a later promotion than the copy holds: copies written
+# out of order (two promotions at once, a sweep with an older view) never go back.
+_COPY_CURRENT = """
+local field = ARGV[1] .. '\tgen'
+if tonumber(ARGV[3]) <= tonumber(redis.call('HGET', KEYS[1], field) or '-1') then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], field, ARGV[3])
+return 1
+"""
+
+
 async def copy_current(
-    redis: aioredis.Redis, partitions: tuple[int, ...], current: dict[str, str]
+    redis: aioredis.Redis,
+    partitions: tuple[int, ...],
+    current: dict[str, tuple[str, int]],
 ) -> None:
-    """Write the current builds into every partition's copy."""
-    if not current:
-        return
-    async with redis.pipeline(transaction=False) as pipe:
-        for n in partitions:
-            pipe.hset(keys.builds_current_key(n), mapping=current)
-        await pipe.execute()
+    """Write current builds (workflow -> (build, generation)) into every partition's copy."""
+    script = redis.register_script(_COPY_CURRENT)
+    await scripts_together(
+        redis,
+        [
+            (script, [keys.builds_current_key(n)], [workflow, build, gen])
+            for n in partitions
+            for workflow, (build, gen) in current.items()
+        ],
+    )
+
+
+async def sync_current(
+    redis: aioredis.Redis, partitions: tuple[int, ...], workflows: Iterable[str] | None = None
+) -> None:
+    """Make every partition's copy of the current builds (of `workflows`; None: all) whole
+    again from `keys.BUILDS_CURRENT`."""
+    # The generations first: a build read after them is from that promotion or a later one,
+    # and a later one's own copy (with its greater generation) still wins over this.
+    gens = await redis.hgetall(keys.BUILDS_GEN)
+    current = await redis.hgetall(keys.BUILDS_CURRENT)
+    wanted = set(current) if workflows is None else set(workflows) & set(current)
+    await copy_current(
+        redis, partitions, {w: (current[w], int(gens.get(w) or 0)) for w in sorted(wanted)}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,14 +253,21 @@ class Builds:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hget(keys.BUILDS_CURRENT, workflow)
             pipe.hset(keys.BUILDS_CURRENT, workflow, build)
+            pipe.hincrby(keys.BUILDS_GEN, workflow, 1)
             pipe.sadd(keys.builds_key(workflow), build)
             if policy:
                 pipe.hset(keys.BUILDS_POLICY, workflow, policy)
-            previous = (await pipe.execute())[0]
+            previous, _, gen, *_ = await pipe.execute()
         # Each partition's claims read the partition's copy (one slot each). A promotion cut
-        # short here is made whole by the next one, or by the sweep (`_sweep`).
-        await copy_current(self._redis, self._partitions, {workflow: build})
+        # short here is made whole by a claim that finds a copy behind (`sync`), or by the
+        # sweep (`_sweep`).
+        await copy_current(self._redis, self._partitions, {workflow: (build, int(gen))})
         return previous or ""
+
+    async def sync(self, workflows: Iterable[str]) -> None:
+        """Make the partitions' copies of the workflows' current builds whole again (a claim
+        found one behind the current build)."""
+        await sync_current(self._redis, self._partitions, workflows)
 
     async def list_all(self, workflow: str = "") -> list[WorkflowBuilds]:
         """Every workflow's builds with their workers and queued and running runs."""

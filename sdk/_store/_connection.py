@@ -6,16 +6,29 @@ without a socket timeout (see below); `redis+sentinel://` URLs go through `_sent
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from . import _sentinel
-from ._sentinel import check_redis_url
+from . import _cluster, _sentinel
 
-__all__ = ["Redis", "check_redis_url", "connect", "redis_time_ms"]
+__all__ = [
+    "Redis",
+    "ScriptCall",
+    "check_redis_url",
+    "connect",
+    "is_cluster",
+    "ready_to_subscribe",
+    "redis_time_ms",
+    "scripts_together",
+]
+
+# A script call: the registered script, its KEYS, its ARGV.
+ScriptCall = tuple[Any, Sequence[Any], Sequence[Any]]
 
 Redis = aioredis.Redis  # the client type the store's parts are built on
 
@@ -41,9 +54,11 @@ def connect(
 ) -> aioredis.Redis:
     """A client for `url` that answers str, the way every longline process talks to Redis.
 
-    `url` is redis://, rediss:// or unix:// as redis-py reads them, or
+    `url` is redis://, rediss:// or unix:// as redis-py reads them,
     redis+sentinel://[[user]:password@]host:port[,host:port...]/SERVICE_NAME[/DB] for a
-    primary found through Sentinel, followed across failovers (see `_sentinel`). A
+    primary found through Sentinel, followed across failovers (see `_sentinel`), or
+    redis+cluster://[[user]:password@]host:port[,host:port...] (rediss+cluster:// for TLS)
+    for a Redis Cluster, whose slots the client follows (see `_cluster`). A
     malformed URL is a ValueError; check_redis_url says what to fix in any of them.
     With max_connections, callers wait for a free connection instead of opening more:
     the number of Redis connections of a process stays bounded whatever its load.
@@ -61,6 +76,10 @@ def connect(
     if url.startswith(_sentinel.SCHEME + ":"):
         parsed = _sentinel.parse_sentinel_url(url)
         return _sentinel.sentinel_client(parsed, max_connections=max_connections, options=options)
+    if url.startswith(tuple(s + ":" for s in _cluster.SCHEMES)):
+        # One pool per node, each growing with demand (redis-py's cluster client raises
+        # instead of waiting when a node's pool is full, so it is not bounded here).
+        return _cluster.cluster_client(_cluster.parse_cluster_url(url), options)
     if max_connections:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=None, **options
@@ -73,3 +92,45 @@ async def redis_time_ms(redis: aioredis.Redis) -> int:
     """Redis's clock, in ms: every process measures leases and presence by this one clock."""
     seconds, micros = await redis.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def is_cluster(redis: Any) -> bool:
+    """Whether `redis` is a Redis Cluster client (it pipelines no scripts; see _together)."""
+    return isinstance(redis, aioredis.RedisCluster)
+
+
+def check_redis_url(url: str) -> None:
+    """ValueError, saying what to fix, unless connect() can use `url`; checked at start-up,
+    so that a typo stops a process at once rather than in its first Redis call."""
+    if url.startswith(tuple(s + ":" for s in _cluster.SCHEMES)):
+        _cluster.parse_cluster_url(url)
+        return
+    _sentinel.check_redis_url(url)
+
+
+async def scripts_together(
+    redis: Any, calls: Sequence[ScriptCall], *, raise_on_error: bool = True
+) -> list[Any]:
+    """Several script calls in one round trip (a pipeline); on a Redis Cluster, whose client
+    pipelines no script, side by side (a round trip each, at once). With raise_on_error
+    False, a call that failed answers with its exception and the others stand."""
+    if not calls:
+        return []
+    if is_cluster(redis):
+        return list(
+            await asyncio.gather(
+                *(script(keys=k, args=a) for script, k, a in calls),
+                return_exceptions=not raise_on_error,
+            )
+        )
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, k, a in calls:
+            await script(keys=k, args=a, client=pipe)
+        return list(await pipe.execute(raise_on_error=raise_on_error))
+
+
+async def ready_to_subscribe(redis: Any) -> None:
+    """Make a cluster client learn the cluster's slots before a subscription picks its node
+    by them (a plain client needs nothing)."""
+    if is_cluster(redis):
+        await redis.initialize()

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .._events import TERMINAL_EVENTS, TERMINAL_STATUSES, WIRE_NAMES, EventBody
 from . import _keys as keys
+from ._connection import ready_to_subscribe
 from ._errors import InvalidArgumentError, NotFoundError
 
 __all__ = [
@@ -338,6 +339,7 @@ class EventFeed:
 
     async def open(self) -> None:
         """Subscribe to the feed's own channel (confirmed by a Subscribed message)."""
+        await ready_to_subscribe(self._reader)
         await self._pubsub.subscribe(self.own_channel)
 
     async def subscribe(self, channel: str) -> None:

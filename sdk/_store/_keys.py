@@ -153,7 +153,9 @@ def stats_keys(n: int) -> tuple[str, str, str, str]:
 
 def builds_current_key(n: int) -> str:
     """hash: workflow -> promoted build id, partition `n`'s copy of `BUILDS_CURRENT`, read by
-    CLAIM_RUN in the partition's slot; written with it by every promotion."""
+    CLAIM_RUN in the partition's slot, and "workflow\tgen" -> the promotion it came from
+    (`BUILDS_GEN`); written after every promotion, and made whole again by the sweep and by
+    a claim that found it behind."""
     return f"{_in(n)}:builds:current"
 
 
@@ -212,6 +214,9 @@ WORKFLOWS = PREFIX + "workflows"
 # A promotion changes these three in one MULTI: they share the hash tag {builds} (one slot).
 BUILDS_CURRENT = PREFIX + "{builds}:current"  # hash: workflow -> promoted build id (one each)
 BUILDS_POLICY = PREFIX + "{builds}:policy"  # hash: workflow -> run move policy (builds.proto)
+# hash: workflow -> how many promotions it had: the copies in the partitions take a current
+# build only from a later promotion than the one they hold (never an older one back).
+BUILDS_GEN = PREFIX + "{builds}:gen"
 CONTROL_CHANNEL = PREFIX + "control"  # pub/sub: cancel notices between replicas (not a key)
 DISPATCH_GROUP = "dispatch"  # consumer group on every queue stream
 # string: the replica running this round of the sweep; PX of one sweep interval.
@@ -283,6 +288,7 @@ OWNERS: dict[str, str] = {
     "build_workers_key": "_presence",
     "BUILDS_CURRENT": "_builds",
     "builds_current_key": "_builds",
+    "BUILDS_GEN": "_builds",
     "BUILDS_POLICY": "_builds",
     "builds_key": "_builds",
     "CONTROL_CHANNEL": "_notices",

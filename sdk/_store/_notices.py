@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from . import _keys as keys
+from ._connection import ready_to_subscribe
 
 __all__ = ["CancelNotice", "Listening", "Notices"]
 
@@ -74,6 +75,7 @@ class Notices:
         """Listening once the subscription is in place, then every notice, until the
         connection is lost (a Redis error). A message that is not a notice is logged and
         skipped."""
+        await ready_to_subscribe(self._redis)
         async with self._redis.pubsub() as pubsub:
             await pubsub.subscribe(keys.CONTROL_CHANNEL)
             async for message in pubsub.listen():

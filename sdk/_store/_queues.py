@@ -11,6 +11,7 @@ per queue (a notice lost with a connection is made up for by reading every queue
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from . import _keys as keys
+from ._connection import ready_to_subscribe
 
 __all__ = ["QueueEntry", "Queues"]
 
@@ -130,11 +132,14 @@ class Queues:
                 pipe.xadd(e.stream, {"run_id": e.run_id, "attempt": str(e.attempt)})
             added = await pipe.execute(raise_on_error=False)
         landed = [not isinstance(reply, Exception) for reply in added]
+        streams = {e.stream for e, ok in zip(entries, landed, strict=True) if ok}
         with contextlib.suppress(RedisError):  # a lost notice: read at the next full round
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for e in {e.stream for e, ok in zip(entries, landed, strict=True) if ok}:
-                    pipe.publish(keys.work_channel(keys.partition_of_key(e)), e)
-                await pipe.execute()
+            await asyncio.gather(
+                *(
+                    self._redis.publish(keys.work_channel(keys.partition_of_key(s)), s)
+                    for s in streams
+                )
+            )
         return landed
 
     async def ack(self, done: Mapping[str, Sequence[str]]) -> None:
@@ -151,6 +156,7 @@ class Queues:
         every queue: notices sent before were not seen) and a queue's key per notice, until
         the connection is lost (an error: call again, on a new connection)."""
         await self.close_notices()
+        await ready_to_subscribe(self._reader)
         self._pubsub = self._reader.pubsub()
         channels = [keys.work_channel(n) for n in self.partitions]
         await self._pubsub.subscribe(*channels)

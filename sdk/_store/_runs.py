@@ -14,6 +14,7 @@ them: ListRuns merges the partitions' indexes in order (`page`), counters are su
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import json
@@ -27,6 +28,7 @@ import redis.asyncio as aioredis
 from .._events import TERMINAL_STATUSES
 from . import _keys as keys
 from . import _scripts
+from ._connection import scripts_together
 from ._errors import FailedPreconditionError, NotFoundError, RateLimitedError
 from ._presence import Presence
 
@@ -191,10 +193,14 @@ class _CreateAnswer(enum.IntEnum):
 
 @dataclass
 class _Cursor:
-    """One partition's index, read newest first in batches, as ListRuns merges them."""
+    """One partition's index, read newest first in batches, as ListRuns merges them. Each
+    batch starts where the last one ended, by score (`high`, and how many entries of that
+    score were read already), not by offset: runs created or removed meanwhile above it
+    shift nothing."""
 
     index: str
-    offset: int = 0
+    high: str  # the highest score left to read: "+inf", or a create time in ms
+    skip: int = 0  # entries of score `high` read already
     buffer: list[tuple[int, str]] = field(default_factory=list)  # (score, run_id), oldest first
     done: bool = False
 
@@ -272,18 +278,23 @@ class Runs:
                     pipe.hexists(keys.WORKFLOWS, workflow)
                 if idempotency_key:
                     pipe.get(idem)
-                if rate:
-                    await self._take_token(
-                        keys=[keys.start_rate_key(tenant)],
-                        args=[limits.start_rate, limits.start_burst],
-                        client=pipe,
-                    )
                 for p in self.partitions if ask_queued else ():
                     pipe.hget(keys.stats_keys(p)[0], tenant)
-                replies = list(await pipe.execute())
+                token = [
+                    (
+                        self._take_token,
+                        [keys.start_rate_key(tenant)],
+                        [limits.start_rate, limits.start_burst],
+                    )
+                ]
+                # The token's script beside the reads (a cluster pipelines no script).
+                replies, taken = await asyncio.gather(
+                    pipe.execute(), scripts_together(self._redis, token if rate else [])
+                )
+            replies = list(replies)
             announced = replies.pop(0) if ask_known else True
             earlier = replies.pop(0) if idempotency_key else None
-            wait_ms = int(replies.pop(0)) if rate else 0
+            wait_ms = int(taken[0]) if rate else 0
             if ask_queued:
                 seen = (now + _QUEUED_FOR, sum(int(q or 0) for q in replies))
                 self._queued[tenant] = seen
@@ -411,15 +422,17 @@ class Runs:
         With `max_bytes`, the page ends early (with a cursor) before the run whose fields
         would take it over that many bytes; it always holds one run when there is one.
         """
+        max_score = "+inf" if before is None else str(before[0])
         cursors = [
             _Cursor(
                 keys.runs_by_workflow_key(n, workflow, tenant)
                 if workflow
-                else keys.runs_key(n, tenant)
+                else keys.runs_key(n, tenant),
+                max_score,
             )
             for n in self.partitions
         ]
-        max_score = "+inf" if before is None else str(before[0])
+        listed: set[str] = set()
         found: list[RunRecord] = []
         sizes: list[int] = []
         scanned = 0
@@ -431,12 +444,15 @@ class Runs:
         # carries the cursor of the last entry read.
         max_scan = max(_MIN_SCAN, 20 * page_size)
         while True:
-            batch = await self._merged(cursors, max_score, per_read, batch_size)
+            batch = await self._merged(cursors, per_read, batch_size)
             scanned += len(batch)
             # Ties on the millisecond are ordered by id, as the cursor tuple is.
             candidates = [
-                run_id for score, run_id in batch if before is None or (score, run_id) < before
+                run_id
+                for score, run_id in batch
+                if (before is None or (score, run_id) < before) and run_id not in listed
             ]
+            listed.update(candidates)
             # The small fields, and how large input and result are, before reading them.
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id in candidates:
@@ -472,7 +488,7 @@ class Runs:
                 return RunPage(page, (last_score, last_id))
 
     async def _merged(
-        self, cursors: list[_Cursor], max_score: str, per_read: int, count: int
+        self, cursors: list[_Cursor], per_read: int, count: int
     ) -> list[tuple[int, str]]:
         """The next `count` entries (score, run_id) of the partitions' indexes taken
         together, newest first (fewer: they ran out). A partition whose batch ran dry is read
@@ -484,18 +500,18 @@ class Runs:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for c in dry:
                         pipe.zrevrangebyscore(
-                            c.index,
-                            max_score,
-                            "-inf",
-                            start=c.offset,
-                            num=per_read,
-                            withscores=True,
+                            c.index, c.high, "-inf", start=c.skip, num=per_read, withscores=True
                         )
                     replies = await pipe.execute()
                 for c, reply in zip(dry, replies, strict=True):
-                    c.offset += len(reply)
                     c.done = len(reply) < per_read
                     c.buffer = [(int(score), str(run_id)) for run_id, score in reversed(reply)]
+                    if c.buffer:
+                        last = c.buffer[0][0]
+                        at_last = sum(1 for score, _ in c.buffer if score == last)
+                        same = c.high not in ("+inf", "-inf") and int(float(c.high)) == last
+                        c.skip = c.skip + at_last if same else at_last
+                        c.high = str(last)
             heads = [c for c in cursors if c.buffer]
             if not heads:
                 break

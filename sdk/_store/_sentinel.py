@@ -144,7 +144,8 @@ def check_redis_url(url: str) -> None:
         raise ValueError(
             f"Redis URL {_redacted(url)!r} is not usable ({exc}); expected "
             "redis://[[user]:password@]host[:port][/DB], rediss://... for TLS, "
-            f"unix:///path/to/socket, or for Sentinel {FORM}"
+            f"unix:///path/to/socket, for Sentinel {FORM}, or for Redis Cluster "
+            "redis+cluster://[[user]:password@]host:port[,host:port,...]"
         ) from None
 
 

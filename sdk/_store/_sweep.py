@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from . import _keys as keys
-from ._builds import build_counts, copy_current, load_view
+from ._builds import build_counts, load_view, sync_current
 from ._connection import redis_time_ms
 
 __all__ = ["SweepReport", "Sweeper", "sweep"]
@@ -165,7 +165,7 @@ async def sweep(
     if not workflows:
         return report
     view = await load_view(redis, workflows)
-    await copy_current(redis, partitions, view.current)
+    await sync_current(redis, partitions)
     # (workflow, build) with queued or running runs
     counted = {(w, b) for (w, b, _) in await build_counts(redis, partitions)}
 

@@ -10,11 +10,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from longline._store import (
+    Claimed,
     ClaimRequest,
     FailedPreconditionError,
     RunWriter,
     Store,
     TenantLimits,
+    WrongBuild,
     _scripts,
     connect,
     encode_event,
@@ -22,10 +24,20 @@ from longline._store import (
 )
 from tests.conftest import SCRIPTS_RUN, eventually
 
+URLS: dict[int, str] = {}  # a store's Redis URL
 
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[Store]:
-    s = Store(connect(redis_url), partitions=8)
+
+@pytest.fixture(params=["single", "cluster"])
+async def store(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """A store of 8 partitions on the test's Redis, and on the session's Redis Cluster of
+    3 masters (where a script whose keys span slots fails with CROSSSLOT)."""
+    url = redis_url
+    if request.param == "cluster" and not redis_url.startswith("redis+cluster://"):
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        url = cluster.longline_url
+    s = Store(connect(url), partitions=8)
+    URLS[id(s)] = url
     await s.check_partitions()
     await s.presence.announce("w1", [("flow", ""), ("other", "")], 60_000)
     yield s
@@ -124,7 +136,7 @@ async def test_the_queued_limit_counts_every_partition(store: Store) -> None:
 async def test_a_replica_with_another_partition_count_refuses_to_start(
     store: Store, redis_url: str
 ) -> None:
-    other = Store(connect(redis_url), partitions=16)
+    other = Store(connect(URLS[id(store)]), partitions=16)
     with pytest.raises(FailedPreconditionError, match="--partitions 8") as caught:
         await other.check_partitions()
     assert caught.value.reason == "PARTITIONS_MISMATCH"
@@ -149,7 +161,7 @@ async def test_notices_wake_the_dispatcher_of_every_replica_subscribed(
 ) -> None:
     from longline._store import Queues
 
-    reader = connect(redis_url, socket_timeout=None)
+    reader = connect(URLS[id(store)], socket_timeout=None)
     queues = Queues(store.redis, reader, "cp-a", store.partitions)
     seen: list[str | None] = []
 
@@ -168,3 +180,58 @@ async def test_notices_wake_the_dispatcher_of_every_replica_subscribed(
     task.cancel()
     await queues.close_notices()
     await reader.aclose()
+
+
+async def test_runs_made_while_a_page_is_read_neither_repeat_nor_hide_others(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each partition's index is read on from the last score read, not by offset: runs
+    created between two reads of a page (newer than all) shift nothing."""
+    made = [
+        (await store.runs.create(store.runs.new_run_id(), "flow", "1", {})).run for _ in range(96)
+    ]
+    for r in made[::4]:  # a page of them takes several reads of each partition
+        await store.runs.cancel(r.run_id, "a quarter")
+    cancelled = sorted(((r.create_ms, r.run_id) for r in made[::4]), reverse=True)
+    merged = store.runs._merged
+    calls = 0
+
+    async def merged_then_more_runs(*args: object) -> list[tuple[int, str]]:
+        nonlocal calls
+        calls += 1
+        batch = await merged(*args)  # type: ignore[arg-type]
+        for _ in range(16):  # newer than every run read: in every partition, above the reads
+            run = (await store.runs.create(store.runs.new_run_id(), "flow", "1", {})).run
+            await store.runs.cancel(run.run_id, "new")
+        return batch
+
+    monkeypatch.setattr(store.runs, "_merged", merged_then_more_runs)
+    page = await store.runs.page("", "CANCELLED", 10, None)
+    assert calls >= 2, "the page took more than one read of the partitions"
+    assert [(r.create_ms, r.run_id) for r in page.runs] == cancelled[:10]
+
+
+async def test_partition_copies_of_the_current_build_never_go_back_and_are_made_whole(
+    store: Store,
+) -> None:
+    from longline._store._builds import copy_current
+
+    await store.builds.promote("flow", "v1", "", True)
+    await store.builds.promote("flow", "v2", "", True)
+    copies = [keys.builds_current_key(n) for n in store.partitions]
+    assert {await store.redis.hget(c, "flow") for c in copies} == {"v2"}
+    # A copy written late, from the earlier promotion (two at once; a sweep's old view).
+    await copy_current(store.redis, store.partitions, {"flow": ("v1", 1)})
+    assert {await store.redis.hget(c, "flow") for c in copies} == {"v2"}
+    # A promotion cut short after its MULTI: the copies lag behind, until made whole.
+    async with store.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.BUILDS_CURRENT, "flow", "v3")
+        pipe.hincrby(keys.BUILDS_GEN, "flow", 1)
+        await pipe.execute()
+    run_id = store.runs.new_run_id()
+    await store.runs.create(run_id, "flow", "1", {})
+    refused = await store.attempts.claim(ClaimRequest(run_id, 1, "w1", "cp", 60_000, 3, "v3"))
+    assert isinstance(refused, WrongBuild) and refused.current == "v2", "the copy is behind"
+    await store.builds.sync(["flow"])  # what the dispatcher does on such a refusal
+    claimed = await store.attempts.claim(ClaimRequest(run_id, 1, "w1", "cp", 60_000, 3, "v3"))
+    assert isinstance(claimed, Claimed) and claimed.workflow == "flow"

@@ -67,7 +67,7 @@ def test_other_urls_are_checked_too() -> None:
     check_redis_url("rediss://:pw@example.com:6380/2")
     check_redis_url("unix:///tmp/redis.sock")
     for url in ("127.0.0.1:6379", "http://x", "redis://h:port/0"):
-        with pytest.raises(ValueError, match="expected redis://.*or for Sentinel redis\\+sentinel"):
+        with pytest.raises(ValueError, match="expected redis://.*for Sentinel redis\\+sentinel"):
             check_redis_url(url)
 
 

@@ -1,0 +1,135 @@
+"""Redis Cluster: the `redis+cluster://` URL and a client that follows the cluster's slots.
+
+The URL names some nodes of the cluster (seeds); the client learns every node and which
+slots each serves from them, and follows MOVED and failovers by itself:
+
+    redis+cluster://[[user]:password@]host1:port1[,host2:port2,...][?option=value...]
+    rediss+cluster://...  (TLS to every node)
+
+- `user` and `password` authenticate to every node (as in redis://). Percent-encode
+  reserved characters. A host without a port means 6379; IPv6 hosts go in brackets.
+- A cluster has one database: a path (/DB) is refused.
+- Options for TLS, as for rediss://: ssl_ca_certs, ssl_certfile, ssl_keyfile,
+  ssl_cert_reqs (required, optional, none), ssl_check_hostname (true, false).
+
+Every key longline's scripts touch carries its partition's hash tag (see `_keys`), so every
+script and MULTI runs on one node.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode
+
+__all__ = ["SCHEMES", "ClusterURL", "cluster_client", "parse_cluster_url"]
+
+SCHEMES = ("redis+cluster", "rediss+cluster")
+DEFAULT_PORT = 6379
+FORM = (
+    "redis+cluster://[[user]:password@]host:port[,host:port,...][?option=...] "
+    "(rediss+cluster:// for TLS), e.g. redis+cluster://10.0.0.1:6379,10.0.0.2:6379"
+)
+_TLS_OPTIONS = (
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
+_HOST = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]+))(?::(?P<port>[^:]*))?$")
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """A parsed `redis+cluster://` URL."""
+
+    seeds: tuple[tuple[str, int], ...]
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # never a password in a log line or a traceback
+        where = ",".join(f"{h}:{p}" for h, p in self.seeds)
+        return f"ClusterURL({SCHEMES[self.tls]}://{where})"
+
+
+def _bad(url: str, problem: str) -> ValueError:
+    return ValueError(f"Redis URL {_redacted(url)!r} {problem}; expected {FORM}")
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hosts = rest.rpartition("@")
+    if not at:
+        return url
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{hosts}"
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """The parts of a `redis+cluster://` URL; ValueError that says what to fix."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise _bad(url, "does not start with redis+cluster:// or rediss+cluster://")
+    if parts.fragment:
+        raise _bad(url, "has a #fragment")
+    if parts.path not in ("", "/"):
+        raise _bad(url, "has a path: a Redis Cluster has one database, so write no /DB")
+    userinfo, at, hostlist = parts.netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+        if username and password is None:
+            raise _bad(url, "has a user but no password (write user:password@, or :password@)")
+    if not hostlist:
+        raise _bad(url, "names no node")
+    seeds = []
+    for item in hostlist.split(","):
+        match = _HOST.match(item.strip())
+        if not match:
+            raise _bad(url, f"has a node address {item!r} that is not host:port")
+        host = match["v6"] or match["name"]
+        port = match["port"]
+        if port is None:
+            seeds.append((host, DEFAULT_PORT))
+        elif port.isdigit() and 0 < int(port) < 65536:
+            seeds.append((host, int(port)))
+        else:
+            raise _bad(url, f"has a node address {item!r} whose port is not 1-65535")
+    tls = parts.scheme == SCHEMES[1]
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(query) - set(_TLS_OPTIONS))
+    if unknown:
+        raise _bad(
+            url, f"has unknown option(s) {', '.join(unknown)} (known: {', '.join(_TLS_OPTIONS)})"
+        )
+    if query and not tls:
+        raise _bad(url, "has TLS options but does not start with rediss+cluster://")
+    options: dict[str, Any] = dict(query)
+    if "ssl_check_hostname" in options:
+        value = options["ssl_check_hostname"].lower()
+        if value not in ("true", "false"):
+            raise _bad(url, "has ssl_check_hostname that is not true or false")
+        options["ssl_check_hostname"] = value == "true"
+    if options.get("ssl_cert_reqs", "required") not in ("required", "optional", "none"):
+        raise _bad(url, "has ssl_cert_reqs that is not required, optional or none")
+    return ClusterURL(tuple(seeds), tls, username, password, options)
+
+
+def cluster_client(parsed: ClusterURL, options: dict[str, Any]) -> aioredis.RedisCluster:
+    """A client of the cluster `parsed` names, with connect()'s `options` for every node."""
+    return aioredis.RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in parsed.seeds],
+        username=parsed.username,
+        password=parsed.password,
+        ssl=parsed.tls,
+        **parsed.options,
+        **options,
+    )

@@ -1,0 +1,56 @@
+"""The redis+cluster:// URL: what it names, and errors that say what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from longline._store import check_redis_url, connect
+from longline._store._cluster import ClusterURL, parse_cluster_url
+
+
+def test_the_full_form() -> None:
+    parsed = parse_cluster_url(
+        "rediss+cluster://app:s%40cret@10.0.0.1:7000,[::1]:7001,redis-2"
+        "?ssl_ca_certs=/ca.pem&ssl_check_hostname=false"
+    )
+    assert parsed == ClusterURL(
+        seeds=(("10.0.0.1", 7000), ("::1", 7001), ("redis-2", 6379)),
+        tls=True,
+        username="app",
+        password="s@cret",
+        options={"ssl_ca_certs": "/ca.pem", "ssl_check_hostname": False},
+    )
+    assert "s@cret" not in repr(parsed)
+
+
+def test_a_plain_url_and_its_client() -> None:
+    assert parse_cluster_url("redis+cluster://h:1") == ClusterURL((("h", 1),))
+    client = connect("redis+cluster://127.0.0.1:1,127.0.0.1:2")  # connects at first use
+    assert type(client).__name__ == "RedisCluster"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis+cluster://", "names no node"),
+        ("redis+cluster://h:1/0", "one database"),
+        ("redis+cluster://h:99999", "port is not 1-65535"),
+        ("redis+cluster://h:1,:x:y", "not host:port"),
+        ("redis+cluster://app@h:1", "a user but no password"),
+        ("redis+cluster://h:1?ssl_ca_certs=/ca.pem", "rediss+cluster://"),
+        ("rediss+cluster://h:1?colour=blue", "unknown option(s) colour"),
+        ("rediss+cluster://h:1?ssl_cert_reqs=maybe", "required, optional or none"),
+        ("rediss+cluster://h:1?ssl_check_hostname=yes", "true or false"),
+        ("redis+cluster://h:1#frag", "#fragment"),
+    ],
+)
+def test_a_malformed_url_says_what_to_fix(url: str, says: str) -> None:
+    with pytest.raises(ValueError, match="expected redis\\+cluster://") as caught:
+        check_redis_url(url)
+    assert says in str(caught.value)
+
+
+def test_a_password_never_shows_in_the_error() -> None:
+    with pytest.raises(ValueError) as caught:
+        check_redis_url("redis+cluster://app:hunter2@h:1/0")
+    assert "hunter2" not in str(caught.value) and "app:***@" in str(caught.value)
