@@ -482,7 +482,10 @@ class Dispatcher:
                 done.setdefault(item.stream, []).append(item.entry_id)
             self._backlog = waiting + self._backlog
             if behind:
-                await self._store.builds.sync(behind)
+                try:
+                    await self._store.builds.sync(behind)
+                except RedisError as exc:  # the entries go back all the same; the sweep syncs
+                    log.warning("could not make the current builds' copies whole (%s)", exc)
             if back:
                 # Handed back as a new entry first; the old one is acknowledged only where its
                 # copy landed (under OOM Redis refuses XADD but not XACK: an entry acknowledged

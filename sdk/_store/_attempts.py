@@ -111,6 +111,16 @@ class _RequeueAnswer(enum.IntEnum):
     STALE = 4  # the run's build is not the one read before: read again
 
 
+def _claim_answer(reply: Any) -> Claimed | WrongBuild | None | RedisError:
+    """A claim's answer, or the error that refused that one claim (a cluster client's own
+    errors, such as a slot not covered, count as Redis errors of that claim)."""
+    if isinstance(reply, RedisError):
+        return reply
+    if isinstance(reply, Exception):
+        return RedisError(f"{type(reply).__name__}: {reply}")
+    return _claimed(reply)
+
+
 def _claimed(reply: Any) -> Claimed | WrongBuild | None:
     answer = _ClaimAnswer(int(reply[0])) if reply else _ClaimAnswer.NOT_THERE
     if answer is _ClaimAnswer.WRONG_BUILD:
@@ -164,10 +174,7 @@ class Attempts:
         # One refused claim (OOM near the memory limit) must not hide the others that
         # landed: each answer stands alone, an error as the exception itself.
         replies = await scripts_together(self._redis, calls, raise_on_error=False)
-        for reply in replies:
-            if isinstance(reply, BaseException) and not isinstance(reply, RedisError):
-                raise reply
-        return [r if isinstance(r, RedisError) else _claimed(r) for r in replies]
+        return [_claim_answer(r) for r in replies]
 
     async def requeue(
         self,

@@ -178,6 +178,20 @@ async def copy_current(
     )
 
 
+# KEYS: keys.BUILDS_CURRENT, keys.BUILDS_GEN. ARGV: workflow, the highest generation a copy
+# holds. Raises the workflow's generation past the copies' when it is not (its node failed
+# over and lost the last promotion's MULTI, while the copies, in other slots, kept it), and
+# returns {current build, generation}, read together.
+_PAST_COPIES = """
+local gen = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if gen <= tonumber(ARGV[2]) then
+  gen = tonumber(ARGV[2]) + 1
+  redis.call('HSET', KEYS[2], ARGV[1], gen)
+end
+return {redis.call('HGET', KEYS[1], ARGV[1]) or '', gen}
+"""
+
+
 async def sync_current(
     redis: aioredis.Redis, partitions: tuple[int, ...], workflows: Iterable[str] | None = None
 ) -> None:
@@ -187,10 +201,33 @@ async def sync_current(
     # and a later one's own copy (with its greater generation) still wins over this.
     gens = await redis.hgetall(keys.BUILDS_GEN)
     current = await redis.hgetall(keys.BUILDS_CURRENT)
-    wanted = set(current) if workflows is None else set(workflows) & set(current)
-    await copy_current(
-        redis, partitions, {w: (current[w], int(gens.get(w) or 0)) for w in sorted(wanted)}
-    )
+    wanted = sorted(set(current) if workflows is None else set(workflows) & set(current))
+    if not wanted:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in wanted:
+            for n in partitions:
+                pipe.hget(keys.builds_current_key(n), name + "\tgen")
+        held = await pipe.execute()
+    copies: dict[str, tuple[str, int]] = {}
+    past = redis.register_script(_PAST_COPIES)
+    for i, name in enumerate(wanted):
+        gen = int(gens.get(name) or 0)
+        highest = max(
+            int(h)
+            for h in [*held[i * len(partitions) : (i + 1) * len(partitions)], 0]
+            if h is not None
+        )
+        if highest > gen:  # ahead of the counter: raised past them, with the build
+            build, gen = await past(
+                keys=[keys.BUILDS_CURRENT, keys.BUILDS_GEN], args=[name, highest]
+            )
+            if not build:
+                continue
+            copies[name] = (str(build), int(gen))
+        else:
+            copies[name] = (current[name], gen)
+    await copy_current(redis, partitions, copies)
 
 
 @dataclass(frozen=True, slots=True)

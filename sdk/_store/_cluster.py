@@ -73,7 +73,10 @@ def _redacted(url: str) -> str:
 
 def parse_cluster_url(url: str) -> ClusterURL:
     """The parts of a `redis+cluster://` URL; ValueError that says what to fix."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [IPv6 address
+        raise _bad(url, f"is not a URL ({exc})") from None
     if parts.scheme not in SCHEMES:
         raise _bad(url, "does not start with redis+cluster:// or rediss+cluster://")
     if parts.fragment:
@@ -91,18 +94,24 @@ def parse_cluster_url(url: str) -> ClusterURL:
     if not hostlist:
         raise _bad(url, "names no node")
     seeds = []
-    for item in hostlist.split(","):
+    # An address is not shown in an error: a password with a '?', '#' or '/' in it, not
+    # percent-encoded, ends the URL's address part early and would be shown instead.
+    for i, item in enumerate(hostlist.split(","), 1):
         match = _HOST.match(item.strip())
-        if not match:
-            raise _bad(url, f"has a node address {item!r} that is not host:port")
+        if not match or not (match["v6"] or re.fullmatch(r"[A-Za-z0-9._-]+", match["name"])):
+            raise _bad(
+                url,
+                f"has a node address (the {i}th) that is not host:port (percent-encode "
+                "'?', '#', '/' and '@' in a password)",
+            )
         host = match["v6"] or match["name"]
         port = match["port"]
         if port is None:
             seeds.append((host, DEFAULT_PORT))
-        elif port.isdigit() and 0 < int(port) < 65536:
+        elif port.isascii() and port.isdigit() and 0 < int(port) < 65536:
             seeds.append((host, int(port)))
         else:
-            raise _bad(url, f"has a node address {item!r} whose port is not 1-65535")
+            raise _bad(url, f"has a node address (the {i}th) whose port is not 1-65535")
     tls = parts.scheme == SCHEMES[1]
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(query) - set(_TLS_OPTIONS))

@@ -29,6 +29,8 @@ __all__ = [
 
 # A script call: the registered script, its KEYS, its ARGV.
 ScriptCall = tuple[Any, Sequence[Any], Sequence[Any]]
+_CLUSTER_NODE_POOL = 256  # connections per cluster node, at most
+_CLUSTER_IN_FLIGHT = 16  # script calls of one batch sent at once on a cluster
 
 Redis = aioredis.Redis  # the client type the store's parts are built on
 
@@ -77,9 +79,14 @@ def connect(
         parsed = _sentinel.parse_sentinel_url(url)
         return _sentinel.sentinel_client(parsed, max_connections=max_connections, options=options)
     if url.startswith(tuple(s + ":" for s in _cluster.SCHEMES)):
-        # One pool per node, each growing with demand (redis-py's cluster client raises
-        # instead of waiting when a node's pool is full, so it is not bounded here).
+        # A pool per node. redis-py's cluster client raises (MaxConnectionsError) rather
+        # than wait when a node's pool is full: room for every caller of a process, with
+        # batches of scripts bounded in flight (scripts_together).
+        options["max_connections"] = max(max_connections, _CLUSTER_NODE_POOL)
         return _cluster.cluster_client(_cluster.parse_cluster_url(url), options)
+    if url.startswith("unix:"):  # a Unix socket has no TCP keepalive
+        options.pop("socket_keepalive")
+        options.pop("socket_keepalive_options")
     if max_connections:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=None, **options
@@ -117,12 +124,21 @@ async def scripts_together(
     if not calls:
         return []
     if is_cluster(redis):
-        return list(
-            await asyncio.gather(
-                *(script(keys=k, args=a) for script, k, a in calls),
-                return_exceptions=not raise_on_error,
-            )
-        )
+        gate = asyncio.Semaphore(_CLUSTER_IN_FLIGHT)
+
+        async def one(script: Any, k: Sequence[Any], a: Sequence[Any]) -> Any:
+            async with gate:
+                return await script(keys=k, args=a)
+
+        # Every call ends before this returns (none left holding a connection), each
+        # answer or error in its place.
+        replies = await asyncio.gather(*(one(*call) for call in calls), return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, Exception):
+                raise reply  # a cancellation
+            if raise_on_error and isinstance(reply, Exception):
+                raise reply
+        return list(replies)
     async with redis.pipeline(transaction=False) as pipe:
         for script, k, a in calls:
             await script(keys=k, args=a, client=pipe)

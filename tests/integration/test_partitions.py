@@ -235,3 +235,29 @@ async def test_partition_copies_of_the_current_build_never_go_back_and_are_made_
     await store.builds.sync(["flow"])  # what the dispatcher does on such a refusal
     claimed = await store.attempts.claim(ClaimRequest(run_id, 1, "w1", "cp", 60_000, 3, "v3"))
     assert isinstance(claimed, Claimed) and claimed.workflow == "flow"
+
+
+async def test_copies_ahead_of_a_counter_that_went_back_are_made_whole(store: Store) -> None:
+    """The node of {builds} failed over and lost the last promotion's MULTI: its counter and
+    current build went back, while the copies (other slots) kept the later promotion."""
+    await store.builds.promote("flow", "x", "", True)
+    await store.builds.promote("flow", "y", "", True)  # generation 2 everywhere
+    await store.redis.hset(keys.BUILDS_CURRENT, "flow", "x")  # the lost MULTI: back to 1
+    await store.redis.hset(keys.BUILDS_GEN, "flow", 1)
+    await store.builds.sync(["flow"])
+    copies = [keys.builds_current_key(n) for n in store.partitions]
+    assert {await store.redis.hget(c, "flow") for c in copies} == {"x"}
+    await store.builds.promote("flow", "z", "", True)  # and later promotions land
+    assert {await store.redis.hget(c, "flow") for c in copies} == {"z"}
+
+
+async def test_a_batch_of_scripts_larger_than_a_node_pool_runs(store: Store) -> None:
+    """On a cluster, a batch goes side by side, bounded in flight: 40 workflows promoted
+    over 8 partitions make 320 copies in one sync."""
+    for i in range(40):
+        await store.presence.announce("w1", [(f"wf{i}", "")], 60_000)
+        await store.builds.promote(f"wf{i}", "v1", "", True)
+    await store.redis.delete(*[keys.builds_current_key(n) for n in store.partitions])
+    await store.builds.sync([f"wf{i}" for i in range(40)])
+    copy = keys.builds_current_key(store.partitions[-1])
+    assert await store.redis.hget(copy, "wf39") == "v1"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from longline._store import check_redis_url, connect
+from longline._store import RedisConnectionError, check_redis_url, connect
 from longline._store._cluster import ClusterURL, parse_cluster_url
 
 
@@ -35,7 +37,10 @@ def test_a_plain_url_and_its_client() -> None:
         ("redis+cluster://", "names no node"),
         ("redis+cluster://h:1/0", "one database"),
         ("redis+cluster://h:99999", "port is not 1-65535"),
-        ("redis+cluster://h:1,:x:y", "not host:port"),
+        ("redis+cluster://h:1,:x:y", "2th) that is not host:port"),
+        ("redis+cluster://h:\u00b2", "port is not 1-65535"),
+        ("redis+cluster://[::1", "is not a URL"),
+        ("redis+cluster://a b:1", "not host:port"),
         ("redis+cluster://app@h:1", "a user but no password"),
         ("redis+cluster://h:1?ssl_ca_certs=/ca.pem", "rediss+cluster://"),
         ("rediss+cluster://h:1?colour=blue", "unknown option(s) colour"),
@@ -54,3 +59,13 @@ def test_a_password_never_shows_in_the_error() -> None:
     with pytest.raises(ValueError) as caught:
         check_redis_url("redis+cluster://app:hunter2@h:1/0")
     assert "hunter2" not in str(caught.value) and "app:***@" in str(caught.value)
+    with pytest.raises(ValueError) as caught:  # a '?' ends the address part inside it
+        check_redis_url("redis+cluster://u:se?cret@h:1")
+    assert "cret" not in str(caught.value) and "u:se" not in str(caught.value)
+
+
+async def test_a_unix_socket_url_opens_a_client_without_tcp_options(tmp_path: Path) -> None:
+    client = connect(f"unix://{tmp_path}/none.sock")  # TCP keepalive would be a TypeError
+    with pytest.raises(RedisConnectionError, match="No such file"):
+        await client.ping()
+    await client.aclose()
