@@ -261,3 +261,19 @@ async def test_a_batch_of_scripts_larger_than_a_node_pool_runs(store: Store) -> 
     await store.builds.sync([f"wf{i}" for i in range(40)])
     copy = keys.builds_current_key(store.partitions[-1])
     assert await store.redis.hget(copy, "wf39") == "v1"
+
+
+async def test_the_sweep_finds_the_index_entries_of_gone_runs_in_every_partition(
+    store: Store,
+) -> None:
+    """The sweep SCANs for the partitions' indexes: on a cluster, on every master."""
+    made = [
+        (await store.runs.create(store.runs.new_run_id(), "flow", "1", {})).run for _ in range(40)
+    ]
+    assert len({keys.partition_of(r.run_id) for r in made}) == 8
+    for r in made:  # as if their retention ran out
+        await store.redis.delete(keys.run_key(r.run_id))
+    await asyncio.sleep(0.01)
+    report = await store.sweeper.sweep(1, {})
+    assert report.index_entries == 80  # each run in its tenant's and its workflow's index
+    assert (await store.runs.page("", "", 100, None)).runs == []
