@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from .._events import TERMINAL_EVENTS, TERMINAL_STATUSES, WIRE_NAMES, EventBody
@@ -331,6 +332,7 @@ class EventFeed:
         self._reader = reader
         self._pubsub = reader.pubsub()
         self.own_channel = keys.hub_channel(owner)
+        self._closed = False
 
     @staticmethod
     def channel(run_id: str) -> str:
@@ -344,10 +346,16 @@ class EventFeed:
 
     async def subscribe(self, channel: str) -> None:
         """Subscribe to a run's channel (confirmed by a Subscribed message)."""
+        if self._closed:  # a watcher late at shutdown: no connection is opened for it
+            raise RedisConnectionError("the event feed is closed")
         await self._pubsub.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
-        """Stop receiving a channel's events."""
+        """Stop receiving a channel's events. Without a connection (closed, or renewed and
+        not yet open) there is nothing to stop, and none is opened for it: one opened after
+        the feed closed would be left open."""
+        if self._closed or getattr(self._pubsub, "connection", None) is None:
+            return
         await self._pubsub.unsubscribe(channel)
 
     async def messages(self) -> AsyncIterator[Subscribed | Published]:
@@ -368,7 +376,9 @@ class EventFeed:
         await _close_quietly(old)
 
     async def aclose(self) -> None:
-        """Close the subscription (errors of a dead connection are ignored)."""
+        """Close the subscription (errors of a dead connection are ignored); later
+        subscriptions are refused and unsubscriptions do nothing."""
+        self._closed = True
         await _close_quietly(self._pubsub)
 
 

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from longline._store import (
     ClaimRequest,
     EventFeed,
+    RedisConnectionError,
     RunWriter,
     Store,
     StoredEvent,
@@ -323,3 +324,20 @@ async def test_a_slow_watcher_buffers_a_bounded_number_of_bytes_and_misses_nothi
     seen += [e async for e in events]
     assert [e.type for e in seen] == ["RUN_QUEUED", "STATUS", *["OUTPUT"] * 40, "RUN_SUCCEEDED"]
     assert [e.message[:2] for e in seen[2:-1]] == [f"{n:02d}" for n in range(40)]
+
+
+async def test_a_closed_feed_opens_no_connection_for_a_late_watcher(redis_url: str) -> None:
+    """At shutdown a StreamRun can end after the hub closed its feed: its unsubscription
+    must not open a connection that nothing closes (found as a ResourceWarning later)."""
+    reader = connect(redis_url, client_name="late-feed", socket_timeout=None)
+    feed = EventFeed(reader, "cp-late")
+    await feed.open()
+    await feed.aclose()
+    await reader.aclose()
+    await feed.unsubscribe(feed.channel("r1"))
+    with pytest.raises(RedisConnectionError):
+        await feed.subscribe(feed.channel("r1"))
+    probe = connect(redis_url)
+    names = [c.get("name") for c in await probe.client_list()]
+    await probe.aclose()
+    assert "late-feed" not in names
