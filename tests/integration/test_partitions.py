@@ -4,6 +4,7 @@ merge the partitions in order, and the partition count is checked at start-up.""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -96,9 +97,9 @@ async def test_list_runs_merges_the_partitions_newest_first_with_stable_cursors(
     store: Store,
 ) -> None:
     made = []
-    for _ in range(60):  # several runs per millisecond: ties are ordered by id
-        made.append((await store.runs.create(store.runs.new_run_id(), "flow", "1", {})).run)
-    assert len({keys.partition_of(r.run_id) for r in made}) == 8
+    for i in range(60):  # several runs per millisecond: ties are ordered by id
+        run_id = keys.run_id_in(store.partitions[i % 8], uuid.uuid4().hex)
+        made.append((await store.runs.create(run_id, "flow", "1", {})).run)
     expected = sorted(((r.create_ms, r.run_id) for r in made), reverse=True)
     for size in (1, 7, 60, 100):
         seen: list[tuple[int, str]] = []
@@ -267,10 +268,8 @@ async def test_the_sweep_finds_the_index_entries_of_gone_runs_in_every_partition
     store: Store,
 ) -> None:
     """The sweep SCANs for the partitions' indexes: on a cluster, on every master."""
-    made = [
-        (await store.runs.create(store.runs.new_run_id(), "flow", "1", {})).run for _ in range(40)
-    ]
-    assert len({keys.partition_of(r.run_id) for r in made}) == 8
+    ids = [keys.run_id_in(n, uuid.uuid4().hex) for n in store.partitions for _ in range(5)]
+    made = [(await store.runs.create(i, "flow", "1", {})).run for i in ids]
     for r in made:  # as if their retention ran out
         await store.redis.delete(keys.run_key(r.run_id))
     await asyncio.sleep(0.01)
