@@ -192,6 +192,12 @@ class Worker:
         # (run_id, attempt) -> workflow.
         self._to_release: dict[tuple[str, int], str] = {}
         self._beat_now = asyncio.Event()  # set when the interval or lease changes
+        # False once the drain is over: the heartbeat loop then ends by itself. Python 3.11's
+        # asyncio.wait_for can swallow a cancellation that meets its inner result (fixed in
+        # 3.12), and the loop waits in wait_for most of its life: a cancel alone left a
+        # stopping worker waiting for it for good (seen on a Redis Cluster, about one stop
+        # in ten).
+        self._beating = True
         self.metrics = WorkerMetrics(CollectorRegistry()) if settings.metrics_listen else None
         self.metrics_port = 0  # the bound Prometheus port, with settings.metrics_listen
 
@@ -235,6 +241,8 @@ class Worker:
                 if health_server is not None:
                     await health_server[1].enter_graceful_shutdown()
                 await self._drain()
+                self._beating = False
+                self._beat_now.set()
                 session.cancel()
                 beat.cancel()
                 watch.cancel()
@@ -591,7 +599,7 @@ class Worker:
         """
         assert self._store is not None
         failures = 0
-        while True:
+        while self._beating:
             held = [(run_id, r.attempt) for run_id, r in self._running.items()]
             sent = time.monotonic()
             try:

@@ -8,7 +8,6 @@ CLAIM_RUN makes it RUNNING on exactly one worker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -309,9 +308,14 @@ class Dispatcher:
         while True:
             try:
                 if not await self._round():
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self._nap()):
-                            await self._woken.wait()
+                    # asyncio.wait, not asyncio.timeout: on Python 3.11 a timeout that
+                    # expires as the task is cancelled can turn the cancellation into a
+                    # TimeoutError, and this loop would then never end.
+                    woken = asyncio.ensure_future(self._woken.wait())
+                    try:
+                        await asyncio.wait({woken}, timeout=self._nap())
+                    finally:
+                        woken.cancel()
                     self._woken.clear()
             except RedisError as exc:
                 self._recover = True
