@@ -26,6 +26,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode
 
+from ._sentinel import _HOST, _redacted  # one host:port grammar, one redaction
+
 __all__ = ["SCHEMES", "ClusterURL", "cluster_client", "parse_cluster_url"]
 
 SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -41,7 +43,6 @@ _TLS_OPTIONS = (
     "ssl_cert_reqs",
     "ssl_check_hostname",
 )
-_HOST = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]+))(?::(?P<port>[^:]*))?$")
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,6 @@ class ClusterURL:
 
 def _bad(url: str, problem: str) -> ValueError:
     return ValueError(f"Redis URL {_redacted(url)!r} {problem}; expected {FORM}")
-
-
-def _redacted(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, hosts = rest.rpartition("@")
-    if not at:
-        return url
-    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{hosts}"
 
 
 def parse_cluster_url(url: str) -> ClusterURL:

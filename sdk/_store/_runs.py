@@ -575,15 +575,3 @@ class Runs:
         """The run's status, or None when it does not exist (any more)."""
         status = await self._redis.hget(keys.run_key(run_id), "status")
         return None if status is None else str(status)
-
-    async def workflow_of(self, run_id: str) -> str | None:
-        """The run's workflow, or None when it does not exist (any more)."""
-        workflow = await self._redis.hget(keys.run_key(run_id), "workflow")
-        return None if workflow is None else str(workflow)
-
-    async def workflows_of(self, run_ids: Sequence[str]) -> list[str | None]:
-        """The workflows of several runs in one round trip (None: gone)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for run_id in run_ids:
-                pipe.hget(keys.run_key(run_id), "workflow")
-            return list(await pipe.execute())
