@@ -237,6 +237,11 @@ class ControlPlane:
                     "--retention 0: finished runs are kept FOREVER; Redis memory grows with "
                     "every run until something else removes them"
                 )
+            if not await store.sharded_pubsub():
+                log.warning(
+                    "Redis has no sharded pub/sub (SPUBLISH, Redis 7+): run events and queue "
+                    "notices use PUBLISH, which a Redis Cluster copies to every node"
+                )
             self._ready.set()
             async with asyncio.TaskGroup() as tasks:
                 background = [

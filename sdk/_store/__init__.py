@@ -76,6 +76,7 @@ from ._events import (
     event_id_key,
     parse_event_id,
 )
+from ._fanout import sharded
 from ._loops import Backoff, transient
 from ._notices import CancelNotice, Notices
 from ._partitions import check_partitions
@@ -185,6 +186,11 @@ class Store:
         """Record the partition count on first start, or refuse another one (see
         `_partitions`)."""
         await check_partitions(self.redis, len(self.partitions))
+
+    async def sharded_pubsub(self) -> bool:
+        """Whether every Redis node has sharded pub/sub (Redis 7+), which the scripts then
+        publish with (see `_fanout`); else they fall back to PUBLISH."""
+        return await sharded(self.redis)
 
     async def now_ms(self) -> int:
         """Redis's clock in ms (every process measures leases by this one clock)."""

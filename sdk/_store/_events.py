@@ -25,7 +25,6 @@ also holds the hub's own channel, `keys.hub_channel`): the control plane's event
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -34,13 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from .._events import TERMINAL_EVENTS, TERMINAL_STATUSES, WIRE_NAMES, EventBody
 from . import _keys as keys
-from ._connection import ready_to_subscribe
 from ._errors import InvalidArgumentError, NotFoundError
+from ._fanout import Fanout
+from ._fanout import Subscribed as FanoutSubscribed
 
 __all__ = [
     "PAGE_BYTES",
@@ -319,69 +318,60 @@ def decode_published(data: str) -> StoredEvent:
 
 
 class EventFeed:
-    """Live events of runs, over one dedicated connection (it holds the subscription).
+    """Live events of runs, over connections of their own (they hold the subscriptions):
+    one per Redis node the watched runs' channels live on (see `_fanout`).
 
     `channel(run_id)` names a run's channel. `messages()` yields Subscribed and Published in
-    the order Redis sends them, and ends or raises when the connection is lost: then
-    `renew()` starts over on a new connection, and what was published meanwhile is lost
-    (read it from the stream). The feed is always subscribed to a channel of its own
+    the order each node sends them, and raises when a connection is lost or a channel's slot
+    moves: then `renew()` starts over on new connections, and what was published meanwhile
+    is lost (read it from the stream). The feed is always subscribed to a channel of its own
     (`own_channel`), so it can wait on the connection before any run is watched.
     """
 
     def __init__(self, reader: aioredis.Redis, owner: str) -> None:
-        self._reader = reader
-        self._pubsub = reader.pubsub()
         self.own_channel = keys.hub_channel(owner)
-        self._closed = False
+        self._fanout = Fanout(reader, self.own_channel)
 
     @staticmethod
     def channel(run_id: str) -> str:
         """The channel a run's events are published on."""
         return keys.events_key(run_id)
 
+    @property
+    def connections(self) -> int:
+        """How many subscribing connections are open (one per node in use)."""
+        return self._fanout.connections
+
     async def open(self) -> None:
         """Subscribe to the feed's own channel (confirmed by a Subscribed message)."""
-        await ready_to_subscribe(self._reader)
-        await self._pubsub.subscribe(self.own_channel)
+        await self._fanout.open()
 
     async def subscribe(self, channel: str) -> None:
         """Subscribe to a run's channel (confirmed by a Subscribed message)."""
-        if self._closed:  # a watcher late at shutdown: no connection is opened for it
-            raise RedisConnectionError("the event feed is closed")
-        await self._pubsub.subscribe(channel)
+        await self._fanout.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving a channel's events. Without a connection (closed, or renewed and
         not yet open) there is nothing to stop, and none is opened for it: one opened after
         the feed closed would be left open."""
-        if self._closed or getattr(self._pubsub, "connection", None) is None:
-            return
-        await self._pubsub.unsubscribe(channel)
+        await self._fanout.unsubscribe(channel)
 
     async def messages(self) -> AsyncIterator[Subscribed | Published]:
-        """What arrives on the connection, until it is lost."""
-        async for message in self._pubsub.listen():
-            kind, channel = message["type"], message["channel"]
-            if kind == "subscribe":
-                yield Subscribed(channel)
-            elif kind == "message":
-                try:
-                    yield Published(channel, decode_published(message["data"]))
-                except (ValueError, TypeError, AttributeError) as exc:
-                    yield Published(channel, None, str(exc))
+        """What arrives on the connections, until one is lost (this raises)."""
+        async for message in self._fanout.messages():
+            if isinstance(message, FanoutSubscribed):
+                yield Subscribed(message.channel)
+                continue
+            try:
+                yield Published(message.channel, decode_published(message.data))
+            except (ValueError, TypeError, AttributeError) as exc:
+                yield Published(message.channel, None, str(exc))
 
     async def renew(self) -> None:
-        """Drop the connection's subscriptions and start over on a new one."""
-        old, self._pubsub = self._pubsub, self._reader.pubsub()
-        await _close_quietly(old)
+        """Drop the connections' subscriptions and start over on new ones."""
+        await self._fanout.renew()
 
     async def aclose(self) -> None:
-        """Close the subscription (errors of a dead connection are ignored); later
+        """Close the subscriptions (errors of a dead connection are ignored); later
         subscriptions are refused and unsubscriptions do nothing."""
-        self._closed = True
-        await _close_quietly(self._pubsub)
-
-
-async def _close_quietly(pubsub: Any) -> None:
-    with contextlib.suppress(RedisError, OSError, RuntimeError):  # a dead connection's cleanup
-        await pubsub.aclose()
+        await self._fanout.aclose()

@@ -11,17 +11,16 @@ per queue (a notice lost with a connection is made up for by reading every queue
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from . import _keys as keys
-from ._connection import ready_to_subscribe
+from ._connection import scripts_together
+from ._fanout import Fanout, Subscribed
+from ._scripts import NOTIFY
 
 __all__ = ["QueueEntry", "Queues"]
 
@@ -60,7 +59,8 @@ class Queues:
         self._reader = reader
         self._consumer = consumer
         self.partitions = partitions
-        self._pubsub: Any = None
+        self._fanout: Fanout | None = None
+        self._notify = redis.register_script(NOTIFY)
 
     def streams(self, workflow: str, build: str) -> list[str]:
         """A queue's streams, one per partition."""
@@ -133,13 +133,12 @@ class Queues:
             added = await pipe.execute(raise_on_error=False)
         landed = [not isinstance(reply, Exception) for reply in added]
         streams = {e.stream for e, ok in zip(entries, landed, strict=True) if ok}
-        with contextlib.suppress(RedisError):  # a lost notice: read at the next full round
-            await asyncio.gather(
-                *(
-                    self._redis.publish(keys.work_channel(keys.partition_of_key(s)), s)
-                    for s in streams
-                )
-            )
+        # A lost notice is made up for at the next full round.
+        await scripts_together(
+            self._redis,
+            [(self._notify, [keys.work_channel(keys.partition_of_key(s))], [s]) for s in streams],
+            raise_on_error=False,
+        )
         return landed
 
     async def ack(self, done: Mapping[str, Sequence[str]]) -> None:
@@ -154,25 +153,31 @@ class Queues:
     async def notices(self) -> AsyncIterator[str | None]:
         """Subscribe to every partition's notices, then yield None once subscribed (read
         every queue: notices sent before were not seen) and a queue's key per notice, until
-        the connection is lost (an error: call again, on a new connection)."""
+        a connection is lost (an error: call again, on new connections). One connection per
+        Redis node the partitions live on (see `_fanout`)."""
         await self.close_notices()
-        await ready_to_subscribe(self._reader)
-        self._pubsub = self._reader.pubsub()
-        channels = [keys.work_channel(n) for n in self.partitions]
-        await self._pubsub.subscribe(*channels)
-        confirmed = 0
-        async for message in self._pubsub.listen():
-            kind = message["type"]
-            if kind == "subscribe":
-                confirmed += 1
-                if confirmed == len(channels):
-                    yield None
-            elif kind == "message" and isinstance(message["data"], str):
-                yield message["data"]
+        fanout = self._fanout = Fanout(self._reader, keys.hub_channel(self._consumer))
+        try:
+            await fanout.open()
+            channels = {keys.work_channel(n) for n in self.partitions}
+            for channel in channels:
+                await fanout.subscribe(channel)
+            waiting = set(channels)
+            async for message in fanout.messages():
+                if isinstance(message, Subscribed):
+                    if message.channel in waiting:
+                        waiting.discard(message.channel)
+                        if not waiting:
+                            yield None
+                elif isinstance(message.data, str):
+                    yield message.data
+        finally:  # its connections end with it, however it ends
+            await fanout.aclose()
+            if self._fanout is fanout:
+                self._fanout = None
 
     async def close_notices(self) -> None:
-        """Drop the subscription (errors of a dead connection are ignored)."""
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError, RuntimeError):
-                await pubsub.aclose()
+        """Drop the subscriptions (errors of a dead connection are ignored)."""
+        fanout, self._fanout = self._fanout, None
+        if fanout is not None:
+            await fanout.aclose()

@@ -73,10 +73,20 @@ local function retire(run, events, steps, idem)
   redis.call('PEXPIRE', steps, ms)
   if r[2] and r[2] ~= '' and r[2] == idem then redis.call('PEXPIRE', idem, ms) end
 end
+-- Publish on a channel of the script's own slot. Redis 7 has sharded pub/sub: the message
+-- goes to the subscribers of the node that owns the channel's slot only, where PUBLISH would
+-- send it to every node of a cluster. Subscribers make this same test per node (_fanout).
+local function publish(channel, message)
+  if redis.REDIS_VERSION_NUM then
+    redis.call('SPUBLISH', channel, message)
+  else
+    redis.call('PUBLISH', channel, message)
+  end
+end
 -- Queue an attempt and tell the replicas that the queue has an entry to read.
 local function enqueue(queue, channel, run_id, attempt)
   redis.call('XADD', queue, '*', 'run_id', run_id, 'attempt', attempt)
-  redis.call('PUBLISH', channel, queue)
+  publish(channel, queue)
 end
 local function moved(run, from, to)
   if from then
@@ -94,7 +104,7 @@ end
 -- stream's key, the message the event's id, a space, and its fields as a JSON array.
 local function emit(stream, fields)
   local id = redis.call('XADD', stream, '*', unpack(fields))
-  redis.call('PUBLISH', stream, id .. ' ' .. cjson.encode(fields))
+  publish(stream, id .. ' ' .. cjson.encode(fields))
   return id
 end
 -- 0: not held; 1: apply; 2: already applied (a retried write)
@@ -159,6 +169,16 @@ if tokens < 1 then return math.ceil((1 - tokens) / rate) end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens - 1), 'ms', fmt(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
 return 0
+"""
+)
+
+# KEYS: a partition's notice channel (keys.work_channel). ARGV: the message (a queue's key).
+# Publishes it the way the scripts do (sharded on Redis 7+): a queue entry handed back.
+NOTIFY = (
+    _PRELUDE
+    + """
+publish(KEYS[1], ARGV[1])
+return 1
 """
 )
 

@@ -26,6 +26,7 @@ from longline._store import (
     encode_event,
     keys,
 )
+from longline._store._fanout import sharded
 from longline.control_plane._hub import _QUEUE_BYTES, EventHub
 from tests.conftest import eventually
 
@@ -121,7 +122,18 @@ async def _started_run(store: Store, run_id: str) -> RunWriter:
 
 
 async def _numsub(redis: aioredis.Redis, channel: str) -> int:
+    """Subscribers of `channel`: shard subscriptions on Redis 7+, plain ones before."""
+    if await sharded(redis):
+        return int(dict(await redis.pubsub_shardnumsub(channel))[channel])
     return int(dict(await redis.pubsub_numsub(channel))[channel])
+
+
+async def _publish(redis: aioredis.Redis, channel: str, message: str) -> None:
+    """Publish the way the scripts do (sharded on Redis 7+)."""
+    if await sharded(redis):
+        await redis.spublish(channel, message)
+    else:
+        await redis.publish(channel, message)
 
 
 def _follow(hub: EventHub, run_id: str, into: list[StoredEvent]) -> asyncio.Task[None]:
@@ -274,7 +286,7 @@ async def test_a_message_that_is_not_an_event_costs_a_re_read_not_the_hub(
         lambda: _true(channel in hub.hub._watches and hub.hub._watches[channel].subscribed.done()),
         what="the watcher to be subscribed",
     )
-    await redis.publish(channel, garbage)
+    await _publish(redis, channel, garbage)
     await writer.append([encode_event("STATUS", 1, "after the garbage")])
     await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
     await asyncio.wait_for(follower, 10)

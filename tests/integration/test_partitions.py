@@ -14,6 +14,8 @@ from longline._store import (
     Claimed,
     ClaimRequest,
     FailedPreconditionError,
+    QueueEntry,
+    Queues,
     RunWriter,
     Store,
     TenantLimits,
@@ -56,7 +58,7 @@ async def test_every_script_of_a_run_runs_with_keys_in_its_partition_slot(store:
         and isinstance(getattr(_scripts, name), str)
         and "redis.call" in getattr(_scripts, name)
     ]
-    assert len(scripts) == 9
+    assert len(scripts) == 10
     for text in scripts:
         SCRIPTS_RUN.pop(text, None)
     limits = TenantLimits(max_queued=100, start_rate=100, start_burst=100)
@@ -90,6 +92,11 @@ async def test_every_script_of_a_run_runs_with_keys_in_its_partition_slot(store:
     await store.attempts.claim(late)
     await asyncio.sleep(0.01)
     assert [e.outcome for e in await store.attempts.expire_leases(1)] == ["failed"]
+    queues = Queues(store.redis, store.redis, "cp", store.partitions)
+    entry = QueueEntry(
+        keys.queue_key(keys.partition_of(ids[5]), "flow"), "flow", "", ids[5], 1, "1-0"
+    )
+    assert await queues.hand_back([entry]) == [True]
     assert [text[-200:] for text in scripts if text not in SCRIPTS_RUN] == []
 
 

@@ -1,0 +1,263 @@
+"""Subscriptions held over one connection per Redis node that owns their channels.
+
+Owns no key. The scripts publish a run's events and a partition's queue notices with
+SPUBLISH where the server has it (Redis 7+, see `_scripts.publish`): a shard channel's
+messages go only to the node that owns the channel's hash slot, instead of to every node of
+a cluster as PUBLISH's do. A subscriber must therefore ask that node, with SSUBSCRIBE. A
+`Fanout` keeps one subscribing connection per node its channels live on (one in all on a
+single Redis or Sentinel), opened when its first channel there is subscribed.
+
+Publisher and subscriber decide the same way, per node: a script asks the server that runs
+it (`redis.REDIS_VERSION_NUM`, which Redis 7 added), and a Fanout runs that same test on
+each node before it subscribes there. A server without sharded pub/sub (Redis 6.2) gets
+PUBLISH and SUBSCRIBE (`sharded()` says which, for the start-up line).
+
+Faults end in one way: `messages()` raises, the caller `renew()`s and subscribes again (and
+re-reads what it may have missed: pub/sub is at most once). That covers a lost connection,
+a MOVED reply to a subscription sent to a node that no longer owns the slot, and the
+SUNSUBSCRIBE a Redis 7 node sends on its own when a channel's slot leaves it (resharding,
+failover); `renew()` learns the cluster's slots again first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from ._connection import is_cluster, ready_to_subscribe
+
+__all__ = ["Fanout", "Message", "Subscribed", "sharded"]
+
+# 1 where the server has SPUBLISH/SSUBSCRIBE: the test the scripts' publish() makes.
+_PROBE = "if redis.REDIS_VERSION_NUM then return 1 end return 0"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """Redis confirmed a subscription to `channel` (replies on one node's connection come in
+    the order its subscriptions were sent; a channel always goes to the same node until
+    `renew()`)."""
+
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message published on `channel`."""
+
+    channel: str
+    data: Any
+
+
+async def sharded(redis: Any) -> bool:
+    """Whether every node of `redis` (every master of a cluster) has sharded pub/sub."""
+    if is_cluster(redis):
+        await ready_to_subscribe(redis)
+        answers = await asyncio.gather(
+            *(redis.eval(_PROBE, 0, target_nodes=node) for node in redis.get_primaries())
+        )
+        return all(int(a) == 1 for a in answers)
+    return int(await redis.eval(_PROBE, 0)) == 1
+
+
+class _Node:
+    """One node's subscribing connection, and the task that reads it into the inbox."""
+
+    def __init__(self, client: aioredis.Redis, owned: bool, hold: str) -> None:
+        self.client = client
+        self.owned = owned  # a connection of this Fanout's (a cluster node's): closed with it
+        self.pubsub = client.pubsub()
+        self.hold = hold
+        self.sharded = False
+        self.leaving: Counter[str] = Counter()  # unsubscriptions this side sent, unanswered
+        self.reader: asyncio.Task[None] | None = None
+
+    async def start(self, inbox: asyncio.Queue[Subscribed | Message | BaseException]) -> None:
+        self.sharded = int(await self.client.eval(_PROBE, 0)) == 1
+        # A plain channel nobody publishes on keeps the connection subscribed (listen() ends
+        # on a connection with no subscription) whatever comes and goes.
+        await self.pubsub.subscribe(self.hold)
+        self.reader = asyncio.create_task(self._read(inbox))
+
+    async def subscribe(self, channel: str) -> None:
+        if self.sharded:
+            await self.pubsub.ssubscribe(channel)
+        else:
+            await self.pubsub.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        if getattr(self.pubsub, "connection", None) is None:
+            return  # no connection: nothing to stop, and none is opened for it
+        self.leaving[channel] += 1
+        if self.sharded:
+            await self.pubsub.sunsubscribe(channel)
+        else:
+            await self.pubsub.unsubscribe(channel)
+
+    async def _read(self, inbox: asyncio.Queue[Subscribed | Message | BaseException]) -> None:
+        try:
+            async for m in self.pubsub.listen():
+                kind, channel = m["type"], m["channel"]
+                if kind in ("message", "smessage"):
+                    inbox.put_nowait(Message(channel, m["data"]))
+                elif kind in ("subscribe", "ssubscribe"):
+                    inbox.put_nowait(Subscribed(channel))
+                elif kind in ("unsubscribe", "sunsubscribe"):
+                    if self.leaving[channel] > 0:
+                        self.leaving[channel] -= 1
+                        if not self.leaving[channel]:
+                            del self.leaving[channel]
+                    else:  # the node let it go: its slot moved
+                        raise RedisConnectionError(
+                            f"Redis ended the subscription to {channel} (its slot moved)"
+                        )
+            raise RedisConnectionError("the subscription ended")
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the inbox
+            inbox.put_nowait(exc)
+
+    async def aclose(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.reader
+        with contextlib.suppress(RedisError, OSError, RuntimeError):  # a dead connection
+            await self.pubsub.aclose()
+        if self.owned:
+            with contextlib.suppress(RedisError, OSError, RuntimeError):
+                await self.client.aclose()
+
+
+class Fanout:
+    """Subscriptions over `redis` (a client kept for subscriptions: no read timeout), one
+    connection per node. `hold` names a plain channel nobody publishes on, which every
+    connection holds; its confirmation on the first connection (Subscribed(hold)) says the
+    Fanout is open."""
+
+    def __init__(self, redis: aioredis.Redis, hold: str) -> None:
+        self._redis = redis
+        self.hold = hold
+        self._nodes: dict[str, _Node] = {}
+        self._node_of: dict[str, _Node] = {}  # channel -> the connection it was sent on
+        self._inbox: asyncio.Queue[Subscribed | Message | BaseException] = asyncio.Queue()
+        self._closed = False
+        self._home_confirmed = False  # the first hold confirmation was yielded
+        # Subscriptions and unsubscriptions are sent in the order they were asked for, even
+        # when one waits for its node's connection: a caller matches confirmations to its
+        # requests by that order.
+        self._order = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Open the first connection (the hold channel's node): Subscribed(hold) follows."""
+        if self._closed:
+            raise RedisConnectionError("the subscriptions are closed")
+        await ready_to_subscribe(self._redis)
+        async with self._order:
+            await self._node(self.hold)
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe to `channel` on the node that owns it (a Subscribed confirms it)."""
+        if self._closed:  # late at shutdown: no connection is opened for it
+            raise RedisConnectionError("the subscriptions are closed")
+        async with self._order:
+            node = await self._node(channel)
+            self._node_of[channel] = node
+            await node.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop receiving `channel`. Without its connection (closed, or renewed) there is
+        nothing to stop, and none is opened for it."""
+        async with self._order:
+            node = self._node_of.pop(channel, None)
+            if self._closed or node is None or node not in self._nodes.values():
+                return
+            await node.unsubscribe(channel)
+
+    async def messages(self) -> AsyncIterator[Subscribed | Message]:
+        """What arrives on every connection, until one of them fails (then this raises:
+        renew() and subscribe again)."""
+        inbox = self._inbox
+        while True:
+            item = await inbox.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, Subscribed) and item.channel == self.hold:
+                if self._home_confirmed:
+                    continue  # another node's connection: not news to the caller
+                self._home_confirmed = True
+            yield item
+
+    async def renew(self) -> None:
+        """Drop every connection and subscription and start over (on a cluster, after
+        learning its slots again: a failure may have been a slot that moved)."""
+        await self._close_nodes()
+        self._inbox = asyncio.Queue()
+        if is_cluster(self._redis):
+            with contextlib.suppress(RedisError, OSError):  # the next open() finds out
+                await self._redis.nodes_manager.initialize()
+
+    async def aclose(self) -> None:
+        """Close every connection (errors of dead ones are ignored); later subscriptions are
+        refused and unsubscriptions do nothing."""
+        self._closed = True
+        await self._close_nodes()
+
+    @property
+    def connections(self) -> int:
+        """How many subscribing connections are open."""
+        return len(self._nodes)
+
+    def _name(self, channel: str) -> str:
+        if not is_cluster(self._redis):
+            return ""
+        node = self._redis.get_node_from_key(channel)
+        if node is None:
+            raise RedisConnectionError(f"no node of the cluster owns {channel}'s slot")
+        return str(node.name)
+
+    async def _node(self, channel: str) -> _Node:
+        """The connection to `channel`'s node, opened if there is none (under _order)."""
+        name = self._name(channel)
+        node = self._nodes.get(name)
+        if node is None:
+            node = await self._connect(name)
+        return node
+
+    async def _connect(self, name: str) -> _Node:
+        inbox = self._inbox
+        if name:
+            cluster_node = self._redis.get_node(node_name=name)
+            pool = aioredis.ConnectionPool(
+                connection_class=cluster_node.connection_class,
+                max_connections=2,  # the probe, then the subscription
+                **cluster_node.connection_kwargs,
+            )
+            node = _Node(aioredis.Redis.from_pool(pool), owned=True, hold=self.hold)
+        else:
+            node = _Node(self._redis, owned=False, hold=self.hold)
+        try:
+            await node.start(inbox)
+        except BaseException:
+            await node.aclose()
+            raise
+        if self._closed or inbox is not self._inbox:  # closed or renewed meanwhile
+            await node.aclose()
+            raise RedisConnectionError("the subscriptions were renewed")
+        self._nodes[name] = node
+        return node
+
+    async def _close_nodes(self) -> None:
+        nodes, self._nodes = list(self._nodes.values()), {}
+        self._node_of.clear()
+        self._home_confirmed = False
+        for node in nodes:
+            await node.aclose()
