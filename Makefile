@@ -21,9 +21,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/longline dev --run blog_post --input '{"topic": "tides", "sections": 3}'
 
+# The suite on one Redis, then, on a local Redis Cluster of 3 masters, every test of
+# CLUSTER_TESTS that uses the session's Redis (docs/testing.md).
+CLUSTER_TESTS := tests/integration tests/e2e tests/chaos/test_chaos.py
 test: $(STAMP)
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf breaking --against baseline.binpb
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --redis-cluster $(CLUSTER_TESTS) $(PYTEST_ARGS)
 
 # mypy cannot follow setuptools' editable-install import hook, so it checks a plain install;
 # so does lint-imports (the import contracts in pyproject.toml).

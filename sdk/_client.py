@@ -47,6 +47,9 @@ _RESUMABLE = frozenset(
 )
 
 
+# Calls that only read: asked again after UNAVAILABLE (see Client._call).
+_READS = frozenset({"GetRun", "GetRunTrace", "ListRuns", "ListWorkflows", "ListBuilds"})
+
 _tracer = trace.get_tracer("longline.client")
 
 
@@ -152,7 +155,9 @@ class Client:
     `target` is a gRPC target, e.g. "localhost:50051", or several replicas separated
     by commas: when one becomes unreachable the client moves to the next, and an
     events() iterator resumes there from its last event. `resume_for` bounds how
-    long an events() iterator keeps reconnecting before it gives up.
+    long an events() iterator keeps reconnecting, and how long a read (describe, result,
+    trace, the lists) keeps asking again after UNAVAILABLE once a replica has answered
+    this client, before it gives up.
 
     `token` is sent as a bearer token with every call (default: LONGLINE_TOKEN). `tls`
     connects over TLS, verifying the server against `tls_ca` (a PEM file; default:
@@ -178,6 +183,7 @@ class Client:
         self._tls_ca = env_tls_ca() if tls_ca is None else tls_ca
         self._tls = tls or bool(self._tls_ca)
         self._current = 0
+        self._answered = False  # a replica has answered a call (see _call)
         self._old_channels: list[grpc.aio.Channel] = []
         self._closed = False
         self._connect()
@@ -226,15 +232,35 @@ class Client:
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> Any:
-        stub = self._builds if method in _BUILD_METHODS else self._stub
-        try:
-            return await getattr(stub, method)(
-                request, timeout=timeout, metadata=(*metadata, *self._auth)
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                self._failover()  # the next call goes elsewhere; this one is not retried
-            raise map_rpc_error(exc) from exc
+        delay = 0.05
+        give_up = asyncio.get_running_loop().time() + self.resume_for
+        while True:
+            stub = self._builds if method in _BUILD_METHODS else self._stub
+            try:
+                reply = await getattr(stub, method)(
+                    request, timeout=timeout, metadata=(*metadata, *self._auth)
+                )
+                self._answered = True
+                return reply
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    self._answered = True
+                    raise map_rpc_error(exc) from exc
+                self._failover()  # the next call goes elsewhere
+                task = asyncio.current_task()
+                if (
+                    method not in _READS
+                    or not self._answered
+                    or (task is not None and task.cancelling())
+                    or asyncio.get_running_loop().time() + delay > give_up
+                ):
+                    raise map_rpc_error(exc) from exc
+            # A read is asked again, after a wait that doubles up to 2 s, for up to
+            # resume_for seconds: a replica restarting or a Redis failing over is waited out.
+            # Not before any replica has answered this client: a wrong address, a CA it
+            # does not trust or a server not up yet is said at once.
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
 
     async def _launch(
         self,

@@ -3,10 +3,11 @@
     async with DevStack("tests/flows.py", redis_url=url, worker={"slots": 4}) as stack:
         async with longline.Client(stack.target) as client: ...
 
-In order: a Redis (an embedded redis-server unless `redis_url` is given), the offline
-OpenAI-compatible model (when asked, or by default when neither OPENAI_API_KEY nor
-OPENAI_BASE_URL is set), a control plane with no authentication, and one worker serving
-`module`; closed in the reverse order, each part whether or not the others started.
+In order: a Redis (an embedded redis-server unless `redis_url` is given, or a local Redis
+Cluster with `redis_cluster`), the offline OpenAI-compatible model (when asked, or by
+default when neither OPENAI_API_KEY nor OPENAI_BASE_URL is set), a control plane with no
+authentication, and one worker serving `module`; closed in the reverse order, each part
+whether or not the others started.
 
 Library code: it never installs a signal handler or exits. The planes come through
 their registered `Plane`s (`longline._plugins`), as the SDK may not import them. A
@@ -24,13 +25,15 @@ from types import TracebackType
 from typing import Any, cast
 
 from ._embedded import EmbeddedRedis
+from ._embedded_cluster import EmbeddedCluster
 from ._offline_model import Faults, OfflineModel
 from ._options import DEFAULT_ADDRESS
 from ._plugins import ControlPlaneLike, WorkerLike, planes
 
-__all__ = ["DEFAULT_MODULE", "DevStack"]
+__all__ = ["DEFAULT_MODULE", "DEV_CLUSTER_MASTERS", "DevStack"]
 
 DEFAULT_MODULE = "longline.examples"
+DEV_CLUSTER_MASTERS = 3  # the masters of the cluster `redis_cluster` starts
 log = logging.getLogger(__name__)
 
 
@@ -39,6 +42,9 @@ class DevStack:
 
     `control_plane` and `worker` are settings of those planes by field name (the stack
     sets the Redis URL, the worker's target and no authentication itself). With
+    `redis_cluster` it starts a local Redis Cluster (`EmbeddedCluster`) of
+    DEV_CLUSTER_MASTERS masters and no replicas instead of one embedded server, and hands
+    both planes its `redis+cluster://` URL (not with `redis_url`: a ValueError). With
     `offline_model` None the model serves only when no OpenAI variable is set; when it
     serves, the process's OPENAI_* variables point at it until the stack closes (the
     worker reads them at call time). `connect_timeout` bounds the wait for the worker
@@ -51,6 +57,7 @@ class DevStack:
         module: str = DEFAULT_MODULE,
         *,
         redis_url: str = "",
+        redis_cluster: bool = False,
         offline_model: bool | None = None,
         offline_token_delay: float = 0.01,
         control_plane: Mapping[str, Any] | None = None,
@@ -58,10 +65,14 @@ class DevStack:
         connect_timeout: float | None = None,
         report: Callable[[str], object] | None = None,
     ) -> None:
+        if redis_url and redis_cluster:
+            raise ValueError("a dev stack takes redis_url or redis_cluster, not both")
         self.module = module
         self.redis_url = redis_url
         self.target = ""  # the control plane's HOST:PORT once started
         self.embedded: EmbeddedRedis | None = None
+        self.cluster: EmbeddedCluster | None = None
+        self._cluster_wanted = redis_cluster
         self.offline: OfflineModel | None = None
         self.control_plane: ControlPlaneLike | None = None
         self.worker: WorkerLike | None = None
@@ -135,12 +146,26 @@ class DevStack:
     async def _start_redis(self) -> None:
         if self.redis_url:
             return
+        if self._cluster_wanted:
+            await self._start_cluster()
+            return
         embedded = EmbeddedRedis()
         self.embedded = embedded
         self._closing.push_async_callback(asyncio.to_thread, embedded.stop)  # safe twice
         await asyncio.to_thread(embedded.start)
         self.redis_url = embedded.url
         self._report(f"started an embedded Redis ({embedded.binary}) at {embedded.url}")
+
+    async def _start_cluster(self) -> None:
+        cluster = EmbeddedCluster(DEV_CLUSTER_MASTERS)
+        self.cluster = cluster
+        self._closing.push_async_callback(asyncio.to_thread, cluster.stop)  # safe twice
+        await asyncio.to_thread(cluster.start)
+        self.redis_url = cluster.longline_url
+        self._report(
+            f"started an embedded Redis Cluster of {len(cluster.masters)} masters "
+            f"({cluster.binary}) at {cluster.longline_url}"
+        )
 
     async def _start_offline_model(self) -> None:
         wanted = self._offline_wanted

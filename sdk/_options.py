@@ -48,7 +48,8 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 REDIS_HELP = (
     "Redis URL: redis://HOST:PORT/DB (rediss:// for TLS), or through Sentinel "
     "redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]"
-    "[?sentinel_password=...]"
+    "[?sentinel_password=...], or a Redis Cluster "
+    "redis+cluster://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...] (rediss+cluster:// for TLS)"
 )
 TRUE_WORDS = ("1", "true", "yes", "on")  # what a switch's environment variable takes as on
 _KEY = "longline.option"

@@ -73,10 +73,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--redis-cluster"):
-        one = pytest.mark.skip(reason="needs one Redis server, not a cluster (single_redis)")
+        # The cluster pass runs what uses the session's Redis (redis_url) and is not marked
+        # single_redis; the rest ran in the single pass and would only run again.
+        keep, dropped = [], []
         for item in items:
-            if "single_redis" in item.keywords:
-                item.add_marker(one)
+            uses = "redis_url" in getattr(item, "fixturenames", ())
+            (keep if uses and "single_redis" not in item.keywords else dropped).append(item)
+        items[:] = keep
+        config.hook.pytest_deselected(items=dropped)
     if not config.getoption("--skip-slow") or os.environ.get("CI") == "true":
         return
     skip = pytest.mark.skip(reason="slow test skipped by --skip-slow (CI runs it)")
@@ -117,11 +121,13 @@ def redis_url(redis_server: EmbeddedRedis, request: pytest.FixtureRequest) -> st
     from tests import procs as proc_helpers  # it imports this module
 
     proc_helpers.COUNTERS = redis_server.url
+    url = redis_server.url
     if request.config.getoption("--redis-cluster"):
         cluster: RedisCluster = request.getfixturevalue("redis_cluster")
         cluster.flush()
-        return cluster.longline_url
-    return redis_server.url
+        url = cluster.longline_url
+    os.environ["LONGLINE_TEST_STORE"] = url  # for helpers that have no fixture at hand
+    return url
 
 
 @pytest.fixture
@@ -134,6 +140,15 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         await cluster.aclose()
         return
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def counters(redis_url: str, redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    """A client of the server the test flows count their steps in (`test:*` keys): the
+    session's single server, also when longline runs on the cluster."""
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     await client.aclose()
 
@@ -159,6 +174,32 @@ async def redis_cluster_client(redis_cluster_url: str) -> AsyncIterator[aioredis
     client = aioredis.RedisCluster.from_url(redis_cluster_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+async def on_every_node(redis: Any, *command: Any) -> list[Any]:
+    """A command's reply from each node: every master of a cluster, or the one server."""
+    if isinstance(redis, aioredis.RedisCluster):
+        await redis.initialize()  # it knows no node before its first command
+        return [
+            await redis.execute_command(*command, target_nodes=node)
+            for node in redis.get_primaries()
+        ]
+    return [await redis.execute_command(*command)]
+
+
+async def plain_subscribers(redis: Any, channel: str) -> int:
+    """How many connections hold a plain SUBSCRIBE to `channel`, over every node."""
+    replies = await on_every_node(redis, "PUBSUB NUMSUB", channel)
+    return sum(int(dict(_pairs(r)).get(channel, 0)) for r in replies)
+
+
+def _pairs(reply: Any) -> list[tuple[Any, Any]]:
+    if isinstance(reply, dict):
+        return list(reply.items())
+    items = list(reply)
+    if all(isinstance(item, tuple | list) for item in items):
+        return [(item[0], item[1]) for item in items]
+    return list(zip(items[::2], items[1::2], strict=True))
 
 
 async def eventually(

@@ -35,9 +35,11 @@ async def count_step(run_id: str, step: int) -> int:
     return step
 
 
-@longline.workflow(description="Three counted steps.")
+@longline.workflow(description="Three counted steps (input {'delay': s}: a pause before each).")
 async def counted(ctx: longline.Context, input: Any) -> Any:
+    delay = float(input.get("delay", 0)) if isinstance(input, dict) else 0.0
     for step in range(3):
+        await asyncio.sleep(delay)
         await ctx.status(f"step {step}")
         await count_step(ctx.run_id, step)
     return {"steps": 3}

@@ -9,92 +9,28 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
 from longline._embedded import find_redis_server, free_port
+from longline._embedded_cluster import RedisProcess, wait_for
 
 SERVICE = "longline"
 _REPL_USER, _REPL_PASSWORD = "replication", "replication-secret"
 
 
-class Server:
+class Server(RedisProcess):
     """One redis-server child process with a directory and a log file of its own (the
-    Sentinel setup here and the Redis Cluster in tests/cluster.py are made of these)."""
-
-    def __init__(
-        self, binary: str, root: Path, name: str, port: int, args: list[str], password: str = ""
-    ) -> None:
-        self.name = name
-        self.port = port
-        self.password = password
-        self.dir = root / name
-        self.dir.mkdir()
-        self.log = self.dir / "server.log"
-        self._binary = binary
-        self._args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [self._binary, *self._args], stdout=out, stderr=subprocess.STDOUT, cwd=self.dir
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def client(self, timeout: float = 2.0) -> redis.Redis:
-        return redis.Redis(
-            host="127.0.0.1",
-            port=self.port,
-            password=self.password or None,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
-
-    def ping(self) -> bool:
-        if not self.alive:
-            return False
-        try:
-            with self.client(0.5) as c:
-                return bool(c.ping())
-        except redis.RedisError:
-            return False
+    Sentinel setup here and the Redis Cluster in tests/cluster.py are made of these), which
+    a test can also kill."""
 
     def kill(self) -> None:
         """SIGKILL, as a crash or a lost machine would."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def wait_for(probe: Callable[[], bool], timeout: float, what: str, servers: list[Server]) -> None:
-    """Wait for child processes to reach a state (there is nothing to block on but polling);
-    on timeout, fail with the tail of every server's log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if probe():
-            return
-        time.sleep(0.05)
-    logs = "\n".join(f"--- {s.name}\n{s.log.read_text(errors='replace')[-2000:]}" for s in servers)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}\n{logs}")
 
 
 class SentinelCluster:

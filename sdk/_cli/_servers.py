@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from .._devstack import DEFAULT_MODULE, DevStack
+from .._devstack import DEFAULT_MODULE, DEV_CLUSTER_MASTERS, DevStack
 from .._offline_model import Faults, OfflineModel
 from .._options import REDIS_HELP, Option, options_of, values_of
 from .._plugins import Plane
@@ -19,6 +19,13 @@ __all__ = ["dev_command", "offline_model_command"]
 
 DEV_OPTIONS = (
     Option("--redis", REDIS_HELP + " (default: start an embedded Redis)", "", shown="embedded"),
+    Option(
+        "--redis-cluster",
+        f"start a local Redis Cluster of {DEV_CLUSTER_MASTERS} masters instead of one embedded "
+        "Redis (not with --redis)",
+        False,
+        switch=True,
+    ),
     Option("--module", "workflows to serve", DEFAULT_MODULE),
     Option("--run", "run this workflow live, then exit", ""),
     Option(INPUT.flag, "JSON input for --run", INPUT.default),
@@ -36,9 +43,15 @@ def dev_command(planes: dict[str, Plane]) -> Command:
     cp, worker = planes["control-plane"], planes["worker"]
 
     def run(args: argparse.Namespace) -> int:
+        if args.redis_cluster and args.redis:
+            raise CommandError(
+                "longline dev: --redis-cluster starts a Redis Cluster of its own; "
+                "it cannot go with --redis (or LONGLINE_REDIS)"
+            )
         stack = DevStack(
             args.module,
             redis_url=args.redis,
+            redis_cluster=args.redis_cluster,
             offline_token_delay=args.offline_token_delay,
             control_plane=values_of(args, cp.dev_options),
             worker=values_of(args, worker.dev_options),

@@ -30,11 +30,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ._connection import is_cluster, ready_to_subscribe
 
-__all__ = ["Fanout", "Message", "Subscribed", "sharded"]
+__all__ = ["Fanout", "Message", "Subscribed", "learn_slots", "sharded"]
 
 # 1 where the server has SPUBLISH/SSUBSCRIBE: the test the scripts' publish() makes.
 _PROBE = "if redis.REDIS_VERSION_NUM then return 1 end return 0"
@@ -62,10 +62,22 @@ async def sharded(redis: Any) -> bool:
     if is_cluster(redis):
         await ready_to_subscribe(redis)
         answers = await asyncio.gather(
-            *(redis.eval(_PROBE, 0, target_nodes=node) for node in redis.get_primaries())
+            *(
+                redis.execute_command("EVAL", _PROBE, 0, target_nodes=node)
+                for node in redis.get_primaries()
+            )
         )
         return all(int(a) == 1 for a in answers)
     return int(await redis.eval(_PROBE, 0)) == 1
+
+
+async def learn_slots(redis: Any) -> None:
+    """Make a cluster client learn the cluster's slots again (after a failover, say): the
+    Fanout's own connections never tell it of a MOVED or a dead node. Errors are left for
+    the next subscription to meet."""
+    if is_cluster(redis):
+        with contextlib.suppress(RedisError, OSError):
+            await redis.nodes_manager.initialize()
 
 
 class _Node:
@@ -201,9 +213,7 @@ class Fanout:
         learning its slots again: a failure may have been a slot that moved)."""
         await self._close_nodes()
         self._inbox = asyncio.Queue()
-        if is_cluster(self._redis):
-            with contextlib.suppress(RedisError, OSError):  # the next open() finds out
-                await self._redis.nodes_manager.initialize()
+        await learn_slots(self._redis)
 
     async def aclose(self) -> None:
         """Close every connection (errors of dead ones are ignored); later subscriptions are
@@ -219,9 +229,12 @@ class Fanout:
     def _name(self, channel: str) -> str:
         if not is_cluster(self._redis):
             return ""
-        node = self._redis.get_node_from_key(channel)
+        try:
+            node = self._redis.get_node_from_key(channel)
+        except RedisClusterException as exc:  # a slot not covered now (a failover under way)
+            raise RedisConnectionError(f"no node of the cluster serves {channel}: {exc}") from exc
         if node is None:
-            raise RedisConnectionError(f"no node of the cluster owns {channel}'s slot")
+            raise RedisConnectionError(f"no node of the cluster serves {channel}")
         return str(node.name)
 
     async def _node(self, channel: str) -> _Node:

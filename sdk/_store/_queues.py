@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from . import _keys as keys
 from ._connection import scripts_together
-from ._fanout import Fanout, Subscribed
+from ._fanout import Fanout, Subscribed, learn_slots
 from ._scripts import NOTIFY
 
 __all__ = ["QueueEntry", "Queues"]
@@ -60,6 +60,7 @@ class Queues:
         self._consumer = consumer
         self.partitions = partitions
         self._fanout: Fanout | None = None
+        self._noticed = False  # notices() was called before
         self._notify = redis.register_script(NOTIFY)
 
     def streams(self, workflow: str, build: str) -> list[str]:
@@ -156,6 +157,9 @@ class Queues:
         a connection is lost (an error: call again, on new connections). One connection per
         Redis node the partitions live on (see `_fanout`)."""
         await self.close_notices()
+        if self._noticed:  # called again after a fault: the slots may have moved
+            await learn_slots(self._reader)
+        self._noticed = True
         fanout = self._fanout = Fanout(self._reader, keys.hub_channel(self._consumer))
         try:
             await fanout.open()

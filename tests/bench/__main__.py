@@ -29,6 +29,7 @@ from longline._embedded import EmbeddedRedis
 from longline._store import Store
 from tests.bench.b1 import BENCH_FLOWS, NO_LIMITS, stack, throughput
 from tests.bench.footprint import footprints
+from tests.cluster import RedisCluster
 from tests.conftest import ROOT
 from tests.procs import Proc, start_control_plane, start_worker
 
@@ -53,7 +54,9 @@ def _pct(values: list[float], q: float) -> float:
 
 
 # -- B1 ------------------------------------------------------------------------------
-async def b1(redis_url: str, runs: int, peers: bool, peer_runs: int) -> list[Row]:
+async def b1(
+    redis_url: str, runs: int, peers: bool, peer_runs: int, system: str = "longline"
+) -> list[Row]:
     procs: list[Proc] = []
     rows: list[Row] = []
     try:
@@ -62,7 +65,7 @@ async def b1(redis_url: str, runs: int, peers: bool, peer_runs: int) -> list[Row
         rows.append(
             Row(
                 "B1",
-                "longline",
+                system,
                 f"{runs} no-op runs, 8 clients",
                 rate,
                 "runs/s",
@@ -104,7 +107,7 @@ def _peer(redis_url: str, tool: str, mode: str, *extra: str) -> dict[str, Any]:
 
 
 # -- B2 ------------------------------------------------------------------------------
-async def b2(redis_url: str, runs: int, peers: bool) -> list[Row]:
+async def b2(redis_url: str, runs: int, peers: bool, system: str = "longline") -> list[Row]:
     procs: list[Proc] = []
     started_ms: list[float] = []
     status_ms: list[float] = []
@@ -126,7 +129,7 @@ async def b2(redis_url: str, runs: int, peers: bool) -> list[Row]:
     rows = [
         Row(
             "B2",
-            "longline",
+            system,
             "StartRun to RUN_STARTED seen, p50",
             statistics.median(started_ms),
             "ms",
@@ -134,7 +137,7 @@ async def b2(redis_url: str, runs: int, peers: bool) -> list[Row]:
         ),
         Row(
             "B2",
-            "longline",
+            system,
             "StartRun to RUN_STARTED seen, p99",
             _pct(started_ms, 0.99),
             "ms",
@@ -142,7 +145,7 @@ async def b2(redis_url: str, runs: int, peers: bool) -> list[Row]:
         ),
         Row(
             "B2",
-            "longline",
+            system,
             "ctx.status() to event at a StreamRun client, p50",
             statistics.median(status_ms),
             "ms",
@@ -150,7 +153,7 @@ async def b2(redis_url: str, runs: int, peers: bool) -> list[Row]:
         ),
         Row(
             "B2",
-            "longline",
+            system,
             "ctx.status() to event at a StreamRun client, p99",
             _pct(status_ms, 0.99),
             "ms",
@@ -453,6 +456,23 @@ def _table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _columns(rows: list[Row]) -> str:
+    """B1 and B2 of longline side by side: one Redis, and the cluster of 3 masters."""
+    cluster = {(r.bench, r.measure): r for r in rows if r.system == "longline, cluster of 3"}
+    single = [r for r in rows if r.system == "longline" and (r.bench, r.measure) in cluster]
+    if not single:
+        return ""
+    width = max(len(f"{r.bench} {r.measure}") for r in single)
+    lines = [f"{'longline':<{width}}  {'one Redis':>12}  {'cluster of 3':>12}"]
+    for r in single:
+        c = cluster[(r.bench, r.measure)]
+        lines.append(
+            f"{r.bench + ' ' + r.measure:<{width}}  {r.value:>9,.1f} {r.unit:<2}"
+            f"  {c.value:>9,.1f} {c.unit}"
+        )
+    return "\n".join(lines)
+
+
 def _short(measure: str) -> str:
     if "RUN_STARTED" in measure:
         return "start to RUN_STARTED"
@@ -492,6 +512,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     parser.add_argument("--only", default="B1,B2,B3,B4,B5,B6")
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument(
+        "--no-cluster", action="store_true", help="leave out the Redis Cluster column (B1, B2)"
+    )
     args = parser.parse_args()
     only = set(args.only.upper().split(","))
     peers = not args.no_peers
@@ -515,10 +538,26 @@ def main() -> None:
                 rows.extend(await b5(url, 20_000 if q else 100_000))
             if "B6" in only:
                 rows.extend(await b6(url, 200 if q else 1000, 10 if q else 50))
+        if only & {"B1", "B2"} and not args.no_cluster:
+            # The cluster column: the same B1 and B2 on a local Redis Cluster of 3 masters
+            # (64 partitions), beside the single-Redis figures.
+            with RedisCluster() as cluster:
+                system = "longline, cluster of 3"
+                if "B1" in only:
+                    cluster.flush()
+                    rows.extend(
+                        await b1(cluster.longline_url, 1000 if q else 5000, False, 0, system)
+                    )
+                if "B2" in only:
+                    cluster.flush()
+                    rows.extend(await b2(cluster.longline_url, 100 if q else 500, False, system))
 
     asyncio.run(run_all())
     print()
     print(_table(rows))
+    if columns := _columns(rows):
+        print()
+        print(columns)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": time.strftime("%Y-%m-%d"),

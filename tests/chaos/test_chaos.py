@@ -40,7 +40,7 @@ def _terminal(events: list[longline.Event]) -> list[longline.Event]:
 
 
 async def test_kill_9_of_a_worker_mid_step_resumes_elsewhere_from_checkpoints(
-    redis_url: str, redis: aioredis.Redis, procs: list[Proc]
+    counters: aioredis.Redis, redis_url: str, redis: aioredis.Redis, procs: list[Proc]
 ) -> None:
     cp, target = await start_control_plane(redis_url, *LEASE)
     procs.append(cp)
@@ -56,7 +56,7 @@ async def test_kill_9_of_a_worker_mid_step_resumes_elsewhere_from_checkpoints(
         victim = await _holder(redis, handle.run_id)
         workers[victim].kill()  # kill -9 while step 3 is in flight
         assert await handle.result() == {"steps": 5}
-    counts = await redis.hgetall(f"test:steps:{handle.run_id}")
+    counts = await counters.hgetall(f"test:steps:{handle.run_id}")
     assert counts["1"] == counts["2"] == "1"  # finished steps ran once in total
     assert counts["3"] in ("1", "2")  # the interrupted step at most twice
     assert counts["4"] == counts["5"] == "1"
@@ -123,7 +123,7 @@ async def test_a_paused_worker_that_wakes_up_writes_nothing_more(
 
 
 async def test_sigterm_drains_then_hands_the_rest_over_at_once(
-    redis_url: str, redis: aioredis.Redis, procs: list[Proc]
+    counters: aioredis.Redis, redis_url: str, redis: aioredis.Redis, procs: list[Proc]
 ) -> None:
     # A long lease: a release that waited for the lease to run out would show.
     cp, target = await start_control_plane(
@@ -167,7 +167,7 @@ async def test_sigterm_drains_then_hands_the_rest_over_at_once(
         assert results == [{"steps": 5}] * 10
         assert draining.popen.wait(10) == 0  # it stopped by itself after handing over
     for h in handles:
-        counts = await redis.hgetall(f"test:steps:{h.run_id}")
+        counts = await counters.hgetall(f"test:steps:{h.run_id}")
         events = await _events(target, h.run_id)
         retried = [e for e in events if e.type is EventType.RUN_RETRYING]
         assert len(retried) == 1, [e.message for e in retried]

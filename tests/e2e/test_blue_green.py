@@ -41,7 +41,7 @@ async def _attempts(target: str, run_id: str) -> list[tuple[str, set[str]]]:
 
 
 async def test_a_rolling_deploy_finishes_every_run_and_sends_new_ones_to_the_new_build(
-    redis_url: str, redis: aioredis.Redis, procs: list[Proc]
+    counters: aioredis.Redis, redis_url: str, redis: aioredis.Redis, procs: list[Proc]
 ) -> None:
     cp, target = await start_control_plane(redis_url, "--heartbeat-interval", "0.5")
     procs.append(cp)
@@ -71,7 +71,7 @@ async def test_a_rolling_deploy_finishes_every_run_and_sends_new_ones_to_the_new
 
         async def all_at_the_gate() -> bool:
             for h in early:
-                counts = await redis.hgetall(f"test:steps:{h.run_id}")
+                counts = await counters.hgetall(f"test:steps:{h.run_id}")
                 if (
                     counts.get("2") != "1"
                     or await redis.hget(keys.run_key(h.run_id), "build") != "v1"
@@ -101,7 +101,7 @@ async def test_a_rolling_deploy_finishes_every_run_and_sends_new_ones_to_the_new
             proc.popen.terminate()  # SIGTERM, as Kubernetes does
         for proc in v1:
             assert proc.popen.wait(15) == 0, proc.output()  # drained: released what was left
-        await redis.set("test:gate", "open")
+        await counters.set("test:gate", "open")
         results = await asyncio.gather(*(h.result() for h in early + late))
         assert results == [{"steps": 3}] * 20 + [{"steps": 5}] * 5
 
@@ -109,7 +109,7 @@ async def test_a_rolling_deploy_finishes_every_run_and_sends_new_ones_to_the_new
             attempts = await _attempts(target, h.run_id)
             assert [build for build, _ in attempts] == ["v1", "v2"], attempts
             assert attempts[0][1] == {"1"}  # step 1 finished on v1 ...
-            counts = await redis.hgetall(f"test:steps:{h.run_id}")
+            counts = await counters.hgetall(f"test:steps:{h.run_id}")
             assert counts["1"] == "1", "... and, a checkpoint, never ran again"
             assert counts == {"1": "1", "2": "2", "3": "1"}  # the gate step had not finished
         for h in late:

@@ -46,6 +46,14 @@ def test_dev_runs_the_demo_end_to_end() -> None:
     assert '"topic": "tides"' in out
 
 
+def test_dev_refuses_a_redis_cluster_and_a_redis_url_together() -> None:
+    done = cli("dev", "--redis", "redis://127.0.0.1:1/0", "--redis-cluster", timeout=20)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "--redis-cluster starts a Redis Cluster of its own" in done.stderr
+    assert "cannot go with --redis" in done.stderr
+    assert "started" not in done.stdout  # refused before anything started
+
+
 async def test_run_watch_runs_cancel_and_workflows(redis_url: str, procs: list[Proc]) -> None:
     cp, target = await start_control_plane(redis_url)
     procs.append(cp)

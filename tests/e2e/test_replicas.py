@@ -13,7 +13,7 @@ RUNS = 40
 
 
 async def test_runs_started_on_one_replica_are_watched_on_the_other(
-    redis_url: str, redis: aioredis.Redis, procs: list[Proc]
+    counters: aioredis.Redis, redis_url: str, redis: aioredis.Redis, procs: list[Proc]
 ) -> None:
     cp1, target1 = await start_control_plane(redis_url, name="cp1")
     procs.append(cp1)
@@ -24,7 +24,11 @@ async def test_runs_started_on_one_replica_are_watched_on_the_other(
     procs.append(await start_worker(redis_url, target2, "--slots", "4", name="worker2"))
 
     async with longline.Client(target1) as starter, longline.Client(target2) as watcher:
-        handles = [await starter.start("counted", {"n": i}) for i in range(RUNS)]
+        # Runs of 3 x 20 ms, all queued at once: ten times the first worker's slots. (Quick
+        # runs started one by one can each end before the next starts, all on that worker.)
+        handles = await asyncio.gather(
+            *(starter.start("counted", {"n": i, "delay": 0.02}) for i in range(RUNS))
+        )
 
         async def follow(run_id: str) -> list[longline.Event]:
             return [e async for e in watcher.get_run(run_id).events()]
@@ -35,8 +39,8 @@ async def test_runs_started_on_one_replica_are_watched_on_the_other(
             assert [e.type for e in events].count(longline.EventType.RUN_STARTED) == 1
 
     for h in handles:  # every step ran exactly once
-        assert await redis.hgetall(f"test:steps:{h.run_id}") == {"0": "1", "1": "1", "2": "1"}
-    by_worker = await redis.hgetall("test:by_pid")
+        assert await counters.hgetall(f"test:steps:{h.run_id}") == {"0": "1", "1": "1", "2": "1"}
+    by_worker = await counters.hgetall("test:by_pid")
     assert len(by_worker) == 2, f"both workers should have run steps: {by_worker}"
     assert sum(int(v) for v in by_worker.values()) == RUNS * 3
 

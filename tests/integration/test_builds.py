@@ -81,7 +81,7 @@ async def plane(redis_url: str) -> AsyncIterator[tuple[Workers, longline.Client]
 
 async def _events(handle: longline.RunHandle) -> list[StoredEvent]:
     """The run's events so far, read from Redis without following."""
-    redis = connect(os.environ["LONGLINE_TEST_REDIS"])
+    redis = connect(os.environ["LONGLINE_TEST_STORE"])
     try:
         return await Store(redis).events.read_events(handle.run_id, "", 10_000)
     finally:
@@ -125,7 +125,7 @@ async def test_new_runs_go_to_the_current_build(
 
 
 async def test_a_run_stays_on_its_build_while_it_has_workers_then_moves_on(
-    plane: tuple[Workers, longline.Client], redis: aioredis.Redis
+    counters: aioredis.Redis, plane: tuple[Workers, longline.Client], redis: aioredis.Redis
 ) -> None:
     workers, client = plane
     await workers.start("v1-a", "v1", slots=1)
@@ -145,7 +145,7 @@ async def test_a_run_stays_on_its_build_while_it_has_workers_then_moves_on(
     events = [e async for e in handle.events()]
     moved = [e.message for e in events if e.type is EventType.STATUS and "moved" in e.message]
     assert moved == ["moved from build v1 to build v2: no worker of build v1 is left to run it"]
-    counts = await redis.hgetall(f"test:steps:{handle.run_id}")
+    counts = await counters.hgetall(f"test:steps:{handle.run_id}")
     finished = {
         e.data["step"].split("#")[1]
         for e in events

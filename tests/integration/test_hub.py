@@ -30,6 +30,10 @@ from longline._store._fanout import sharded
 from longline.control_plane._hub import _QUEUE_BYTES, EventHub
 from tests.conftest import eventually
 
+# Through a proxy in front of one server, or with ACLs set on it: the hub on a cluster is
+# tested in test_partitions.
+pytestmark = pytest.mark.single_redis
+
 
 @dataclass
 class _Gate:

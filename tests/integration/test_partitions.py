@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,9 +14,11 @@ import redis.asyncio as aioredis
 from longline._store import (
     Claimed,
     ClaimRequest,
+    EventFeed,
     FailedPreconditionError,
     QueueEntry,
     Queues,
+    RedisError,
     RunWriter,
     Store,
     TenantLimits,
@@ -25,9 +28,17 @@ from longline._store import (
     encode_event,
     keys,
 )
+from longline._store._fanout import Fanout, sharded
+from longline._store._fanout import Message as FanoutMessage
+from longline.control_plane._hub import EventHub
+from tests.cluster import NodeView, RedisCluster, parse_nodes
 from tests.conftest import SCRIPTS_RUN, eventually
 
 URLS: dict[int, str] = {}  # a store's Redis URL
+
+# Each test runs on a single Redis and on the cluster by its own parameter: the
+# --redis-cluster pass need not run them again.
+pytestmark = pytest.mark.single_redis
 
 
 @pytest.fixture(params=["single", "cluster"])
@@ -283,3 +294,144 @@ async def test_the_sweep_finds_the_index_entries_of_gone_runs_in_every_partition
     report = await store.sweeper.sweep(1, {})
     assert report.index_entries == 80  # each run in its tenant's and its workflow's index
     assert (await store.runs.page("", "", 100, None)).runs == []
+
+
+async def test_the_hub_serves_every_partition_live_over_one_connection_per_node(
+    store: Store, redis_cluster: RedisCluster
+) -> None:
+    """A run in each partition, each watched: every event arrives live (a watcher left to
+    wait for a message that went elsewhere would time out here), over one subscribing
+    connection per node the runs live on (3 masters; 1 on a single Redis)."""
+    url = URLS[id(store)]
+    reader = connect(url, socket_timeout=None, max_connections=1)
+    hub = EventHub(store, EventFeed(reader, "cp-hub"))
+    task = asyncio.create_task(hub.run())
+    try:
+        await asyncio.wait_for(hub._ready.wait(), 10)
+        ids = [keys.run_id_in(n, uuid.uuid4().hex) for n in store.partitions]
+        writers = []
+        for run_id in ids:
+            await store.runs.create(run_id, "flow", "null", {})
+            assert await store.attempts.claim(ClaimRequest(run_id, 1, "w1", "cp", 60_000, 1))
+            writers.append(RunWriter(store, run_id, 1, "w1"))
+        seen: dict[str, list[str]] = {run_id: [] for run_id in ids}
+
+        async def follow(run_id: str) -> None:
+            async for event in hub.events(run_id):
+                seen[run_id].append(event.type)
+
+        followers = [asyncio.create_task(follow(run_id)) for run_id in ids]
+
+        async def all_subscribed() -> bool:
+            watches = [hub._watches.get(keys.events_key(run_id)) for run_id in ids]
+            return all(w is not None and w.subscribed.done() for w in watches)
+
+        await eventually(all_subscribed, what="every watcher subscribed")
+        for writer in writers:
+            await writer.append([encode_event("STATUS", 1, "live")])
+        for writer in writers:
+            await writer.finish(
+                "SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1)
+            )
+        await asyncio.wait_for(asyncio.gather(*followers), 10)
+        assert all(s == ["RUN_QUEUED", "STATUS", "RUN_SUCCEEDED"] for s in seen.values()), seen
+        nodes = len(redis_cluster.master_ports) if url.startswith("redis+cluster") else 1
+        assert hub._feed.connections == nodes
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reader.aclose()
+
+
+async def test_a_subscription_follows_its_channel_when_the_slot_moves(
+    redis_cluster: RedisCluster,
+) -> None:
+    """A channel's slot moves to another master: the Fanout's subscription there ends (Redis
+    7 tells the subscriber; a 6.2 PUBLISH reaches every node anyway), it renews and
+    subscribes again, and a message published after the move arrives."""
+    redis_cluster.flush()
+    client = connect(redis_cluster.longline_url)
+    reader = connect(redis_cluster.longline_url, socket_timeout=None)
+    channel = "moving:{tag-for-the-slot-move}"
+    slot = keys.slot(channel)
+    notify = client.register_script(_scripts.NOTIFY)
+    fanout = Fanout(reader, "ll:hub:move-test")
+    views = redis_cluster.node(redis_cluster.master_ports[0]).client()
+    try:
+        owner = next(v for v in _masters(views) if _owns(v, slot))
+        target = next(v for v in _masters(views) if v.id != owner.id)
+        received: list[str] = []
+        errors: list[str] = []
+
+        async def follow() -> None:
+            while True:
+                try:
+                    await fanout.open()
+                    await fanout.subscribe(channel)
+                    async for message in fanout.messages():
+                        if isinstance(message, FanoutMessage):
+                            received.append(message.data)
+                except RedisError as exc:
+                    errors.append(str(exc))
+                    await fanout.renew()
+
+        follower = asyncio.create_task(follow())
+        await eventually(lambda: _true(fanout.connections >= 1), what="the subscription")
+        await _subscribed_by_now(notify, channel, received, "before")
+        _move_slot(redis_cluster, slot, owner, target)
+        await _subscribed_by_now(notify, channel, received, "after")
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        if await sharded(client):
+            assert any("slot moved" in e or "MOVED" in e for e in errors), errors
+        _move_slot(redis_cluster, slot, target, owner)  # the session's cluster as it was
+    finally:
+        views.close()
+        await fanout.aclose()
+        await reader.aclose()
+        await client.aclose()
+
+
+async def _subscribed_by_now(notify: Any, channel: str, received: list[str], tag: str) -> None:
+    """Publish (as the scripts do) until a message comes through: a subscription being
+    renewed misses some, which pub/sub allows."""
+
+    async def arrived() -> bool:
+        await notify(keys=[channel], args=[tag])
+        await asyncio.sleep(0.05)
+        return tag in received
+
+    await eventually(arrived, what=f"a message published {tag} the move")
+
+
+def _masters(client: Any) -> list[NodeView]:
+    return [v for v in parse_nodes(client.execute_command("CLUSTER", "NODES")) if v.is_master]
+
+
+def _owns(view: NodeView, slot: int) -> bool:
+    for part in view.slots:
+        if part.startswith("["):
+            continue
+        low, _, high = part.partition("-")
+        if int(low) <= slot <= int(high or low):
+            return True
+    return False
+
+
+def _move_slot(cluster: RedisCluster, slot: int, source: NodeView, target: NodeView) -> None:
+    """Move an empty slot: importing on the target, migrating on the source, then the new
+    owner on every master (the target first, as the Redis manual orders it)."""
+    with cluster.node(target.port).client() as t, cluster.node(source.port).client() as s:
+        t.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source.id)
+        s.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target.id)
+        assert s.execute_command("CLUSTER COUNTKEYSINSLOT", slot) == 0
+        t.execute_command("CLUSTER SETSLOT", slot, "NODE", target.id)
+        s.execute_command("CLUSTER SETSLOT", slot, "NODE", target.id)
+    for port in cluster.master_ports:
+        if port not in (source.port, target.port):
+            with cluster.node(port).client() as other:
+                other.execute_command("CLUSTER SETSLOT", slot, "NODE", target.id)
+
+
+async def _true(value: bool) -> bool:
+    return value

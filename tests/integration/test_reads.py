@@ -94,6 +94,7 @@ async def test_small_streams_are_read_in_one_page_of_up_to_the_count(store: Stor
     assert (len(page.events), page.more) == (13, False)
 
 
+@pytest.mark.single_redis  # the ACL is set on one server
 async def test_without_memory_usage_pages_are_still_bounded(
     redis_url: str, redis: aioredis.Redis
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 import longline
 from longline.v1 import runs_pb2
-from tests.conftest import eventually
+from tests.conftest import eventually, plain_subscribers
 from tests.integration.conftest import Stack
 
 
@@ -264,7 +264,7 @@ async def test_notices_that_are_not_notices_do_not_stop_the_replica(
     worker_id = stack.worker.settings.worker_id
 
     async def listening() -> bool:
-        return dict(await redis.pubsub_numsub(keys.CONTROL_CHANNEL))[keys.CONTROL_CHANNEL] > 0
+        return await plain_subscribers(redis, keys.CONTROL_CHANNEL) > 0
 
     await eventually(listening, what="the replica to listen for notices")
     for garbage in (
@@ -285,3 +285,31 @@ async def test_notices_that_are_not_notices_do_not_stop_the_replica(
     assert (await handle.cancel("enough")).status is longline.RunStatus.CANCELLED
     await eventually(lambda: _true(stack.worker.running == 0), what="the worker to stop it")
     await redis.aclose()
+
+
+async def test_reads_wait_out_a_replica_that_is_down_and_writes_do_not(
+    redis_url: str,
+) -> None:
+    """Once a replica has answered, a read asked while none answers (UNAVAILABLE) is asked
+    again until one does; a write raises Unavailable at once (it may have happened: the
+    caller decides). A client no replica ever answered is told at once."""
+    from longline._embedded import free_port
+    from longline.control_plane import ControlPlane, ControlPlaneSettings
+
+    target = f"127.0.0.1:{free_port()}"
+    settings = ControlPlaneSettings(redis_url=redis_url, listen=target, insecure_no_auth=True)
+    async with longline.Client(target, resume_for=30) as never_answered:
+        with pytest.raises(longline.Unavailable):  # no waiting
+            await never_answered.get_run("r1").describe()
+    async with longline.Client(target, resume_for=30) as client:
+        async with ControlPlane(settings):
+            with pytest.raises(longline.NotFound):
+                await client.get_run("r1").describe()
+        with pytest.raises(longline.Unavailable):
+            await client.get_run("r1").cancel("no replica now")
+        read = asyncio.create_task(client.get_run("r1").describe())
+        await asyncio.sleep(0.5)  # it is failing and asking again meanwhile
+        assert not read.done()
+        async with ControlPlane(settings):
+            with pytest.raises(longline.NotFound):  # a real answer: there is no such run
+                await asyncio.wait_for(read, 20)

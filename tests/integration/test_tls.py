@@ -107,6 +107,7 @@ async def test_tls_everywhere_and_mutual_tls_for_workers(redis_url: str, tmp_pat
         await task
 
 
+@pytest.mark.single_redis  # a TLS proxy in front of one server
 async def test_redis_over_tls(redis_url: str, tmp_path: Path) -> None:
     ca = CertificateAuthority(tmp_path)
     proxy = await TlsProxy(ca.issue("redis", server=True), urlsplit(redis_url).port or 0).start()

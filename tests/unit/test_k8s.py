@@ -20,6 +20,7 @@ K8S_VERSION = "1.37"
 RENDERED = {
     "dev": ROOT / "k8s" / "overlays" / "dev",
     "prod": ROOT / "k8s" / "overlays" / "prod",
+    "prod-cluster": ROOT / "k8s" / "overlays" / "prod-cluster",
 }
 GREEN = ROOT / "k8s" / "blue-green" / "green"  # the next build's workers, beside prod's
 HPA = ROOT / "k8s" / "autoscaling" / "hpa"  # for clusters without KEDA
@@ -33,10 +34,10 @@ def render(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-@pytest.fixture(scope="module", params=[*sorted(RENDERED), "prod+green"])
+@pytest.fixture(scope="module", params=[*sorted(RENDERED), "prod+green", "prod-cluster+green"])
 def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
-    if request.param == "prod+green":  # what the cluster holds during a blue-green deploy
-        return render(RENDERED["prod"]) + render(GREEN)
+    if request.param.endswith("+green"):  # what the cluster holds during a blue-green deploy
+        return render(RENDERED[request.param.removesuffix("+green")]) + render(GREEN)
     return render(RENDERED[request.param])
 
 
@@ -177,3 +178,29 @@ def test_prod_authenticates_and_only_dev_runs_without_tokens() -> None:
     assert "tokens.toml" in secrets["longline-tokens"]["stringData"]
     (dev_config,) = _of(render(RENDERED["dev"]), "ConfigMap")
     assert dev_config["data"]["LONGLINE_INSECURE_NO_AUTH"] == "true"
+
+
+def test_prod_cluster_reads_a_cluster_url_and_a_fixed_partition_count_from_secrets() -> None:
+    objs = render(RENDERED["prod-cluster"])
+    (config,) = _of(objs, "ConfigMap")
+    # The URL carries the password: it is in the Secret only, never in the ConfigMap.
+    assert "LONGLINE_REDIS" not in config["data"]
+    assert 1 <= int(config["data"]["LONGLINE_PARTITIONS"]) <= 4096
+    secrets = {s["metadata"]["name"]: s for s in _of(objs, "Secret")}
+    url = secrets["longline-secrets"]["stringData"]["LONGLINE_REDIS"]
+    assert url.startswith(("redis+cluster://", "rediss+cluster://"))
+    from longline._store import check_redis_url
+
+    check_redis_url(url)
+    assert not _of(objs, "StatefulSet")  # the cluster is the operator's, not deployed here
+    for d in _of(objs + render(GREEN), "Deployment"):
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        from_env = [
+            e["valueFrom"]["secretKeyRef"]
+            for e in c.get("env", [])
+            if e["name"] == "LONGLINE_REDIS" and "valueFrom" in e
+        ]
+        from_secret = [s["secretRef"]["name"] for s in c.get("envFrom", []) if "secretRef" in s]
+        assert from_env == [{"name": "longline-secrets", "key": "LONGLINE_REDIS"}] or (
+            "longline-secrets" in from_secret
+        ), d["metadata"]["name"]

@@ -1,0 +1,102 @@
+"""Chaos on a Redis Cluster of 3 masters with a replica each: a master killed mid-run.
+
+kill -9 of a master while runs are in flight: its replica is promoted by the cluster (the
+nodes time out in 2 s), and until then every script of the partitions it held fails. The
+planes' loops retry with backoff, the cluster client learns the new slot map, the event
+hub and the dispatcher subscribe again on the new master. Replication is asynchronous, so
+the last writes acknowledged by the dead master may be lost: the tests check what must hold
+anyway, that every run reaches exactly one terminal event and none is left stuck.
+(The worker and control-plane kills of test_chaos run on the cluster in the
+--redis-cluster pass of `make test`.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import longline
+from longline._store import keys
+from tests.chaos.conftest import LEASE
+from tests.cluster import RedisCluster, parse_nodes
+from tests.conftest import eventually
+from tests.procs import Proc, start_control_plane, start_worker
+
+EventType = longline.EventType
+# slow: skipped by --skip-slow locally, never in CI; single_redis: it makes its own cluster,
+# so the --redis-cluster pass need not run it again.
+pytestmark = [pytest.mark.slow, pytest.mark.single_redis]
+
+RUNS = 24
+
+
+@pytest.fixture
+def replicated() -> Iterator[RedisCluster]:
+    with RedisCluster(replicas=1) as cluster:
+        yield cluster
+        print(cluster.logs())  # shown when the test failed
+
+
+async def test_kill_9_of_a_redis_master_mid_run_every_run_ends_once(
+    replicated: RedisCluster, redis_url: str, procs: list[Proc]
+) -> None:
+    url = replicated.longline_url  # (redis_url: the steps' counters stay in the single server)
+    cp, target = await start_control_plane(url, *LEASE)
+    procs.append(cp)
+    for name in ("w1", "w2"):
+        procs.append(await start_worker(url, target, "--worker-id", name, name=name))
+    async with longline.Client(target) as client:
+        handles = [await client.start("five_steps", {"delay": 0.3}) for _ in range(RUNS)]
+
+        async def started(handle: longline.RunHandle) -> None:
+            async for event in handle.events():
+                if event.type is EventType.COMPONENT_STARTED:
+                    return
+
+        await asyncio.wait_for(asyncio.gather(*(started(h) for h in handles)), 60)
+        old_port = replicated.kill_master(0)  # kill -9 mid-run; its replica takes over
+        results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 120)
+        assert results == [{"steps": 5}] * RUNS
+        assert replicated.failed_over_from(old_port)
+        for handle in handles:
+            events = [e async for e in handle.events()]
+            assert len([e for e in events if e.type.terminal]) == 1, events
+            assert events[-1].type is EventType.RUN_SUCCEEDED
+            ids = [e.event_id for e in events]
+            assert len(ids) == len(set(ids))
+
+    # The dispatcher follows the queue notices of the promoted master's partitions there
+    # (not a dead node's address, retried until some full read makes up for it).
+    promoted = next(r for r, m in replicated.replica_of.items() if m == old_port)
+    with replicated.node(promoted).client() as node:
+        sharded = bool(node.eval("if redis.REDIS_VERSION_NUM then return 1 end return 0", 0))
+        numsub = "SHARDNUMSUB" if sharded else "NUMSUB"
+        held = _slots(node)
+        owned = [
+            keys.work_channel(n)
+            for n in keys.partition_numbers(keys.DEFAULT_PARTITIONS)
+            if keys.slot(keys.work_channel(n)) in held
+        ]
+        assert owned
+
+        async def followed() -> bool:
+            counts = node.execute_command("PUBSUB", numsub, *owned)
+            return all(int(n) >= 1 for n in counts[1::2])
+
+        await eventually(followed, what="the notices of the promoted master's partitions")
+
+
+def _slots(node: Any) -> set[int]:
+    """The slots the master `node` (a client of it) holds, as it sees itself."""
+    me = next(
+        v for v in parse_nodes(node.execute_command("CLUSTER", "NODES")) if "myself" in v.flags
+    )
+    held: set[int] = set()
+    for part in me.slots:
+        if not part.startswith("["):
+            first, _, last = part.partition("-")
+            held.update(range(int(first), int(last or first) + 1))
+    return held
