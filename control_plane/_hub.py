@@ -1,4 +1,5 @@
-"""The event hub: one Redis connection per replica serves every StreamRun call of that replica.
+"""The event hub: one Redis connection per replica and Redis node (one in all on a single
+Redis) serves every StreamRun call of that replica.
 
 Every event is appended to its run's stream and, in the same script, published on a channel
 named after that stream, with the event itself as the message (see _scripts.emit). The hub
@@ -14,7 +15,8 @@ with no gap. If the hub's connection drops, every subscriber re-reads from its c
 
 "Confirmed" means confirmed by the reply to that watch's own SUBSCRIBE. A channel can be
 subscribed, unsubscribed (its last watcher left) and subscribed again before the first reply
-arrives; replies on one connection come in command order, so the hub keeps, per channel, the
+arrives; replies on one connection come in command order (and a channel's go on one
+connection, its node's, until the feed renews), so the hub keeps, per channel, the
 watches whose SUBSCRIBE is unanswered, oldest first, and gives each reply to the oldest.
 """
 
@@ -92,7 +94,8 @@ class _Watch:
 
 
 class EventHub:
-    """Serves run events from Redis to any number of local watchers over one connection."""
+    """Serves run events from Redis to any number of local watchers over one connection per
+    Redis node."""
 
     def __init__(self, store: Store, feed: EventFeed) -> None:
         self._store = store
@@ -210,6 +213,13 @@ class EventHub:
             self._unconfirmed.setdefault(channel, deque()).append(watch)
             await self._feed.subscribe(channel)
         except (RedisError, OSError) as exc:
+            # Nothing was sent (the feed could not reach the channel's node; it renews):
+            # no confirmation will come for this watch.
+            waiting = self._unconfirmed.get(channel)
+            if waiting is not None and watch in waiting:
+                waiting.remove(watch)
+                if not waiting:
+                    del self._unconfirmed[channel]
             if not watch.subscribed.done():
                 watch.subscribed.set_exception(exc)
                 watch.subscribed.exception()  # its waiters get it

@@ -237,7 +237,12 @@ class ControlPlane:
                     "--retention 0: finished runs are kept FOREVER; Redis memory grows with "
                     "every run until something else removes them"
                 )
-            if not await store.sharded_pubsub():
+            try:
+                sharded = await store.sharded_pubsub()
+            except (RedisError, OSError) as exc:  # only a start-up line: Redis is retried
+                log.warning("could not tell whether Redis has sharded pub/sub: %s", exc)
+                sharded = True
+            if not sharded:
                 log.warning(
                     "Redis has no sharded pub/sub (SPUBLISH, Redis 7+): run events and queue "
                     "notices use PUBLISH, which a Redis Cluster copies to every node"

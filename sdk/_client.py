@@ -184,7 +184,7 @@ class Client:
         self._tls = tls or bool(self._tls_ca)
         self._current = 0
         self._answered = False  # a replica has answered a call (see _call)
-        self._old_channels: list[grpc.aio.Channel] = []
+        self._channels: dict[str, grpc.aio.Channel] = {}  # one per replica, reused
         self._closed = False
         self._connect()
 
@@ -194,16 +194,18 @@ class Client:
         return self.targets[self._current]
 
     def _connect(self) -> None:
-        self._channel = open_channel(
-            self.target, tls=self._tls, tls_ca=self._tls_ca, options=self._options
-        )
+        channel = self._channels.get(self.target)
+        if channel is None:
+            channel = self._channels[self.target] = open_channel(
+                self.target, tls=self._tls, tls_ca=self._tls_ca, options=self._options
+            )
+        self._channel = channel
         self._stub = runs_pb2_grpc.RunServiceStub(self._channel)
         self._builds = builds_pb2_grpc.BuildServiceStub(self._channel)
 
     def _failover(self) -> None:
         """Move to the next replica (a no-op with only one)."""
         if len(self.targets) > 1:
-            self._old_channels.append(self._channel)
             self._current = (self._current + 1) % len(self.targets)
             self._connect()
 
@@ -217,7 +219,7 @@ class Client:
         """Close the connection; safe to call twice."""
         if not self._closed:
             self._closed = True
-            for channel in (*self._old_channels, self._channel):
+            for channel in self._channels.values():
                 await channel.close()
 
     @property

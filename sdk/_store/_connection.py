@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 
 from . import _cluster, _sentinel
 
@@ -149,4 +151,7 @@ async def ready_to_subscribe(redis: Any) -> None:
     """Make a cluster client learn the cluster's slots before a subscription picks its node
     by them (a plain client needs nothing)."""
     if is_cluster(redis):
-        await redis.initialize()
+        try:
+            await redis.initialize()
+        except RedisClusterException as exc:  # no node answers: not a RedisError
+            raise RedisConnectionError(f"the Redis Cluster cannot be reached: {exc}") from exc

@@ -76,8 +76,43 @@ async def learn_slots(redis: Any) -> None:
     Fanout's own connections never tell it of a MOVED or a dead node. Errors are left for
     the next subscription to meet."""
     if is_cluster(redis):
-        with contextlib.suppress(RedisError, OSError):
+        # Not a RedisError: the cluster client's own (no node answers, slots not covered).
+        with contextlib.suppress(RedisError, OSError, RedisClusterException):
             await redis.nodes_manager.initialize()
+
+
+# What the connections' readers may have queued for the caller before a slow caller counts
+# as a fault (it renews and re-reads, as after a lost connection): messages, and bytes of
+# their data. A subscribing connection that is not read would otherwise grow without bound.
+INBOX_MESSAGES = 10_000
+INBOX_BYTES = 32 * 1024 * 1024
+
+
+class _Inbox:
+    """What every connection's reader hands the caller, in arrival order; bounded."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Subscribed | Message | BaseException] = asyncio.Queue()
+        self._bytes = 0
+
+    def put(self, item: Subscribed | Message) -> bool:
+        """Queue it; False (and an error queued instead) when the caller fell behind."""
+        size = len(item.data) if isinstance(item, Message) and isinstance(item.data, str) else 0
+        if self._queue.qsize() >= INBOX_MESSAGES or self._bytes + size > INBOX_BYTES:
+            self.fail(RedisConnectionError("the subscriber fell behind its messages"))
+            return False
+        self._bytes += size
+        self._queue.put_nowait(item)
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        self._queue.put_nowait(exc)
+
+    async def get(self) -> Subscribed | Message | BaseException:
+        item = await self._queue.get()
+        if isinstance(item, Message) and isinstance(item.data, str):
+            self._bytes -= len(item.data)
+        return item
 
 
 class _Node:
@@ -92,7 +127,7 @@ class _Node:
         self.leaving: Counter[str] = Counter()  # unsubscriptions this side sent, unanswered
         self.reader: asyncio.Task[None] | None = None
 
-    async def start(self, inbox: asyncio.Queue[Subscribed | Message | BaseException]) -> None:
+    async def start(self, inbox: _Inbox) -> None:
         self.sharded = int(await self.client.eval(_PROBE, 0)) == 1
         # A plain channel nobody publishes on keeps the connection subscribed (listen() ends
         # on a connection with no subscription) whatever comes and goes.
@@ -114,14 +149,16 @@ class _Node:
         else:
             await self.pubsub.unsubscribe(channel)
 
-    async def _read(self, inbox: asyncio.Queue[Subscribed | Message | BaseException]) -> None:
+    async def _read(self, inbox: _Inbox) -> None:
         try:
             async for m in self.pubsub.listen():
                 kind, channel = m["type"], m["channel"]
                 if kind in ("message", "smessage"):
-                    inbox.put_nowait(Message(channel, m["data"]))
+                    if not inbox.put(Message(channel, m["data"])):
+                        return  # the caller fell behind: it renews
                 elif kind in ("subscribe", "ssubscribe"):
-                    inbox.put_nowait(Subscribed(channel))
+                    if not inbox.put(Subscribed(channel)):
+                        return
                 elif kind in ("unsubscribe", "sunsubscribe"):
                     if self.leaving[channel] > 0:
                         self.leaving[channel] -= 1
@@ -135,13 +172,12 @@ class _Node:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the inbox
-            inbox.put_nowait(exc)
+            inbox.fail(exc)
 
     async def aclose(self) -> None:
         if self.reader is not None:
             self.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.reader
+            await asyncio.wait({self.reader})  # (a cancellation of the caller's stands)
         with contextlib.suppress(RedisError, OSError, RuntimeError):  # a dead connection
             await self.pubsub.aclose()
         if self.owned:
@@ -160,35 +196,48 @@ class Fanout:
         self.hold = hold
         self._nodes: dict[str, _Node] = {}
         self._node_of: dict[str, _Node] = {}  # channel -> the connection it was sent on
-        self._inbox: asyncio.Queue[Subscribed | Message | BaseException] = asyncio.Queue()
+        self._inbox = _Inbox()
         self._closed = False
         self._home_confirmed = False  # the first hold confirmation was yielded
-        # Subscriptions and unsubscriptions are sent in the order they were asked for, even
-        # when one waits for its node's connection: a caller matches confirmations to its
-        # requests by that order.
-        self._order = asyncio.Lock()
+        # Per node: subscriptions and unsubscriptions are sent in the order they were asked
+        # for, even when one waits for the node's connection (a caller matches a channel's
+        # confirmations to its requests by that order). A node slow to connect holds up
+        # only its own channels.
+        self._order: dict[str, asyncio.Lock] = {}
 
     async def open(self) -> None:
         """Open the first connection (the hold channel's node): Subscribed(hold) follows."""
         if self._closed:
             raise RedisConnectionError("the subscriptions are closed")
         await ready_to_subscribe(self._redis)
-        async with self._order:
-            await self._node(self.hold)
+        name = self._name(self.hold)
+        async with self._order.setdefault(name, asyncio.Lock()):
+            await self._node(name)
 
     async def subscribe(self, channel: str) -> None:
         """Subscribe to `channel` on the node that owns it (a Subscribed confirms it)."""
         if self._closed:  # late at shutdown: no connection is opened for it
             raise RedisConnectionError("the subscriptions are closed")
-        async with self._order:
-            node = await self._node(channel)
-            self._node_of[channel] = node
-            await node.subscribe(channel)
+        inbox = self._inbox
+        try:
+            name = self._name(channel)
+            async with self._order.setdefault(name, asyncio.Lock()):
+                node = await self._node(name)
+                self._node_of[channel] = node
+                await node.subscribe(channel)
+        except (RedisError, OSError) as exc:
+            # A node that cannot be reached (a failover under way, a slot map gone stale):
+            # messages() raises it too, so that the caller renews, and the slots are learnt
+            # again, instead of every later subscription meeting the same dead address.
+            if not self._closed and inbox is self._inbox:
+                inbox.fail(exc)
+            raise
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving `channel`. Without its connection (closed, or renewed) there is
         nothing to stop, and none is opened for it."""
-        async with self._order:
+        name = self._name(channel)
+        async with self._order.setdefault(name, asyncio.Lock()):
             node = self._node_of.pop(channel, None)
             if self._closed or node is None or node not in self._nodes.values():
                 return
@@ -212,7 +261,7 @@ class Fanout:
         """Drop every connection and subscription and start over (on a cluster, after
         learning its slots again: a failure may have been a slot that moved)."""
         await self._close_nodes()
-        self._inbox = asyncio.Queue()
+        self._inbox = _Inbox()
         await learn_slots(self._redis)
 
     async def aclose(self) -> None:
@@ -237,9 +286,8 @@ class Fanout:
             raise RedisConnectionError(f"no node of the cluster serves {channel}")
         return str(node.name)
 
-    async def _node(self, channel: str) -> _Node:
-        """The connection to `channel`'s node, opened if there is none (under _order)."""
-        name = self._name(channel)
+    async def _node(self, name: str) -> _Node:
+        """The connection to node `name`, opened if there is none (under its _order)."""
         node = self._nodes.get(name)
         if node is None:
             node = await self._connect(name)
@@ -249,6 +297,8 @@ class Fanout:
         inbox = self._inbox
         if name:
             cluster_node = self._redis.get_node(node_name=name)
+            if cluster_node is None:  # left the cluster since the slots were learnt
+                raise RedisConnectionError(f"node {name} is no longer in the cluster")
             pool = aioredis.ConnectionPool(
                 connection_class=cluster_node.connection_class,
                 max_connections=2,  # the probe, then the subscription

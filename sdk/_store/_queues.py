@@ -11,11 +11,12 @@ per queue (a notice lost with a connection is made up for by reading every queue
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from . import _keys as keys
 from ._connection import scripts_together
@@ -134,12 +135,16 @@ class Queues:
             added = await pipe.execute(raise_on_error=False)
         landed = [not isinstance(reply, Exception) for reply in added]
         streams = {e.stream for e, ok in zip(entries, landed, strict=True) if ok}
-        # A lost notice is made up for at the next full round.
-        await scripts_together(
-            self._redis,
-            [(self._notify, [keys.work_channel(keys.partition_of_key(s))], [s]) for s in streams],
-            raise_on_error=False,
-        )
+        # A lost notice is made up for at the next full round: the entries landed.
+        with contextlib.suppress(RedisError):
+            await scripts_together(
+                self._redis,
+                [
+                    (self._notify, [keys.work_channel(keys.partition_of_key(s))], [s])
+                    for s in streams
+                ],
+                raise_on_error=False,
+            )
         return landed
 
     async def ack(self, done: Mapping[str, Sequence[str]]) -> None:

@@ -46,6 +46,19 @@ async def test_kill_9_of_a_redis_master_mid_run_every_run_ends_once(
     url = replicated.longline_url  # (redis_url: the steps' counters stay in the single server)
     cp, target = await start_control_plane(url, *LEASE)
     procs.append(cp)
+    # A second replica that watches nothing until the failover is over: its hub meets the
+    # new slot map only when it first subscribes to a channel of the promoted master. Its
+    # own channel lives on another master, so nothing of its own fails with the first.
+    first = replicated.masters[0].port
+    with replicated.node(first).client() as node:
+        first_slots = _slots(node)
+    quiet = next(
+        f"quiet-{i}"
+        for i in range(1000)
+        if keys.slot(keys.hub_channel(f"quiet-{i}")) not in first_slots
+    )
+    cp2, target2 = await start_control_plane(url, *LEASE, "--replica-id", quiet, name="cp2")
+    procs.append(cp2)
     for name in ("w1", "w2"):
         procs.append(await start_worker(url, target, "--worker-id", name, name=name))
     async with longline.Client(target) as client:
@@ -87,6 +100,32 @@ async def test_kill_9_of_a_redis_master_mid_run_every_run_ends_once(
             return all(int(n) >= 1 for n in counts[1::2])
 
         await eventually(followed, what="the notices of the promoted master's partitions")
+
+        # ... and the quiet replica's event hub watches a run there live: its subscription
+        # is on the promoted master (a hub that kept trying the dead one would only catch up
+        # from the stream, again and again, while the client resumes).
+        async with longline.Client(target2) as client:
+            for _ in range(60):  # a third of the runs land there
+                handle = await client.start("slow", {"steps": 400, "delay": 0.05})
+                if keys.slot(keys.events_key(handle.run_id)) in held:
+                    break
+            else:
+                raise AssertionError("no run landed on the promoted master")
+
+            async def watch() -> None:
+                async for _ in handle.events():
+                    pass
+
+            watcher = asyncio.create_task(watch())
+            channel = keys.events_key(handle.run_id)
+
+            async def watched_live() -> bool:
+                counts = node.execute_command("PUBSUB", numsub, channel)
+                return int(counts[1]) >= 1
+
+            await eventually(watched_live, what="a live subscription on the promoted master")
+            await handle.cancel("seen live")
+            await asyncio.wait_for(watcher, 30)
 
 
 def _slots(node: Any) -> set[int]:

