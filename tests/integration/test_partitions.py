@@ -23,6 +23,7 @@ from longline._store import (
     Store,
     TenantLimits,
     WrongBuild,
+    _fanout,
     _scripts,
     connect,
     encode_event,
@@ -435,3 +436,28 @@ def _move_slot(cluster: RedisCluster, slot: int, source: NodeView, target: NodeV
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_subscriber_that_falls_behind_is_told_to_renew_not_left_to_grow(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages nobody reads pile up only to a bound; past it the feed fails, like a lost
+    connection (the caller renews and re-reads from the streams)."""
+    monkeypatch.setattr(_fanout, "INBOX_MESSAGES", 50)
+    reader = connect(URLS[id(store)], socket_timeout=None)
+    fanout = Fanout(reader, "ll:hub:behind")
+    notify = store.redis.register_script(_scripts.NOTIFY)
+    channel = keys.work_channel(store.partitions[0])
+    try:
+        await fanout.open()
+        await fanout.subscribe(channel)
+        for i in range(60):
+            await notify(keys=[channel], args=[f"m{i}"])
+        received = []
+        with pytest.raises(RedisError, match="fell behind"):
+            async for message in fanout.messages():
+                received.append(message)
+        assert 2 <= len(received) <= 50  # the confirmations, then what fitted
+    finally:
+        await fanout.aclose()
+        await reader.aclose()
