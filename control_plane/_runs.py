@@ -42,8 +42,9 @@ from ._settings import ControlPlaneSettings
 _tracer = trace.get_tracer("longline.control_plane")
 DEFAULT_PAGE_SIZE = 50
 MAX_IDEMPOTENCY_KEY = 256
-# RunWorkflow answers this long before the caller's deadline so the answer arrives in time.
-_DEADLINE_MARGIN = 0.25
+# RunWorkflow answers this share of the caller's deadline early (within these bounds, in
+# seconds), so the answer arrives in time even from a busy replica.
+_DEADLINE_SHARE, _DEADLINE_MARGIN, _DEADLINE_MARGIN_CAP = 0.1, 0.25, 1.0
 # A cursor up to this far ahead of Redis's clock may come from a server whose clock ran a
 # little ahead (another primary, before a failover).
 _CURSOR_SLACK_MS = 60_000
@@ -291,7 +292,12 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         record, created = await self._start(request, context.invocation_metadata() or ())
         remaining = context.time_remaining()
         if not record.terminal:
-            wait = None if remaining is None else max(0.0, remaining - _DEADLINE_MARGIN)
+            wait = None
+            if remaining is not None:
+                margin = min(
+                    _DEADLINE_MARGIN_CAP, max(_DEADLINE_MARGIN, remaining * _DEADLINE_SHARE)
+                )
+                wait = max(0.0, remaining - margin)
             try:
                 async with asyncio.timeout(wait):
                     async for event in self._hub.events(record.run_id, record.last_event_id):

@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ClusterCrossSlotError
 
+from longline._store import connect
 from tests.cluster import SLOTS, RedisCluster, parse_nodes, slot_ranges
 from tests.conftest import eventually
 
@@ -165,3 +166,30 @@ def test_a_start_that_fails_leaves_no_process_behind() -> None:
         cluster.start(timeout=0.001)
     assert all(n.proc is not None and n.proc.poll() is not None for n in cluster.nodes)
     cluster.stop()  # twice is fine
+
+
+async def test_queue_reads_route_by_their_stream_without_asking_a_node_for_keys(
+    redis_cluster: RedisCluster,
+) -> None:
+    """redis-py would send COMMAND GETKEYS to one node, always the same, before every
+    XREADGROUP (its keys move); longline's client finds them itself (_cluster)."""
+    redis_cluster.flush()
+    client = connect(redis_cluster.longline_url)
+    try:
+        for port in redis_cluster.master_ports:
+            with redis_cluster.node(port).client() as node:
+                node.config_resetstat()
+        await client.xgroup_create("q{x}", "g", mkstream=True)
+        await client.xreadgroup("g", "c", {"q{x}": ">"}, count=1)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.xreadgroup("g", "c", {"q{x}": ">"}, count=1)
+            await pipe.execute()
+        calls: dict[str, int] = {}
+        for port in redis_cluster.master_ports:
+            with redis_cluster.node(port).client() as node:
+                for name, stat in node.info("commandstats").items():
+                    calls[name] = calls.get(name, 0) + int(stat["calls"])
+        assert calls.get("cmdstat_xreadgroup") == 2
+        assert "cmdstat_command|getkeys" not in calls
+    finally:
+        await client.aclose()
