@@ -125,7 +125,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
     return ClusterURL(tuple(seeds), tls, username, password, options)
 
 
-class _ClusterClient(aioredis.RedisCluster):
+class _ClusterClient(aioredis.RedisCluster):  # type: ignore[misc]
     """redis-py's cluster client, told where XREADGROUP's keys are.
 
     redis-py finds the keys of a command whose keys move (XREADGROUP, XREAD) by asking one
@@ -144,10 +144,10 @@ class _ClusterClient(aioredis.RedisCluster):
             ]
             if "STREAMS" in words:
                 after = args[words.index("STREAMS") + 1 :]
-                slots = {self.keyslot(key) for key in after[: len(after) // 2]}
+                slots = {int(self.keyslot(key)) for key in after[: len(after) // 2]}
                 if len(slots) == 1:
                     return slots.pop()
-        return await super()._determine_slot(command, *args)  # type: ignore[no-any-return]
+        return int(await super()._determine_slot(command, *args))
 
 
 def cluster_client(parsed: ClusterURL, options: dict[str, Any]) -> aioredis.RedisCluster:
