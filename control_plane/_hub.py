@@ -275,7 +275,11 @@ class EventHub:
                 # 3. Live events, in id order; anything at or before the cursor was seen.
                 while not subscriber.overflowed:
                     try:
-                        live = await asyncio.wait_for(subscriber.next(), LIVENESS)
+                        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation
+                        # that comes as an event arrives, and the caller's (a StreamRun
+                        # whose client left, a RunWorkflow at its deadline) would go on.
+                        async with asyncio.timeout(LIVENESS):
+                            live = await subscriber.next()
                     except TimeoutError:
                         # Quiet for a while: is there still a run to wait for? Its keys expire
                         # after its retention, and a Redis that restarted empty has none.

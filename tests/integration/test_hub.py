@@ -8,6 +8,7 @@ reply are made to happen, not hoped for.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -357,3 +358,27 @@ async def test_a_closed_feed_opens_no_connection_for_a_late_watcher(redis_url: s
     names = [c.get("name") for c in await probe.client_list()]
     await probe.aclose()
     assert "late-feed" not in names
+
+
+async def test_a_watcher_cancelled_as_an_event_arrives_stops(hub: Hub) -> None:
+    """The cancellation of a watcher (a StreamRun whose client left, a RunWorkflow at its
+    deadline) that comes in the very step an event arrives is not lost: Python 3.11's
+    asyncio.wait_for would return the event instead, and the watcher would go on."""
+    await _started_run(hub.store, "r1")
+    seen: list[StoredEvent] = []
+    follower = _follow(hub.hub, "r1", seen)
+    channel = keys.events_key("r1")
+    await eventually(
+        lambda: _true(channel in hub.hub._watches and hub.hub._watches[channel].subscribed.done()),
+        what="the watcher to be subscribed",
+    )
+    (subscriber,) = hub.hub._watches[channel].subscribers
+    await eventually(
+        lambda: _true(bool(subscriber.queue._getters)),  # type: ignore[attr-defined]
+        what="the watcher to wait for a live event",
+    )
+    later = dataclasses.replace(seen[0], event_id="99999999999999-0")
+    subscriber.offer(later)  # the event arrives ...
+    follower.cancel()  # ... and the cancellation, in the same step
+    done, _ = await asyncio.wait({follower}, timeout=5)
+    assert follower in done and follower.cancelled(), f"the watcher went on: {seen}"

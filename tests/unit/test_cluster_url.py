@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from longline._store import RedisConnectionError, check_redis_url, connect
 from longline._store._cluster import ClusterURL, parse_cluster_url
@@ -28,7 +29,7 @@ def test_the_full_form() -> None:
 def test_a_plain_url_and_its_client() -> None:
     assert parse_cluster_url("redis+cluster://h:1") == ClusterURL((("h", 1),))
     client = connect("redis+cluster://127.0.0.1:1,127.0.0.1:2")  # connects at first use
-    assert type(client).__name__ == "RedisCluster"
+    assert isinstance(client, aioredis.RedisCluster)
 
 
 @pytest.mark.parametrize(
