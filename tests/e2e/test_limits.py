@@ -22,6 +22,9 @@ async def model(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[OfflineModel]:
         yield server
 
 
+# A minute of the clock, once: on the cluster, the limit's scripts (one slot each) run in
+# tests/integration/test_limits.py.
+@pytest.mark.single_redis
 async def test_three_workers_share_one_limit_of_60_per_minute(
     redis_url: str, procs: list[Proc], model: OfflineModel
 ) -> None:
