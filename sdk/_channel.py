@@ -20,6 +20,9 @@ CLIENT_KEEPALIVE: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+# A channel whose replica is gone tries again within 5 s at most (gRPC's default waits up to
+# 120 s), so a read retried within the client's resume_for meets a replica that is back.
+CLIENT_RECONNECT: list[tuple[str, Any]] = [("grpc.max_reconnect_backoff_ms", 5000)]
 SERVER_KEEPALIVE: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", KEEPALIVE_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
@@ -54,7 +57,8 @@ def open_channel(
     import grpc
 
     given = dict(options or [])
-    options = [*[(k, v) for k, v in CLIENT_KEEPALIVE if k not in given], *(options or [])]
+    defaults = [*CLIENT_KEEPALIVE, *CLIENT_RECONNECT]
+    options = [*[(k, v) for k, v in defaults if k not in given], *(options or [])]
     if not (tls or tls_ca or tls_cert):
         return grpc.aio.insecure_channel(target, options=options)
     if bool(tls_cert) != bool(tls_key):

@@ -135,19 +135,36 @@ class _ClusterClient(aioredis.RedisCluster):  # type: ignore[misc]
     of what follows STREAMS."""
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
-        if command.upper() in ("XREADGROUP", "XREAD"):
-            words = [
-                (a.decode() if isinstance(a, bytes) else a).upper()
-                if isinstance(a, str | bytes)
-                else a
-                for a in args
-            ]
-            if "STREAMS" in words:
-                after = args[words.index("STREAMS") + 1 :]
-                slots = {int(self.keyslot(key)) for key in after[: len(after) // 2]}
-                if len(slots) == 1:
-                    return slots.pop()
+        keys = _stream_keys(command, args)
+        if keys:
+            slots = {int(self.keyslot(key)) for key in keys}
+            if len(slots) == 1:
+                return slots.pop()
         return int(await super()._determine_slot(command, *args))
+
+
+def _stream_keys(command: str, args: tuple[Any, ...]) -> list[Any]:
+    """The streams of an XREADGROUP or XREAD as redis-py sends it, or [] when the command is
+    another or has a shape this does not know (redis-py then asks the server):
+    XREADGROUP GROUP g c [COUNT n] [BLOCK ms] [NOACK] STREAMS key... id...,
+    XREAD [COUNT n] [BLOCK ms] STREAMS key... id... (names and ids may read "STREAMS")."""
+    name = command.upper()
+    if name not in ("XREADGROUP", "XREAD"):
+        return []
+    i = 3 if name == "XREADGROUP" else 0
+    while i < len(args):
+        word = args[i].decode() if isinstance(args[i], bytes) else args[i]
+        word = word.upper() if isinstance(word, str) else ""
+        if word in ("COUNT", "BLOCK"):
+            i += 2
+        elif word == "NOACK":
+            i += 1
+        elif word == "STREAMS":
+            rest = args[i + 1 :]
+            return list(rest[: len(rest) // 2]) if rest and len(rest) % 2 == 0 else []
+        else:
+            return []
+    return []
 
 
 def cluster_client(parsed: ClusterURL, options: dict[str, Any]) -> aioredis.RedisCluster:

@@ -97,7 +97,11 @@ class _Inbox:
 
     def put(self, item: Subscribed | Message) -> bool:
         """Queue it; False (and an error queued instead) when the caller fell behind."""
-        size = len(item.data) if isinstance(item, Message) and isinstance(item.data, str) else 0
+        size = (
+            len(item.data)
+            if isinstance(item, Message) and isinstance(item.data, str | bytes)
+            else 0
+        )
         if self._queue.qsize() >= INBOX_MESSAGES or self._bytes + size > INBOX_BYTES:
             self.fail(RedisConnectionError("the subscriber fell behind its messages"))
             return False
@@ -110,7 +114,7 @@ class _Inbox:
 
     async def get(self) -> Subscribed | Message | BaseException:
         item = await self._queue.get()
-        if isinstance(item, Message) and isinstance(item.data, str):
+        if isinstance(item, Message) and isinstance(item.data, str | bytes):
             self._bytes -= len(item.data)
         return item
 
@@ -118,7 +122,8 @@ class _Inbox:
 class _Node:
     """One node's subscribing connection, and the task that reads it into the inbox."""
 
-    def __init__(self, client: aioredis.Redis, owned: bool, hold: str) -> None:
+    def __init__(self, name: str, client: aioredis.Redis, owned: bool, hold: str) -> None:
+        self.name = name  # the node's "host:port" ("" on a single Redis)
         self.client = client
         self.owned = owned  # a connection of this Fanout's (a cluster node's): closed with it
         self.pubsub = client.pubsub()
@@ -174,15 +179,23 @@ class _Node:
         except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the inbox
             inbox.fail(exc)
 
-    async def aclose(self) -> None:
+    def stop_reading(self) -> None:
         if self.reader is not None:
             self.reader.cancel()
-            await asyncio.wait({self.reader})  # (a cancellation of the caller's stands)
-        with contextlib.suppress(RedisError, OSError, RuntimeError):  # a dead connection
-            await self.pubsub.aclose()
-        if self.owned:
-            with contextlib.suppress(RedisError, OSError, RuntimeError):
-                await self.client.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the reader and close the connection, also when the caller is cancelled
+        meanwhile (its cancellation then stands)."""
+        self.stop_reading()
+        try:
+            if self.reader is not None:
+                await asyncio.wait({self.reader})
+        finally:
+            with contextlib.suppress(RedisError, OSError, RuntimeError):  # a dead connection
+                await self.pubsub.aclose()
+            if self.owned:
+                with contextlib.suppress(RedisError, OSError, RuntimeError):
+                    await self.client.aclose()
 
 
 class Fanout:
@@ -222,6 +235,8 @@ class Fanout:
         try:
             name = self._name(channel)
             async with self._order.setdefault(name, asyncio.Lock()):
+                if inbox is not self._inbox:  # renewed while it waited: the caller starts over
+                    raise RedisConnectionError("the subscriptions were renewed")
                 node = await self._node(name)
                 self._node_of[channel] = node
                 await node.subscribe(channel)
@@ -236,12 +251,20 @@ class Fanout:
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving `channel`. Without its connection (closed, or renewed) there is
         nothing to stop, and none is opened for it."""
-        name = self._name(channel)
+        if self._closed:
+            return
+        node = self._node_of.get(channel)
+        if node is not None:
+            name = node.name  # where it was sent, whatever the slots say now
+        else:  # its subscription may be waiting for its node: this goes after it
+            try:
+                name = self._name(channel)
+            except RedisConnectionError:
+                return  # no node serves it now: the feed renews, which drops it
         async with self._order.setdefault(name, asyncio.Lock()):
             node = self._node_of.pop(channel, None)
-            if self._closed or node is None or node not in self._nodes.values():
-                return
-            await node.unsubscribe(channel)
+            if node is not None and node in self._nodes.values():
+                await node.unsubscribe(channel)
 
     async def messages(self) -> AsyncIterator[Subscribed | Message]:
         """What arrives on every connection, until one of them fails (then this raises:
@@ -304,9 +327,9 @@ class Fanout:
                 max_connections=2,  # the probe, then the subscription
                 **cluster_node.connection_kwargs,
             )
-            node = _Node(aioredis.Redis.from_pool(pool), owned=True, hold=self.hold)
+            node = _Node(name, aioredis.Redis.from_pool(pool), owned=True, hold=self.hold)
         else:
-            node = _Node(self._redis, owned=False, hold=self.hold)
+            node = _Node(name, self._redis, owned=False, hold=self.hold)
         try:
             await node.start(inbox)
         except BaseException:
@@ -323,4 +346,12 @@ class Fanout:
         self._node_of.clear()
         self._home_confirmed = False
         for node in nodes:
-            await node.aclose()
+            node.stop_reading()  # none reads on while the others close
+        cancelled: asyncio.CancelledError | None = None
+        for node in nodes:  # each is closed, even when the caller is cancelled meanwhile
+            try:
+                await node.aclose()
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None:
+            raise cancelled

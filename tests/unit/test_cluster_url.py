@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from longline._store import RedisConnectionError, check_redis_url, connect
-from longline._store._cluster import ClusterURL, parse_cluster_url
+from longline._store._cluster import ClusterURL, _stream_keys, parse_cluster_url
 
 
 def test_the_full_form() -> None:
@@ -70,3 +70,26 @@ async def test_a_unix_socket_url_opens_a_client_without_tcp_options(tmp_path: Pa
     with pytest.raises(RedisConnectionError, match="No such file"):
         await client.ping()
     await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "keys"),
+    [
+        ("XREADGROUP", ("GROUP", "g", "c", "STREAMS", "q{x}", ">"), ["q{x}"]),
+        ("XREADGROUP", ("GROUP", "g", "streams", "STREAMS", "q{x}", "0"), ["q{x}"]),
+        (
+            "XREADGROUP",
+            (b"GROUP", "STREAMS", "c", b"COUNT", "5", b"STREAMS", "a", "b", ">", ">"),
+            ["a", "b"],
+        ),
+        ("xreadgroup", ("GROUP", "g", "c", "BLOCK", "0", "NOACK", "STREAMS", "q", "0"), ["q"]),
+        ("XREAD", ("COUNT", "1", "STREAMS", "streams", "0"), ["streams"]),
+        ("XREADGROUP", ("GROUP", "g", "c", "STREAMS", "q"), []),  # odd: the server knows
+        ("XREADGROUP", ("GROUP", "g", "c", "CLAIM", "5", "STREAMS", "q", "0"), []),  # unknown
+        ("XADD", ("q", "*", "f", "v"), []),
+    ],
+)
+def test_queue_reads_are_routed_by_their_streams(
+    command: str, args: tuple[object, ...], keys: list[object]
+) -> None:
+    assert _stream_keys(command, args) == keys
