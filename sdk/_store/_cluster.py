@@ -18,13 +18,15 @@ script and MULTI runs on one node.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline
+from redis.exceptions import RedisClusterException
 
 from ._sentinel import _HOST, _redacted  # one host:port grammar, one redaction
 
@@ -134,6 +136,26 @@ class _ClusterClient(aioredis.RedisCluster):  # type: ignore[misc]
     tests/integration/test_cluster_balance.py). The keys of XREADGROUP are the first half
     of what follows STREAMS."""
 
+    def __init__(self, *args: Any, in_flight: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # connect()'s max_connections: commands (and pipelines) in flight at once, across
+        # the nodes. redis-py's own bound is per node, and raises when reached instead of
+        # waiting; this one waits, as a single server's blocking pool does.
+        self._gate = asyncio.Semaphore(in_flight) if in_flight > 0 else None
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._gate is None:
+            return await super().execute_command(*args, **kwargs)
+        async with self._gate:
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        if self._gate is None:
+            return super().pipeline(transaction, shard_hint)
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _GatedPipeline(self, transaction)
+
     async def _determine_slot(self, command: str, *args: Any) -> int:
         keys = _stream_keys(command, args)
         if keys:
@@ -141,6 +163,15 @@ class _ClusterClient(aioredis.RedisCluster):  # type: ignore[misc]
             if len(slots) == 1:
                 return slots.pop()
         return int(await super()._determine_slot(command, *args))
+
+
+class _GatedPipeline(ClusterPipeline):  # type: ignore[misc]
+    """A cluster pipeline that counts as one command in flight of its client's gate (it
+    holds at most one connection per node while it runs)."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        async with self.cluster_client._gate:
+            return await super().execute(raise_on_error, allow_redirections)
 
 
 def _stream_keys(command: str, args: tuple[Any, ...]) -> list[Any]:
@@ -167,9 +198,13 @@ def _stream_keys(command: str, args: tuple[Any, ...]) -> list[Any]:
     return []
 
 
-def cluster_client(parsed: ClusterURL, options: dict[str, Any]) -> aioredis.RedisCluster:
-    """A client of the cluster `parsed` names, with connect()'s `options` for every node."""
+def cluster_client(
+    parsed: ClusterURL, options: dict[str, Any], in_flight: int = 0
+) -> aioredis.RedisCluster:
+    """A client of the cluster `parsed` names, with connect()'s `options` for every node;
+    with `in_flight`, at most that many commands and pipelines at once (callers wait)."""
     return _ClusterClient(
+        in_flight=in_flight,
         startup_nodes=[ClusterNode(host, port) for host, port in parsed.seeds],
         username=parsed.username,
         password=parsed.password,

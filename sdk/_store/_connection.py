@@ -85,7 +85,9 @@ def connect(
         # than wait when a node's pool is full: room for every caller of a process, with
         # batches of scripts bounded in flight (scripts_together).
         options["max_connections"] = max(max_connections, _CLUSTER_NODE_POOL)
-        return _cluster.cluster_client(_cluster.parse_cluster_url(url), options)
+        return _cluster.cluster_client(
+            _cluster.parse_cluster_url(url), options, in_flight=max_connections
+        )
     if url.startswith("unix:"):  # a Unix socket has no TCP keepalive
         options.pop("socket_keepalive")
         options.pop("socket_keepalive_options")
