@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -144,10 +146,7 @@ class _ClusterClient(aioredis.RedisCluster):  # type: ignore[misc]
         self._gate = asyncio.Semaphore(in_flight) if in_flight > 0 else None
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        if self._gate is None:
-            return await super().execute_command(*args, **kwargs)
-        async with self._gate:
-            return await super().execute_command(*args, **kwargs)
+        return await _within(self._gate, super().execute_command, *args, **kwargs)
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         if self._gate is None:
@@ -170,8 +169,31 @@ class _GatedPipeline(ClusterPipeline):  # type: ignore[misc]
     holds at most one connection per node while it runs)."""
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
-        async with self.cluster_client._gate:
-            return await super().execute(raise_on_error, allow_redirections)
+        return await _within(
+            self.cluster_client._gate, super().execute, raise_on_error, allow_redirections
+        )
+
+
+# Set while a task (and the tasks it starts) runs inside the gate: what redis-py does
+# inside a pipeline (commands sent one by one after a MOVED) is part of what was counted.
+# Taking the gate again there could wait for good, with every slot held by pipelines.
+_INSIDE: ContextVar[bool] = ContextVar("longline_inside_the_gate", default=False)
+
+
+async def _within(
+    gate: asyncio.Semaphore | None,
+    call: Callable[..., Awaitable[Any]],
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    if gate is None or _INSIDE.get():
+        return await call(*args, **kwargs)
+    async with gate:
+        token = _INSIDE.set(True)
+        try:
+            return await call(*args, **kwargs)
+        finally:
+            _INSIDE.reset(token)
 
 
 def _stream_keys(command: str, args: tuple[Any, ...]) -> list[Any]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from longline._store import RedisConnectionError, check_redis_url, connect
-from longline._store._cluster import ClusterURL, _stream_keys, parse_cluster_url
+from longline._store._cluster import ClusterURL, _stream_keys, _within, parse_cluster_url
 
 
 def test_the_full_form() -> None:
@@ -93,3 +94,29 @@ def test_queue_reads_are_routed_by_their_streams(
     command: str, args: tuple[object, ...], keys: list[object]
 ) -> None:
     assert _stream_keys(command, args) == keys
+
+
+async def test_the_gate_bounds_operations_in_flight_and_is_taken_once_per_operation() -> None:
+    """At most `in_flight` commands or pipelines at once; what redis-py runs inside one
+    (commands sent one by one after a MOVED, in tasks of its own too) does not take the
+    gate again, which could wait for good with every slot held by pipelines."""
+    gate = asyncio.Semaphore(2)
+    running, most = 0, 0
+
+    async def command() -> str:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return "done"
+
+    results = await asyncio.gather(*(_within(gate, command) for _ in range(10)))
+    assert results == ["done"] * 10 and most == 2
+
+    async def pipeline() -> list[str]:  # holds a slot; what it runs inside takes none
+        inside = [_within(gate, command) for _ in range(3)]
+        return list(await asyncio.gather(*inside))
+
+    both = asyncio.gather(_within(gate, pipeline), _within(gate, pipeline))
+    assert await asyncio.wait_for(both, 5) == [["done"] * 3] * 2
