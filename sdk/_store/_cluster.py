@@ -24,13 +24,14 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from redis.exceptions import RedisClusterException
 
-from ._sentinel import _HOST, _redacted  # one host:port grammar, one redaction
+# One host:port grammar, one reading of user:password@, one redaction.
+from ._sentinel import _HOST, _credentials, _redacted
 
 __all__ = ["SCHEMES", "ClusterURL", "cluster_client", "parse_cluster_url"]
 
@@ -80,14 +81,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
         raise _bad(url, "has a #fragment")
     if parts.path not in ("", "/"):
         raise _bad(url, "has a path: a Redis Cluster has one database, so write no /DB")
-    userinfo, at, hostlist = parts.netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-        if username and password is None:
-            raise _bad(url, "has a user but no password (write user:password@, or :password@)")
+    username, password, hostlist = _credentials(parts.netloc, lambda problem: _bad(url, problem))
     if not hostlist:
         raise _bad(url, "names no node")
     seeds = []

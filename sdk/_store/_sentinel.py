@@ -23,6 +23,7 @@ reply from a script is handled here too (`_Connection`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -67,6 +68,22 @@ def _bad(url: str, problem: str) -> ValueError:
     return ValueError(f"Redis URL {_redacted(url)!r} {problem}; expected {FORM}")
 
 
+def _credentials(
+    netloc: str, bad: Callable[[str], ValueError]
+) -> tuple[str | None, str | None, str]:
+    """(username, password, host list) of a URL's [[user]:password@]hosts part, percent-
+    decoded; a user with no password is `bad` (redis+sentinel:// and redis+cluster:// alike)."""
+    userinfo, at, hostlist = netloc.rpartition("@")
+    if not at:
+        return None, None, hostlist
+    user, colon, secret = userinfo.partition(":")
+    username = unquote(user) or None
+    password = unquote(secret) if colon else None
+    if username and password is None:
+        raise bad("has a user but no password (write user:password@, or :password@)")
+    return username, password, hostlist
+
+
 def _redacted(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     userinfo, at, hosts = rest.rpartition("@")
@@ -83,14 +100,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         raise _bad(url, f"does not start with {SCHEME}://")
     if parts.fragment:
         raise _bad(url, "has a #fragment")
-    userinfo, at, hostlist = parts.netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-        if username and password is None:
-            raise _bad(url, "has a user but no password (write user:password@, or :password@)")
+    username, password, hostlist = _credentials(parts.netloc, lambda problem: _bad(url, problem))
     if not hostlist:
         raise _bad(url, "names no sentinel")
     sentinels = []

@@ -141,6 +141,17 @@ async def _publish(redis: aioredis.Redis, channel: str, message: str) -> None:
         await redis.publish(channel, message)
 
 
+async def _subscribed(hub: EventHub, run_id: str, who: str = "the watcher") -> None:
+    """Wait until Redis has confirmed the hub's subscription to the run's channel."""
+    channel = keys.events_key(run_id)
+
+    async def confirmed() -> bool:
+        watch = hub._watches.get(channel)
+        return watch is not None and watch.subscribed.done()
+
+    await eventually(confirmed, what=f"{who} to be subscribed")
+
+
 def _follow(hub: EventHub, run_id: str, into: list[StoredEvent]) -> asyncio.Task[None]:
     async def follow() -> None:
         async for event in hub.events(run_id):
@@ -163,13 +174,7 @@ async def test_a_watch_is_confirmed_by_its_own_subscribe_not_an_earlier_one(
     # A watcher of another run, subscribed, whose events show how far the hub has read.
     marks: list[StoredEvent] = []
     w0 = _follow(hub.hub, "r0", marks)
-    await eventually(
-        lambda: _true(
-            keys.events_key("r0") in hub.hub._watches
-            and hub.hub._watches[keys.events_key("r0")].subscribed.done()
-        ),
-        what="the marker watcher to be subscribed",
-    )
+    await _subscribed(hub.hub, "r0", "the marker watcher")
 
     # 1. A first watcher subscribes; Redis applies it, its confirmation is held back.
     hub.proxy.down.open.clear()
@@ -262,13 +267,7 @@ async def test_the_hub_outlives_any_redis_error_with_capped_backoff(
         writer = await _started_run(store, "r1")
         seen: list[StoredEvent] = []
         follower = _follow(hub, "r1", seen)
-        await eventually(
-            lambda: _true(
-                keys.events_key("r1") in hub._watches
-                and hub._watches[keys.events_key("r1")].subscribed.done()
-            ),
-            what="a watcher subscribed after the errors",
-        )
+        await _subscribed(hub, "r1", "a watcher after the errors")
         await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
         await asyncio.wait_for(follower, 10)
         assert [e.type for e in seen] == ["RUN_QUEUED", "RUN_SUCCEEDED"]
@@ -287,10 +286,7 @@ async def test_a_message_that_is_not_an_event_costs_a_re_read_not_the_hub(
     seen: list[StoredEvent] = []
     follower = _follow(hub.hub, "r1", seen)
     channel = keys.events_key("r1")
-    await eventually(
-        lambda: _true(channel in hub.hub._watches and hub.hub._watches[channel].subscribed.done()),
-        what="the watcher to be subscribed",
-    )
+    await _subscribed(hub.hub, "r1")
     await _publish(redis, channel, garbage)
     await writer.append([encode_event("STATUS", 1, "after the garbage")])
     await writer.finish("SUCCEEDED", result_json="1", event=encode_event("RUN_SUCCEEDED", 1))
@@ -322,11 +318,7 @@ async def test_a_slow_watcher_buffers_a_bounded_number_of_bytes_and_misses_nothi
     events = hub.hub.events("r1")
     seen = [await events.__anext__()]  # RUN_QUEUED, from the stream
     waiting = asyncio.create_task(anext(events))
-    channel = keys.events_key("r1")
-    await eventually(
-        lambda: _true(channel in hub.hub._watches and hub.hub._watches[channel].subscribed.done()),
-        what="the watcher to be subscribed",
-    )
+    await _subscribed(hub.hub, "r1")
     await writer.append([encode_event("STATUS", 1, "live")])
     seen.append(await asyncio.wait_for(waiting, 10))
     # The watcher stops reading; 40 events of 64 KiB come.
@@ -368,10 +360,7 @@ async def test_a_watcher_cancelled_as_an_event_arrives_stops(hub: Hub) -> None:
     seen: list[StoredEvent] = []
     follower = _follow(hub.hub, "r1", seen)
     channel = keys.events_key("r1")
-    await eventually(
-        lambda: _true(channel in hub.hub._watches and hub.hub._watches[channel].subscribed.done()),
-        what="the watcher to be subscribed",
-    )
+    await _subscribed(hub.hub, "r1")
     (subscriber,) = hub.hub._watches[channel].subscribers
     await eventually(
         lambda: _true(bool(subscriber.queue._getters)),  # type: ignore[attr-defined]
