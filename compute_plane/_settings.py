@@ -56,6 +56,14 @@ class WorkerSettings:
     metrics_listen: str = field(
         default="", metadata=option("HOST:PORT for Prometheus metrics; empty: none", dev=True)
     )
+    park_after: float = field(
+        default=1.0,
+        metadata=option(
+            "seconds: a wait (ctx.sleep, ctx.wait_for_input) longer than this parks the run "
+            "(WAITING) and frees its slot; a shorter sleep waits in memory",
+            dev=True,
+        ),
+    )
     max_event_bytes: int = field(
         default=1024 * 1024,
         metadata=option("largest event (message and data), and largest result; 0: any", dev=True),
@@ -83,6 +91,8 @@ class WorkerSettings:
                 "a worker needs a worker token (--token or LONGLINE_TOKEN), or "
                 "--insecure-no-auth for a control plane that runs without authentication"
             )
+        if not (self.park_after >= 0 and self.park_after < float("inf")):
+            raise ValueError(f"--park-after must be 0 or more seconds, got {self.park_after}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("a client certificate needs both --tls-cert and --tls-key")
 

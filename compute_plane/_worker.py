@@ -19,7 +19,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry, start_http_server
 
-from longline import Context, LeaseLost, Workflow
+from longline import Context, InputTimeout, LeaseLost, Workflow
 from longline._channel import bearer, open_channel
 from longline._component import component_of
 from longline._events import EventBody
@@ -32,6 +32,7 @@ from longline._store import (
     encode_event,
     presence_ms,
 )
+from longline._waits import InputRequest, Parked, schema_error
 from longline.v1 import worker_pb2, worker_pb2_grpc
 
 from ._metrics import WorkerMetrics
@@ -141,6 +142,64 @@ class _RedisSink:
         """Stop writing buffered output (the attempt is over)."""
         if self._flusher is not None:
             self._flusher.cancel()
+
+
+class _RedisWaits:
+    """How an attempt waits (the Context's `Waits`): durable sleeps and input requests in
+    Redis. A wait longer than `park_after_ms` parks the run, and the attempt ends with Parked;
+    a shorter sleep waits in memory, its end recorded so that a replay sleeps only what is
+    left."""
+
+    def __init__(self, writer: RunWriter, sink: _RedisSink, park_after_ms: int) -> None:
+        self._writer = writer
+        self._sink = sink
+        self._park_after_ms = park_after_ms
+        self.parked = False
+
+    def _park(self) -> Parked:
+        self.parked = True
+        return Parked()
+
+    async def sleep(self, step: str, *, delay_ms: int | None, until_ms: int | None) -> None:
+        await self._sink.flush()  # what the run said before it sleeps lands first
+        parked, left_ms = await self._writer.sleep(
+            step, delay_ms=delay_ms, until_ms=until_ms, park_after_ms=self._park_after_ms
+        )
+        if parked:
+            raise self._park()
+        if left_ms > 0:
+            await asyncio.sleep(left_ms / 1000)
+
+    async def wait_for_input(self, step: str, request: InputRequest) -> Any:
+        await self._sink.flush()
+        timeout_ms = None if request.timeout is None else round(request.timeout * 1000)
+        take = refuse = why = ""
+        while True:
+            code, payload = await self._writer.request_input(
+                step,
+                request.name,
+                request.json,
+                timeout_ms,
+                request.schema is not None,
+                take=take,
+                refuse=refuse,
+                why=why,
+            )
+            if code == 0:
+                return json.loads(payload)
+            if code == 1:
+                raise self._park()
+            if code == 3:
+                raise InputTimeout(request.name, request.timeout)
+            # Sent before the run asked: checked against the schema here, then taken or
+            # dropped (its sender was told it was kept, not that it was valid).
+            error = schema_error(payload, request.schema)
+            take, refuse, why = (payload, "", "") if error is None else ("", payload, "")
+            if error is not None:
+                why = (
+                    f"input {request.name} sent before the run asked for it does not match "
+                    f"its schema ({error}): dropped; waiting for a valid one"
+                )
 
 
 def _check_size(what: str, size: int, limit: int) -> None:
@@ -467,6 +526,7 @@ class Worker:
             self._to_release[a.run_id, a.attempt] = a.workflow
             return
         sink = _RedisSink(writer, self.metrics, self.settings.max_event_bytes)
+        waits = _RedisWaits(writer, sink, round(self.settings.park_after * 1000))
         ctx = Context(
             a.run_id,
             a.attempt,
@@ -474,6 +534,7 @@ class Worker:
             sink,
             checkpoints,
             self._services,
+            waits,
         )
         ctx.activate()  # this task's own copy of the context variables
         # The attempt is traced as a child of the run's span, whichever process made it.
@@ -530,7 +591,15 @@ class Worker:
             )
             if self.metrics is not None:
                 self.metrics.finished.labels("succeeded").inc()
+        except Parked:
+            log.info("run %s attempt %d parked: it waits, holding no worker", a.run_id, a.attempt)
+            attempt_span.set_attribute("longline.parked", True)
+            if self.metrics is not None:
+                self.metrics.finished.labels("parked").inc()
         except LeaseLost:
+            if waits.parked:  # written on the way out of a parked attempt: refused, as meant
+                log.info("run %s attempt %d parked", a.run_id, a.attempt)
+                return
             attempt_span.set_status(trace.Status(trace.StatusCode.ERROR, "lease lost"))
             log.info("run %s attempt %d no longer ours; abandoned", a.run_id, a.attempt)
             # Refused by Redis (the run moved on: giving it back is a fenced no-op), or given

@@ -1,8 +1,9 @@
-"""The lease monitor: requeues (or fails) runs whose worker stopped renewing its lease.
+"""The lease monitor: requeues (or fails) runs whose worker stopped renewing its lease, and
+wakes parked runs whose timer is due (a sleep's end, an input's timeout).
 
-Every replica runs one. Leases sit in one sorted set scored by expiry, so the
-monitor sleeps until the earliest one is due; EXPIRE_LEASE re-checks the run
-atomically, so when several replicas race on one expiry exactly one acts.
+Every replica runs one. Leases and timers sit in sorted sets scored by when they are due,
+so the monitor sleeps until the earliest one; EXPIRE_LEASE and WAKE_RUN re-check the run
+atomically, so when several replicas race on one expiry or timer exactly one acts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class LeaseMonitor:
         self._on_expired = on_expired
         self._lease_timeout = lease_timeout
         self.expired = 0  # attempts this replica found lost (requeued or failed)
+        self.woken = 0  # parked runs this replica woke
         # After losing Redis, give workers one lease timeout to renew before judging them:
         # their heartbeats could not land either.
         self._judge_after = 0.0
@@ -43,14 +45,24 @@ class LeaseMonitor:
                         if self._on_expired is not None:
                             self._on_expired()
                         log.warning("run %s lost its worker: %s", expired.run_id, expired.outcome)
+                # Timers do not wait for the judging pause: a due timer is due whatever the
+                # workers did. A full batch means more are due: go on at once.
+                while True:
+                    woken = await self._store.waits.wake_due()
+                    self.woken += len(woken)
+                    if len(woken) < 500:
+                        break
                 now_ms = await self._store.now_ms()
-                due = await self._store.attempts.next_lease_expiry_ms()
+                leases = await self._store.attempts.next_lease_expiry_ms()
+                timers = await self._store.waits.next_wake_ms()
+                due = min((t for t in (leases, timers) if t is not None), default=None)
             except RedisError as exc:
                 self._judge_after = time.monotonic() + self._lease_timeout
                 await backoff.wait(log, "lease monitor", exc)
                 continue
             backoff.reset()
             # Leases only ever move later, so the earliest one bounds the next expiry; new
-            # leases start a whole lease timeout from now, later than the nap.
+            # leases start a whole lease timeout from now, later than the nap. A timer set
+            # meanwhile is seen at the next round, within the longest nap.
             nap = longest_nap if due is None else (due - now_ms) / 1000 + 0.005
             await asyncio.sleep(min(max(nap, 0.005), longest_nap))

@@ -32,6 +32,7 @@ from longline._store import (
     parse_event_id,
 )
 from longline._types import SPAN_COPIED, TraceSpan
+from longline._waits import canonical_json, check_input_name, schema_error
 from longline.v1 import runs_pb2, runs_pb2_grpc
 
 from . import _trace
@@ -88,6 +89,16 @@ def run_to_proto(r: RunRecord) -> runs_pb2.Run:
         labels=r.labels,
         input_json=r.input_json,
     )
+    if r.status == "WAITING":
+        kind = f"WAIT_KIND_{r.wait_kind.upper()}"
+        msg.wait.kind = (
+            runs_pb2.WaitKind.Value(kind)
+            if kind in runs_pb2.WaitKind.keys()
+            else runs_pb2.WAIT_KIND_UNSPECIFIED
+        )
+        msg.wait.input_name = r.wait_name
+        if r.wake_ms:
+            msg.wait.wake_time.FromMilliseconds(r.wake_ms)
     if r.error_type:
         msg.error.CopyFrom(
             runs_pb2.RunError(
@@ -373,6 +384,62 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             )
         record = await self._store.runs.get(run_id, tenant)
         return runs_pb2.CancelRunResponse(run=run_to_proto(record))
+
+    async def SendInput(
+        self, request: runs_pb2.SendInputRequest, context: grpc.aio.ServicerContext
+    ) -> runs_pb2.SendInputResponse:
+        run_id = _require_run_id(request.run_id)
+        if not request.name:
+            raise InvalidArgumentError(
+                "name is required: the name the workflow passed to ctx.wait_for_input "
+                "(its INPUT_REQUESTED event says it)",
+                "INPUT_NAME_REQUIRED",
+            )
+        try:
+            name = check_input_name(request.name)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc), "INVALID_INPUT_NAME") from None
+        size = len(request.payload_json.encode())
+        if size > self._settings.max_input_bytes:
+            raise TooLargeError(
+                f"payload_json is {size} bytes, over the limit of "
+                f"{self._settings.max_input_bytes} bytes: pass a reference to large data (a URL "
+                "or object key) instead",
+                "INPUT_TOO_LARGE",
+            )
+        try:
+            payload = canonical_json(request.payload_json)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidArgumentError(
+                f"payload_json is not valid JSON: {exc}", "INPUT_NOT_JSON"
+            ) from None
+        caller = current()
+        await self._store.runs.get(run_id, caller.tenant)  # another tenant's run is not found
+
+        def check(request_json: str) -> None:
+            try:
+                schema = json.loads(request_json).get("schema")
+            except (ValueError, AttributeError):
+                return  # a request this version cannot read: nothing to check against
+            if schema is None:
+                return
+            error = schema_error(payload, schema)
+            if error is not None:
+                raise InvalidArgumentError(
+                    f"the payload for input {name!r} does not match the schema the run asked "
+                    f"with: {error}",
+                    "INPUT_DOES_NOT_MATCH_SCHEMA",
+                )
+
+        outcome = await self._store.waits.send_input(
+            run_id,
+            name,
+            payload,
+            "" if caller.kind == "anonymous" else caller.name,
+            check,
+        )
+        record = await self._store.runs.get(run_id, caller.tenant)
+        return runs_pb2.SendInputResponse(run=run_to_proto(record), duplicate=outcome.duplicate)
 
     async def StreamRun(
         self, request: runs_pb2.StreamRunRequest, context: grpc.aio.ServicerContext

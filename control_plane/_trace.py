@@ -128,6 +128,8 @@ def build(events: list[StoredEvent]) -> list[TraceSpan]:
             update(by_id[event.span_id], end_time=_at(event.time_ms), **_finished(data))
         elif event.type == "RUN_RETRYING":
             end_attempt(event.time_ms, "INTERRUPTED", event.message)
+        elif event.type == "RUN_WAITING":
+            end_attempt(event.time_ms, "PARKED")
         elif event.type == "RUN_SUCCEEDED":
             end_attempt(event.time_ms, "OK")
         elif event.type == "RUN_FAILED":

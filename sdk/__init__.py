@@ -11,6 +11,7 @@ from ._component import Component, ComponentTimeout, Retry, component
 from ._context import Context, current
 from ._errors import (
     FailedPrecondition,
+    InputTimeout,
     InvalidArgument,
     LeaseLost,
     LonglineError,
@@ -33,6 +34,7 @@ from ._types import (
     RunErrorInfo,
     RunStatus,
     RunTrace,
+    RunWait,
     TraceSpan,
     WorkflowBuilds,
     WorkflowInfo,
@@ -52,6 +54,7 @@ __all__ = [
     "Event",
     "EventType",
     "FailedPrecondition",
+    "InputTimeout",
     "InvalidArgument",
     "LeaseLost",
     "LonglineError",
@@ -69,6 +72,7 @@ __all__ = [
     "RunHandle",
     "RunStatus",
     "RunTrace",
+    "RunWait",
     "TraceSpan",
     "Unauthenticated",
     "Unavailable",

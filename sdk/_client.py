@@ -25,6 +25,7 @@ from ._types import (
     RunErrorInfo,
     RunStatus,
     RunTrace,
+    RunWait,
     TraceSpan,
     WorkflowBuilds,
     WorkflowInfo,
@@ -47,8 +48,11 @@ _RESUMABLE = frozenset(
 )
 
 
-# Calls that only read: asked again after UNAVAILABLE (see Client._call).
-_READS = frozenset({"GetRun", "GetRunTrace", "ListRuns", "ListWorkflows", "ListBuilds"})
+# Calls asked again after UNAVAILABLE (see Client._call): those that only read, and
+# SendInput, which the same payload sent twice changes once.
+_READS = frozenset(
+    {"GetRun", "GetRunTrace", "ListRuns", "ListWorkflows", "ListBuilds", "SendInput"}
+)
 
 _tracer = trace.get_tracer("longline.client")
 
@@ -123,6 +127,17 @@ def run_from_proto(msg: runs_pb2.Run) -> Run:
         last_event_id=msg.last_event_id,
         labels=dict(msg.labels),
         input_json=msg.input_json,
+        wait=_wait_from_proto(msg.wait) if msg.HasField("wait") else None,
+    )
+
+
+def _wait_from_proto(msg: runs_pb2.RunWait) -> RunWait:
+    known = msg.kind in runs_pb2.WaitKind.values() and msg.kind
+    kind = runs_pb2.WaitKind.Name(msg.kind).removeprefix("WAIT_KIND_").lower() if known else ""
+    return RunWait(
+        kind=kind,
+        input_name=msg.input_name,
+        wake_time=_time(msg.wake_time) if msg.HasField("wake_time") else None,
     )
 
 
@@ -422,6 +437,21 @@ class RunHandle:
             response.output_tokens,
             truncated=response.truncated,
         )
+
+    async def send_input(self, name: str, payload: Any = None) -> Run:
+        """Answer the run's request for input `name` (ctx.wait_for_input) with a JSON-able
+        payload; the run goes on with it. Sent before the run asks, it is kept for it.
+        Sending the same payload again is harmless; FailedPrecondition for another payload
+        after the first (reason INPUT_ALREADY_RECEIVED), after the request timed out
+        (INPUT_TIMED_OUT) or once the run ended; InvalidArgument naming the field for a
+        payload that does not match the request's schema (INPUT_DOES_NOT_MATCH_SCHEMA)."""
+        response = await self._client._call(
+            "SendInput",
+            runs_pb2.SendInputRequest(
+                run_id=self.run_id, name=name, payload_json=json.dumps(payload)
+            ),
+        )
+        return run_from_proto(response.run)
 
     async def cancel(self, reason: str = "") -> Run:
         """Cancel the run (FailedPrecondition if it already ended)."""

@@ -21,6 +21,7 @@ from . import _context
 from ._context import Context, Services
 from ._errors import LeaseLost, NonRetryable
 from ._policies import Cache, Limit
+from ._waits import Parked
 
 __all__ = [
     "Component",
@@ -79,7 +80,7 @@ _TRANSIENT_NAMES = frozenset(
 def is_transient(exc: BaseException) -> bool:
     """Whether an error is worth retrying by default: rate limits (429), timeouts,
     connection errors and 5xx; never another 4xx, never NonRetryable."""
-    if isinstance(exc, NonRetryable | LeaseLost | asyncio.CancelledError):
+    if isinstance(exc, NonRetryable | LeaseLost | asyncio.CancelledError | Parked):
         return False
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
@@ -134,7 +135,7 @@ class Retry:
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether this policy retries exc."""
-        if isinstance(exc, NonRetryable | LeaseLost):
+        if isinstance(exc, NonRetryable | LeaseLost | Parked):
             return False
         if self.retry_on is None:
             return is_transient(exc)

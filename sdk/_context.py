@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextvars
 import json
+import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from ._errors import InputTimeout
 from ._events import EMITTABLE, EventBody
 from ._policies import Limit
+from ._waits import InputRequest, Waits
 
 __all__ = ["Context", "EventSink", "Services", "current", "new_span_id", "step_facts"]
 
@@ -96,6 +100,7 @@ class Context:
         sink: EventSink,
         checkpoints: dict[str, str] | None = None,
         services: Services | None = None,
+        waits: Waits | None = None,
     ) -> None:
         self.run_id = run_id
         self.attempt = attempt
@@ -105,7 +110,9 @@ class Context:
         self.replayed: list[str] = []  # steps this attempt took from checkpoints
         self.services = services
         self._sink = sink
+        self._waits = waits
         self._calls: dict[tuple[str, str], int] = {}
+        self.parked = False  # a wait parked the run: this attempt is over
 
     async def status(self, text: str) -> None:
         """Tell watchers what the run is doing now (a STATUS event)."""
@@ -116,6 +123,88 @@ class Context:
     async def output(self, chunk: str) -> None:
         """Stream a piece of output to watchers (an OUTPUT event)."""
         await self._sink.output(str(chunk), current_span.get())
+
+    async def progress(self, done: float, total: float | None = None) -> None:
+        """Report how far the run is (a PROGRESS event): `done` of `total` units (steps,
+        pages, items); the live views draw a bar from it."""
+        data: dict[str, float | None] = {"done": float(done), "total": None}
+        if total is not None:
+            data["total"] = float(total)
+        if not all(v is None or math.isfinite(v) for v in data.values()):
+            raise ValueError("progress takes finite numbers")
+        text = f"{done:g}/{total:g}" if total is not None else f"{done:g}"
+        await self._sink.emit(
+            "PROGRESS",
+            EventBody(message=text, data_json=json.dumps(data), parent_span_id=current_span.get()),
+        )
+
+    async def sleep(self, duration: float | timedelta) -> None:
+        """Wait `duration` (seconds, or a timedelta), durably: a long wait parks the run
+        (WAITING, no worker held) and a later attempt goes on after it; a replay after the
+        sleep ended returns at once. A sleep is a step, so call it in a deterministic order
+        like components."""
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
+        if not isinstance(seconds, int | float) or not math.isfinite(seconds):
+            raise ValueError(f"ctx.sleep takes seconds or a timedelta, not {duration!r}")
+        step = self.next_step("@sleep")
+        if await self._replay(step) is not None:
+            return
+        await self._waiter().sleep(step, delay_ms=max(0, round(seconds * 1000)), until_ms=None)
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Wait until `when` (a timezone-aware datetime), durably, as `sleep` does."""
+        if not isinstance(when, datetime) or when.tzinfo is None:
+            raise ValueError(
+                "ctx.sleep_until takes a timezone-aware datetime, e.g. "
+                "datetime.now(UTC) + timedelta(hours=1)"
+            )
+        step = self.next_step("@sleep")
+        if await self._replay(step) is not None:
+            return
+        await self._waiter().sleep(step, delay_ms=None, until_ms=round(when.timestamp() * 1000))
+
+    async def wait_for_input(
+        self,
+        name: str,
+        *,
+        schema: Any = None,
+        prompt: str | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> Any:
+        """Ask for an input by `name` and wait for it durably; returns its decoded payload.
+
+        The run writes INPUT_REQUESTED (name, prompt, JSON Schema: any UI can draw a form)
+        and parks until someone sends it (`longline input`, `RunHandle.send_input`, the
+        SendInput RPC); a payload that does not match `schema` is refused to its sender.
+        An input sent before the run asks is kept for it. With `timeout` (seconds or a
+        timedelta) InputTimeout is raised once it passes; catch it to go on without. Each
+        name is asked once per run: a replay returns the same payload.
+        """
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        request = InputRequest(name, prompt or "", schema, seconds)
+        step = f"@input:{name}"
+        done = await self._replay(step)
+        if done is not None:
+            if done.get("timeout"):
+                raise InputTimeout(name, seconds)
+            return done.get("payload")
+        return await self._waiter().wait_for_input(step, request)
+
+    async def _replay(self, step: str) -> dict[str, Any] | None:
+        """A wait's checkpoint, decoded, when an earlier attempt finished it."""
+        if step not in self.checkpoints:
+            return None
+        self.replayed.append(step)
+        value = json.loads(self.checkpoints[step])
+        return value if isinstance(value, dict) else {}
+
+    def _waiter(self) -> Waits:
+        if self._waits is None:
+            raise RuntimeError(
+                "this run cannot wait: its Context was made without a way to wait (a worker "
+                "or longline.testing.run_local gives one)"
+            )
+        return self._waits
 
     async def emit(
         self, type: str, *, checkpoint: tuple[str, str] | None = None, **body: str

@@ -12,6 +12,7 @@
     ├── RunFailed                   run.result() of a FAILED run (has .run, .error)
     ├── RunCancelled                run.result() of a CANCELLED run (has .run)
     ├── LeaseLost                   inside a worker: this attempt no longer owns the run
+    ├── InputTimeout                inside a workflow: ctx.wait_for_input's timeout passed
     └── NonRetryable                raise it (or subclass it) to stop a component's retries
 
 gRPC errors are turned into this tree in one place, `map_rpc_error`.
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FailedPrecondition",
+    "InputTimeout",
     "InvalidArgument",
     "LeaseLost",
     "LonglineError",
@@ -162,6 +164,18 @@ class LeaseLost(LonglineError):
         super().__init__(f"attempt {attempt} of run {run_id} no longer holds the run")
         self.run_id = run_id
         self.attempt = attempt
+
+
+class InputTimeout(LonglineError):
+    """Raised by `ctx.wait_for_input` when its timeout passed before the input came; the
+    workflow may catch it and go on. An input sent later is refused (FAILED_PRECONDITION,
+    reason INPUT_TIMED_OUT)."""
+
+    def __init__(self, name: str, timeout: float | None = None) -> None:
+        after = f" after {timeout:g} s" if timeout is not None else ""
+        super().__init__(f"input {name!r} did not come{after}")
+        self.name = name
+        self.timeout = timeout
 
 
 class NonRetryable(LonglineError):

@@ -42,6 +42,7 @@ class RunStatus(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    WAITING = "WAITING"  # parked: a durable sleep or a wait for input; holds no worker
 
     @property
     def terminal(self) -> bool:
@@ -63,6 +64,10 @@ class EventType(enum.StrEnum):
     RUN_SUCCEEDED = "RUN_SUCCEEDED"
     RUN_FAILED = "RUN_FAILED"
     RUN_CANCELLED = "RUN_CANCELLED"
+    INPUT_REQUESTED = "INPUT_REQUESTED"
+    INPUT_RECEIVED = "INPUT_RECEIVED"
+    RUN_WAITING = "RUN_WAITING"
+    PROGRESS = "PROGRESS"
 
     @property
     def terminal(self) -> bool:
@@ -86,6 +91,7 @@ EMITTABLE: tuple[str, ...] = (
     EventType.OUTPUT,
     EventType.COMPONENT_STARTED,
     EventType.COMPONENT_FINISHED,
+    EventType.PROGRESS,
 )
 
 _WIRE = "wire"  # metadata key: the field's name in a Redis stream entry

@@ -18,6 +18,7 @@ __all__ = [
     "RunErrorInfo",
     "RunStatus",
     "RunTrace",
+    "RunWait",
     "TraceSpan",
     "WorkflowBuilds",
     "WorkflowInfo",
@@ -35,6 +36,16 @@ class RunErrorInfo:
 
 
 @dataclass(frozen=True)
+class RunWait:
+    """What a WAITING run waits for: `kind` "sleep" or "input", the input's name, and when
+    it wakes by itself (the sleep's end, the input's timeout; None: no timer)."""
+
+    kind: str
+    input_name: str = ""
+    wake_time: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Run:
     """A snapshot of one run."""
 
@@ -49,6 +60,7 @@ class Run:
     last_event_id: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     input_json: str = ""
+    wait: RunWait | None = None  # set while the run is WAITING
 
     @property
     def result(self) -> Any:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable, Sequence
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._component import component_of
 from ._context import Context, Services
+from ._errors import InputTimeout
 from ._events import EventBody, body_of
 from ._offline_model import Faults, OfflineModel
 from ._policies import Limit
+from ._waits import InputRequest, schema_error
 from ._workflow import Workflow
 
 __all__ = ["Faults", "LocalRun", "MemoryServices", "OfflineModel", "RecordedEvent", "run_local"]
@@ -60,6 +63,8 @@ class LocalRun:
     events: list[RecordedEvent] = field(default_factory=list)
     checkpoints: dict[str, str] = field(default_factory=dict)
     replayed: list[str] = field(default_factory=list)
+    slept: list[float] = field(default_factory=list)  # each durable sleep's length, seconds
+    requests: list[InputRequest] = field(default_factory=list)  # inputs the run asked for
 
     @property
     def outputs(self) -> list[str]:
@@ -87,6 +92,39 @@ class _MemorySink:
         next(self._ids)  # as emit() would have numbered it
 
 
+class _MemoryWaits:
+    """Waits that take no time: sleeps are recorded, inputs come from a mapping."""
+
+    def __init__(self, run: LocalRun, inputs: Mapping[str, Any], sink: _MemorySink) -> None:
+        self._run = run
+        self._inputs = inputs
+        self._sink = sink
+        self._now_ms = 0
+
+    async def sleep(self, step: str, *, delay_ms: int | None, until_ms: int | None) -> None:
+        self._run.slept.append((delay_ms if delay_ms is not None else 0) / 1000)
+        self._run.checkpoints[step] = json.dumps({"slept": True})
+
+    async def wait_for_input(self, step: str, request: InputRequest) -> Any:
+        self._run.requests.append(request)
+        await self._sink.emit(
+            "INPUT_REQUESTED",
+            EventBody(message=f"waiting for input {request.name}", data_json=request.json),
+        )
+        if request.name not in self._inputs:
+            self._run.checkpoints[step] = json.dumps({"timeout": True})
+            raise InputTimeout(request.name, request.timeout)
+        payload = self._inputs[request.name]
+        text = json.dumps(payload)
+        error = schema_error(text, request.schema) if request.schema is not None else None
+        if error is not None:
+            raise ValueError(
+                f"run_local: input {request.name!r} does not match its schema: {error}"
+            )
+        self._run.checkpoints[step] = json.dumps({"payload": payload})
+        return payload
+
+
 async def run_local(
     workflow: Workflow,
     input: Any = None,
@@ -94,16 +132,21 @@ async def run_local(
     run_id: str = "local",
     checkpoints: dict[str, str] | None = None,
     services: Services | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> LocalRun:
     """Run a workflow in this process, recording its events; errors are captured, not raised.
 
     Pass the `checkpoints` of an earlier LocalRun to replay it as a later attempt would:
     steps found there are not run again (see `LocalRun.replayed`). Pass `services`
-    (e.g. MemoryServices()) for components' caches and limits.
+    (e.g. MemoryServices()) for components' caches and limits. Durable sleeps take no
+    time (see `LocalRun.slept`); `ctx.wait_for_input(name)` returns `inputs[name]`
+    (checked against its schema), or raises InputTimeout when `inputs` has no such name.
     """
     run = LocalRun(checkpoints=dict(checkpoints or {}))
     attempt = 1 if checkpoints is None else 2
-    ctx = Context(run_id, attempt, workflow.name, _MemorySink(run), checkpoints, services)
+    sink = _MemorySink(run)
+    waits = _MemoryWaits(run, inputs or {}, sink)
+    ctx = Context(run_id, attempt, workflow.name, sink, checkpoints, services, waits)
     token = ctx.activate()
     try:
         run.result = await workflow(ctx, input)

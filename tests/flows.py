@@ -225,3 +225,40 @@ async def forger(ctx: longline.Context, input: Any) -> Any:
             refused.append(f"{kind}: {exc}")
     await ctx.status("still running")
     return refused
+
+
+@longline.workflow(description="A counted step, a durable sleep of `seconds`, a counted step.")
+async def sleeper(ctx: longline.Context, input: Any) -> Any:
+    await count_step(ctx.run_id, 0)
+    await ctx.progress(1, 2)
+    await ctx.sleep(float(input.get("seconds", 3)))
+    await count_step(ctx.run_id, 1)
+    await ctx.progress(2, 2)
+    return {"slept": input.get("seconds", 3), "attempt": ctx.attempt}
+
+
+APPROVAL_SCHEMA = {
+    "type": "object",
+    "properties": {"approved": {"type": "boolean"}, "note": {"type": "string"}},
+    "required": ["approved"],
+    "additionalProperties": False,
+}
+
+
+@longline.workflow(
+    description="A counted step, a wait for input 'approval' (input: timeout, gate), a counted "
+    "step."
+)
+async def approval(ctx: longline.Context, input: Any) -> Any:
+    timeout = input.get("timeout") if isinstance(input, dict) else None
+    await count_step(ctx.run_id, 0)
+    if isinstance(input, dict) and input.get("gate"):
+        await gate(ctx.run_id, 5)  # holds the run RUNNING until the test sets test:gate
+    try:
+        answer = await ctx.wait_for_input(
+            "approval", schema=APPROVAL_SCHEMA, prompt="Approve the plan?", timeout=timeout
+        )
+    except longline.InputTimeout as exc:
+        return {"timed_out": exc.name}
+    await count_step(ctx.run_id, 1)
+    return {"answer": answer}

@@ -1,4 +1,5 @@
-"""The client commands (`run`, `watch`, `runs`, `cancel`, `trace`, `workflows`, `builds`):
+"""The client commands (`run`, `watch`, `runs`, `input`, `cancel`, `trace`, `workflows`,
+`builds`):
 a table of small functions, each given a `Session`, none touching a plane.
 
 They talk to a control plane through `longline.Client` only. A client's token comes from
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -94,7 +96,41 @@ async def _runs(s: Session) -> int:
         )
     for r in runs:
         created = r.create_time.strftime("%Y-%m-%d %H:%M:%S") if r.create_time else ""
-        print(f"{r.run_id}  {r.status:<10} {r.workflow:<20} attempt {r.attempt}  {created}")
+        waits = ""
+        if r.wait is not None:
+            wake = r.wait.wake_time.strftime("%Y-%m-%d %H:%M:%S") if r.wait.wake_time else ""
+            if r.wait.kind == "input":
+                waits = f"  waits for input {r.wait.input_name}" + (
+                    f" until {wake}" if wake else ""
+                )
+            else:
+                waits = f"  sleeps until {wake}"
+        print(f"{r.run_id}  {r.status:<10} {r.workflow:<20} attempt {r.attempt}  {created}{waits}")
+    return 0
+
+
+def _payload(text: str) -> object:
+    """--data: a JSON text, '@PATH' for a file's, '-' for standard input's."""
+    where = "--data"
+    if text == "-":
+        text, where = sys.stdin.read(), "standard input"
+    elif text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                text, where = f.read(), text[1:]
+        except OSError as exc:
+            raise CommandError(f"--data {text}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise CommandError(f"{where} is not valid JSON: {exc}") from None
+
+
+async def _input(s: Session) -> int:
+    payload = _payload(s.args.data)
+    async with s.client() as client:
+        run = await client.get_run(s.args.run_id).send_input(s.args.name, payload)
+    print(f"run {run.run_id}: input {s.args.name} sent; the run is {run.status}")
     return 0
 
 
@@ -183,8 +219,24 @@ COMMANDS = (
         _client(_runs),
     ),
     Command(
+        "input",
+        "answer a run's request for input (ctx.wait_for_input)",
+        (
+            RUN_ID,
+            Option("name", "the input's name, as the run asked for it"),
+            Option(
+                "--data",
+                "the payload: JSON, @PATH for a file's, - for standard input's",
+                "null",
+                env=False,
+            ),
+            *CLIENT,
+        ),
+        _client(_input),
+    ),
+    Command(
         "cancel",
-        "cancel a queued or running run",
+        "cancel a queued, running or waiting run",
         (RUN_ID, Option("--reason", "why (recorded in the run)", ""), *CLIENT),
         _client(_cancel),
     ),

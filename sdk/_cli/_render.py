@@ -103,7 +103,20 @@ class LiveView:
         elif t is EventType.STATUS:
             self._line(f"· {event.message}")
         elif t is EventType.RUN_QUEUED:
-            self._line(f"queued run {event.run_id}")
+            if event.attempt > 1:  # a parked run going on
+                self._line(f"↻ {event.message} (attempt {event.attempt})")
+            else:
+                self._line(f"queued run {event.run_id}")
+        elif t is EventType.RUN_WAITING:
+            self._line(f"⏸ {event.message}")
+        elif t is EventType.INPUT_REQUESTED:
+            self._input_requested(event)
+        elif t is EventType.INPUT_RECEIVED:
+            data = event.data if isinstance(event.data, dict) else {}
+            sender = f" from {data['sender']}" if data.get("sender") else ""
+            self._line(f"✉ input {data.get('name', '')} received{sender}")
+        elif t is EventType.PROGRESS:
+            self._line(f"· progress {event.message}")
         elif t is EventType.RUN_STARTED:
             self._line(f"▶ {event.message}")
         elif t is EventType.RUN_RETRYING:
@@ -122,6 +135,16 @@ class LiveView:
             self._line(f"✗ failed: {event.message}")
         elif t is EventType.RUN_CANCELLED:
             self._line(f"■ cancelled: {event.message}")
+
+    def _input_requested(self, event: Event) -> None:
+        data = event.data if isinstance(event.data, dict) else {}
+        name = str(data.get("name", ""))
+        prompt = str(data.get("prompt") or "")
+        self._line(f"? the run asks for input {name}" + (f": {prompt}" if prompt else ""))
+        schema = data.get("schema")
+        if schema is not None:
+            self._line("  schema: " + json.dumps(schema, ensure_ascii=False)[:500])
+        self._line(f"  answer with: longline input {event.run_id} {name} --data '<JSON>'")
 
 
 def print_builds(workflows: list[WorkflowBuilds], out: TextIO = sys.stdout) -> None:

@@ -11,6 +11,7 @@ what removes it; docs/architecture.md has the table):
     _scripts     the Lua scripts and the invariants each keeps
     _runs        run hashes, run indexes, idempotency keys, rate buckets, counters
     _attempts    leases, claims, requeues, checkpoints, fenced writes (RunWriter)
+    _waits       parked runs: durable sleeps, input requests and inputs, wake-up timers
     _events      run event streams: ids, encoding, byte-bounded pages, live channels
     _queues      queue streams and consumer groups, the partitions' queue notices
     _presence    workers' presence and announced workflows
@@ -85,6 +86,7 @@ from ._queues import QueueEntry, Queues
 from ._runs import CancelOutcome, Created, Route, RunPage, RunRecord, Runs, Stats, TenantLimits
 from ._services import RedisServices
 from ._sweep import Sweeper, SweepReport
+from ._waits import InputOutcome, Waits
 
 DEFAULT_PARTITIONS = keys.DEFAULT_PARTITIONS
 MAX_PARTITIONS = keys.MAX_PARTITIONS
@@ -112,6 +114,7 @@ __all__ = [
     "Events",
     "Expired",
     "FailedPreconditionError",
+    "InputOutcome",
     "InvalidArgumentError",
     "NotFoundError",
     "Notices",
@@ -143,6 +146,7 @@ __all__ = [
     "TenantLimits",
     "TooLargeError",
     "UnauthenticatedError",
+    "Waits",
     "WorkflowBuilds",
     "WorkflowPresence",
     "WrongBuild",
@@ -177,6 +181,7 @@ class Store:
         self.presence = Presence(redis)
         self.runs = Runs(redis, self.presence, self.partitions)
         self.attempts = Attempts(redis, self.runs)
+        self.waits = Waits(redis, self.runs)
         self.events = Events(redis)
         self.builds = Builds(redis, self.presence, self.partitions)
         self.notices = Notices(redis)

@@ -142,6 +142,8 @@ class Attempts:
         self._finish = redis.register_script(_scripts.FINISH_RUN)
         self._heartbeat = redis.register_script(_scripts.HEARTBEAT)
         self._expire = redis.register_script(_scripts.EXPIRE_LEASE)
+        self._sleep = redis.register_script(_scripts.SLEEP_RUN)
+        self._request_input = redis.register_script(_scripts.REQUEST_INPUT)
 
     async def claim(self, request: ClaimRequest) -> Claimed | WrongBuild | None:
         """Make an attempt of a queued run RUNNING on a worker of the request's build,
@@ -228,6 +230,7 @@ class Attempts:
             keys.leases_key(n),
             keys.steps_key(run_id),
             Runs.idem_or_run_key(run_id, route),
+            keys.waits_key(run_id),
             *keys.stats_keys(n),
         ]
 
@@ -395,6 +398,79 @@ class RunWriter:
             raise LeaseLost(self.run_id, self.attempt)
         return [str(i) for i in ids] or [""] * len(events)
 
+    def _wait_keys(self, *more: str) -> list[str]:
+        n = keys.partition_of(self.run_id)
+        return [
+            *self._keys,
+            keys.leases_key(n),
+            keys.timers_key(n),
+            keys.waits_key(self.run_id),
+            *more,
+            *keys.stats_keys(n),
+        ]
+
+    async def sleep(
+        self, step: str, *, delay_ms: int | None, until_ms: int | None, park_after_ms: int
+    ) -> tuple[bool, int]:
+        """Begin (or go on with) the durable sleep `step`: (True, ms left) when it parked
+        the run, or (False, ms left) to sleep in memory (0 or less: it is over). Its end is
+        recorded the first time, by Redis's clock (`_waits`)."""
+
+        async def call(seq: int) -> Any:
+            return await self._attempts._sleep(
+                keys=self._wait_keys(),
+                args=[
+                    self._holder,
+                    seq,
+                    step,
+                    "" if delay_ms is None else delay_ms,
+                    "" if until_ms is None else until_ms,
+                    park_after_ms,
+                ],
+            )
+
+        reply = await self._send(call)
+        if reply is None:
+            raise LeaseLost(self.run_id, self.attempt)
+        return bool(int(reply[0])), int(reply[1])
+
+    async def request_input(
+        self,
+        step: str,
+        name: str,
+        request_json: str,
+        timeout_ms: int | None,
+        has_schema: bool,
+        *,
+        take: str = "",
+        refuse: str = "",
+        why: str = "",
+    ) -> tuple[int, str]:
+        """Ask for input `name` (the first call writes INPUT_REQUESTED), and park the run
+        until it comes unless it is here: REQUEST_INPUT's answer (code, payload)."""
+
+        async def call(seq: int) -> Any:
+            return await self._attempts._request_input(
+                keys=self._wait_keys(keys.steps_key(self.run_id)),
+                args=[
+                    self._holder,
+                    seq,
+                    name,
+                    step,
+                    request_json,
+                    "" if timeout_ms is None else timeout_ms,
+                    take,
+                    refuse,
+                    why,
+                    "1" if has_schema else "0",
+                ],
+            )
+
+        reply = await self._send(call)
+        if reply is None:
+            raise LeaseLost(self.run_id, self.attempt)
+        return int(reply[0]), str(reply[1]) if len(reply) > 1 else ""
+
     async def finish(
         self,
         status: str,
@@ -415,6 +491,7 @@ class RunWriter:
                     keys.leases_key(n),
                     keys.steps_key(self.run_id),
                     self._idem or self._keys[0],
+                    keys.waits_key(self.run_id),
                     *keys.stats_keys(n),
                 ],
                 args=[self._holder, seq, status, result_json, *error, *event],

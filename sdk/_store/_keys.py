@@ -123,6 +123,26 @@ def steps_key(run_id: str) -> str:
     return f"{_in(partition_of(run_id))}:steps:{run_id}"
 
 
+def waits_key(run_id: str) -> str:
+    """The run's waits (a hash): "t:<step>" -> when a durable sleep ends (ms); per input
+    name, "r:<name>" -> the request (prompt, schema, timeout) as JSON, "w:<name>" -> when it
+    times out (ms, '' for never), "v:<name>" -> the payload received, "u:<name>" -> set while
+    that payload came before the request (not checked against its schema yet), "x:<name>" ->
+    set once the request timed out. Expires with the run; SEND_INPUT refuses to grow it past
+    `MAX_WAIT_FIELDS` fields with inputs nobody asked for."""
+    return f"{_in(partition_of(run_id))}:waits:{run_id}"
+
+
+MAX_WAIT_FIELDS = 1000
+
+
+def timers_key(n: int) -> str:
+    """zset: run_id -> when it wakes (ms), every WAITING run of partition `n` with a timer (a
+    sleep, an input's timeout). Entries: removed by WAKE_RUN, SEND_INPUT and CANCEL_RUN, and
+    by WAKE_RUN for a run that is gone or no longer waits."""
+    return f"{_in(n)}:timers"
+
+
 def idempotency_key(n: int, key: str, tenant: str = "") -> str:
     """string: the run id the tenant first started with this idempotency key, in the
     partition `partition_for_key` gives. Expires with that run (the run's hash names it in
@@ -278,6 +298,8 @@ OWNERS: dict[str, str] = {
     "stats_keys": "_runs",
     "leases_key": "_attempts",
     "steps_key": "_attempts",
+    "waits_key": "_waits",
+    "timers_key": "_waits",
     "events_key": "_events",
     "hub_channel": "_events",
     "queue_key": "_queues",

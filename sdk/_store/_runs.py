@@ -70,6 +70,11 @@ class RunRecord:
     worker_id: str
     labels: dict[str, str] = field(default_factory=dict)
     tenant: str = ""
+    # While WAITING: what for ("sleep" or "input"), the input's name, and when its timer
+    # wakes it (ms, Redis time; 0 for no timer).
+    wait_kind: str = ""
+    wait_name: str = ""
+    wake_ms: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -95,6 +100,9 @@ class RunRecord:
             worker_id=h.get("worker_id", ""),
             labels=json.loads(h.get("labels_json") or "{}"),
             tenant=h.get("tenant", ""),
+            wait_kind=h.get("wait_kind", "") if h.get("status") == "WAITING" else "",
+            wait_name=h.get("wait_name", "") if h.get("status") == "WAITING" else "",
+            wake_ms=int(h.get("wake_ms") or 0) if h.get("status") == "WAITING" else 0,
         )
 
 
@@ -113,6 +121,9 @@ _LIST_FIELDS = (
     "worker_id",
     "labels_json",
     "tenant",
+    "wait_kind",
+    "wait_name",
+    "wake_ms",
 )
 
 
@@ -546,7 +557,7 @@ class Runs:
         return RunPage(runs, (last.create_ms, last.run_id) if last else None)
 
     async def cancel(self, run_id: str, reason: str) -> CancelOutcome:
-        """Cancel a queued or running run, writing RUN_CANCELLED once."""
+        """Cancel a queued, running or waiting run, writing RUN_CANCELLED once."""
         (route,) = await self.routes([run_id])
         n = keys.partition_of(run_id)
         reply = await self._cancel(
@@ -556,6 +567,8 @@ class Runs:
                 keys.leases_key(n),
                 keys.steps_key(run_id),
                 self.idem_or_run_key(run_id, route),
+                keys.waits_key(run_id),
+                keys.timers_key(n),
                 *keys.stats_keys(n),
             ],
             args=[reason],
@@ -565,8 +578,8 @@ class Runs:
             raise NotFoundError(f"run {run_id!r} not found", "RUN_NOT_FOUND")
         if answer is _CancelAnswer.ALREADY_ENDED:
             raise FailedPreconditionError(
-                f"run {run_id!r} already ended {reply[1]}; only a QUEUED or RUNNING run can be "
-                "cancelled",
+                f"run {run_id!r} already ended {reply[1]}; only a QUEUED, RUNNING or WAITING run "
+                "can be cancelled",
                 "RUN_ALREADY_ENDED",
             )
         return CancelOutcome(previous=str(reply[1]), attempt=int(reply[2]), worker_id=str(reply[3]))

@@ -52,7 +52,7 @@ local function count(hash, field, delta)
   if redis.call('HINCRBY', hash, field, delta) == 0 then redis.call('HDEL', hash, field) end
 end
 local function per_build(run, status, delta)
-  if status ~= 'QUEUED' and status ~= 'RUNNING' then return end
+  if status ~= 'QUEUED' and status ~= 'RUNNING' and status ~= 'WAITING' then return end
   local wb = redis.call('HMGET', run, 'workflow', 'build')
   count(BUILDS, wb[1] .. '\t' .. (wb[2] or '') .. '\t' .. status, delta)
 end
@@ -61,16 +61,17 @@ local function per_tenant(run, status, delta)
   count(TENANTS, redis.call('HGET', run, 'tenant') or '', delta)
 end
 -- A run that ended keeps its keys for its retention (set when it was created; 0 = forever),
--- then they expire together: its hash, events, checkpoints and idempotency key. The caller
--- declares the idempotency key it read from the run's hash (`idem`, the run's own key when
--- it has none); only the key the hash names is touched.
-local function retire(run, events, steps, idem)
+-- then they expire together: its hash, events, checkpoints, waits and idempotency key. The
+-- caller declares the idempotency key it read from the run's hash (`idem`, the run's own key
+-- when it has none); only the key the hash names is touched.
+local function retire(run, events, steps, idem, waits)
   local r = redis.call('HMGET', run, 'retention_ms', 'idem_key')
   local ms = tonumber(r[1] or '0') or 0
   if ms <= 0 then return end
   redis.call('PEXPIRE', run, ms)
   redis.call('PEXPIRE', events, ms)
   redis.call('PEXPIRE', steps, ms)
+  redis.call('PEXPIRE', waits, ms)
   if r[2] and r[2] ~= '' and r[2] == idem then redis.call('PEXPIRE', idem, ms) end
 end
 -- Publish on a channel of the script's own slot. Redis 7 has sharded pub/sub: the message
@@ -276,7 +277,7 @@ return ids
 )
 
 # KEYS: run, events, leases, steps, idempotency (as the run's hash names it; the run key when
-# it has none). ARGV: holder, seq, status, result_json, error_type,
+# it has none), waits. ARGV: holder, seq, status, result_json, error_type,
 # error_message, error_component, then the terminal event's fields.
 # Returns the event id ('' for a write already applied) or nil.
 FINISH_RUN = (
@@ -310,26 +311,29 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result_json', ARGV[4], 'error_ty
   'last_event_id', id, 'lease_expires_ms', '')
 redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'run_id'))
 moved(KEYS[1], 'RUNNING', ARGV[3])
-retire(KEYS[1], KEYS[2], KEYS[4], KEYS[5])
+retire(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6])
 return id
 """
 )
 
-# KEYS: run, events, leases, steps, idempotency (as for FINISH_RUN). ARGV: reason.
+# KEYS: run, events, leases, steps, idempotency (as for FINISH_RUN), waits, timers. ARGV:
+# reason. A QUEUED, RUNNING or WAITING run can be cancelled (a WAITING one at once: no worker
+# holds it, and its timer is removed).
 # Returns {-1} unknown run, {0, status} already finished, {1, previous status, attempt, worker}.
 CANCEL_RUN = (
     _PRELUDE
     + """
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker_id', 'run_id', 'workflow')
 if not st[1] then return {-1} end
-if st[1] ~= 'QUEUED' and st[1] ~= 'RUNNING' then return {0, st[1]} end
+if st[1] ~= 'QUEUED' and st[1] ~= 'RUNNING' and st[1] ~= 'WAITING' then return {0, st[1]} end
 local id = emit(KEYS[2], {'t', 'RUN_CANCELLED', 'a', st[2], 'm', ARGV[1]})
 redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'cancel_reason', ARGV[1],
-  'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '')
+  'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '', 'wake_ms', '')
 redis.call('ZREM', KEYS[3], st[4])
+redis.call('ZREM', KEYS[7], st[4])
 moved(KEYS[1], st[1], 'CANCELLED')
 if st[1] == 'QUEUED' then count(QUEUED, st[5], -1) end
-retire(KEYS[1], KEYS[2], KEYS[4], KEYS[5])
+retire(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6])
 return {1, st[1], st[2], st[3] or ''}
 """
 )
@@ -367,7 +371,7 @@ local function built(run, build)
   return (redis.call('HGET', run, 'build') or '') == build
 end
 -- The run's last allowed attempt was lost: it ends FAILED (AttemptsExhausted) saying why.
-local function give_up(run, events, leases, steps, idem, attempt, lost, limit, why)
+local function give_up(run, events, leases, steps, idem, waits, attempt, lost, limit, why)
   local message = 'gave up after ' .. lost .. ' lost attempts (max_attempts ' .. limit ..
     '): ' .. why
   local data = cjson.encode({type = 'AttemptsExhausted', message = message, component = '',
@@ -379,12 +383,12 @@ local function give_up(run, events, leases, steps, idem, attempt, lost, limit, w
     'last_event_id', id, 'lease_expires_ms', '')
   redis.call('ZREM', leases, redis.call('HGET', run, 'run_id'))
   moved(run, 'RUNNING', 'FAILED')
-  retire(run, events, steps, idem)
+  retire(run, events, steps, idem, waits)
 end
 """
 
 # KEYS: run, events, queue (of the run's build, as the caller read it), leases, steps,
-# idempotency (as for FINISH_RUN). ARGV: holder ("attempt@worker_id"), reason, mode, the
+# idempotency (as for FINISH_RUN), waits. ARGV: holder ("attempt@worker_id"), reason, mode, the
 # run's build as the caller read it, the partition's work channel.
 # Puts a held attempt back in the queue as the next attempt at once; it does not count as a
 # lost attempt. Modes:
@@ -412,7 +416,7 @@ if ARGV[3] == 'untouched' or ARGV[3] == 'stopped' then
     local lost = redis.call('HINCRBY', KEYS[1], 'lost', 1)
     local limit = tonumber(redis.call('HGET', KEYS[1], 'max_attempts') or '3')
     if lost >= limit then
-      give_up(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], attempt, lost, limit,
+      give_up(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7], attempt, lost, limit,
         'it was taken back or given back more than three times: ' .. ARGV[2])
       return 3
     end
@@ -450,11 +454,211 @@ local why = 'worker ' .. (st[4] or '?') .. ' stopped renewing the lease of attem
   ' for ' .. ARGV[2] .. ' s (it crashed, hung or lost its network)'
 redis.call('HSET', KEYS[1], 'lost', tostring(lost))
 if lost >= limit then
-  give_up(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], st[2], lost, limit, why)
+  give_up(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7], st[2], lost, limit, why)
   return 'failed'
 end
 requeue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], st[2], why .. '; retrying as attempt ' ..
   tostring(tonumber(st[2]) + 1), ARGV[4])
 return 'requeued'
+"""
+)
+
+_local_waits = """
+-- Whether `holder` parked the run at `step` already (a write retried after a lost reply).
+local function parked_by(run, holder, step)
+  local st = redis.call('HMGET', run, 'status', 'parked_by', 'wait_step')
+  return st[1] == 'WAITING' and st[2] == holder and st[3] == step
+end
+-- The attempt `holder` gives the run up to wait: no worker, no lease; a timer when `wake` is
+-- a time (ms), '' for none. Parking is not a lost attempt.
+local function park(run, events, leases, timers, holder, kind, name, step, wake, message)
+  local r = redis.call('HMGET', run, 'run_id', 'attempt')
+  local data = {kind = kind, name = name, step = step}
+  if wake ~= '' then data.wake_ms = tonumber(wake) end
+  local id = emit(events, {'t', 'RUN_WAITING', 'a', r[2], 'm', message,
+    'd', cjson.encode(data)})
+  moved(run, 'RUNNING', 'WAITING')
+  redis.call('HSET', run, 'status', 'WAITING', 'worker_id', '', 'parked_by', holder,
+    'wait_kind', kind, 'wait_name', name, 'wait_step', step, 'wake_ms', wake,
+    'lease_expires_ms', '', 'update_ms', fmt(now_ms()), 'last_event_id', id)
+  redis.call('ZREM', leases, r[1])
+  if wake ~= '' then redis.call('ZADD', timers, wake, r[1]) end
+end
+-- A parked run goes back to `queue` (its build's, as the caller read it and declared) as its
+-- next attempt, which replays its checkpoints; it does not count as a lost attempt.
+local function resume(run, events, queue, timers, channel, message)
+  local r = redis.call('HMGET', run, 'run_id', 'workflow', 'attempt')
+  local next_attempt = tostring(tonumber(r[3]) + 1)
+  local id = emit(events, {'t', 'RUN_QUEUED', 'a', next_attempt, 'm', message})
+  moved(run, 'WAITING', nil)
+  redis.call('HSET', run, 'status', 'QUEUED', 'attempt', next_attempt, 'worker_id', '',
+    'parked_by', '', 'wait_kind', '', 'wait_name', '', 'wait_step', '', 'wake_ms', '',
+    'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '', 'seq', '0')
+  moved(run, nil, 'QUEUED')
+  redis.call('ZREM', timers, r[1])
+  enqueue(queue, channel, r[1], next_attempt)
+  count(QUEUED, r[2], 1)
+end
+"""
+
+# KEYS: run, events, leases, timers, waits. ARGV: holder, seq, step key, the sleep's length
+# (ms; '' when ARGV[5] is given), its end (ms, Redis time; ''), park after (ms).
+# The sleep's end is recorded the first time (waits "t:<step>"), so a replay sleeps what is
+# left of it. Returns {1, ms left} parked (the run is WAITING, its timer set), {0, ms left}
+# to sleep in memory (0 or less: the sleep is over), nil when the attempt does not hold the
+# run.
+SLEEP_RUN = (
+    _PRELUDE
+    + _local_waits
+    + """
+if parked_by(KEYS[1], ARGV[1], ARGV[3]) then return {1, '0'} end
+if fenced(KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+local now = now_ms()
+local field = 't:' .. ARGV[3]
+local due = redis.call('HGET', KEYS[5], field)
+if not due then
+  due = ARGV[5] ~= '' and ARGV[5] or fmt(now + tonumber(ARGV[4]))
+  redis.call('HSET', KEYS[5], field, due)
+end
+local left = tonumber(due) - now
+if left <= tonumber(ARGV[6]) then return {0, fmt(left)} end
+park(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], 'sleep', '', ARGV[3], due,
+  string.format('sleeping for %.1f s', left / 1000))
+return {1, fmt(left)}
+"""
+)
+
+# KEYS: run, events, leases, timers, waits, steps. ARGV: holder, seq, name, step key, the
+# request (JSON: name, prompt, schema, timeout_seconds), timeout (ms; '' none), the payload
+# the worker checked and takes (''), the payload it refused ('') and why, '1' when the
+# request has a schema.
+# The first call writes the request and INPUT_REQUESTED. Returns:
+#   {0, payload} the input is there (checkpointed under the step key): go on with it;
+#   {1} parked until it comes (or its timeout);
+#   {2, payload} it came before the request and has not been checked against the schema:
+#       check it, and call again with it as taken or refused;
+#   {3} the request timed out (checkpointed): raise InputTimeout;
+#   nil when the attempt does not hold the run.
+REQUEST_INPUT = (
+    _PRELUDE
+    + _local_waits
+    + """
+if parked_by(KEYS[1], ARGV[1], ARGV[4]) then return {1} end
+if fenced(KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+local name, step, W = ARGV[3], ARGV[4], KEYS[5]
+local attempt = redis.call('HGET', KEYS[1], 'attempt')
+if redis.call('HEXISTS', W, 'x:' .. name) == 1 then return {3} end
+local now = now_ms()
+local wake = redis.call('HGET', W, 'w:' .. name)
+if not wake then
+  wake = ARGV[6] ~= '' and fmt(now + tonumber(ARGV[6])) or ''
+  redis.call('HSET', W, 'r:' .. name, ARGV[5], 'w:' .. name, wake)
+  local id = emit(KEYS[2], {'t', 'INPUT_REQUESTED', 'a', attempt,
+    'm', 'waiting for input ' .. name, 'd', ARGV[5]})
+  redis.call('HSET', KEYS[1], 'last_event_id', id)
+end
+local value = redis.call('HGET', W, 'v:' .. name)
+if value and redis.call('HEXISTS', W, 'u:' .. name) == 1 then
+  if ARGV[10] ~= '1' or ARGV[7] == value then
+    redis.call('HDEL', W, 'u:' .. name)
+  elseif ARGV[8] == value then
+    redis.call('HDEL', W, 'u:' .. name, 'v:' .. name)
+    local id = emit(KEYS[2], {'t', 'STATUS', 'a', attempt, 'm', ARGV[9]})
+    redis.call('HSET', KEYS[1], 'last_event_id', id)
+    value = nil
+  else
+    return {2, value}
+  end
+end
+if value then
+  redis.call('HSET', KEYS[6], step, '{"payload":' .. value .. '}')
+  return {0, value}
+end
+if wake ~= '' and tonumber(wake) <= now then
+  redis.call('HSET', W, 'x:' .. name, '1')
+  redis.call('HSET', KEYS[6], step, '{"timeout":true}')
+  return {3}
+end
+park(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], 'input', name, step, wake,
+  'waiting for input ' .. name)
+return {1}
+"""
+)
+
+# KEYS: run, events, waits, steps, timers, queue (of the run's build, as the caller read it).
+# ARGV: name, payload (canonical JSON), '1' when the caller checked it against the request it
+# read ('0': it read none), the run's build as the caller read it, the partition's work
+# channel, INPUT_RECEIVED's data (JSON), the most fields the waits may hold with inputs
+# nobody asked for yet.
+# Keeps the input, writes INPUT_RECEIVED, and when the run waits for it, checkpoints it and
+# requeues the run. Returns:
+#   {1} kept (and delivered when the run waited for it); {2} the same payload came before;
+#   {-1} no such run; {0, status} the run ended; {3} another payload came before;
+#   {4} the request timed out; {5} the run's build is not the one read (read again);
+#   {6} the run asked since the caller read (check against the request, and call again);
+#   {7} too many inputs nobody asked for.
+SEND_INPUT = (
+    _PRELUDE
+    + _local_waits
+    + """
+local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'wait_kind', 'wait_name',
+  'wait_step', 'build')
+if not st[1] then return {-1} end
+local name, W = ARGV[1], KEYS[3]
+local value = redis.call('HGET', W, 'v:' .. name)
+if value then return {value == ARGV[2] and 2 or 3} end
+if redis.call('HEXISTS', W, 'x:' .. name) == 1 then return {4} end
+if st[1] ~= 'QUEUED' and st[1] ~= 'RUNNING' and st[1] ~= 'WAITING' then return {0, st[1]} end
+local asked = redis.call('HEXISTS', W, 'r:' .. name) == 1
+if asked and ARGV[3] ~= '1' then return {6} end
+if not asked and redis.call('HLEN', W) >= tonumber(ARGV[7]) then return {7} end
+local waking = st[1] == 'WAITING' and st[3] == 'input' and st[4] == name
+if waking and (st[6] or '') ~= ARGV[4] then return {5} end
+redis.call('HSET', W, 'v:' .. name, ARGV[2])
+if not asked then redis.call('HSET', W, 'u:' .. name, '1') end
+local id = emit(KEYS[2], {'t', 'INPUT_RECEIVED', 'a', st[2], 'm', 'input ' .. name ..
+  ' received', 'd', ARGV[6]})
+redis.call('HSET', KEYS[1], 'last_event_id', id)
+if waking then
+  redis.call('HSET', KEYS[4], st[5], '{"payload":' .. ARGV[2] .. '}')
+  resume(KEYS[1], KEYS[2], KEYS[6], KEYS[5], ARGV[5], 'resumed: input ' .. name .. ' arrived')
+end
+return {1}
+"""
+)
+
+# KEYS: run, events, queue (of the run's build, as the caller read it), timers, waits, steps.
+# ARGV: run_id, the run's build as the caller read it, the partition's work channel.
+# Wakes a WAITING run whose timer is due: a sleep is over (checkpointed as slept), or an
+# input timed out (checkpointed as such; a later input for it is refused). Acts only on a
+# run that waits and is due, so of several replicas racing on one timer exactly one acts.
+# Returns 'woken', '' (nothing to do), or 'stale' when the run's build is not the one the
+# caller read (read again and retry).
+WAKE_RUN = (
+    _PRELUDE
+    + _local_waits
+    + """
+local st = redis.call('HMGET', KEYS[1], 'status', 'wake_ms', 'wait_kind', 'wait_name',
+  'wait_step', 'build')
+if st[1] ~= 'WAITING' or not st[2] or st[2] == '' then
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return ''
+end
+if tonumber(st[2]) > now_ms() then
+  redis.call('ZADD', KEYS[4], st[2], ARGV[1])
+  return ''
+end
+if (st[6] or '') ~= ARGV[2] then return 'stale' end
+local message
+if st[3] == 'input' then
+  redis.call('HSET', KEYS[5], 'x:' .. st[4], '1')
+  redis.call('HSET', KEYS[6], st[5], '{"timeout":true}')
+  message = 'resumed: input ' .. st[4] .. ' timed out'
+else
+  redis.call('HSET', KEYS[6], st[5], '{"slept":true}')
+  message = 'resumed: the sleep is over'
+end
+resume(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], message)
+return 'woken'
 """
 )

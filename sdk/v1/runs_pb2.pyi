@@ -19,6 +19,7 @@ class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATUS_SUCCEEDED: _ClassVar[RunStatus]
     RUN_STATUS_FAILED: _ClassVar[RunStatus]
     RUN_STATUS_CANCELLED: _ClassVar[RunStatus]
+    RUN_STATUS_WAITING: _ClassVar[RunStatus]
 
 class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -33,6 +34,16 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_RUN_SUCCEEDED: _ClassVar[EventType]
     EVENT_TYPE_RUN_FAILED: _ClassVar[EventType]
     EVENT_TYPE_RUN_CANCELLED: _ClassVar[EventType]
+    EVENT_TYPE_INPUT_REQUESTED: _ClassVar[EventType]
+    EVENT_TYPE_INPUT_RECEIVED: _ClassVar[EventType]
+    EVENT_TYPE_RUN_WAITING: _ClassVar[EventType]
+    EVENT_TYPE_PROGRESS: _ClassVar[EventType]
+
+class WaitKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WAIT_KIND_UNSPECIFIED: _ClassVar[WaitKind]
+    WAIT_KIND_SLEEP: _ClassVar[WaitKind]
+    WAIT_KIND_INPUT: _ClassVar[WaitKind]
 
 class RunView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -54,12 +65,14 @@ class TraceSpanStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRACE_SPAN_STATUS_RUNNING: _ClassVar[TraceSpanStatus]
     TRACE_SPAN_STATUS_INTERRUPTED: _ClassVar[TraceSpanStatus]
     TRACE_SPAN_STATUS_REPLAYED: _ClassVar[TraceSpanStatus]
+    TRACE_SPAN_STATUS_PARKED: _ClassVar[TraceSpanStatus]
 RUN_STATUS_UNSPECIFIED: RunStatus
 RUN_STATUS_QUEUED: RunStatus
 RUN_STATUS_RUNNING: RunStatus
 RUN_STATUS_SUCCEEDED: RunStatus
 RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_CANCELLED: RunStatus
+RUN_STATUS_WAITING: RunStatus
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_RUN_QUEUED: EventType
 EVENT_TYPE_RUN_STARTED: EventType
@@ -71,6 +84,13 @@ EVENT_TYPE_RUN_RETRYING: EventType
 EVENT_TYPE_RUN_SUCCEEDED: EventType
 EVENT_TYPE_RUN_FAILED: EventType
 EVENT_TYPE_RUN_CANCELLED: EventType
+EVENT_TYPE_INPUT_REQUESTED: EventType
+EVENT_TYPE_INPUT_RECEIVED: EventType
+EVENT_TYPE_RUN_WAITING: EventType
+EVENT_TYPE_PROGRESS: EventType
+WAIT_KIND_UNSPECIFIED: WaitKind
+WAIT_KIND_SLEEP: WaitKind
+WAIT_KIND_INPUT: WaitKind
 RUN_VIEW_UNSPECIFIED: RunView
 RUN_VIEW_BASIC: RunView
 RUN_VIEW_FULL: RunView
@@ -83,6 +103,17 @@ TRACE_SPAN_STATUS_ERROR: TraceSpanStatus
 TRACE_SPAN_STATUS_RUNNING: TraceSpanStatus
 TRACE_SPAN_STATUS_INTERRUPTED: TraceSpanStatus
 TRACE_SPAN_STATUS_REPLAYED: TraceSpanStatus
+TRACE_SPAN_STATUS_PARKED: TraceSpanStatus
+
+class RunWait(_message.Message):
+    __slots__ = ("kind", "input_name", "wake_time")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
+    WAKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    kind: WaitKind
+    input_name: str
+    wake_time: _timestamp_pb2.Timestamp
+    def __init__(self, kind: _Optional[_Union[WaitKind, str]] = ..., input_name: _Optional[str] = ..., wake_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RunError(_message.Message):
     __slots__ = ("type", "message", "component", "attempt")
@@ -97,7 +128,7 @@ class RunError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., component: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "workflow", "status", "attempt", "result_json", "error", "create_time", "update_time", "last_event_id", "labels", "input_json")
+    __slots__ = ("run_id", "workflow", "status", "attempt", "result_json", "error", "create_time", "update_time", "last_event_id", "labels", "input_json", "wait")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +147,7 @@ class Run(_message.Message):
     LAST_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     workflow: str
     status: RunStatus
@@ -127,7 +159,8 @@ class Run(_message.Message):
     last_event_id: str
     labels: _containers.ScalarMap[str, str]
     input_json: str
-    def __init__(self, run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., attempt: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[RunError, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., input_json: _Optional[str] = ...) -> None: ...
+    wait: RunWait
+    def __init__(self, run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., attempt: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[RunError, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., input_json: _Optional[str] = ..., wait: _Optional[_Union[RunWait, _Mapping]] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("event_id", "run_id", "type", "time", "attempt", "message", "data_json", "component", "span_id", "parent_span_id")
@@ -300,6 +333,24 @@ class GetRunTraceRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class SendInputRequest(_message.Message):
+    __slots__ = ("run_id", "name", "payload_json")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    name: str
+    payload_json: str
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., payload_json: _Optional[str] = ...) -> None: ...
+
+class SendInputResponse(_message.Message):
+    __slots__ = ("run", "duplicate")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    duplicate: bool
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class TraceSpan(_message.Message):
     __slots__ = ("span_id", "parent_span_id", "name", "kind", "attempt", "step", "start_time", "end_time", "status", "error", "tries", "cache_hit", "model", "provider", "input_tokens", "output_tokens", "worker")

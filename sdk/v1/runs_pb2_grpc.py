@@ -77,6 +77,11 @@ class RunServiceStub:
                 request_serializer=longline_dot_v1_dot_runs__pb2.GetRunTraceRequest.SerializeToString,
                 response_deserializer=longline_dot_v1_dot_runs__pb2.GetRunTraceResponse.FromString,
                 _registered_method=True)
+        self.SendInput = channel.unary_unary(
+                '/longline.v1.RunService/SendInput',
+                request_serializer=longline_dot_v1_dot_runs__pb2.SendInputRequest.SerializeToString,
+                response_deserializer=longline_dot_v1_dot_runs__pb2.SendInputResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -143,6 +148,17 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendInput(self, request, context):
+        """SendInput answers a run's request for input (ctx.wait_for_input) by its
+        name. Input for a name the run has not asked for yet is kept for it; the
+        same payload sent again is accepted once; a different second answer is
+        FAILED_PRECONDITION; a payload that fails the request's JSON Schema is
+        INVALID_ARGUMENT naming the field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +201,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.GetRunTrace,
                     request_deserializer=longline_dot_v1_dot_runs__pb2.GetRunTraceRequest.FromString,
                     response_serializer=longline_dot_v1_dot_runs__pb2.GetRunTraceResponse.SerializeToString,
+            ),
+            'SendInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendInput,
+                    request_deserializer=longline_dot_v1_dot_runs__pb2.SendInputRequest.FromString,
+                    response_serializer=longline_dot_v1_dot_runs__pb2.SendInputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +426,33 @@ class RunService:
             '/longline.v1.RunService/GetRunTrace',
             longline_dot_v1_dot_runs__pb2.GetRunTraceRequest.SerializeToString,
             longline_dot_v1_dot_runs__pb2.GetRunTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longline.v1.RunService/SendInput',
+            longline_dot_v1_dot_runs__pb2.SendInputRequest.SerializeToString,
+            longline_dot_v1_dot_runs__pb2.SendInputResponse.FromString,
             options,
             channel_credentials,
             insecure,

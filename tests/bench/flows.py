@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import longline
@@ -39,4 +40,10 @@ async def ticker(ctx: longline.Context, input: Any) -> Any:
 async def firehose(ctx: longline.Context, input: Any) -> Any:
     for i in range(int(input["chunks"])):
         await ctx.output(f"{i:08d}\n")
+    return None
+
+
+@longline.workflow(description="Sleeps durably until Unix time input['at'] (parks the run).")
+async def nap(ctx: longline.Context, input: Any) -> Any:
+    await ctx.sleep_until(datetime.fromtimestamp(float(input["at"]), UTC))
     return None

@@ -81,7 +81,7 @@ async def test_node_client_resumes_streams_and_reads_error_reasons(
     )
     print(out)
     assert code == 0, out
-    assert "# pass 4" in out and "# fail 0" in out
+    assert "# pass 5" in out and "# fail 0" in out
 
 
 def test_committed_node_stubs_match_the_protos(tmp_path: Path, node_modules: None) -> None:

@@ -225,6 +225,7 @@ async def test_tenants_never_see_each_others_runs(
             theirs.describe(),
             theirs.cancel("not yours"),
             theirs.trace(),
+            theirs.send_input("approval", {"approved": True}),
             anext(aiter(theirs.events())),
         ):
             with pytest.raises(longline.NotFound) as caught:

@@ -70,7 +70,7 @@ async def test_every_script_of_a_run_runs_with_keys_in_its_partition_slot(store:
         and isinstance(getattr(_scripts, name), str)
         and "redis.call" in getattr(_scripts, name)
     ]
-    assert len(scripts) == 10
+    assert len(scripts) == 14
     for text in scripts:
         SCRIPTS_RUN.pop(text, None)
     limits = TenantLimits(max_queued=100, start_rate=100, start_burst=100)
@@ -85,7 +85,7 @@ async def test_every_script_of_a_run_runs_with_keys_in_its_partition_slot(store:
             limits=limits,
             retention_ms=60_000,
         )
-        for i in range(6)
+        for i in range(8)
     ]
     ids = [c.run.run_id for c in runs]
     assert len({keys.partition_of(i) for i in ids}) > 1, "the runs spread over partitions"
@@ -94,7 +94,7 @@ async def test_every_script_of_a_run_runs_with_keys_in_its_partition_slot(store:
     writer = RunWriter(store, ids[0], 1, "w1")
     await writer.open()
     await writer.append([encode_event("STATUS", 1, "hi")], ("step", "1"))
-    assert await store.attempts.heartbeat([(i, 1) for i in ids], 60_000, "w1") == [True] * 6
+    assert await store.attempts.heartbeat([(i, 1) for i in ids], 60_000, "w1") == [True] * 8
     await writer.finish("SUCCEEDED", result_json="1", event=["a", "1"])
     await store.runs.cancel(ids[1], "enough")
     assert await store.attempts.requeue(ids[2], 1, "draining", "w1")
@@ -109,6 +109,18 @@ async def test_every_script_of_a_run_runs_with_keys_in_its_partition_slot(store:
         keys.queue_key(keys.partition_of(ids[5]), "flow"), "flow", "", ids[5], 1, "1-0"
     )
     assert await queues.hand_back([entry]) == [True]
+    # Waiting: a sleep parks one run and its timer wakes it; another waits for an input.
+    sleeper = RunWriter(store, ids[6], 1, "w1")
+    assert await sleeper.sleep("@sleep#1", delay_ms=1, until_ms=None, park_after_ms=0) == (
+        True,
+        1,
+    )
+    asker = RunWriter(store, ids[7], 1, "w1")
+    code, _ = await asker.request_input("@input:ok", "ok", "{}", None, False)
+    assert code == 1  # parked until it comes
+    assert not (await store.waits.send_input(ids[7], "ok", "true", "", lambda _: None)).duplicate
+    await asyncio.sleep(0.01)
+    assert await store.waits.wake_due() == [ids[6]]
     assert [text[-200:] for text in scripts if text not in SCRIPTS_RUN] == []
 
 

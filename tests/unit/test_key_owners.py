@@ -17,6 +17,7 @@ _NOT_KEYS = {
     "MAX_PARTITIONS",
     "DEFAULT_PARTITIONS",
     "LAYOUT",
+    "MAX_WAIT_FIELDS",
     "slot",
     "tag",
     "partition_numbers",

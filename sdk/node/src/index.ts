@@ -7,9 +7,17 @@ import { RpcError } from "@protobuf-ts/runtime-rpc";
 import { ErrorInfo } from "./gen/google/rpc/error_details";
 import { Status } from "./gen/google/rpc/status";
 import { RunServiceClient } from "./gen/longline/v1/runs.client";
-import { EventType, Run, RunEvent, RunStatus, Workflow } from "./gen/longline/v1/runs";
+import {
+  EventType,
+  Run,
+  RunEvent,
+  RunStatus,
+  RunWait,
+  WaitKind,
+  Workflow,
+} from "./gen/longline/v1/runs";
 
-export { EventType, Run, RunEvent, RunStatus, Workflow };
+export { EventType, Run, RunEvent, RunStatus, RunWait, WaitKind, Workflow };
 
 const TERMINAL = new Set([EventType.RUN_SUCCEEDED, EventType.RUN_FAILED, EventType.RUN_CANCELLED]);
 // Codes after which a stream is resumed from its cursor rather than failed.
@@ -112,6 +120,25 @@ export class LonglineClient {
 
   async cancel(runId: string, reason = ""): Promise<Run> {
     return (await call(this.runs.cancelRun({ runId, reason }))).run!;
+  }
+
+  /**
+   * Answer the run's request for input `name` (its INPUT_REQUESTED event carries the name,
+   * prompt and JSON Schema). `duplicate` when this very payload had been received already
+   * (a retried call). A payload the schema refuses is INVALID_ARGUMENT with the reason
+   * INPUT_DOES_NOT_MATCH_SCHEMA; another payload sent before, a request that timed out or a
+   * run that ended are FAILED_PRECONDITION (INPUT_ALREADY_RECEIVED, INPUT_TIMED_OUT,
+   * RUN_ALREADY_ENDED).
+   */
+  async sendInput(
+    runId: string,
+    name: string,
+    payload: unknown,
+  ): Promise<{ run: Run; duplicate: boolean }> {
+    const response = await call(
+      this.runs.sendInput({ runId, name, payloadJson: JSON.stringify(payload ?? null) }),
+    );
+    return { run: response.run!, duplicate: response.duplicate };
   }
 
   async listWorkflows(): Promise<Workflow[]> {

@@ -3,7 +3,7 @@
 // token is in LONGLINE_TOKEN.
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
-import { EventType, LonglineClient, LonglineError, RunStatus } from "../src/index";
+import { EventType, LonglineClient, LonglineError, RunStatus, WaitKind } from "../src/index";
 
 const target = process.env.LONGLINE_TARGET;
 if (!target) throw new Error("LONGLINE_TARGET is not set: run me through make test");
@@ -72,4 +72,70 @@ test("idempotency, cancel and the workflow list", async () => {
   await assert.rejects(client.result(first.run.runId), /CANCELLED/);
   const names = (await client.listWorkflows()).map((w) => w.name);
   assert.ok(names.includes("chatty") && names.includes("slow"));
+});
+
+/** INPUT_REQUESTED's data: what a UI needs to draw a form. */
+interface InputRequest {
+  name: string;
+  prompt: string;
+  schema: { required: string[]; properties: Record<string, { type: string }> };
+  timeout_seconds: number | null;
+}
+
+test("a waiting run is answered from its INPUT_REQUESTED event", async () => {
+  const { run } = await client.start("approval", {});
+  // Follow the stream to the request, then to the run parking (both written at once).
+  let request: InputRequest | undefined;
+  const parked = new AbortController();
+  for await (const event of client.events(run.runId, { signal: parked.signal })) {
+    assert.notEqual(event.type, EventType.RUN_FAILED, event.message);
+    if (event.type === EventType.INPUT_REQUESTED) request = JSON.parse(event.dataJson);
+    if (event.type === EventType.RUN_WAITING && request) parked.abort();
+  }
+  assert.ok(request, "the stream ended without INPUT_REQUESTED");
+  assert.equal(request.name, "approval");
+  assert.equal(request.prompt, "Approve the plan?");
+  assert.deepEqual(request.schema.required, ["approved"]);
+  assert.equal(request.schema.properties.approved.type, "boolean");
+  assert.equal(request.timeout_seconds, null);
+
+  const waiting = await client.getRun(run.runId);
+  assert.equal(waiting.status, RunStatus.WAITING);
+  assert.equal(waiting.wait?.kind, WaitKind.INPUT);
+  assert.equal(waiting.wait?.inputName, request.name);
+
+  // A payload the schema refuses: the reason, and the field it names; the run still waits.
+  const wrong = { approved: "yes" };
+  await assert.rejects(client.sendInput(run.runId, request.name, wrong), (error: unknown) => {
+    assert.ok(error instanceof LonglineError);
+    assert.equal(error.code, "INVALID_ARGUMENT");
+    assert.equal(error.reason, "INPUT_DOES_NOT_MATCH_SCHEMA");
+    assert.match(error.message, /\$\.approved/);
+    return true;
+  });
+  assert.equal((await client.getRun(run.runId)).status, RunStatus.WAITING);
+
+  const answer = { approved: true, note: "from node" };
+  const sent = await client.sendInput(run.runId, request.name, answer);
+  assert.equal(sent.duplicate, false);
+  assert.equal(sent.run.runId, run.runId);
+  assert.deepEqual(await client.result(run.runId), { answer });
+  assert.equal((await client.getRun(run.runId)).status, RunStatus.SUCCEEDED);
+
+  // A retried call is a duplicate; another payload is refused with its reason.
+  assert.equal((await client.sendInput(run.runId, request.name, answer)).duplicate, true);
+  await assert.rejects(
+    client.sendInput(run.runId, request.name, { approved: false }),
+    (error: unknown) => {
+      assert.ok(error instanceof LonglineError);
+      assert.equal(error.code, "FAILED_PRECONDITION");
+      assert.equal(error.reason, "INPUT_ALREADY_RECEIVED");
+      return true;
+    },
+  );
+  let received: unknown = null;
+  for await (const event of client.events(run.runId)) {
+    if (event.type === EventType.INPUT_RECEIVED) received = JSON.parse(event.dataJson);
+  }
+  assert.deepEqual(received, { name: "approval", payload: answer, sender: "alice" });
 });

@@ -4,6 +4,8 @@
 import type { RpcTransport } from "@protobuf-ts/runtime-rpc";
 import type { ServiceInfo } from "@protobuf-ts/runtime-rpc";
 import { RunService } from "./runs";
+import type { SendInputResponse } from "./runs";
+import type { SendInputRequest } from "./runs";
 import type { GetRunTraceResponse } from "./runs";
 import type { GetRunTraceRequest } from "./runs";
 import type { ListWorkflowsResponse } from "./runs";
@@ -82,6 +84,16 @@ export interface IRunServiceClient {
      * @generated from protobuf rpc: GetRunTrace
      */
     getRunTrace(input: GetRunTraceRequest, options?: RpcOptions): UnaryCall<GetRunTraceRequest, GetRunTraceResponse>;
+    /**
+     * SendInput answers a run's request for input (ctx.wait_for_input) by its
+     * name. Input for a name the run has not asked for yet is kept for it; the
+     * same payload sent again is accepted once; a different second answer is
+     * FAILED_PRECONDITION; a payload that fails the request's JSON Schema is
+     * INVALID_ARGUMENT naming the field.
+     *
+     * @generated from protobuf rpc: SendInput
+     */
+    sendInput(input: SendInputRequest, options?: RpcOptions): UnaryCall<SendInputRequest, SendInputResponse>;
 }
 /**
  * RunService is what clients call: the Python SDK, the CLI and generated
@@ -169,5 +181,18 @@ export class RunServiceClient implements IRunServiceClient, ServiceInfo {
     getRunTrace(input: GetRunTraceRequest, options?: RpcOptions): UnaryCall<GetRunTraceRequest, GetRunTraceResponse> {
         const method = this.methods[7], opt = this._transport.mergeOptions(options);
         return stackIntercept<GetRunTraceRequest, GetRunTraceResponse>("unary", this._transport, method, opt, input);
+    }
+    /**
+     * SendInput answers a run's request for input (ctx.wait_for_input) by its
+     * name. Input for a name the run has not asked for yet is kept for it; the
+     * same payload sent again is accepted once; a different second answer is
+     * FAILED_PRECONDITION; a payload that fails the request's JSON Schema is
+     * INVALID_ARGUMENT naming the field.
+     *
+     * @generated from protobuf rpc: SendInput
+     */
+    sendInput(input: SendInputRequest, options?: RpcOptions): UnaryCall<SendInputRequest, SendInputResponse> {
+        const method = this.methods[8], opt = this._transport.mergeOptions(options);
+        return stackIntercept<SendInputRequest, SendInputResponse>("unary", this._transport, method, opt, input);
     }
 }

@@ -5,6 +5,30 @@ import { ServiceType } from "@protobuf-ts/runtime-rpc";
 import { MessageType } from "@protobuf-ts/runtime";
 import { Timestamp } from "../../google/protobuf/timestamp";
 /**
+ * RunWait is what a WAITING run waits for.
+ *
+ * @generated from protobuf message longline.v1.RunWait
+ */
+export interface RunWait {
+    /**
+     * @generated from protobuf field: longline.v1.WaitKind kind = 1
+     */
+    kind: WaitKind;
+    /**
+     * The input's name (WAIT_KIND_INPUT).
+     *
+     * @generated from protobuf field: string input_name = 2
+     */
+    inputName: string;
+    /**
+     * When the run wakes by itself: the sleep's end, or the input's timeout.
+     * Unset when it waits for input with no timeout.
+     *
+     * @generated from protobuf field: google.protobuf.Timestamp wake_time = 3
+     */
+    wakeTime?: Timestamp;
+}
+/**
  * RunError says why a run failed.
  *
  * @generated from protobuf message longline.v1.RunError
@@ -97,6 +121,12 @@ export interface Run {
      * @generated from protobuf field: string input_json = 11
      */
     inputJson: string;
+    /**
+     * Set while the run is WAITING: what it waits for.
+     *
+     * @generated from protobuf field: longline.v1.RunWait wait = 12
+     */
+    wait?: RunWait;
 }
 /**
  * RunEvent is one entry of a run's append-only event stream.
@@ -436,6 +466,47 @@ export interface GetRunTraceRequest {
     runId: string;
 }
 /**
+ * SendInputRequest answers the run's request for input `name`.
+ *
+ * @generated from protobuf message longline.v1.SendInputRequest
+ */
+export interface SendInputRequest {
+    /**
+     * @generated from protobuf field: string run_id = 1
+     */
+    runId: string;
+    /**
+     * The name the workflow passed to ctx.wait_for_input.
+     *
+     * @generated from protobuf field: string name = 2
+     */
+    name: string;
+    /**
+     * A JSON text; empty means null.
+     *
+     * @generated from protobuf field: string payload_json = 3
+     */
+    payloadJson: string;
+}
+/**
+ * SendInputResponse holds the run after the input was kept or delivered.
+ *
+ * @generated from protobuf message longline.v1.SendInputResponse
+ */
+export interface SendInputResponse {
+    /**
+     * @generated from protobuf field: longline.v1.Run run = 1
+     */
+    run?: Run;
+    /**
+     * True when this very payload had been received already (a retried call):
+     * nothing changed.
+     *
+     * @generated from protobuf field: bool duplicate = 2
+     */
+    duplicate: boolean;
+}
+/**
  * TraceSpan is one node of a run's trace tree.
  *
  * @generated from protobuf message longline.v1.TraceSpan
@@ -587,7 +658,14 @@ export enum RunStatus {
     /**
      * @generated from protobuf enum value: RUN_STATUS_CANCELLED = 5;
      */
-    CANCELLED = 5
+    CANCELLED = 5,
+    /**
+     * Parked: a durable sleep, or waiting for input. It holds no worker; a
+     * timer, an input or a cancel moves it on.
+     *
+     * @generated from protobuf enum value: RUN_STATUS_WAITING = 6;
+     */
+    WAITING = 6
 }
 /**
  * EventType is the kind of one event in a run's stream.
@@ -638,7 +716,58 @@ export enum EventType {
     /**
      * @generated from protobuf enum value: EVENT_TYPE_RUN_CANCELLED = 10;
      */
-    RUN_CANCELLED = 10
+    RUN_CANCELLED = 10,
+    /**
+     * The run asks for input: data_json holds name, prompt, schema (a JSON
+     * Schema, or null) and timeout_seconds (or null).
+     *
+     * @generated from protobuf enum value: EVENT_TYPE_INPUT_REQUESTED = 11;
+     */
+    INPUT_REQUESTED = 11,
+    /**
+     * An input arrived: data_json holds name, payload and sender (the token's
+     * principal, or "" without auth).
+     *
+     * @generated from protobuf enum value: EVENT_TYPE_INPUT_RECEIVED = 12;
+     */
+    INPUT_RECEIVED = 12,
+    /**
+     * The run parked (RUN_STATUS_WAITING): data_json holds what it waits for
+     * (kind "sleep" or "input", name, wake_time when a timer is set).
+     *
+     * @generated from protobuf enum value: EVENT_TYPE_RUN_WAITING = 13;
+     */
+    RUN_WAITING = 13,
+    /**
+     * The workflow reported progress (ctx.progress): data_json holds done and
+     * total.
+     *
+     * @generated from protobuf enum value: EVENT_TYPE_PROGRESS = 14;
+     */
+    PROGRESS = 14
+}
+/**
+ * WaitKind says what a WAITING run waits for.
+ *
+ * @generated from protobuf enum longline.v1.WaitKind
+ */
+export enum WaitKind {
+    /**
+     * @generated from protobuf enum value: WAIT_KIND_UNSPECIFIED = 0;
+     */
+    UNSPECIFIED = 0,
+    /**
+     * A durable sleep (ctx.sleep, ctx.sleep_until).
+     *
+     * @generated from protobuf enum value: WAIT_KIND_SLEEP = 1;
+     */
+    SLEEP = 1,
+    /**
+     * Input from a person or a system (ctx.wait_for_input).
+     *
+     * @generated from protobuf enum value: WAIT_KIND_INPUT = 2;
+     */
+    INPUT = 2
 }
 /**
  * RunView says how much of each run ListRuns returns.
@@ -723,8 +852,29 @@ export enum TraceSpanStatus {
      *
      * @generated from protobuf enum value: TRACE_SPAN_STATUS_REPLAYED = 5;
      */
-    REPLAYED = 5
+    REPLAYED = 5,
+    /**
+     * An attempt that parked the run (a sleep, a wait for input); a later
+     * attempt goes on from its checkpoints.
+     *
+     * @generated from protobuf enum value: TRACE_SPAN_STATUS_PARKED = 6;
+     */
+    PARKED = 6
 }
+// @generated message type with reflection information, may provide speed optimized methods
+class RunWait$Type extends MessageType<RunWait> {
+    constructor() {
+        super("longline.v1.RunWait", [
+            { no: 1, name: "kind", kind: "enum", T: () => ["longline.v1.WaitKind", WaitKind, "WAIT_KIND_"] },
+            { no: 2, name: "input_name", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
+            { no: 3, name: "wake_time", kind: "message", T: () => Timestamp }
+        ]);
+    }
+}
+/**
+ * @generated MessageType for protobuf message longline.v1.RunWait
+ */
+export const RunWait = new RunWait$Type();
 // @generated message type with reflection information, may provide speed optimized methods
 class RunError$Type extends MessageType<RunError> {
     constructor() {
@@ -754,7 +904,8 @@ class Run$Type extends MessageType<Run> {
             { no: 8, name: "update_time", kind: "message", T: () => Timestamp },
             { no: 9, name: "last_event_id", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
             { no: 10, name: "labels", kind: "map", K: 9 /*ScalarType.STRING*/, V: { kind: "scalar", T: 9 /*ScalarType.STRING*/ } },
-            { no: 11, name: "input_json", kind: "scalar", T: 9 /*ScalarType.STRING*/ }
+            { no: 11, name: "input_json", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
+            { no: 12, name: "wait", kind: "message", T: () => RunWait }
         ]);
     }
 }
@@ -995,6 +1146,33 @@ class GetRunTraceRequest$Type extends MessageType<GetRunTraceRequest> {
  */
 export const GetRunTraceRequest = new GetRunTraceRequest$Type();
 // @generated message type with reflection information, may provide speed optimized methods
+class SendInputRequest$Type extends MessageType<SendInputRequest> {
+    constructor() {
+        super("longline.v1.SendInputRequest", [
+            { no: 1, name: "run_id", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
+            { no: 2, name: "name", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
+            { no: 3, name: "payload_json", kind: "scalar", T: 9 /*ScalarType.STRING*/ }
+        ]);
+    }
+}
+/**
+ * @generated MessageType for protobuf message longline.v1.SendInputRequest
+ */
+export const SendInputRequest = new SendInputRequest$Type();
+// @generated message type with reflection information, may provide speed optimized methods
+class SendInputResponse$Type extends MessageType<SendInputResponse> {
+    constructor() {
+        super("longline.v1.SendInputResponse", [
+            { no: 1, name: "run", kind: "message", T: () => Run },
+            { no: 2, name: "duplicate", kind: "scalar", T: 8 /*ScalarType.BOOL*/ }
+        ]);
+    }
+}
+/**
+ * @generated MessageType for protobuf message longline.v1.SendInputResponse
+ */
+export const SendInputResponse = new SendInputResponse$Type();
+// @generated message type with reflection information, may provide speed optimized methods
 class TraceSpan$Type extends MessageType<TraceSpan> {
     constructor() {
         super("longline.v1.TraceSpan", [
@@ -1049,5 +1227,6 @@ export const RunService = new ServiceType("longline.v1.RunService", [
     { name: "CancelRun", options: {}, I: CancelRunRequest, O: CancelRunResponse },
     { name: "StreamRun", serverStreaming: true, options: {}, I: StreamRunRequest, O: StreamRunResponse },
     { name: "ListWorkflows", options: {}, I: ListWorkflowsRequest, O: ListWorkflowsResponse },
-    { name: "GetRunTrace", options: {}, I: GetRunTraceRequest, O: GetRunTraceResponse }
+    { name: "GetRunTrace", options: {}, I: GetRunTraceRequest, O: GetRunTraceResponse },
+    { name: "SendInput", options: {}, I: SendInputRequest, O: SendInputResponse }
 ]);

@@ -1,0 +1,272 @@
+"""Runs that wait: durable sleeps and inputs, on a real control plane, worker and Redis."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+import longline
+from longline._store import Store, connect, keys
+from longline.v1 import runs_pb2
+from tests.conftest import eventually
+from tests.integration.conftest import Stack
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _events(handle: longline.RunHandle) -> list[longline.Event]:
+    return [e async for e in handle.events()]
+
+
+async def _status(handle: longline.RunHandle, status: str) -> longline.Run | None:
+    run = await handle.describe()
+    return run if run.status == status else None
+
+
+async def _steps(counters: aioredis.Redis, run_id: str) -> dict[str, str]:
+    return dict(await counters.hgetall(f"test:steps:{run_id}"))
+
+
+async def test_a_long_sleep_parks_the_run_frees_its_slot_and_resumes_once(
+    stack: Stack, counters: aioredis.Redis
+) -> None:
+    handle = await stack.client.start("sleeper", {"seconds": 2})
+    parked = await eventually(lambda: _status(handle, "WAITING"), what="the run to park")
+    assert parked.wait is not None and parked.wait.kind == "sleep"
+    assert parked.wait.wake_time is not None
+    # Parked: no task, no slot, no lease.
+    assert stack.worker.running == 0
+    result = await handle.result()
+    assert result == {"slept": 2, "attempt": 2}
+    events = await _events(handle)
+    types = [e.type for e in events]
+    waiting = [e for e in events if e.type == "RUN_WAITING"]
+    assert len(waiting) == 1 and waiting[0].data["kind"] == "sleep"
+    assert waiting[0].data["wake_ms"] > 0
+    resumed = types.index("RUN_QUEUED", 1)
+    assert events[resumed].attempt == 2 and "sleep is over" in events[resumed].message
+    assert "RUN_RETRYING" not in types  # parking is not a lost attempt
+    # Waking came after the timer: at least the sleep's length after parking.
+    assert (events[resumed].time - waiting[0].time).total_seconds() >= 1.9
+    progress = [e.data for e in events if e.type == "PROGRESS"]
+    assert progress[-1] == {"done": 2.0, "total": 2.0}
+    # The step before the sleep ran once; the replay took it from its checkpoint.
+    assert await _steps(counters, handle.run_id) == {"0": "1", "1": "1"}
+    trace = await handle.trace()
+    attempts = [s for s in trace.spans if s.kind == "ATTEMPT"]
+    assert [a.status for a in attempts] == ["PARKED", "OK"]
+    replayed = {s.step for s in trace.spans if s.status == "REPLAYED"}
+    assert {"count_step#1", "@sleep#1"} <= replayed
+
+
+async def test_a_short_sleep_stays_in_memory(stack: Stack, counters: aioredis.Redis) -> None:
+    handle = await stack.client.start("sleeper", {"seconds": 0.2})
+    assert await handle.result() == {"slept": 0.2, "attempt": 1}
+    types = [e.type for e in await _events(handle)]
+    assert "RUN_WAITING" not in types
+
+
+async def test_an_input_resumes_a_waiting_run_and_is_checked_against_its_schema(
+    stack: Stack, counters: aioredis.Redis
+) -> None:
+    handle = await stack.client.start("approval", {})
+    waiting = await eventually(lambda: _status(handle, "WAITING"), what="the run to ask")
+    assert waiting.wait is not None
+    assert (waiting.wait.kind, waiting.wait.input_name, waiting.wait.wake_time) == (
+        "input",
+        "approval",
+        None,
+    )
+    assert stack.worker.running == 0
+    requested = [e for e in await _stream_until(handle, "RUN_WAITING") if e.type.startswith("IN")]
+    assert requested[0].type == "INPUT_REQUESTED"
+    assert requested[0].data["prompt"] == "Approve the plan?"
+    assert requested[0].data["schema"]["required"] == ["approved"]
+
+    # Against the schema: refused, naming the field; nothing changes.
+    with pytest.raises(longline.InvalidArgument) as caught:
+        await handle.send_input("approval", {"approved": "yes"})
+    assert caught.value.reason == "INPUT_DOES_NOT_MATCH_SCHEMA"
+    assert "$.approved" in caught.value.details
+    with pytest.raises(longline.InvalidArgument) as caught:
+        await handle.send_input("approval", {"approved": True, "extra": 1})
+    assert "extra" in caught.value.details
+    assert (await handle.describe()).status == "WAITING"
+
+    run = await handle.send_input("approval", {"note": "ok", "approved": True})
+    assert run.status in ("QUEUED", "RUNNING", "SUCCEEDED")
+    assert await handle.result() == {"answer": {"approved": True, "note": "ok"}}
+    # The same payload again (keys in another order): accepted, nothing changes.
+    response = await stack.stub.SendInput(
+        runs_pb2.SendInputRequest(
+            run_id=handle.run_id, name="approval", payload_json='{"approved":true,"note":"ok"}'
+        )
+    )
+    assert response.duplicate and response.run.status == runs_pb2.RUN_STATUS_SUCCEEDED
+    # Another payload: refused.
+    with pytest.raises(longline.FailedPrecondition) as caught:
+        await handle.send_input("approval", {"approved": False})
+    assert caught.value.reason == "INPUT_ALREADY_RECEIVED"
+    received = [e for e in await _events(handle) if e.type == "INPUT_RECEIVED"]
+    assert len(received) == 1
+    assert received[0].data == {
+        "name": "approval",
+        "payload": {"approved": True, "note": "ok"},
+        "sender": "",
+    }
+    assert await _steps(counters, handle.run_id) == {"0": "1", "1": "1"}
+
+
+async def _stream_until(handle: longline.RunHandle, type: str) -> list[longline.Event]:
+    seen = []
+    async for event in handle.events():
+        seen.append(event)
+        if event.type == type:
+            break
+    return seen
+
+
+async def test_an_input_sent_before_the_run_asks_is_kept_for_it(
+    stack: Stack, counters: aioredis.Redis
+) -> None:
+    handle = await stack.client.start("approval", {"gate": True})
+    await eventually(
+        lambda: counters.hget(f"test:steps:{handle.run_id}", "5"), what="the run at the gate"
+    )
+    run = await handle.send_input("approval", {"approved": True})
+    assert run.status == "RUNNING"  # not asked yet: kept
+    await counters.set("test:gate", 1)
+    assert await handle.result() == {"answer": {"approved": True}}
+    types = [e.type for e in await _events(handle)]
+    # Taken at once when asked: the run never parked.
+    assert "RUN_WAITING" not in types
+    assert types.index("INPUT_RECEIVED") < types.index("INPUT_REQUESTED")
+
+
+async def test_an_early_input_that_fails_the_schema_is_dropped_and_the_run_waits(
+    stack: Stack, counters: aioredis.Redis
+) -> None:
+    handle = await stack.client.start("approval", {"gate": True})
+    await eventually(
+        lambda: counters.hget(f"test:steps:{handle.run_id}", "5"), what="the run at the gate"
+    )
+    await handle.send_input("approval", {"approved": "maybe"})  # nothing to check against yet
+    await counters.set("test:gate", 1)
+    await eventually(lambda: _status(handle, "WAITING"), what="the run to wait")
+    dropped = [e for e in await _stream_until(handle, "RUN_WAITING") if e.type == "STATUS"]
+    assert "does not match its schema" in dropped[-1].message
+    assert "$.approved" in dropped[-1].message
+    await handle.send_input("approval", {"approved": False})
+    assert await handle.result() == {"answer": {"approved": False}}
+
+
+async def test_an_input_timeout_raises_in_the_workflow_and_refuses_late_input(
+    stack: Stack,
+) -> None:
+    handle = await stack.client.start("approval", {"timeout": 1.5})
+    waiting = await eventually(lambda: _status(handle, "WAITING"), what="the run to ask")
+    assert waiting.wait is not None and waiting.wait.wake_time is not None
+    assert await handle.result() == {"timed_out": "approval"}
+    with pytest.raises(longline.FailedPrecondition) as caught:
+        await handle.send_input("approval", {"approved": True})
+    assert caught.value.reason == "INPUT_TIMED_OUT"
+
+
+async def test_cancelling_a_waiting_run_is_immediate_and_removes_its_timer(
+    stack: Stack, redis_url: str
+) -> None:
+    handle = await stack.client.start("sleeper", {"seconds": 600})
+    await eventually(lambda: _status(handle, "WAITING"), what="the run to park")
+    n = keys.partition_of(handle.run_id)
+    redis = connect(redis_url)
+    try:
+        assert await redis.zscore(keys.timers_key(n), handle.run_id) is not None
+        run = await handle.cancel("no longer needed")
+        assert run.status == "CANCELLED"
+        assert await redis.zscore(keys.timers_key(n), handle.run_id) is None
+        stats = await Store(redis).runs.stats()
+        assert stats.by_status.get("WAITING", 0) == 0
+        assert stats.by_status["CANCELLED"] >= 1
+    finally:
+        await redis.aclose()
+    with pytest.raises(longline.FailedPrecondition) as caught:
+        await handle.send_input("approval", 1)
+    assert caught.value.reason == "RUN_ALREADY_ENDED"
+    assert [e.type for e in await _events(handle)][-1] == "RUN_CANCELLED"
+
+
+async def test_waiting_runs_are_listed_by_status(stack: Stack) -> None:
+    waiting = await stack.client.start("approval", {})
+    done = await stack.client.start("echo", 1)
+    await done.result()
+    await eventually(lambda: _status(waiting, "WAITING"), what="the run to ask")
+    runs, _ = await stack.client.list_runs(status="WAITING")
+    assert [r.run_id for r in runs] == [waiting.run_id]
+    assert runs[0].wait is not None and runs[0].wait.input_name == "approval"
+    await waiting.cancel()
+
+
+@pytest.mark.parametrize(
+    ("run_id", "name", "payload", "code", "reason"),
+    [
+        ("", "approval", "true", grpc.StatusCode.INVALID_ARGUMENT, "RUN_ID_REQUIRED"),
+        ("RUN", "", "true", grpc.StatusCode.INVALID_ARGUMENT, "INPUT_NAME_REQUIRED"),
+        ("RUN", "no spaces", "true", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INPUT_NAME"),
+        ("RUN", "x" * 200, "true", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INPUT_NAME"),
+        ("RUN", "approval", "{not json", grpc.StatusCode.INVALID_ARGUMENT, "INPUT_NOT_JSON"),
+        ("RUN", "approval", "NaN", grpc.StatusCode.INVALID_ARGUMENT, "INPUT_NOT_JSON"),
+        ("RUN", "approval", "1" * 70_000, grpc.StatusCode.RESOURCE_EXHAUSTED, "INPUT_TOO_LARGE"),
+        ("0" * 32, "approval", "true", grpc.StatusCode.NOT_FOUND, "RUN_NOT_FOUND"),
+        ("no-such-run", "approval", "true", grpc.StatusCode.NOT_FOUND, "RUN_NOT_FOUND"),
+    ],
+)
+async def test_bad_input_gets_the_documented_status(
+    stack: Stack,
+    run_id: str,
+    name: str,
+    payload: str,
+    code: grpc.StatusCode,
+    reason: str,
+) -> None:
+    if run_id == "RUN":
+        run_id = (await stack.client.start("approval", {})).run_id
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.SendInput(
+            runs_pb2.SendInputRequest(run_id=run_id, name=name, payload_json=payload)
+        )
+    assert caught.value.code() == code
+    assert longline._errors.error_reason(caught.value) == reason
+    assert caught.value.details()
+
+
+async def test_inputs_nobody_asked_for_are_bounded(stack: Stack, redis_url: str) -> None:
+    handle = await stack.client.start("sleeper", {"seconds": 600})
+    await eventually(lambda: _status(handle, "WAITING"), what="the run to park")
+    redis = connect(redis_url)
+    try:
+        filler: dict[str, Any] = {f"v:n{i}": "1" for i in range(keys.MAX_WAIT_FIELDS)}
+        await redis.hset(keys.waits_key(handle.run_id), mapping=filler)
+    finally:
+        await redis.aclose()
+    with pytest.raises(longline.ResourceExhausted) as caught:
+        await handle.send_input("one-more", 1)
+    assert caught.value.reason == "TOO_MANY_INPUTS"
+    await handle.cancel()
+
+
+async def test_a_workflow_tested_alone_gets_its_inputs_from_run_local() -> None:
+    from longline.testing import run_local
+    from tests import flows
+
+    run = await run_local(flows.approval, {}, inputs={"approval": {"approved": True}})
+    assert run.error is None and run.result == {"answer": {"approved": True}}
+    assert run.requests[0].prompt == "Approve the plan?"
+    run = await run_local(flows.approval, {})
+    assert run.result == {"timed_out": "approval"}
+    assert json.loads(run.checkpoints["@input:approval"]) == {"timeout": True}
