@@ -29,6 +29,7 @@ from longline._embedded import EmbeddedRedis
 from longline._store import Store
 from tests.bench.b1 import BENCH_FLOWS, NO_LIMITS, stack, throughput
 from tests.bench.footprint import footprints
+from tests.bench.waits import parked
 from tests.cluster import RedisCluster
 from tests.conftest import ROOT
 from tests.procs import Proc, start_control_plane, start_worker
@@ -445,6 +446,55 @@ async def b6(redis_url: str, runs: int, blog_posts: int) -> list[Row]:
     return rows
 
 
+# -- B7 ------------------------------------------------------------------------------
+async def b7(redis_url: str, runs: int) -> list[Row]:
+    f = await parked(redis_url, runs)
+    once = f"{f['succeeded']} of {runs} succeeded; woken other than once: {f['not_once']}"
+    return [
+        Row(
+            "B7",
+            "longline",
+            f"wake-up delay p50, {runs} runs sleeping until one instant, 2 replicas",
+            f["wake_p50_ms"],
+            "ms",
+            note=once,
+        ),
+        Row(
+            "B7",
+            "longline",
+            "wake-up delay p99 (instant to RUN_QUEUED of the next attempt)",
+            f["wake_p99_ms"],
+            "ms",
+            note=f"max {f['wake_max_ms']:.0f} ms",
+        ),
+        Row(
+            "B7",
+            "longline",
+            "instant to RUN_STARTED of the next attempt, p99",
+            f["started_p99_ms"],
+            "ms",
+            note=f"p50 {f['started_p50_ms']:.0f} ms",
+        ),
+        Row(
+            "B7",
+            "longline",
+            "Redis bytes per parked run (its keys, and its timer)",
+            f["bytes_per_parked_run"],
+            "B",
+            "a few KB",
+            note=f"used_memory growth per run {f['used_memory_per_parked_run']:,.0f} B",
+        ),
+        Row(
+            "B7",
+            "longline",
+            f"worker RSS growth with {f['parked']} runs parked",
+            f["worker_rss_growth_mb"],
+            "MiB",
+            "none per parked run",
+        ),
+    ]
+
+
 # -- the table, the JSON and the chart -------------------------------------------------
 def _table(rows: list[Row]) -> str:
     width = max(len(f"{r.bench} {r.system}: {r.measure}") for r in rows)
@@ -510,7 +560,7 @@ def _chart(rows: list[Row], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
-    parser.add_argument("--only", default="B1,B2,B3,B4,B5,B6")
+    parser.add_argument("--only", default="B1,B2,B3,B4,B5,B6,B7")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument(
         "--no-cluster", action="store_true", help="leave out the Redis Cluster column (B1, B2)"
@@ -538,6 +588,9 @@ def main() -> None:
                 rows.extend(await b5(url, 20_000 if q else 100_000))
             if "B6" in only:
                 rows.extend(await b6(url, 200 if q else 1000, 10 if q else 50))
+        if "B7" in only:
+            with EmbeddedRedis() as redis:  # a Redis of its own: its memory is measured
+                rows.extend(await b7(redis.url, 1000 if q else 10_000))
         if only & {"B1", "B2"} and not args.no_cluster:
             # The cluster column: the same B1 and B2 on a local Redis Cluster of 3 masters
             # (64 partitions), beside the single-Redis figures.

@@ -732,8 +732,9 @@ export enum EventType {
      */
     INPUT_RECEIVED = 12,
     /**
-     * The run parked (RUN_STATUS_WAITING): data_json holds what it waits for
-     * (kind "sleep" or "input", name, wake_time when a timer is set).
+     * The run parked (RUN_STATUS_WAITING): data_json holds what it waits for:
+     * kind ("sleep" or "input"), name (the input's), step (the wait's step key)
+     * and wake_ms (Unix ms, when a timer is set).
      *
      * @generated from protobuf enum value: EVENT_TYPE_RUN_WAITING = 13;
      */
