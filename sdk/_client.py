@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -65,7 +65,9 @@ def _trace_metadata() -> list[tuple[str, str]]:
 
 
 def _time(ts: Timestamp) -> datetime | None:
-    return ts.ToDatetime().astimezone() if ts.seconds or ts.nanos else None
+    # An aware UTC instant, shown in the local zone: a naive ToDatetime() is UTC, and
+    # astimezone() would read it as local time.
+    return ts.ToDatetime(tzinfo=UTC).astimezone() if ts.seconds or ts.nanos else None
 
 
 _BUILD_METHODS = frozenset({"PromoteBuild", "ListBuilds"})

@@ -6,9 +6,11 @@ How it is put together, one concern per module:
     longline._plugins               entry points: how the SDK reaches the planes
     longline._devstack              the dev stack (`longline dev`, and tests)
     longline._cli._command          a command as data; the argparse parser made from it
-    longline._cli._client_commands  run, watch, runs, cancel, trace, workflows, builds
+    longline._cli._client_commands  run, watch, runs, input, cancel, trace, workflows, builds
     longline._cli._servers          dev, offline-model
     longline._cli._render           what a person sees: a run live, a trace, builds
+    longline._cli._panel            the live panel of `run` and `watch` on a terminal (rich)
+    longline._cli._form             asking a person for a run's input: a form from its schema
     longline._cli._runtime          the event loop and the signals
     longline._cli._docs             the configuration table of docs/configuration.md
     longline.control_plane._cli     control-plane, tokens   (registered entry points)

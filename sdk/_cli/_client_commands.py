@@ -9,15 +9,19 @@ LONGLINE_TOKEN (read by the client); every flag also reads its LONGLINE_* variab
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .._client import Client
+from .._client import Client, RunHandle
+from .._errors import FailedPrecondition, InvalidArgument
 from .._options import DEFAULT_ADDRESS, Option
-from .._types import RunStatus
+from .._types import Event, EventType, RunStatus
 from ._command import Command, CommandError
+from ._form import ask_input
 from ._render import LiveView, print_builds, print_trace
 from ._runtime import detachable
 
@@ -31,6 +35,13 @@ TLS_CA = Option(
 )
 CLIENT = (CONTROL_PLANE, TLS_CA)
 VERBOSE = Option("--verbose", "show component events", default=False, switch=True)
+NO_PROMPT = Option(
+    "--no-prompt",
+    "on a terminal too, print how to answer the run's input requests instead of asking",
+    default=False,
+    switch=True,
+)
+PLAIN = Option("--plain", "plain lines even on a terminal", default=False, switch=True)
 INPUT = Option("--input", "JSON input", default="null")
 RUN_ID = Option("run_id")
 WORKFLOW = Option("workflow")
@@ -43,6 +54,8 @@ class Session:
     args: argparse.Namespace
     view: LiveView
     run_id: str = ""  # set once known, for the "detached" note at Ctrl-C
+    # A person is at a terminal: the run's input requests are asked for there.
+    interactive: bool = False
 
     def client(self) -> Client:
         """A client of the control plane the flags name."""
@@ -60,14 +73,44 @@ class Session:
 
 
 async def follow(session: Session, run_id: str, after: str = "") -> int:
-    """Show the run's events until it ends; exit code 0 succeeded, 2 cancelled, 1 failed."""
+    """Show the run's events until it ends; exit code 0 succeeded, 2 cancelled, 1 failed.
+
+    On a terminal, a request for input the run still waits for is asked for there (a form
+    from its schema) and sent; elsewhere the view prints the `longline input` command."""
     session.run_id = run_id
     async with session.client() as client:
         handle = client.get_run(run_id)
         async for event in handle.events(after=after or None):
             session.view.show(event)
+            if event.type is EventType.INPUT_REQUESTED and session.interactive:
+                await _answer(session, handle, event)
         run = await handle.describe()
     return {RunStatus.SUCCEEDED: 0, RunStatus.CANCELLED: 2}.get(run.status, 1)
+
+
+async def _answer(session: Session, handle: RunHandle, event: Event) -> None:
+    """Ask the person for the input the event requests, if the run still waits for it (the
+    event may be history, answered long ago), and send it."""
+    request = event.data if isinstance(event.data, dict) else {}
+    name = str(request.get("name", ""))
+    run = await handle.describe()
+    if run.wait is None or run.wait.kind != "input" or run.wait.input_name != name:
+        return
+    while True:
+        with session.view.paused():
+            try:
+                payload = await asyncio.to_thread(ask_input, request)
+            except EOFError:
+                print(f"\nno answer; send it with: longline input {run.run_id} {name} --data ...")
+                return
+        try:
+            await handle.send_input(name, payload)
+            return
+        except InvalidArgument as exc:  # the schema the server holds said no
+            print(f"refused: {exc.details}")
+        except FailedPrecondition as exc:  # answered elsewhere, timed out, or ended
+            print(f"not sent: {exc.details}")
+            return
 
 
 async def start_and_follow(session: Session, workflow: str, text: str, key: str = "") -> int:
@@ -178,12 +221,35 @@ def _client(main: Callable[[Session], Awaitable[int]]) -> Callable[[argparse.Nam
     """A command running main(session) on a plain asyncio loop; Ctrl-C detaches at once."""
 
     def run(args: argparse.Namespace) -> int:
-        session = Session(args, LiveView(verbose=getattr(args, "verbose", False)))
+        verbose = getattr(args, "verbose", False)
+        # A live panel for a person at a terminal that can draw one; plain lines for a pipe,
+        # a file, TERM=dumb, --plain, and the commands that follow no run (no --plain).
+        view = LiveView(verbose=verbose)
+        if (
+            not getattr(args, "plain", True)
+            and sys.stdout.isatty()
+            and os.environ.get("TERM", "") != "dumb"
+        ):
+            from ._panel import PanelView  # rich is loaded only to draw a panel
+
+            view = PanelView(verbose=verbose, workflow=getattr(args, "workflow", "") or "")
+        session = Session(
+            args,
+            view,
+            interactive=sys.stdin.isatty() and not getattr(args, "no_prompt", False),
+        )
 
         async def go() -> int:
-            return await main(session)
+            try:
+                return await main(session)
+            finally:
+                session.view.close()
 
-        return detachable(go, session.detached)
+        def detach() -> None:
+            session.view.close()  # the cursor back and the panel's last state on the screen
+            session.detached()
+
+        return detachable(go, detach)
 
     return run
 
@@ -197,6 +263,8 @@ COMMANDS = (
             INPUT,
             Option("--idempotency-key", "a second run with this key returns the first", ""),
             VERBOSE,
+            NO_PROMPT,
+            PLAIN,
             *CLIENT,
         ),
         _client(_run),
@@ -204,7 +272,14 @@ COMMANDS = (
     Command(
         "watch",
         "follow a run live from where it is, or from --after",
-        (RUN_ID, Option("--after", "resume after this event id", ""), VERBOSE, *CLIENT),
+        (
+            RUN_ID,
+            Option("--after", "resume after this event id", ""),
+            VERBOSE,
+            NO_PROMPT,
+            PLAIN,
+            *CLIENT,
+        ),
         _client(_watch),
     ),
     Command(

@@ -6,8 +6,10 @@ change them on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from .._types import Event, EventType, RunTrace, TraceSpan, WorkflowBuilds
@@ -84,6 +86,19 @@ class LiveView:
         self.verbose = verbose
         self.last_event_id = ""
         self._mid_line = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hand the terminal to a prompt (the run's input request) for a while."""
+        if self._mid_line:
+            self.out.write("\n")
+            self._mid_line = False
+        self.out.flush()
+        yield
+
+    def close(self) -> None:
+        """Nothing to stop: every line is out as soon as it is shown (PanelView stops its
+        live display here)."""
 
     def _line(self, text: str) -> None:
         if self._mid_line:

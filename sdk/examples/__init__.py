@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .blog_post import blog_post
 from .onboard_site import onboard_site
+from .reviewed_post import reviewed_post
 
-__all__ = ["blog_post", "onboard_site"]
+__all__ = ["blog_post", "onboard_site", "reviewed_post"]

@@ -29,13 +29,14 @@ async def assemble(topic: str, intro: str, titles: list[str], bodies: list[str])
     return "\n\n".join(parts) + "\n"
 
 
-@longline.workflow(name="blog_post", description="Research, outline, write and assemble a post.")
-async def blog_post(ctx: longline.Context, input: Any) -> dict[str, Any]:
-    """Research, outline, write (in parallel) and assemble a post about input["topic"]."""
+def _topic(input: Any, workflow: str) -> tuple[str, int]:
     if not isinstance(input, dict) or not isinstance(input.get("topic"), str):
-        raise longline.NonRetryable('blog_post needs an input like {"topic": "tides"}')
-    topic = input["topic"]
-    n = max(1, min(int(input.get("sections", 4)), 12))
+        raise longline.NonRetryable(f'{workflow} needs an input like {{"topic": "tides"}}')
+    return input["topic"], max(1, min(int(input.get("sections", 4)), 12))
+
+
+async def research_and_outline(ctx: longline.Context, topic: str, n: int) -> list[str]:
+    """Research the topic and outline it: the titles of `n` sections."""
     provider = llm.providers()[0]
     where = "the offline model" if os.environ.get("LONGLINE_OFFLINE_MODEL") else provider.name
     await ctx.status(f"writing with {provider.model} at {where}")
@@ -47,8 +48,12 @@ async def blog_post(ctx: longline.Context, input: Any) -> dict[str, Any]:
         f'Outline a blog post about "{topic}" in {n} sections, one title per line.\n\n{notes}'
     )
     titles = [_title(line) for line in outline.splitlines() if line.strip()][:n]
-    titles += [f"{topic.title()}, part {i + 1}" for i in range(len(titles), n)]
+    return titles + [f"{topic.title()}, part {i + 1}" for i in range(len(titles), n)]
 
+
+async def write_post(ctx: longline.Context, topic: str, titles: list[str]) -> dict[str, Any]:
+    """Write the introduction and the sections (in parallel), and assemble the post."""
+    n = len(titles)
     await ctx.status("introduction")
     await ctx.output(f"# {topic.title()}\n\n")
     intro = await llm.complete(f'Write a short introduction to "{topic}".', stream=True)
@@ -63,9 +68,18 @@ async def blog_post(ctx: longline.Context, input: Any) -> dict[str, Any]:
         done += 1
         await ctx.output(f"\n## {title}\n\n{body.strip()}\n")
         await ctx.status(f"{done}/{n} sections written")
+        await ctx.progress(done, n)
         return body
 
     bodies = await asyncio.gather(*(write(t) for t in titles))
     await ctx.status("assembling")
     article = await assemble(topic, intro, titles, list(bodies))
     return {"topic": topic, "sections": titles, "words": len(article.split()), "article": article}
+
+
+@longline.workflow(name="blog_post", description="Research, outline, write and assemble a post.")
+async def blog_post(ctx: longline.Context, input: Any) -> dict[str, Any]:
+    """Research, outline, write (in parallel) and assemble a post about input["topic"]."""
+    topic, n = _topic(input, "blog_post")
+    titles = await research_and_outline(ctx, topic, n)
+    return await write_post(ctx, topic, titles)

@@ -98,3 +98,41 @@ async def test_waiting_runs_wake_once_across_a_replica_kill_and_a_redis_restart(
                 assert steps == {"0": "1", "1": "1"}
         finally:
             await counters.aclose()
+
+
+async def test_a_parked_run_wakes_on_its_pinned_build_and_moves_once_that_build_drained(
+    counters: aioredis.Redis, redis_url: str, procs: list[Proc]
+) -> None:
+    cp, target = await start_control_plane(redis_url, *LEASE)
+    procs.append(cp)
+    timing = ("--park-after", "0", "--drain-timeout", "2")
+    v1 = await start_worker(
+        redis_url, target, "--build-id", "v1", *timing, workflow="sleeper", name="v1"
+    )
+    procs.append(v1)
+    async with longline.Client(target) as client:
+        await client.promote_build("sleeper", "v1")
+        soon = await client.start("sleeper", {"seconds": 2})
+        later = await client.start("sleeper", {"seconds": 8})
+        for handle in (soon, later):
+            await eventually(lambda h=handle: _status(h, "WAITING"), what="the runs to park")
+        procs.append(
+            await start_worker(
+                redis_url, target, "--build-id", "v2", *timing, workflow="sleeper", name="v2"
+            )
+        )
+        await client.promote_build("sleeper", "v2")  # new runs go to v2; parked ones stay
+        assert await soon.result() == {"slept": 2, "attempt": 2}
+        assert v1.stop() == 0  # a drain with parked runs: nothing to wait for, nothing lost
+        assert await later.result() == {"slept": 8, "attempt": 2}
+        soon_events = await _all_events(soon)
+        later_events = await _all_events(later)
+    builds = [
+        [(e.attempt, e.data["build"]) for e in events if e.type is EventType.RUN_STARTED]
+        for events in (soon_events, later_events)
+    ]
+    assert builds[0] == [(1, "v1"), (2, "v1")]  # woke on its pinned build
+    assert builds[1] == [(1, "v1"), (2, "v2")]  # its build drained: moved by the policy
+    assert any("moved from build v1 to build v2" in e.message for e in later_events)
+    for handle in (soon, later):
+        assert await counters.hgetall(f"test:steps:{handle.run_id}") == {"0": "1", "1": "1"}
