@@ -59,8 +59,8 @@ class WorkerSettings:
     park_after: float = field(
         default=1.0,
         metadata=option(
-            "seconds: a wait (ctx.sleep, ctx.wait_for_input) longer than this parks the run "
-            "(WAITING) and frees its slot; a shorter sleep waits in memory",
+            "seconds: a ctx.sleep longer than this parks the run (WAITING) and frees its slot; "
+            "a shorter one waits in memory (a wait for input always parks)",
             dev=True,
         ),
     )

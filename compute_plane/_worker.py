@@ -148,49 +148,81 @@ class _RedisWaits:
     """How an attempt waits (the Context's `Waits`): durable sleeps and input requests in
     Redis. A wait longer than `park_after_ms` parks the run, and the attempt ends with Parked;
     a shorter sleep waits in memory, its end recorded so that a replay sleeps only what is
-    left."""
+    left, and its end checkpointed once it is over.
+
+    A wait that would park while component steps run beside it (asyncio.gather) first
+    records its start (the sleep's end, the input's request and timeout), then lets those
+    steps finish and checkpoint, then parks: they are not run again by the next attempt.
+    """
+
+    _NEVER = 2**62  # park_after_ms that never parks: record the wait, do not park yet
 
     def __init__(self, writer: RunWriter, sink: _RedisSink, park_after_ms: int) -> None:
         self._writer = writer
         self._sink = sink
         self._park_after_ms = park_after_ms
-        self.parked = False
+        self.context: Context | None = None
 
-    def _park(self) -> Parked:
-        self.parked = True
-        return Parked()
+    @property
+    def parked(self) -> bool:
+        """Whether a wait of this attempt parked the run."""
+        return self.context is not None and self.context.parked
+
+    def _beside(self) -> bool:
+        """Whether component steps run beside this wait now."""
+        return self.context is not None and self.context.others_running()
 
     async def sleep(self, step: str, *, delay_ms: int | None, until_ms: int | None) -> None:
+        assert self.context is not None
         await self._sink.flush()  # what the run said before it sleeps lands first
-        parked, left_ms = await self._writer.sleep(
-            step, delay_ms=delay_ms, until_ms=until_ms, park_after_ms=self._park_after_ms
-        )
+        if self._beside():
+            _, left_ms = await self._writer.sleep(
+                step, delay_ms=delay_ms, until_ms=until_ms, park_after_ms=self._NEVER
+            )
+            if left_ms > self._park_after_ms:
+                await self.context.others_done()
+        async with self.context.may_park() as said:
+            parked, left_ms = await self._writer.sleep(
+                step, delay_ms=delay_ms, until_ms=until_ms, park_after_ms=self._park_after_ms
+            )
+            said(parked)
         if parked:
-            raise self._park()
+            raise Parked()
         if left_ms > 0:
             await asyncio.sleep(left_ms / 1000)
+        # Over: checkpointed, so no later attempt asks Redis about this sleep again.
+        await self._writer.append([], (step, '{"slept":true}'))
 
     async def wait_for_input(self, step: str, request: InputRequest) -> Any:
+        assert self.context is not None
         await self._sink.flush()
         timeout_ms = None if request.timeout is None else round(request.timeout * 1000)
         take = refuse = why = ""
+        may_park = not self._beside()
         while True:
-            code, payload = await self._writer.request_input(
-                step,
-                request.name,
-                request.json,
-                timeout_ms,
-                request.schema is not None,
-                take=take,
-                refuse=refuse,
-                why=why,
-            )
+            async with self.context.may_park() as said:
+                code, payload = await self._writer.request_input(
+                    step,
+                    request.name,
+                    request.json,
+                    timeout_ms,
+                    request.schema is not None,
+                    take=take,
+                    refuse=refuse,
+                    why=why,
+                    park=may_park,
+                )
+                said(code == 1)
             if code == 0:
                 return json.loads(payload)
             if code == 1:
-                raise self._park()
+                raise Parked()
             if code == 3:
                 raise InputTimeout(request.name, request.timeout)
+            if code == 4:  # it would park: the steps beside it finish first
+                await self.context.others_done()
+                may_park = True
+                continue
             # Sent before the run asked: checked against the schema here, then taken or
             # dropped (its sender was told it was kept, not that it was valid).
             error = schema_error(payload, request.schema)
@@ -536,6 +568,7 @@ class Worker:
             self._services,
             waits,
         )
+        waits.context = ctx
         ctx.activate()  # this task's own copy of the context variables
         # The attempt is traced as a child of the run's span, whichever process made it.
         attempt_span = _tracer.start_span(
@@ -570,7 +603,13 @@ class Worker:
                     ),
                 ),
             )
-            result = await workflow(ctx, json.loads(a.input_json or "null"))
+            try:
+                result = await workflow(ctx, json.loads(a.input_json or "null"))
+            except BaseExceptionGroup as group:
+                # A TaskGroup in the workflow, one of whose tasks parked the run: parked.
+                if waits.parked and group.subgroup(Parked) is not None:
+                    raise Parked() from group
+                raise
             try:
                 result_json = json.dumps(result)
             except (TypeError, ValueError) as exc:

@@ -36,7 +36,7 @@ class LeaseMonitor:
     async def run(self) -> None:
         """The monitor loop; runs until cancelled."""
         longest_nap = max(0.05, min(1.0, self._lease_timeout / 4))
-        backoff = Backoff()
+        leases_backoff, timers_backoff = Backoff(), Backoff()
         while True:
             try:
                 if time.monotonic() >= self._judge_after:
@@ -45,22 +45,31 @@ class LeaseMonitor:
                         if self._on_expired is not None:
                             self._on_expired()
                         log.warning("run %s lost its worker: %s", expired.run_id, expired.outcome)
-                # Timers do not wait for the judging pause: a due timer is due whatever the
-                # workers did. A full batch means more are due: go on at once.
+                leases = await self._store.attempts.next_lease_expiry_ms()
+            except RedisError as exc:
+                self._judge_after = time.monotonic() + self._lease_timeout
+                await leases_backoff.wait(log, "lease monitor", exc)
+                continue
+            leases_backoff.reset()
+            # Timers apart: a failure here must not hold back judging leases. A due timer is
+            # due whatever the workers did; a full batch means more are due: go on at once.
+            timers = None
+            try:
                 while True:
                     woken = await self._store.waits.wake_due()
                     self.woken += len(woken)
                     if len(woken) < 500:
                         break
-                now_ms = await self._store.now_ms()
-                leases = await self._store.attempts.next_lease_expiry_ms()
                 timers = await self._store.waits.next_wake_ms()
-                due = min((t for t in (leases, timers) if t is not None), default=None)
+                timers_backoff.reset()
             except RedisError as exc:
-                self._judge_after = time.monotonic() + self._lease_timeout
-                await backoff.wait(log, "lease monitor", exc)
+                await timers_backoff.wait(log, "timers", exc)
+            try:
+                now_ms = await self._store.now_ms()
+            except RedisError as exc:
+                await leases_backoff.wait(log, "lease monitor", exc)
                 continue
-            backoff.reset()
+            due = min((t for t in (leases, timers) if t is not None), default=None)
             # Leases only ever move later, so the earliest one bounds the next expiry; new
             # leases start a whole lease timeout from now, later than the nap. A timer set
             # meanwhile is seen at the next round, within the longest nap.

@@ -57,6 +57,7 @@ _TRACE_MOST_BYTES = 8 * 1024 * 1024
 # A ListRuns page ends before its runs' fields pass this many bytes (at least one run), well
 # under the 4 MiB that gRPC clients accept in one message by default.
 _LIST_MOST_BYTES = 2 * 1024 * 1024
+_LATEST_TIMESTAMP_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z
 
 
 def _timestamp(ms: int) -> Timestamp:
@@ -97,7 +98,7 @@ def run_to_proto(r: RunRecord) -> runs_pb2.Run:
             else runs_pb2.WAIT_KIND_UNSPECIFIED
         )
         msg.wait.input_name = r.wait_name
-        if r.wake_ms:
+        if 0 < r.wake_ms < _LATEST_TIMESTAMP_MS:  # one past year 9999 is no Timestamp
             msg.wait.wake_time.FromMilliseconds(r.wake_ms)
     if r.error_type:
         msg.error.CopyFrom(

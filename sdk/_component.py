@@ -307,7 +307,12 @@ class Component(Generic[P, R]):
         span = _span_hex(otel_span) or _context.new_span_id()
         parent = _context.current_span.get() or ctx.span_id
         try:
-            return await self._run_step(ctx, step, span, parent, inputs, otel_span, args, kwargs)
+            # Counted as running until its result is checkpointed: a wait beside it in the
+            # same workflow parks the run only once it has (see Context.others_done).
+            async with ctx.running_step(step):
+                return await self._run_step(
+                    ctx, step, span, parent, inputs, otel_span, args, kwargs
+                )
         finally:
             otel_context.detach(otel_token)
             otel_span.end()

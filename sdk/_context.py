@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import json
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from ._errors import InputTimeout
 from ._events import EMITTABLE, EventBody
 from ._policies import Limit
-from ._waits import InputRequest, Waits
+from ._waits import MAX_WAIT_SECONDS, InputRequest, Parked, Waits
 
 __all__ = ["Context", "EventSink", "Services", "current", "new_span_id", "step_facts"]
 
@@ -57,6 +59,8 @@ class Services(Protocol):
         """Hold back every caller of these limits for `seconds` (a provider said so)."""
         ...
 
+
+_LATEST_MS = 221_845_392_000_000  # 9000-01-01: a wake time a protobuf Timestamp can carry
 
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
     "longline_context", default=None
@@ -113,6 +117,10 @@ class Context:
         self._waits = waits
         self._calls: dict[tuple[str, str], int] = {}
         self.parked = False  # a wait parked the run: this attempt is over
+        # While a wait's call that may park the run is on its way: whether it parked.
+        self._parking: asyncio.Future[bool] | None = None
+        self._running: dict[str, int] = {}  # step key -> calls of it running now
+        self._step_ended: asyncio.Event | None = None
 
     async def status(self, text: str) -> None:
         """Tell watchers what the run is doing now (a STATUS event)."""
@@ -146,6 +154,8 @@ class Context:
         seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
         if not isinstance(seconds, int | float) or not math.isfinite(seconds):
             raise ValueError(f"ctx.sleep takes seconds or a timedelta, not {duration!r}")
+        if seconds > MAX_WAIT_SECONDS:
+            raise ValueError(f"ctx.sleep takes at most {MAX_WAIT_SECONDS:.0f} seconds (100 years)")
         step = self.next_step("@sleep")
         if await self._replay(step) is not None:
             return
@@ -158,10 +168,13 @@ class Context:
                 "ctx.sleep_until takes a timezone-aware datetime, e.g. "
                 "datetime.now(UTC) + timedelta(hours=1)"
             )
+        until_ms = round(when.timestamp() * 1000)
+        if until_ms > _LATEST_MS:
+            raise ValueError("ctx.sleep_until takes a time before the year 9000")
         step = self.next_step("@sleep")
         if await self._replay(step) is not None:
             return
-        await self._waiter().sleep(step, delay_ms=None, until_ms=round(when.timestamp() * 1000))
+        await self._waiter().sleep(step, delay_ms=None, until_ms=until_ms)
 
     async def wait_for_input(
         self,
@@ -189,6 +202,58 @@ class Context:
                 raise InputTimeout(name, seconds)
             return done.get("payload")
         return await self._waiter().wait_for_input(step, request)
+
+    @contextlib.asynccontextmanager
+    async def running_step(self, step: str) -> AsyncIterator[None]:
+        """Count a component step as running (from before it starts until its result is
+        checkpointed). A step about to begin while a wait may be parking the run waits for
+        the answer, and ends with Parked if it did: it has not begun, so nothing it does is
+        lost or done twice."""
+        if self._parking is not None:
+            await asyncio.shield(self._parking)
+        if self.parked:
+            raise Parked()
+        self._running[step] = self._running.get(step, 0) + 1
+        try:
+            yield
+        finally:
+            self._running[step] -= 1
+            if not self._running[step]:
+                del self._running[step]
+            if self._step_ended is not None:
+                self._step_ended.set()
+
+    def others_running(self) -> bool:
+        """Whether component steps run beside the caller (not its own enclosing steps)."""
+        own = current_step.get()
+        return any(not (own == s or own.startswith(s + "/")) for s in self._running)
+
+    async def others_done(self) -> None:
+        """Wait until no component step runs beside the caller: a wait that parks the run
+        first lets the steps running beside it (asyncio.gather) finish and checkpoint, so
+        the next attempt does not run them again."""
+        while self.others_running():
+            self._step_ended = self._step_ended or asyncio.Event()
+            self._step_ended.clear()
+            await self._step_ended.wait()
+
+    @contextlib.asynccontextmanager
+    async def may_park(self) -> AsyncIterator[Callable[[bool], None]]:
+        """Around a wait's call that may park the run: steps about to begin wait for it.
+        Call the given function with whether the run parked."""
+        self._parking = asyncio.get_running_loop().create_future()
+        outcome = False
+
+        def said(parked: bool) -> None:
+            nonlocal outcome
+            outcome = parked
+
+        try:
+            yield said
+        finally:
+            self.parked = self.parked or outcome
+            self._parking.set_result(outcome)
+            self._parking = None
 
     async def _replay(self, step: str) -> dict[str, Any] | None:
         """A wait's checkpoint, decoded, when an earlier attempt finished it."""

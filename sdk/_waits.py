@@ -10,15 +10,18 @@ slot, and a timer, an input or a cancel moves the run on (see docs/workflows.md)
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jsonschema
 import jsonschema.exceptions
 import jsonschema.validators
+import re2
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -33,6 +36,7 @@ __all__ = [
 # Input names: what a URL path segment and a shell word take without quoting.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MAX_REQUEST_BYTES = 64 * 1024  # an input request (prompt and schema) as JSON, at most
+MAX_WAIT_SECONDS = 100 * 365 * 86400.0  # the longest sleep or input timeout
 
 
 class Parked(BaseException):
@@ -51,33 +55,185 @@ def check_input_name(name: str) -> str:
     return name
 
 
+MAX_DEPTH = 64  # how deeply a payload's arrays and objects may nest
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests (iteratively: a deep value must not exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level > MAX_DEPTH:
+                break
+            stack.extend(
+                (v, level + 1) for v in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
+
+
 def canonical_json(text: str) -> str:
     """A JSON text in one canonical form (sorted keys, no spaces), so that the same payload
     sent twice compares equal; ValueError for a text that is not JSON (NaN and Infinity are
-    not JSON)."""
+    not JSON, nor a number too large for a double, nor text that is not UTF-8), or that
+    nests deeper than MAX_DEPTH."""
 
     def refuse(constant: str) -> Any:
         raise ValueError(f"{constant} is not JSON")
 
     value = json.loads(text or "null", parse_constant=refuse)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if _depth(value) > MAX_DEPTH:
+        raise ValueError(f"it nests deeper than {MAX_DEPTH} levels")
+    try:
+        out = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+        out.encode()
+    except ValueError as exc:  # inf from 1e400; a lone surrogate (UnicodeEncodeError)
+        raise ValueError(f"it holds a value JSON cannot carry ({str(exc)[:100]})") from None
+    return out
+
+
+# Schemas are applied with RE2 for their regular expressions (linear time: a pattern cannot
+# make a payload take hours, as Python's backtracking `re` can) and a linear uniqueItems
+# (jsonschema's falls back to comparing every pair). The drafts accepted; others are refused.
+_DRAFTS = {
+    "http://json-schema.org/draft-06/schema",
+    "http://json-schema.org/draft-07/schema",
+    "https://json-schema.org/draft/2019-09/schema",
+    "https://json-schema.org/draft/2020-12/schema",
+}
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+@functools.lru_cache(maxsize=256)
+def _regex(pattern: str) -> Any:
+    return re2.compile(pattern, options=_RE2_OPTIONS)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not _regex(pattern).search(instance):
+        yield jsonschema.exceptions.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(validator: Any, patterns: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for k, v in instance.items():
+            if _regex(pattern).search(k):
+                yield from validator.descend(v, subschema, path=k, schema_path=pattern)
+
+
+def _additional_properties(validator: Any, ap: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    known = schema.get("properties", {})
+    patterns = [_regex(p) for p in schema.get("patternProperties", {})]
+    extras = [k for k in instance if k not in known and not any(p.search(k) for p in patterns)]
+    if validator.is_type(ap, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], ap, path=extra)
+    elif not ap and extras:
+        listed = ", ".join(repr(e) for e in sorted(extras)[:20])
+        yield jsonschema.exceptions.ValidationError(
+            f"Additional properties are not allowed ({listed} unexpected)"
+        )
+
+
+def _same(value: Any) -> str:
+    """A key equal for values JSON Schema calls equal (1 and 1.0; not 1 and true)."""
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [norm(x) for x in v]
+        return v
+
+    return json.dumps(norm(value), sort_keys=True)
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    if unique and validator.is_type(instance, "array"):
+        keys = [_same(item) for item in instance]
+        if len(set(keys)) != len(keys):
+            yield jsonschema.exceptions.ValidationError("the array has non-unique elements")
+
+
+_SAFE = {
+    "pattern": _pattern,
+    "patternProperties": _pattern_properties,
+    "additionalProperties": _additional_properties,
+    "uniqueItems": _unique_items,
+}
+
+
+@functools.lru_cache(maxsize=8)
+def _validator_class(base: Any) -> Any:
+    return jsonschema.validators.extend(base, _SAFE)  # type: ignore[no-untyped-call]
+
+
+def _walk(schema: Any) -> Iterator[dict[str, Any]]:
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            yield node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _checked_schema(schema: Any) -> Any:
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
+    """A validator for the schema; SchemaError (from jsonschema, or saying what longline
+    cannot apply safely) for one it refuses."""
+    if isinstance(schema, dict) and "$schema" in schema:
+        if str(schema["$schema"]).rstrip("#") not in _DRAFTS:
+            raise jsonschema.exceptions.SchemaError(
+                f"$schema {str(schema['$schema'])[:100]!r}: longline applies JSON Schema "
+                "drafts 6, 7, 2019-09 and 2020-12 (the default)"
+            )
+        base = jsonschema.validators.validator_for(schema)
+    else:
+        base = jsonschema.Draft202012Validator
+    base.check_schema(schema)
+    nodes = list(_walk(schema))
+    for node in nodes:
+        patterns = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        if isinstance(node.get("patternProperties"), dict):
+            patterns += [str(p) for p in node["patternProperties"]]
+        for pattern in patterns:
+            try:
+                _regex(pattern)
+            except re2.error as exc:
+                raise jsonschema.exceptions.SchemaError(
+                    f"pattern {pattern[:100]!r} is not RE2 syntax ({exc!s:.100}): longline "
+                    "applies patterns with RE2 (no lookaround, no backreferences)"
+                ) from None
+    if any("unevaluatedProperties" in n for n in nodes) and any(
+        "patternProperties" in n for n in nodes
+    ):
+        raise jsonschema.exceptions.SchemaError(
+            "unevaluatedProperties together with patternProperties is not supported: "
+            "use additionalProperties"
+        )
+    return _validator_class(base)(schema)
 
 
 def schema_error(payload_json: str, schema: Any) -> str | None:
     """Why the payload does not match the JSON Schema, naming the field ($.path), or None
-    when it matches."""
-    validator = _checked_schema(schema)
+    when it matches (a schema that cannot be applied matches nothing, and says why)."""
     try:
+        validator = _checked_schema(schema)
         error = jsonschema.exceptions.best_match(validator.iter_errors(json.loads(payload_json)))
-    except jsonschema.exceptions.ValidationError:
-        raise
-    except Exception as exc:  # a $ref the schema does not hold, a pattern Python cannot read
+    except jsonschema.exceptions.SchemaError as exc:
+        return f"$: the schema cannot be applied ({exc.message[:300]})"
+    except Exception as exc:  # a $ref the schema does not hold
         return f"$: the schema cannot be applied ({type(exc).__name__}: {str(exc)[:200]})"
     if error is None:
         return None
@@ -104,9 +260,20 @@ class InputRequest:
                     f"the schema of input {self.name!r} is not a valid JSON Schema: "
                     f"{exc.message[:300]}"
                 ) from None
-        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout >= 0):
-            raise ValueError(f"the timeout of input {self.name!r} must be a number of seconds")
-        if len(self.json.encode()) > MAX_REQUEST_BYTES:
+        if self.timeout is not None and not (
+            isinstance(self.timeout, int | float)
+            and math.isfinite(self.timeout)
+            and 0 <= self.timeout <= MAX_WAIT_SECONDS
+        ):
+            raise ValueError(
+                f"the timeout of input {self.name!r} must be 0 to {MAX_WAIT_SECONDS:.0f} "
+                "seconds (100 years)"
+            )
+        try:
+            text = self.json
+        except ValueError as exc:
+            raise ValueError(f"the request for input {self.name!r} is not JSON: {exc}") from None
+        if len(text.encode()) > MAX_REQUEST_BYTES:
             raise ValueError(
                 f"the request for input {self.name!r} (prompt and schema) is over "
                 f"{MAX_REQUEST_BYTES} bytes as JSON"
@@ -123,6 +290,7 @@ class InputRequest:
                 "timeout_seconds": self.timeout,
             },
             ensure_ascii=False,
+            allow_nan=False,
         )
 
 

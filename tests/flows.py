@@ -262,3 +262,15 @@ async def approval(ctx: longline.Context, input: Any) -> Any:
         return {"timed_out": exc.name}
     await count_step(ctx.run_id, 1)
     return {"answer": answer}
+
+
+@longline.workflow(description="A wait for input 'go' beside a counted step of `delay` s.")
+async def beside(ctx: longline.Context, input: Any) -> Any:
+    delay = float(input.get("delay", 1.0)) if isinstance(input, dict) else 1.0
+    if isinstance(input, dict) and input.get("task_group"):
+        async with asyncio.TaskGroup() as tasks:
+            step = tasks.create_task(chaos_step(ctx.run_id, 7, delay))
+            answer = tasks.create_task(ctx.wait_for_input("go"))
+        return {"step": step.result(), "answer": answer.result()}
+    done, answer = await asyncio.gather(chaos_step(ctx.run_id, 7, delay), ctx.wait_for_input("go"))
+    return {"step": done, "answer": answer}

@@ -445,9 +445,11 @@ class RunWriter:
         take: str = "",
         refuse: str = "",
         why: str = "",
+        park: bool = True,
     ) -> tuple[int, str]:
         """Ask for input `name` (the first call writes INPUT_REQUESTED), and park the run
-        until it comes unless it is here: REQUEST_INPUT's answer (code, payload)."""
+        until it comes unless it is here (or, without `park`, answer 4 where it would have
+        parked): REQUEST_INPUT's answer (code, payload)."""
 
         async def call(seq: int) -> Any:
             return await self._attempts._request_input(
@@ -463,6 +465,7 @@ class RunWriter:
                     refuse,
                     why,
                     "1" if has_schema else "0",
+                    "1" if park else "0",
                 ],
             )
 

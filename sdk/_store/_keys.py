@@ -128,12 +128,14 @@ def waits_key(run_id: str) -> str:
     name, "r:<name>" -> the request (prompt, schema, timeout) as JSON, "w:<name>" -> when it
     times out (ms, '' for never), "v:<name>" -> the payload received, "u:<name>" -> set while
     that payload came before the request (not checked against its schema yet), "x:<name>" ->
-    set once the request timed out. Expires with the run; SEND_INPUT refuses to grow it past
-    `MAX_WAIT_FIELDS` fields with inputs nobody asked for."""
+    set once the request timed out; "early" -> how many inputs are kept that the run has not
+    asked for yet. Expires with the run. Bounded by what the workflow waits for, and by
+    SEND_INPUT, which keeps at most `MAX_EARLY_INPUTS` inputs nobody asked for (each at most
+    the control plane's --max-input-bytes)."""
     return f"{_in(partition_of(run_id))}:waits:{run_id}"
 
 
-MAX_WAIT_FIELDS = 1000
+MAX_EARLY_INPUTS = 16
 
 
 def timers_key(n: int) -> str:

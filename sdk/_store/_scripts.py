@@ -531,13 +531,14 @@ return {1, fmt(left)}
 # KEYS: run, events, leases, timers, waits, steps. ARGV: holder, seq, name, step key, the
 # request (JSON: name, prompt, schema, timeout_seconds), timeout (ms; '' none), the payload
 # the worker checked and takes (''), the payload it refused ('') and why, '1' when the
-# request has a schema.
+# request has a schema, '1' to park ('0': answer {4} instead, having written the request).
 # The first call writes the request and INPUT_REQUESTED. Returns:
 #   {0, payload} the input is there (checkpointed under the step key): go on with it;
 #   {1} parked until it comes (or its timeout);
 #   {2, payload} it came before the request and has not been checked against the schema:
 #       check it, and call again with it as taken or refused;
 #   {3} the request timed out (checkpointed): raise InputTimeout;
+#   {4} it would park, and was asked not to;
 #   nil when the attempt does not hold the run.
 REQUEST_INPUT = (
     _PRELUDE
@@ -561,8 +562,10 @@ local value = redis.call('HGET', W, 'v:' .. name)
 if value and redis.call('HEXISTS', W, 'u:' .. name) == 1 then
   if ARGV[10] ~= '1' or ARGV[7] == value then
     redis.call('HDEL', W, 'u:' .. name)
+    redis.call('HINCRBY', W, 'early', -1)
   elseif ARGV[8] == value then
     redis.call('HDEL', W, 'u:' .. name, 'v:' .. name)
+    redis.call('HINCRBY', W, 'early', -1)
     local id = emit(KEYS[2], {'t', 'STATUS', 'a', attempt, 'm', ARGV[9]})
     redis.call('HSET', KEYS[1], 'last_event_id', id)
     value = nil
@@ -579,6 +582,7 @@ if wake ~= '' and tonumber(wake) <= now then
   redis.call('HSET', KEYS[6], step, '{"timeout":true}')
   return {3}
 end
+if ARGV[11] ~= '1' then return {4} end
 park(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], 'input', name, step, wake,
   'waiting for input ' .. name)
 return {1}
@@ -588,13 +592,14 @@ return {1}
 # KEYS: run, events, waits, steps, timers, queue (of the run's build, as the caller read it).
 # ARGV: name, payload (canonical JSON), '1' when the caller checked it against the request it
 # read ('0': it read none), the run's build as the caller read it, the partition's work
-# channel, INPUT_RECEIVED's data (JSON), the most fields the waits may hold with inputs
-# nobody asked for yet.
+# channel, INPUT_RECEIVED's data (JSON), the most inputs nobody asked for the run may hold.
 # Keeps the input, writes INPUT_RECEIVED, and when the run waits for it, checkpoints it and
-# requeues the run. Returns:
+# requeues the run. An input sent before the run asks is kept unchecked ("u:"), counted
+# ("early"), and replaced by a later one until the run asks. Returns:
 #   {1} kept (and delivered when the run waited for it); {2} the same payload came before;
 #   {-1} no such run; {0, status} the run ended; {3} another payload came before;
-#   {4} the request timed out; {5} the run's build is not the one read (read again);
+#   {4} the request timed out (its time passed: the run is woken if it waited for it);
+#   {5} the run's build is not the one read (read again);
 #   {6} the run asked since the caller read (check against the request, and call again);
 #   {7} too many inputs nobody asked for.
 SEND_INPUT = (
@@ -606,16 +611,36 @@ local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'wait_kind', 'wait_
 if not st[1] then return {-1} end
 local name, W = ARGV[1], KEYS[3]
 local value = redis.call('HGET', W, 'v:' .. name)
-if value then return {value == ARGV[2] and 2 or 3} end
+local unchecked = redis.call('HEXISTS', W, 'u:' .. name) == 1
+if value and value == ARGV[2] then return {2} end
+if value and not unchecked then return {3} end
 if redis.call('HEXISTS', W, 'x:' .. name) == 1 then return {4} end
 if st[1] ~= 'QUEUED' and st[1] ~= 'RUNNING' and st[1] ~= 'WAITING' then return {0, st[1]} end
 local asked = redis.call('HEXISTS', W, 'r:' .. name) == 1
 if asked and ARGV[3] ~= '1' then return {6} end
-if not asked and redis.call('HLEN', W) >= tonumber(ARGV[7]) then return {7} end
 local waking = st[1] == 'WAITING' and st[3] == 'input' and st[4] == name
 if waking and (st[6] or '') ~= ARGV[4] then return {5} end
+local due = redis.call('HGET', W, 'w:' .. name)
+if asked and due and due ~= '' and tonumber(due) <= now_ms() then
+  -- Its timeout passed and the monitor has not woken the run yet: too late, as after.
+  redis.call('HSET', W, 'x:' .. name, '1')
+  if waking then
+    redis.call('HSET', KEYS[4], st[5], '{"timeout":true}')
+    resume(KEYS[1], KEYS[2], KEYS[6], KEYS[5], ARGV[5], 'resumed: input ' .. name ..
+      ' timed out')
+  end
+  return {4}
+end
+if not value and not asked then
+  if tonumber(redis.call('HGET', W, 'early') or '0') >= tonumber(ARGV[7]) then return {7} end
+  redis.call('HINCRBY', W, 'early', 1)
+  redis.call('HSET', W, 'u:' .. name, '1')
+elseif value and asked then
+  -- A checked payload replaces one kept unchecked before the run asked.
+  redis.call('HDEL', W, 'u:' .. name)
+  redis.call('HINCRBY', W, 'early', -1)
+end
 redis.call('HSET', W, 'v:' .. name, ARGV[2])
-if not asked then redis.call('HSET', W, 'u:' .. name, '1') end
 local id = emit(KEYS[2], {'t', 'INPUT_RECEIVED', 'a', st[2], 'm', 'input ' .. name ..
   ' received', 'd', ARGV[6]})
 redis.call('HSET', KEYS[1], 'last_event_id', id)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from . import _keys as keys
 from . import _scripts
@@ -30,6 +32,8 @@ from ._errors import FailedPreconditionError, NotFoundError, TooLargeError
 from ._runs import Route, Runs
 
 __all__ = ["InputOutcome", "Waits"]
+
+log = logging.getLogger("longline.store")
 
 
 class _SendAnswer(enum.IntEnum):
@@ -79,9 +83,10 @@ class Waits:
         the request timed out) or TooLargeError (too many inputs nobody asked for).
         """
         n = keys.partition_of(run_id)
-        data = json.dumps(
-            {"name": name, "payload": json.loads(payload_json), "sender": sender},
-            ensure_ascii=False,
+        # The payload as it is (canonical already): not parsed again.
+        data = (
+            f'{{"name":{json.dumps(name)},"payload":{payload_json},'
+            f'"sender":{json.dumps(sender, ensure_ascii=False)}}}'
         )
         for _ in range(5):  # again when the run asked, or moved builds, meanwhile
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -110,7 +115,7 @@ class Waits:
                     route.build,
                     keys.work_channel(n),
                     data,
-                    keys.MAX_WAIT_FIELDS,
+                    keys.MAX_EARLY_INPUTS,
                 ],
             )
             answer = _SendAnswer(int(reply[0]))
@@ -163,13 +168,28 @@ class Waits:
                         [run_id, route.build, keys.work_channel(n)],
                     )
                 )
-            replies = await scripts_together(self._redis, calls)
+            replies = await scripts_together(self._redis, calls, raise_on_error=False)
             stale = []
+            refused = {}
             for run_id, outcome in zip(due, replies, strict=True):
-                if outcome == "stale":
+                if isinstance(outcome, ResponseError):
+                    refused[run_id] = outcome  # this run's record; the others go on
+                elif isinstance(outcome, Exception):
+                    raise outcome  # Redis itself: the caller backs off
+                elif outcome == "stale":
                     stale.append(run_id)
                 elif outcome == "woken":
                     woken.append(run_id)
+            if refused:
+                # A record the script cannot act on (written by another version, or broken
+                # by hand): said, and looked at again in a minute rather than every round.
+                for run_id, error in refused.items():
+                    log.error("could not wake run %s: %s; trying again in a minute", run_id, error)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for run_id in refused:
+                        n = keys.partition_of(run_id)
+                        pipe.zadd(keys.timers_key(n), {run_id: now + 60_000}, xx=True)
+                    await pipe.execute()
             due = stale
         return woken
 
@@ -201,7 +221,7 @@ def _refusal(answer: _SendAnswer, run_id: str, name: str, status: str) -> Except
             "INPUT_TIMED_OUT",
         )
     return TooLargeError(
-        f"run {run_id!r} holds {keys.MAX_WAIT_FIELDS} or more wait records with inputs it "
-        f"has not asked for: input {name!r} is refused until it asks",
+        f"run {run_id!r} already keeps {keys.MAX_EARLY_INPUTS} inputs it has not asked for: "
+        f"input {name!r} is refused until the run asks for it",
         "TOO_MANY_INPUTS",
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import grpc
 import pytest
@@ -221,6 +220,15 @@ async def test_waiting_runs_are_listed_by_status(stack: Stack) -> None:
         ("RUN", "x" * 200, "true", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INPUT_NAME"),
         ("RUN", "approval", "{not json", grpc.StatusCode.INVALID_ARGUMENT, "INPUT_NOT_JSON"),
         ("RUN", "approval", "NaN", grpc.StatusCode.INVALID_ARGUMENT, "INPUT_NOT_JSON"),
+        ("RUN", "approval", "1e400", grpc.StatusCode.INVALID_ARGUMENT, "INPUT_NOT_JSON"),
+        ("RUN", "approval", '"\\ud800"', grpc.StatusCode.INVALID_ARGUMENT, "INPUT_NOT_JSON"),
+        (
+            "RUN",
+            "approval",
+            "[" * 200 + "]" * 200,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INPUT_NOT_JSON",
+        ),
         ("RUN", "approval", "1" * 70_000, grpc.StatusCode.RESOURCE_EXHAUSTED, "INPUT_TOO_LARGE"),
         ("0" * 32, "approval", "true", grpc.StatusCode.NOT_FOUND, "RUN_NOT_FOUND"),
         ("no-such-run", "approval", "true", grpc.StatusCode.NOT_FOUND, "RUN_NOT_FOUND"),
@@ -245,19 +253,53 @@ async def test_bad_input_gets_the_documented_status(
     assert caught.value.details()
 
 
-async def test_inputs_nobody_asked_for_are_bounded(stack: Stack, redis_url: str) -> None:
+async def test_inputs_nobody_asked_for_are_bounded_in_number(stack: Stack) -> None:
     handle = await stack.client.start("sleeper", {"seconds": 600})
     await eventually(lambda: _status(handle, "WAITING"), what="the run to park")
-    redis = connect(redis_url)
-    try:
-        filler: dict[str, Any] = {f"v:n{i}": "1" for i in range(keys.MAX_WAIT_FIELDS)}
-        await redis.hset(keys.waits_key(handle.run_id), mapping=filler)
-    finally:
-        await redis.aclose()
+    for i in range(keys.MAX_EARLY_INPUTS):
+        await handle.send_input(f"n{i}", {"big": "x" * 1000})
     with pytest.raises(longline.ResourceExhausted) as caught:
         await handle.send_input("one-more", 1)
     assert caught.value.reason == "TOO_MANY_INPUTS"
+    # Replacing one kept input is not one more.
+    await handle.send_input("n0", {"big": "y"})
     await handle.cancel()
+
+
+async def test_a_later_input_replaces_one_kept_unchecked_before_the_run_asked(
+    stack: Stack, counters: aioredis.Redis
+) -> None:
+    handle = await stack.client.start("approval", {"gate": True})
+    await eventually(
+        lambda: counters.hget(f"test:steps:{handle.run_id}", "5"), what="the run at the gate"
+    )
+    await handle.send_input("approval", {"approved": "not a boolean"})
+    await handle.send_input("approval", {"approved": True, "note": "second thoughts"})
+    await counters.set("test:gate", 1)
+    assert await handle.result() == {"answer": {"approved": True, "note": "second thoughts"}}
+
+
+@pytest.mark.parametrize("task_group", [False, True])
+async def test_a_wait_beside_a_running_step_parks_once_that_step_is_checkpointed(
+    stack: Stack, counters: aioredis.Redis, task_group: bool
+) -> None:
+    handle = await stack.client.start("beside", {"delay": 1.0, "task_group": task_group})
+    await eventually(lambda: _requested(handle), what="the request, before the step ends")
+    assert (await handle.describe()).status == "RUNNING"  # the step beside it still runs
+    await eventually(lambda: _status(handle, "WAITING"), what="the run to park")
+    await handle.send_input("go", "now")
+    assert await handle.result() == {"step": 7, "answer": "now"}
+    # The step beside the wait ran once: it finished and was checkpointed before parking.
+    assert await _steps(counters, handle.run_id) == {"7": "1"}
+
+
+async def _requested(handle: longline.RunHandle) -> bool:
+    async for event in handle.events():
+        if event.type == "INPUT_REQUESTED":
+            return True
+        if event.type in ("RUN_WAITING", "RUN_SUCCEEDED"):
+            return False
+    return False
 
 
 async def test_a_workflow_tested_alone_gets_its_inputs_from_run_local() -> None:
@@ -270,3 +312,59 @@ async def test_a_workflow_tested_alone_gets_its_inputs_from_run_local() -> None:
     run = await run_local(flows.approval, {})
     assert run.result == {"timed_out": "approval"}
     assert json.loads(run.checkpoints["@input:approval"]) == {"timeout": True}
+
+
+async def _parked_for_input(store: Store, name: str, timeout_ms: int | None) -> str:
+    """A run of `flow` claimed by w1 and parked on input `name` (no control plane)."""
+    from longline._store import ClaimRequest, RunWriter
+
+    await store.presence.announce("w1", [("flow", "")], 60_000)
+    run_id = store.runs.new_run_id()
+    await store.runs.create(run_id, "flow", "null", {})
+    assert await store.attempts.claim(ClaimRequest(run_id, 1, "w1", "cp", 60_000, 3))
+    writer = RunWriter(store, run_id, 1, "w1")
+    await writer.open()
+    code, _ = await writer.request_input(f"@input:{name}", name, "{}", timeout_ms, False)
+    assert code == 1
+    return run_id
+
+
+async def test_an_input_after_its_timeout_is_refused_before_the_monitor_wakes_the_run(
+    redis_url: str,
+) -> None:
+    store = Store(connect(redis_url))
+    try:
+        await store.check_partitions()
+        run_id = await _parked_for_input(store, "late", timeout_ms=1)
+        await eventually(lambda: _due(store), what="the timeout to pass")
+        with pytest.raises(Exception) as caught:  # no monitor runs: only SEND_INPUT can tell
+            await store.waits.send_input(run_id, "late", "1", "", lambda _: None)
+        assert getattr(caught.value, "reason", "") == "INPUT_TIMED_OUT"
+        record = await store.runs.get(run_id)
+        assert (record.status, record.attempt) == ("QUEUED", 2)  # woken, as by its timer
+        steps = await store.redis.hgetall(keys.steps_key(run_id))
+        assert json.loads(steps["@input:late"]) == {"timeout": True}
+    finally:
+        await store.aclose()
+
+
+async def _due(store: Store) -> bool:
+    return (await store.waits.next_wake_ms() or 0) <= await store.now_ms()
+
+
+async def test_a_record_the_wake_script_refuses_is_put_off_and_the_others_wake(
+    redis_url: str,
+) -> None:
+    store = Store(connect(redis_url))
+    try:
+        await store.check_partitions()
+        broken = await _parked_for_input(store, "a", timeout_ms=1)
+        good = await _parked_for_input(store, "b", timeout_ms=1)
+        await store.redis.hset(keys.run_key(broken), "wake_ms", "not a number")
+        await eventually(lambda: _due(store), what="the timeouts to pass")
+        assert await store.waits.wake_due() == [good]
+        n = keys.partition_of(broken)
+        later = await store.redis.zscore(keys.timers_key(n), broken)
+        assert later is not None and later > await store.now_ms() + 50_000
+    finally:
+        await store.aclose()

@@ -17,7 +17,7 @@ _NOT_KEYS = {
     "MAX_PARTITIONS",
     "DEFAULT_PARTITIONS",
     "LAYOUT",
-    "MAX_WAIT_FIELDS",
+    "MAX_EARLY_INPUTS",
     "slot",
     "tag",
     "partition_numbers",
