@@ -39,6 +39,7 @@ def workflow_builds_to_proto(w: WorkflowBuilds) -> builds_pb2.WorkflowBuilds:
                 running_runs=b.running,
                 unserved_runs=b.unserved,
                 current=b.current,
+                waiting_runs=b.waiting,
             )
             for b in w.builds
         ],

@@ -87,6 +87,7 @@ def _builds_from_proto(msg: builds_pb2.WorkflowBuilds) -> WorkflowBuilds:
                 running_runs=b.running_runs,
                 unserved_runs=b.unserved_runs,
                 current=b.current,
+                waiting_runs=b.waiting_runs,
             )
             for b in msg.builds
         ],

@@ -151,6 +151,7 @@ class BuildInfo:
     running_runs: int
     unserved_runs: int  # queued runs no live worker will take as things stand
     current: bool
+    waiting_runs: int = 0  # parked runs pinned to it: they wake into its queue
 
 
 @dataclass(frozen=True)

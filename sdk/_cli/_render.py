@@ -167,13 +167,16 @@ def print_builds(workflows: list[WorkflowBuilds], out: TextIO = sys.stdout) -> N
     for w in workflows:
         current = w.current_build_id or "none (any worker takes new runs)"
         print(f"{w.workflow}  current build: {current}  policy: {w.policy}", file=out)
-        header = f"{'BUILD':<24} {'WORKERS':>7} {'QUEUED':>7} {'RUNNING':>7} {'UNSERVED':>8}"
+        header = (
+            f"{'BUILD':<24} {'WORKERS':>7} {'QUEUED':>7} {'RUNNING':>7} {'WAITING':>7} "
+            f"{'UNSERVED':>8}"
+        )
         print("  " + header, file=out)
         for b in w.builds:
             name = (b.build_id or "(not started)") + (" *" if b.current else "")
             print(
                 f"  {name:<24} {b.workers:>7} {b.queued_runs:>7} {b.running_runs:>7} "
-                f"{b.unserved_runs:>8}",
+                f"{b.waiting_runs:>7} {b.unserved_runs:>8}",
                 file=out,
             )
         if w.unserved_runs:

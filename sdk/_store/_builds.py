@@ -135,7 +135,7 @@ async def load_view(redis: aioredis.Redis, workflows: list[str]) -> BuildView:
 async def build_counts(
     redis: aioredis.Redis, partitions: tuple[int, ...]
 ) -> dict[tuple[str, str, str], int]:
-    """(workflow, build, QUEUED|RUNNING) -> runs, summed over the partitions."""
+    """(workflow, build, QUEUED|RUNNING|WAITING) -> runs, summed over the partitions."""
     async with redis.pipeline(transaction=False) as pipe:
         for n in partitions:
             pipe.hgetall(keys.stats_keys(n)[1])
@@ -240,6 +240,7 @@ class BuildStats:
     running: int
     unserved: int
     current: bool
+    waiting: int = 0  # parked runs pinned to it: they wake into its queue
 
 
 @dataclass(frozen=True)
@@ -333,7 +334,8 @@ class Builds:
             for build in sorted(builds):
                 queued = counts.get((name, build, "QUEUED"), 0)
                 running = counts.get((name, build, "RUNNING"), 0)
-                if not (queued or running or workers.get(build) or build == current):
+                waiting = counts.get((name, build, "WAITING"), 0)
+                if not (queued or running or waiting or workers.get(build) or build == current):
                     continue  # a build of the past: nothing left of it
                 statuses.append(
                     BuildStats(
@@ -341,6 +343,7 @@ class Builds:
                         workers=workers.get(build, 0),
                         queued=queued,
                         running=running,
+                        waiting=waiting,
                         unserved=0 if view.served(name, build) else queued,
                         current=build == current,
                     )

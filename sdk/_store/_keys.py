@@ -164,7 +164,7 @@ def stats_keys(n: int) -> tuple[str, str, str, str]:
     summed over the partitions):
 
     - tenants, hash: tenant -> its QUEUED runs (0: field removed);
-    - builds, hash: "workflow\\tbuild\\tQUEUED|RUNNING" -> runs (0: field removed);
+    - builds, hash: "workflow\\tbuild\\tQUEUED|RUNNING|WAITING" -> runs (0: field removed);
     - status, hash: status -> runs that entered it (QUEUED/RUNNING: in it now; terminal
       ones: ever, the runs expire but the count stays). One field per status;
     - queued, hash: workflow -> runs queued now (0: field removed).

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18longline/v1/builds.proto\x12\x0blongline.v1\"t\n\x13PromoteBuildRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x10\n\x08\x62uild_id\x18\x02 \x01(\t\x12*\n\x06policy\x18\x03 \x01(\x0e\x32\x1a.longline.v1.RunMovePolicy\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"`\n\x14PromoteBuildResponse\x12-\n\x08workflow\x18\x01 \x01(\x0b\x32\x1b.longline.v1.WorkflowBuilds\x12\x19\n\x11previous_build_id\x18\x02 \x01(\t\"%\n\x11ListBuildsRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\"D\n\x12ListBuildsResponse\x12.\n\tworkflows\x18\x01 \x03(\x0b\x32\x1b.longline.v1.WorkflowBuilds\"\xa9\x01\n\x0eWorkflowBuilds\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x18\n\x10\x63urrent_build_id\x18\x02 \x01(\t\x12*\n\x06policy\x18\x03 \x01(\x0e\x32\x1a.longline.v1.RunMovePolicy\x12(\n\x06\x62uilds\x18\x04 \x03(\x0b\x32\x18.longline.v1.BuildStatus\x12\x15\n\runserved_runs\x18\x05 \x01(\x05\"\x83\x01\n\x0b\x42uildStatus\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07workers\x18\x02 \x01(\x05\x12\x13\n\x0bqueued_runs\x18\x03 \x01(\x05\x12\x14\n\x0crunning_runs\x18\x04 \x01(\x05\x12\x15\n\runserved_runs\x18\x05 \x01(\x05\x12\x0f\n\x07\x63urrent\x18\x06 \x01(\x08*n\n\rRunMovePolicy\x12\x1f\n\x1bRUN_MOVE_POLICY_UNSPECIFIED\x10\x00\x12!\n\x1dRUN_MOVE_POLICY_WHEN_UNSERVED\x10\x01\x12\x19\n\x15RUN_MOVE_POLICY_NEVER\x10\x02\x32\xb2\x01\n\x0c\x42uildService\x12S\n\x0cPromoteBuild\x12 .longline.v1.PromoteBuildRequest\x1a!.longline.v1.PromoteBuildResponse\x12M\n\nListBuilds\x12\x1e.longline.v1.ListBuildsRequest\x1a\x1f.longline.v1.ListBuildsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18longline/v1/builds.proto\x12\x0blongline.v1\"t\n\x13PromoteBuildRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x10\n\x08\x62uild_id\x18\x02 \x01(\t\x12*\n\x06policy\x18\x03 \x01(\x0e\x32\x1a.longline.v1.RunMovePolicy\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"`\n\x14PromoteBuildResponse\x12-\n\x08workflow\x18\x01 \x01(\x0b\x32\x1b.longline.v1.WorkflowBuilds\x12\x19\n\x11previous_build_id\x18\x02 \x01(\t\"%\n\x11ListBuildsRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\"D\n\x12ListBuildsResponse\x12.\n\tworkflows\x18\x01 \x03(\x0b\x32\x1b.longline.v1.WorkflowBuilds\"\xa9\x01\n\x0eWorkflowBuilds\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x18\n\x10\x63urrent_build_id\x18\x02 \x01(\t\x12*\n\x06policy\x18\x03 \x01(\x0e\x32\x1a.longline.v1.RunMovePolicy\x12(\n\x06\x62uilds\x18\x04 \x03(\x0b\x32\x18.longline.v1.BuildStatus\x12\x15\n\runserved_runs\x18\x05 \x01(\x05\"\x99\x01\n\x0b\x42uildStatus\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07workers\x18\x02 \x01(\x05\x12\x13\n\x0bqueued_runs\x18\x03 \x01(\x05\x12\x14\n\x0crunning_runs\x18\x04 \x01(\x05\x12\x15\n\runserved_runs\x18\x05 \x01(\x05\x12\x0f\n\x07\x63urrent\x18\x06 \x01(\x08\x12\x14\n\x0cwaiting_runs\x18\x07 \x01(\x05*n\n\rRunMovePolicy\x12\x1f\n\x1bRUN_MOVE_POLICY_UNSPECIFIED\x10\x00\x12!\n\x1dRUN_MOVE_POLICY_WHEN_UNSERVED\x10\x01\x12\x19\n\x15RUN_MOVE_POLICY_NEVER\x10\x02\x32\xb2\x01\n\x0c\x42uildService\x12S\n\x0cPromoteBuild\x12 .longline.v1.PromoteBuildRequest\x1a!.longline.v1.PromoteBuildResponse\x12M\n\nListBuilds\x12\x1e.longline.v1.ListBuildsRequest\x1a\x1f.longline.v1.ListBuildsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'longline.v1.builds_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNMOVEPOLICY']._serialized_start=672
-  _globals['_RUNMOVEPOLICY']._serialized_end=782
+  _globals['_RUNMOVEPOLICY']._serialized_start=694
+  _globals['_RUNMOVEPOLICY']._serialized_end=804
   _globals['_PROMOTEBUILDREQUEST']._serialized_start=41
   _globals['_PROMOTEBUILDREQUEST']._serialized_end=157
   _globals['_PROMOTEBUILDRESPONSE']._serialized_start=159
@@ -45,7 +45,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKFLOWBUILDS']._serialized_start=367
   _globals['_WORKFLOWBUILDS']._serialized_end=536
   _globals['_BUILDSTATUS']._serialized_start=539
-  _globals['_BUILDSTATUS']._serialized_end=670
-  _globals['_BUILDSERVICE']._serialized_start=785
-  _globals['_BUILDSERVICE']._serialized_end=963
+  _globals['_BUILDSTATUS']._serialized_end=692
+  _globals['_BUILDSERVICE']._serialized_start=807
+  _globals['_BUILDSERVICE']._serialized_end=985
 # @@protoc_insertion_point(module_scope)

@@ -64,17 +64,19 @@ class WorkflowBuilds(_message.Message):
     def __init__(self, workflow: _Optional[str] = ..., current_build_id: _Optional[str] = ..., policy: _Optional[_Union[RunMovePolicy, str]] = ..., builds: _Optional[_Iterable[_Union[BuildStatus, _Mapping]]] = ..., unserved_runs: _Optional[int] = ...) -> None: ...
 
 class BuildStatus(_message.Message):
-    __slots__ = ("build_id", "workers", "queued_runs", "running_runs", "unserved_runs", "current")
+    __slots__ = ("build_id", "workers", "queued_runs", "running_runs", "unserved_runs", "current", "waiting_runs")
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_RUNS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_RUNS_FIELD_NUMBER: _ClassVar[int]
     UNSERVED_RUNS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
+    WAITING_RUNS_FIELD_NUMBER: _ClassVar[int]
     build_id: str
     workers: int
     queued_runs: int
     running_runs: int
     unserved_runs: int
     current: bool
-    def __init__(self, build_id: _Optional[str] = ..., workers: _Optional[int] = ..., queued_runs: _Optional[int] = ..., running_runs: _Optional[int] = ..., unserved_runs: _Optional[int] = ..., current: _Optional[bool] = ...) -> None: ...
+    waiting_runs: int
+    def __init__(self, build_id: _Optional[str] = ..., workers: _Optional[int] = ..., queued_runs: _Optional[int] = ..., running_runs: _Optional[int] = ..., unserved_runs: _Optional[int] = ..., current: _Optional[bool] = ..., waiting_runs: _Optional[int] = ...) -> None: ...

@@ -116,6 +116,10 @@ async def test_a_parked_run_wakes_on_its_pinned_build_and_moves_once_that_build_
         later = await client.start("sleeper", {"seconds": 8})
         for handle in (soon, later):
             await eventually(lambda h=handle: _status(h, "WAITING"), what="the runs to park")
+        (listed,) = await client.list_builds("sleeper")
+        assert [(b.build_id, b.waiting_runs, b.running_runs) for b in listed.builds] == [
+            ("v1", 2, 0)
+        ]
         procs.append(
             await start_worker(
                 redis_url, target, "--build-id", "v2", *timing, workflow="sleeper", name="v2"
