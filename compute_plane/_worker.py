@@ -225,7 +225,7 @@ class _RedisWaits:
                 continue
             # Sent before the run asked: checked against the schema here, then taken or
             # dropped (its sender was told it was kept, not that it was valid).
-            error = schema_error(payload, request.schema)
+            error = await asyncio.to_thread(schema_error, payload, request.schema)
             take, refuse, why = (payload, "", "") if error is None else ("", payload, "")
             if error is not None:
                 why = (
@@ -650,6 +650,14 @@ class Worker:
             log.error("run %s attempt %d lost Redis: %s", a.run_id, a.attempt, exc)
             self._to_release[a.run_id, a.attempt] = a.workflow
         except Exception as exc:
+            if waits.parked:  # a step beside a wait failed after the wait parked the run
+                log.info(
+                    "run %s attempt %d parked; %s beside the wait fails again when it resumes",
+                    a.run_id,
+                    a.attempt,
+                    type(exc).__name__,
+                )
+                return
             attempt_span.record_exception(exc)
             attempt_span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}"))
             await self._fail(writer, sink, ctx, exc)

@@ -417,14 +417,15 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         caller = current()
         await self._store.runs.get(run_id, caller.tenant)  # another tenant's run is not found
 
-        def check(request_json: str) -> None:
+        async def check(request_json: str) -> None:
             try:
                 schema = json.loads(request_json).get("schema")
             except (ValueError, AttributeError):
                 return  # a request this version cannot read: nothing to check against
             if schema is None:
                 return
-            error = schema_error(payload, schema)
+            # In a thread: bounded (see longline._waits), but not free on a large payload.
+            error = await asyncio.to_thread(schema_error, payload, schema)
             if error is not None:
                 raise InvalidArgumentError(
                     f"the payload for input {name!r} does not match the schema the run asked "

@@ -73,6 +73,11 @@ step_facts: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextV
 )
 # The step key of the innermost component call: nested steps are numbered within it.
 current_step: contextvars.ContextVar[str] = contextvars.ContextVar("longline_step", default="")
+# The step keys of the component calls the code runs in, outermost first (keys may hold '/',
+# so the chain is kept, not parsed out of the innermost key).
+step_chain: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "longline_step_chain", default=()
+)
 
 
 def new_span_id() -> str:
@@ -119,8 +124,10 @@ class Context:
         self.parked = False  # a wait parked the run: this attempt is over
         # While a wait's call that may park the run is on its way: whether it parked.
         self._parking: asyncio.Future[bool] | None = None
+        self._park_lock = asyncio.Lock()
         self._running: dict[str, int] = {}  # step key -> calls of it running now
-        self._step_ended: asyncio.Event | None = None
+        self._blocked: list[tuple[str, ...]] = []  # the step chains of waits in others_done
+        self._changed = asyncio.Event()  # set (and replaced) when any of the above changes
 
     async def status(self, text: str) -> None:
         """Tell watchers what the run is doing now (a STATUS event)."""
@@ -209,51 +216,73 @@ class Context:
         checkpointed). A step about to begin while a wait may be parking the run waits for
         the answer, and ends with Parked if it did: it has not begun, so nothing it does is
         lost or done twice."""
-        if self._parking is not None:
+        while self._parking is not None:
             await asyncio.shield(self._parking)
         if self.parked:
             raise Parked()
         self._running[step] = self._running.get(step, 0) + 1
+        token = step_chain.set((*step_chain.get(), step))
         try:
             yield
         finally:
+            step_chain.reset(token)
             self._running[step] -= 1
             if not self._running[step]:
                 del self._running[step]
-            if self._step_ended is not None:
-                self._step_ended.set()
+            self._notify()
+
+    def _notify(self) -> None:
+        """Wake the waits in others_done to look again."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def others_running(self) -> bool:
-        """Whether component steps run beside the caller (not its own enclosing steps)."""
-        own = current_step.get()
-        return any(not (own == s or own.startswith(s + "/")) for s in self._running)
+        """Whether component steps run beside the caller: not its own enclosing steps, nor
+        steps whose only work now is a wait of their own (those park with the run)."""
+        own = set(step_chain.get())
+        blocked = {s for chain in self._blocked for s in chain}
+        return any(s not in own and s not in blocked for s in self._running)
 
     async def others_done(self) -> None:
         """Wait until no component step runs beside the caller: a wait that parks the run
         first lets the steps running beside it (asyncio.gather) finish and checkpoint, so
-        the next attempt does not run them again."""
-        while self.others_running():
-            self._step_ended = self._step_ended or asyncio.Event()
-            self._step_ended.clear()
-            await self._step_ended.wait()
+        the next attempt does not run them again. Parked when another wait parked the run
+        meanwhile."""
+        chain = step_chain.get()
+        self._blocked.append(chain)
+        self._notify()
+        try:
+            while self.others_running() and not self.parked:
+                await self._changed.wait()
+        finally:
+            self._blocked.remove(chain)
+            self._notify()
+        if self.parked:
+            raise Parked()
 
     @contextlib.asynccontextmanager
     async def may_park(self) -> AsyncIterator[Callable[[bool], None]]:
-        """Around a wait's call that may park the run: steps about to begin wait for it.
-        Call the given function with whether the run parked."""
-        self._parking = asyncio.get_running_loop().create_future()
-        outcome = False
+        """Around a wait's call that may park the run (one at a time): steps about to begin
+        wait for its outcome. Call the given function with whether the run parked. Parked
+        at once, without a call, when another wait parked the run already."""
+        async with self._park_lock:
+            if self.parked:
+                raise Parked()
+            parking = asyncio.get_running_loop().create_future()
+            self._parking = parking
+            outcome = False
 
-        def said(parked: bool) -> None:
-            nonlocal outcome
-            outcome = parked
+            def said(parked: bool) -> None:
+                nonlocal outcome
+                outcome = parked
 
-        try:
-            yield said
-        finally:
-            self.parked = self.parked or outcome
-            self._parking.set_result(outcome)
-            self._parking = None
+            try:
+                yield said
+            finally:
+                self.parked = self.parked or outcome
+                self._parking = None
+                parking.set_result(outcome)
+                self._notify()
 
     async def _replay(self, step: str) -> dict[str, Any] | None:
         """A wait's checkpoint, decoded, when an earlier attempt finished it."""

@@ -10,6 +10,7 @@ slot, and a timer, an input or a cancel moves the run on (see docs/workflows.md)
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import math
@@ -22,6 +23,7 @@ import jsonschema
 import jsonschema.exceptions
 import jsonschema.validators
 import re2
+import referencing
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -95,9 +97,12 @@ def canonical_json(text: str) -> str:
     return out
 
 
-# Schemas are applied with RE2 for their regular expressions (linear time: a pattern cannot
-# make a payload take hours, as Python's backtracking `re` can) and a linear uniqueItems
-# (jsonschema's falls back to comparing every pair). The drafts accepted; others are refused.
+# Schemas are applied in bounded time: RE2 for their regular expressions (linear: a pattern
+# cannot make a payload take hours, as Python's backtracking `re` can), a linear uniqueItems
+# (jsonschema's compares every pair), no document fetched for a `$ref` (an empty registry),
+# and a budget of keyword applications in proportion to the payload, past which the payload
+# is refused (oneOf over a recursive $ref can otherwise take exponential time). The drafts
+# accepted; others are refused.
 _DRAFTS = {
     "http://json-schema.org/draft-06/schema",
     "http://json-schema.org/draft-07/schema",
@@ -106,6 +111,12 @@ _DRAFTS = {
 }
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
+_STEPS_PER_VALUE, _STEPS_BASE = 20, 100_000
+_budget: contextvars.ContextVar[list[int]] = contextvars.ContextVar("longline_schema_budget")
+
+
+class _TooCostly(Exception):
+    """The payload took more keyword applications than its budget."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -173,27 +184,74 @@ _SAFE = {
 }
 
 
+def _counted(keyword: Any) -> Any:
+    def apply(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        budget = _budget.get(None)
+        if budget is not None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise _TooCostly
+        return keyword(validator, value, instance, schema)
+
+    return apply
+
+
 @functools.lru_cache(maxsize=8)
 def _validator_class(base: Any) -> Any:
-    return jsonschema.validators.extend(base, _SAFE)  # type: ignore[no-untyped-call]
+    keywords = {name: _counted(fn) for name, fn in {**base.VALIDATORS, **_SAFE}.items()}
+    return jsonschema.validators.extend(base, keywords)  # type: ignore[no-untyped-call]
 
 
-def _walk(schema: Any) -> Iterator[dict[str, Any]]:
+# Where schemas sit inside a schema: keyword -> how (one schema, a list, or a map of them).
+_ONE = (
+    "additionalItems",
+    "additionalProperties",
+    "contains",
+    "else",
+    "if",
+    "items",
+    "not",
+    "propertyNames",
+    "then",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+)
+_LIST = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+_MAP = (
+    "$defs",
+    "definitions",
+    "dependentSchemas",
+    "patternProperties",
+    "properties",
+    "dependencies",
+)
+
+
+def _subschemas(schema: Any) -> Iterator[dict[str, Any]]:
+    """Every schema object in a schema, the root first, by the keywords that hold schemas
+    (not the values of enum, const, examples or default)."""
     stack = [schema]
     while stack:
         node = stack.pop()
-        if isinstance(node, dict):
-            yield node
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+        if not isinstance(node, dict):
+            continue
+        yield node
+        for keyword in _ONE:
+            if isinstance(node.get(keyword), dict):
+                stack.append(node[keyword])
+        for keyword in _LIST:
+            if isinstance(node.get(keyword), list):
+                stack.extend(node[keyword])
+        for keyword in _MAP:
+            if isinstance(node.get(keyword), dict):
+                stack.extend(node[keyword].values())
 
 
 def _checked_schema(schema: Any) -> Any:
     """A validator for the schema; SchemaError (from jsonschema, or saying what longline
     cannot apply safely) for one it refuses."""
     if isinstance(schema, dict) and "$schema" in schema:
-        if str(schema["$schema"]).rstrip("#") not in _DRAFTS:
+        if str(schema["$schema"]).removesuffix("#") not in _DRAFTS:
             raise jsonschema.exceptions.SchemaError(
                 f"$schema {str(schema['$schema'])[:100]!r}: longline applies JSON Schema "
                 "drafts 6, 7, 2019-09 and 2020-12 (the default)"
@@ -202,7 +260,12 @@ def _checked_schema(schema: Any) -> Any:
     else:
         base = jsonschema.Draft202012Validator
     base.check_schema(schema)
-    nodes = list(_walk(schema))
+    nodes = list(_subschemas(schema))
+    for node in nodes[1:]:
+        if "$schema" in node:  # it would switch to a validator without the bounds above
+            raise jsonschema.exceptions.SchemaError(
+                "$schema inside a schema is not supported: give it once, at the top"
+            )
     for node in nodes:
         patterns = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
         if isinstance(node.get("patternProperties"), dict):
@@ -222,19 +285,39 @@ def _checked_schema(schema: Any) -> Any:
             "unevaluatedProperties together with patternProperties is not supported: "
             "use additionalProperties"
         )
-    return _validator_class(base)(schema)
+    return _validator_class(base)(schema, registry=referencing.Registry())
+
+
+def _values(value: Any) -> int:
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
 
 
 def schema_error(payload_json: str, schema: Any) -> str | None:
     """Why the payload does not match the JSON Schema, naming the field ($.path), or None
-    when it matches (a schema that cannot be applied matches nothing, and says why)."""
+    when it matches (a schema that cannot be applied matches nothing, and says why).
+    Blocking, and at most linear in the payload: call it in a thread from a loop that
+    serves others."""
+    payload = json.loads(payload_json)
+    token = _budget.set([_STEPS_BASE + _STEPS_PER_VALUE * _values(payload)])
     try:
         validator = _checked_schema(schema)
-        error = jsonschema.exceptions.best_match(validator.iter_errors(json.loads(payload_json)))
+        error = jsonschema.exceptions.best_match(validator.iter_errors(payload))
+    except _TooCostly:
+        return "$: applying the schema to this payload takes too long (a simpler payload?)"
     except jsonschema.exceptions.SchemaError as exc:
         return f"$: the schema cannot be applied ({exc.message[:300]})"
-    except Exception as exc:  # a $ref the schema does not hold
+    except Exception as exc:  # a $ref the schema does not hold, recursion without end
         return f"$: the schema cannot be applied ({type(exc).__name__}: {str(exc)[:200]})"
+    finally:
+        _budget.reset(token)
     if error is None:
         return None
     return f"{error.json_path}: {error.message[:300]}"
@@ -262,6 +345,7 @@ class InputRequest:
                 ) from None
         if self.timeout is not None and not (
             isinstance(self.timeout, int | float)
+            and not isinstance(self.timeout, bool)
             and math.isfinite(self.timeout)
             and 0 <= self.timeout <= MAX_WAIT_SECONDS
         ):

@@ -274,3 +274,21 @@ async def beside(ctx: longline.Context, input: Any) -> Any:
         return {"step": step.result(), "answer": answer.result()}
     done, answer = await asyncio.gather(chaos_step(ctx.run_id, 7, delay), ctx.wait_for_input("go"))
     return {"step": done, "answer": answer}
+
+
+@longline.component
+async def approve(team: str) -> Any:
+    """A component that waits for its team's input."""
+    return await longline.current().wait_for_input(team, prompt=f"{team}: approve?")
+
+
+@longline.workflow(description="Two components side by side, each waiting for an input.")
+async def two_approvals(ctx: longline.Context, input: Any) -> Any:
+    legal, finance = await asyncio.gather(approve("legal"), approve("finance"))
+    return {"legal": legal, "finance": finance}
+
+
+@longline.workflow(description="Two short sleeps side by side.")
+async def two_sleeps(ctx: longline.Context, input: Any) -> Any:
+    await asyncio.gather(ctx.sleep(0.3), ctx.sleep(0.4))
+    return {"attempt": ctx.attempt}

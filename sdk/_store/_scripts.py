@@ -548,7 +548,10 @@ if parked_by(KEYS[1], ARGV[1], ARGV[4]) then return {1} end
 if fenced(KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
 local name, step, W = ARGV[3], ARGV[4], KEYS[5]
 local attempt = redis.call('HGET', KEYS[1], 'attempt')
-if redis.call('HEXISTS', W, 'x:' .. name) == 1 then return {3} end
+if redis.call('HEXISTS', W, 'x:' .. name) == 1 then
+  redis.call('HSET', KEYS[6], step, '{"timeout":true}')
+  return {3}
+end
 local now = now_ms()
 local wake = redis.call('HGET', W, 'w:' .. name)
 if not wake then
@@ -594,8 +597,8 @@ return {1}
 # read ('0': it read none), the run's build as the caller read it, the partition's work
 # channel, INPUT_RECEIVED's data (JSON), the most inputs nobody asked for the run may hold.
 # Keeps the input, writes INPUT_RECEIVED, and when the run waits for it, checkpoints it and
-# requeues the run. An input sent before the run asks is kept unchecked ("u:"), counted
-# ("early"), and replaced by a later one until the run asks. Returns:
+# requeues the run. An input sent before the run asks is kept unchecked ("u:") and counted
+# ("early"). Returns:
 #   {1} kept (and delivered when the run waited for it); {2} the same payload came before;
 #   {-1} no such run; {0, status} the run ended; {3} another payload came before;
 #   {4} the request timed out (its time passed: the run is woken if it waited for it);
@@ -611,9 +614,7 @@ local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'wait_kind', 'wait_
 if not st[1] then return {-1} end
 local name, W = ARGV[1], KEYS[3]
 local value = redis.call('HGET', W, 'v:' .. name)
-local unchecked = redis.call('HEXISTS', W, 'u:' .. name) == 1
-if value and value == ARGV[2] then return {2} end
-if value and not unchecked then return {3} end
+if value then return {value == ARGV[2] and 2 or 3} end
 if redis.call('HEXISTS', W, 'x:' .. name) == 1 then return {4} end
 if st[1] ~= 'QUEUED' and st[1] ~= 'RUNNING' and st[1] ~= 'WAITING' then return {0, st[1]} end
 local asked = redis.call('HEXISTS', W, 'r:' .. name) == 1
@@ -631,14 +632,10 @@ if asked and due and due ~= '' and tonumber(due) <= now_ms() then
   end
   return {4}
 end
-if not value and not asked then
+if not asked then
   if tonumber(redis.call('HGET', W, 'early') or '0') >= tonumber(ARGV[7]) then return {7} end
   redis.call('HINCRBY', W, 'early', 1)
   redis.call('HSET', W, 'u:' .. name, '1')
-elseif value and asked then
-  -- A checked payload replaces one kept unchecked before the run asked.
-  redis.call('HDEL', W, 'u:' .. name)
-  redis.call('HINCRBY', W, 'early', -1)
 end
 redis.call('HSET', W, 'v:' .. name, ARGV[2])
 local id = emit(KEYS[2], {'t', 'INPUT_RECEIVED', 'a', st[2], 'm', 'input ' .. name ..

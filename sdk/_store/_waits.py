@@ -19,7 +19,7 @@ import enum
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -72,7 +72,7 @@ class Waits:
         name: str,
         payload_json: str,
         sender: str,
-        check: Callable[[str], None],
+        check: Callable[[str], Awaitable[None]],
     ) -> InputOutcome:
         """Keep an input for the run, and deliver it when the run waits for it.
 
@@ -97,7 +97,7 @@ class Waits:
                 break
             route = Route(workflow, build or "", idem or "")
             if request is not None:
-                check(str(request))
+                await check(str(request))
             reply = await self._send(
                 keys=[
                     keys.run_key(run_id),

@@ -156,6 +156,9 @@ async def test_an_early_input_that_fails_the_schema_is_dropped_and_the_run_waits
         lambda: counters.hget(f"test:steps:{handle.run_id}", "5"), what="the run at the gate"
     )
     await handle.send_input("approval", {"approved": "maybe"})  # nothing to check against yet
+    with pytest.raises(longline.FailedPrecondition) as caught:  # the first one is kept
+        await handle.send_input("approval", {"approved": True})
+    assert caught.value.reason == "INPUT_ALREADY_RECEIVED"
     await counters.set("test:gate", 1)
     await eventually(lambda: _status(handle, "WAITING"), what="the run to wait")
     dropped = [e for e in await _stream_until(handle, "RUN_WAITING") if e.type == "STATUS"]
@@ -261,22 +264,7 @@ async def test_inputs_nobody_asked_for_are_bounded_in_number(stack: Stack) -> No
     with pytest.raises(longline.ResourceExhausted) as caught:
         await handle.send_input("one-more", 1)
     assert caught.value.reason == "TOO_MANY_INPUTS"
-    # Replacing one kept input is not one more.
-    await handle.send_input("n0", {"big": "y"})
     await handle.cancel()
-
-
-async def test_a_later_input_replaces_one_kept_unchecked_before_the_run_asked(
-    stack: Stack, counters: aioredis.Redis
-) -> None:
-    handle = await stack.client.start("approval", {"gate": True})
-    await eventually(
-        lambda: counters.hget(f"test:steps:{handle.run_id}", "5"), what="the run at the gate"
-    )
-    await handle.send_input("approval", {"approved": "not a boolean"})
-    await handle.send_input("approval", {"approved": True, "note": "second thoughts"})
-    await counters.set("test:gate", 1)
-    assert await handle.result() == {"answer": {"approved": True, "note": "second thoughts"}}
 
 
 @pytest.mark.parametrize("task_group", [False, True])
@@ -338,7 +326,7 @@ async def test_an_input_after_its_timeout_is_refused_before_the_monitor_wakes_th
         run_id = await _parked_for_input(store, "late", timeout_ms=1)
         await eventually(lambda: _due(store), what="the timeout to pass")
         with pytest.raises(Exception) as caught:  # no monitor runs: only SEND_INPUT can tell
-            await store.waits.send_input(run_id, "late", "1", "", lambda _: None)
+            await store.waits.send_input(run_id, "late", "1", "", _no_check)
         assert getattr(caught.value, "reason", "") == "INPUT_TIMED_OUT"
         record = await store.runs.get(run_id)
         assert (record.status, record.attempt) == ("QUEUED", 2)  # woken, as by its timer
@@ -346,6 +334,19 @@ async def test_an_input_after_its_timeout_is_refused_before_the_monitor_wakes_th
         assert json.loads(steps["@input:late"]) == {"timeout": True}
     finally:
         await store.aclose()
+
+
+async def _no_check(request_json: str) -> None:
+    return None
+
+
+async def _all_due(store: Store, *run_ids: str) -> bool:
+    now = await store.now_ms()
+    for run_id in run_ids:
+        due = await store.redis.zscore(keys.timers_key(keys.partition_of(run_id)), run_id)
+        if due is None or due > now:
+            return False
+    return True
 
 
 async def _due(store: Store) -> bool:
@@ -361,10 +362,32 @@ async def test_a_record_the_wake_script_refuses_is_put_off_and_the_others_wake(
         broken = await _parked_for_input(store, "a", timeout_ms=1)
         good = await _parked_for_input(store, "b", timeout_ms=1)
         await store.redis.hset(keys.run_key(broken), "wake_ms", "not a number")
-        await eventually(lambda: _due(store), what="the timeouts to pass")
+        await eventually(lambda: _all_due(store, broken, good), what="both timeouts to pass")
         assert await store.waits.wake_due() == [good]
         n = keys.partition_of(broken)
         later = await store.redis.zscore(keys.timers_key(n), broken)
         assert later is not None and later > await store.now_ms() + 50_000
     finally:
         await store.aclose()
+
+
+async def test_waits_in_components_side_by_side_park_one_after_the_other(stack: Stack) -> None:
+    handle = await stack.client.start("two_approvals", {})
+    first = await eventually(lambda: _waiting_for(handle), what="the run to park")
+    await handle.send_input(first, f"{first} ok")
+    second = await eventually(
+        lambda: _waiting_for(handle, other_than=first), what="the run to park for the other"
+    )
+    await handle.send_input(second, f"{second} ok")
+    assert await handle.result() == {"legal": "legal ok", "finance": "finance ok"}
+
+
+async def _waiting_for(handle: longline.RunHandle, other_than: str = "") -> str:
+    run = await handle.describe()
+    name = run.wait.input_name if run.wait is not None else ""
+    return name if name and name != other_than else ""
+
+
+async def test_short_sleeps_side_by_side_both_wait_in_memory(stack: Stack) -> None:
+    handle = await stack.client.start("two_sleeps", {})
+    assert await handle.result() == {"attempt": 1}

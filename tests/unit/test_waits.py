@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,7 @@ def test_unique_items_is_linear_and_keeps_json_schema_equality() -> None:
         {"unevaluatedProperties": False, "patternProperties": {"^a": {}}},
         {"type": "number", "minimum": float("nan")},
         {"type": "nonsense"},
+        {"type": "number", "minimum": True},
     ],
 )
 def test_a_schema_longline_cannot_apply_safely_is_refused_when_the_run_asks(
@@ -102,3 +104,42 @@ def test_a_wake_time_no_timestamp_carries_is_left_out_not_an_error() -> None:
         wake_ms=10**18,
     )
     assert not run_to_proto(record).wait.HasField("wake_time")
+
+
+def test_a_schema_is_applied_within_a_budget_in_proportion_to_the_payload() -> None:
+    # Two branches at every level of a recursive $ref: 2**depth work without a bound.
+    node = {
+        "anyOf": [
+            {"properties": {"c": {"items": {"$ref": "#/$defs/n"}}}, "required": ["x"]},
+            {"properties": {"c": {"items": {"$ref": "#/$defs/n"}}}, "required": ["y"]},
+        ]
+    }
+    schema = {"$defs": {"n": node}, "$ref": "#/$defs/n"}
+    payload: dict[str, object] = {"c": []}
+    for _ in range(40):
+        payload = {"c": [payload]}
+    assert "takes too long" in (schema_error(json.dumps(payload), schema) or "")
+
+
+def test_a_ref_to_another_document_is_not_fetched(tmp_path: Path) -> None:
+    other = tmp_path / "other.json"
+    other.write_text('{"type": "string"}')
+    schema = {"properties": {"a": {"$ref": other.as_uri()}}}
+    assert "cannot be applied" in (schema_error('{"a": 1}', schema) or "")
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"properties": {"pattern": {"type": "string"}, "patternProperties": {"type": "object"}}},
+        {"enum": [{"pattern": "(?=a)"}], "examples": [{"patternProperties": {"(?=": 1}}]},
+    ],
+)
+def test_values_that_merely_look_like_keywords_do_not_refuse_a_schema(schema: object) -> None:
+    InputRequest("ok", schema=schema)
+
+
+def test_a_schema_inside_a_schema_cannot_switch_drafts() -> None:
+    nested = {"properties": {"n": {"$schema": "https://json-schema.org/draft/2020-12/schema"}}}
+    with pytest.raises(ValueError, match="at the top"):
+        InputRequest("ok", schema=nested)
