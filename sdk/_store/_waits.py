@@ -23,12 +23,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from . import _keys as keys
 from . import _scripts
 from ._connection import redis_time_ms, scripts_together
 from ._errors import FailedPreconditionError, NotFoundError, TooLargeError
+from ._loops import transient
 from ._runs import Route, Runs
 
 __all__ = ["InputOutcome", "Waits"]
@@ -172,10 +173,12 @@ class Waits:
             stale = []
             refused = {}
             for run_id, outcome in zip(due, replies, strict=True):
-                if isinstance(outcome, ResponseError):
+                if isinstance(outcome, ResponseError) and not transient(outcome):
                     refused[run_id] = outcome  # this run's record; the others go on
-                elif isinstance(outcome, Exception):
-                    raise outcome  # Redis itself: the caller backs off
+                elif isinstance(outcome, RedisError):
+                    raise outcome  # Redis itself (a failover, a slot moving): backed off
+                elif isinstance(outcome, Exception):  # a cluster client's own error
+                    raise RedisError(f"{type(outcome).__name__}: {outcome}") from outcome
                 elif outcome == "stale":
                     stale.append(run_id)
                 elif outcome == "woken":
