@@ -190,11 +190,21 @@ return 1
 # current (new runs go to the current build only), else {0}.
 # The run is pinned to the worker's build from here on; a run that moves to another build
 # (by policy, its own has no worker left) says so in a STATUS event.
+# The same claim again (this attempt, this worker, which has written nothing for it yet) is
+# claimed again, its lease started anew: a dispatcher whose reply was lost cannot tell
+# whether its claim landed, and sends it again rather than drop the run.
 CLAIM_RUN = (
     _PRELUDE
     + """
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'workflow', 'input_json', 'run_id',
-  'traceparent', 'build')
+  'traceparent', 'build', 'worker_id', 'seq')
+if st[1] == 'RUNNING' and st[2] == ARGV[1] and st[8] == ARGV[2] and (st[9] or '0') == '0'
+  and (st[7] or '') == ARGV[6] then
+  local again = fmt(now_ms() + tonumber(ARGV[4]))
+  redis.call('HSET', KEYS[1], 'lease_expires_ms', again)
+  redis.call('ZADD', KEYS[2], again, st[5])
+  return {1, st[3], st[4], st[6] or ''}
+end
 if st[1] ~= 'QUEUED' or st[2] ~= ARGV[1] then return {0} end
 local pinned = st[7] or ''
 if pinned == '' then

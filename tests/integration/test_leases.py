@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 import redis.asyncio as aioredis
@@ -127,3 +128,24 @@ async def test_a_claim_lost_in_a_failover_does_not_let_two_workers_hold_one_atte
     messages = [e.message for e in await store.events.read_events("r3", "", 10)]
     assert "w2 here" in messages and "w1 here" not in messages
     await store.redis.aclose()
+
+
+async def test_a_claim_retried_after_its_reply_was_lost_is_claimed_again(redis_url: str) -> None:
+    """The dispatcher sends a claim, the reply is lost (a timeout, a cluster connection
+    dropped): it cannot tell whether it landed and tries again. The same attempt for the same
+    worker, not started yet, is claimed again, so the assignment is sent; before, the retry
+    found the run RUNNING, dropped it, and the run sat unrun until its lease ran out."""
+    store = Store(connect(redis_url))
+    try:
+        await store.presence.announce("w1", [("flow", "")], 60_000)
+        await store.runs.create("r9", "flow", '{"x": 1}', {})
+        first = ClaimRequest("r9", 1, "w1", "cp", lease_ms=10_000, max_attempts=3)
+        assert await store.attempts.claim(first)
+        again = await store.attempts.claim(first)
+        assert again is not None and again.input_json == '{"x": 1}'
+        # Another worker does not get it; nor does the same worker once it has written.
+        assert await store.attempts.claim(dataclasses.replace(first, worker_id="w2")) is None
+        await RunWriter(store, "r9", 1, "w1").append([encode_event("STATUS", 1, "started")])
+        assert await store.attempts.claim(first) is None
+    finally:
+        await store.redis.aclose()
