@@ -498,6 +498,18 @@ class Worker:
             )
             del self._running[a.run_id]
             stale.task.cancel()
+        held = self._running.get(a.run_id)
+        if held is not None and held.attempt == a.attempt and workflow is not None:
+            # The same assignment twice (a claim sent again after its reply was lost, by a
+            # replica this worker reached after another): it runs already; acknowledged.
+            self._send(
+                worker_pb2.ConnectRequest(
+                    accepted=worker_pb2.WorkerAccepted(
+                        run=worker_pb2.RunRef(run_id=a.run_id, attempt=a.attempt)
+                    )
+                )
+            )
+            return
         if workflow is None or a.run_id in self._running or self._stopping.is_set():
             reason = "draining" if self._stopping.is_set() else f"cannot run {a.workflow!r} here"
             self._send(

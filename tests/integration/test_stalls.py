@@ -240,6 +240,11 @@ async def test_a_newer_attempt_replaces_the_stale_task_instead_of_being_released
         async with longline.Client(target) as client:
             handle = await client.start("slow", {"steps": 60, "delay": 0.05})
             await eventually(lambda: _status(redis, handle.run_id, "RUNNING"), what="a start")
+
+            async def received() -> bool:  # claimed (RUNNING) a moment before it arrives
+                return handle.run_id in worker._running
+
+            await eventually(received, what="the assignment to reach the worker")
             stale = worker._running[handle.run_id]
             # As the lease monitor would after a lease ran out: the next attempt is queued,
             # and only this worker is there to take it.

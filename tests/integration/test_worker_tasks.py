@@ -33,3 +33,29 @@ async def test_a_run_cancelled_before_its_task_starts_frees_its_slot(redis_url: 
     kinds = [m.WhichOneof("message") for m in sent if m is not None]
     assert kinds == ["accepted", "finished"]
     await redis.aclose()
+
+
+async def test_the_same_assignment_twice_runs_once_and_is_not_given_back(redis_url: str) -> None:
+    """A claim sent again after its reply was lost can reach the worker twice (through two
+    replicas): the second is acknowledged, not released (which would requeue the run it
+    is running)."""
+    worker = Worker(
+        WorkerSettings(redis_url=redis_url, insecure_no_auth=True, slots=2),
+        load_workflows(str(FLOWS)),
+    )
+    redis = connect(redis_url)
+    worker._store = Store(redis)
+    outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
+    worker._outbox = outbox
+    assignment = worker_pb2.Assignment(
+        run_id="r2", workflow="slow", input_json='{"steps": 1, "delay": 5}', attempt=1
+    )
+    worker._on_assignment(assignment)
+    worker._on_assignment(assignment)
+    assert worker.running == 1
+    sent = [outbox.get_nowait() for _ in range(outbox.qsize())]
+    assert [m.WhichOneof("message") for m in sent if m is not None] == ["accepted", "accepted"]
+    for running in list(worker._running.values()):
+        running.task.cancel()
+    await asyncio.sleep(0.05)
+    await redis.aclose()
