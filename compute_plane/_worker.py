@@ -9,7 +9,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,10 +157,20 @@ class _RedisWaits:
 
     _NEVER = 2**62  # park_after_ms that never parks: record the wait, do not park yet
 
-    def __init__(self, writer: RunWriter, sink: _RedisSink, park_after_ms: int) -> None:
+    def __init__(
+        self,
+        writer: RunWriter,
+        sink: _RedisSink,
+        park_after_ms: int,
+        *,
+        known: Callable[[str], Awaitable[bool]] | None = None,
+        max_input_bytes: int = 0,
+    ) -> None:
         self._writer = writer
         self._sink = sink
         self._park_after_ms = park_after_ms
+        self._known = known  # whether a workflow was ever announced (a child's)
+        self._max_input_bytes = max_input_bytes
         self.context: Context | None = None
 
     @property
@@ -232,6 +242,52 @@ class _RedisWaits:
                     f"input {request.name} sent before the run asked for it does not match "
                     f"its schema ({error}): dropped; waiting for a valid one"
                 )
+
+    async def start_child(
+        self,
+        step: str,
+        workflow: str,
+        input_json: str,
+        *,
+        detached: bool,
+        span_id: str,
+        parent_span_id: str,
+    ) -> str:
+        _check_size("the input of a child run", len(input_json.encode()), self._max_input_bytes)
+        if self._known is not None and not await self._known(workflow):
+            raise LookupError(
+                f"workflow {workflow[:100]!r} is not known: no worker has announced it, so a "
+                "child run of it would never start (is its worker deployed?)"
+            )
+        await self._sink.flush()  # what the run said before lands before the child starts
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        _, checkpoint = await self._writer.start_child(
+            step,
+            workflow,
+            input_json,
+            traceparent=carrier.get("traceparent", ""),
+            detached=detached,
+            span_id=span_id,
+            parent_span_id=parent_span_id,
+        )
+        return checkpoint
+
+    async def wait_children(self, wait_step: str, steps: list[str]) -> dict[str, str]:
+        assert self.context is not None
+        await self._sink.flush()
+        may_park = not self._beside()
+        while True:
+            async with self.context.may_park() as said:
+                code, ended = await self._writer.wait_children(wait_step, steps, park=may_park)
+                said(code == 1)
+            if code == 0:
+                return ended
+            if code == 1:
+                raise Parked()
+            # It would park: the steps beside it finish first.
+            await self.context.others_done()
+            may_park = True
 
 
 def _check_size(what: str, size: int, limit: int) -> None:
@@ -570,7 +626,13 @@ class Worker:
             self._to_release[a.run_id, a.attempt] = a.workflow
             return
         sink = _RedisSink(writer, self.metrics, self.settings.max_event_bytes)
-        waits = _RedisWaits(writer, sink, round(self.settings.park_after * 1000))
+        waits = _RedisWaits(
+            writer,
+            sink,
+            round(self.settings.park_after * 1000),
+            known=self._store.presence.known,
+            max_input_bytes=self.settings.max_event_bytes,
+        )
         ctx = Context(
             a.run_id,
             a.attempt,
@@ -642,6 +704,7 @@ class Worker:
             )
             if self.metrics is not None:
                 self.metrics.finished.labels("succeeded").inc()
+            await self._wake_parent(writer)
         except Parked:
             log.info("run %s attempt %d parked: it waits, holding no worker", a.run_id, a.attempt)
             attempt_span.set_attribute("longline.parked", True)
@@ -707,6 +770,24 @@ class Worker:
             )
         except (LeaseLost, RedisError) as lost:
             log.info("run %s: its failure could not be written: %s", ctx.run_id, lost)
+            return
+        await self._wake_parent(writer)
+
+    async def _wake_parent(self, writer: RunWriter) -> None:
+        """A child run ended: wake its parent now, if it waits for it. Best effort: the
+        parent's timer was made due with the child's end, so the control plane's monitor
+        wakes it within a round otherwise."""
+        if not writer.parent or self._store is None:
+            return
+        try:
+            await self._store.waits.wake([writer.parent])
+        except RedisError as exc:
+            log.info(
+                "run %s: its parent %s is left to the monitor to wake: %s",
+                writer.run_id,
+                writer.parent,
+                exc,
+            )
 
     def _lease_held(self, run_id: str, attempt: int) -> bool:
         """Whether this worker can still count on holding the attempt: its lease was renewed

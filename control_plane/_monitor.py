@@ -1,5 +1,6 @@
-"""The lease monitor: requeues (or fails) runs whose worker stopped renewing its lease, and
-wakes parked runs whose timer is due (a sleep's end, an input's timeout).
+"""The lease monitor: requeues (or fails) runs whose worker stopped renewing its lease, wakes
+parked runs whose timer is due (a sleep's end, an input's timeout, a child run that ended),
+and cancels the child runs of runs that ended before them.
 
 Every replica runs one. Leases and timers sit in sorted sets scored by when they are due,
 so the monitor sleeps until the earliest one; EXPIRE_LEASE and WAKE_RUN re-check the run
@@ -13,9 +14,23 @@ import logging
 import time
 from collections.abc import Callable
 
-from longline._store import Backoff, RedisError, Store
+from longline._store import Backoff, CancelNotice, RedisError, Store
 
 log = logging.getLogger("longline.control_plane.monitor")
+
+
+async def cancel_children(store: Store, run_ids: list[str] | None = None) -> int:
+    """Cancel the children of runs that ended before them (of `run_ids`, or of any run the
+    store noted), telling the workers of those running; how many it cancelled."""
+    cancelled = await store.children.cancel_orphans(run_ids)
+    for child in cancelled:
+        if child.outcome.previous == "RUNNING" and child.outcome.worker_id:
+            await store.notices.cancel(
+                CancelNotice(
+                    child.run_id, child.outcome.attempt, child.outcome.worker_id, child.reason
+                )
+            )
+    return len(cancelled)
 
 
 class LeaseMonitor:
@@ -64,6 +79,14 @@ class LeaseMonitor:
                 timers_backoff.reset()
             except RedisError as exc:
                 await timers_backoff.wait(log, "timers", exc)
+            # Children whose parent ended before them (it succeeded, failed or was cancelled
+            # elsewhere) are cancelled, by policy (see _store._children).
+            try:
+                for _ in range(10):  # 100 at a time; more next round
+                    if await cancel_children(self._store) < 100:
+                        break
+            except RedisError as exc:
+                await timers_backoff.wait(log, "child runs", exc)
             try:
                 now_ms = await self._store.now_ms()
             except RedisError as exc:

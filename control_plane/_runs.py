@@ -6,7 +6,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 
@@ -23,6 +25,7 @@ from longline._store import (
     NotFoundError,
     OutOfRangeError,
     RateLimitedError,
+    RedisError,
     RunRecord,
     Store,
     StoredEvent,
@@ -38,6 +41,7 @@ from longline.v1 import runs_pb2, runs_pb2_grpc
 from . import _trace
 from ._auth import current
 from ._hub import EventHub
+from ._monitor import cancel_children
 from ._settings import ControlPlaneSettings
 
 _tracer = trace.get_tracer("longline.control_plane")
@@ -52,12 +56,15 @@ _CURSOR_SLACK_MS = 60_000
 _TRACE_REPLY_BYTES = 3 * 1024 * 1024  # spans in one GetRunTrace reply
 # GetRunTrace reads at most this many of a run's events, and about this many bytes of them;
 # past that its answer says it is truncated.
+_TRACE_MOST_CHILDREN = 500  # child runs one trace nests (each counts its events too)
 _TRACE_MOST_EVENTS = 20_000
 _TRACE_MOST_BYTES = 8 * 1024 * 1024
 # A ListRuns page ends before its runs' fields pass this many bytes (at least one run), well
 # under the 4 MiB that gRPC clients accept in one message by default.
 _LIST_MOST_BYTES = 2 * 1024 * 1024
 _LATEST_TIMESTAMP_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z
+
+log = logging.getLogger("longline.control_plane.runs")
 
 
 def _timestamp(ms: int) -> Timestamp:
@@ -89,6 +96,7 @@ def run_to_proto(r: RunRecord) -> runs_pb2.Run:
         last_event_id=r.last_event_id,
         labels=r.labels,
         input_json=r.input_json,
+        parent_run_id=r.parent_run_id,
     )
     if r.status == "WAITING":
         kind = f"WAIT_KIND_{r.wait_kind.upper()}"
@@ -98,6 +106,7 @@ def run_to_proto(r: RunRecord) -> runs_pb2.Run:
             else runs_pb2.WAIT_KIND_UNSPECIFIED
         )
         msg.wait.input_name = r.wait_name
+        msg.wait.child_run_ids.extend(r.wait_children)
         if 0 < r.wake_ms < _LATEST_TIMESTAMP_MS:  # one past year 9999 is no Timestamp
             msg.wait.wake_time.FromMilliseconds(r.wake_ms)
     if r.error_type:
@@ -128,6 +137,19 @@ def event_to_proto(run_id: str, e: StoredEvent) -> runs_pb2.RunEvent:
         attempt=e.attempt,
         **body_of(e),
     )
+
+
+@dataclasses.dataclass
+class _TraceBudget:
+    """What one GetRunTrace has read so far, over the run and its children."""
+
+    events: int = 0
+    bytes: int = 0
+    children: int = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.events >= _TRACE_MOST_EVENTS or self.bytes >= _TRACE_MOST_BYTES
 
 
 def span_to_proto(s: TraceSpan) -> runs_pb2.TraceSpan:
@@ -383,6 +405,12 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             await self._store.notices.cancel(
                 CancelNotice(run_id, outcome.attempt, outcome.worker_id, reason)
             )
+        # Its children go with it: at once here, else (Redis away now) by the monitor, which
+        # also sees to their own children.
+        try:
+            await cancel_children(self._store, [run_id])
+        except RedisError as exc:
+            log.warning("run %s: its children are left to the monitor to cancel: %s", run_id, exc)
         record = await self._store.runs.get(run_id, tenant)
         return runs_pb2.CancelRunResponse(run=run_to_proto(record))
 
@@ -486,35 +514,36 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     ) -> runs_pb2.GetRunTraceResponse:
         run_id = _require_run_id(request.run_id)
         record = await self._store.runs.get(run_id, current().tenant)
-        events: list[StoredEvent] = []
-        size = 0
-        truncated = False
-        while True:
-            page = await self._store.events.read_page(
-                run_id,
-                events[-1].event_id if events else "",
-                min(PAGE_EVENTS, _TRACE_MOST_EVENTS - len(events)),
-                min(PAGE_BYTES, _TRACE_MOST_BYTES - size),
-            )
-            events += page.events
-            size += page.bytes
-            if not page.more:
-                break
-            if len(events) >= _TRACE_MOST_EVENTS or size >= _TRACE_MOST_BYTES:
-                # Whether anything follows: one event at most.
-                after = await self._store.events.read_page(run_id, events[-1].event_id, 1, 1)
-                truncated = bool(after.events)
-                break
+        budget = _TraceBudget()
+        events, truncated = await self._trace_events(run_id, budget)
+        tree = _trace.build(events, run_id)
+        # Child runs nest under the span that started them, breadth first, within the same
+        # bounds (events, bytes, children): past them, a child is its span alone.
+        at = 0
+        while at < len(tree):
+            span = tree[at]
+            at += 1
+            if span.kind != "CHILD_RUN" or not span.run_id:
+                continue
+            if budget.children >= _TRACE_MOST_CHILDREN or budget.exhausted:
+                truncated = True
+                continue
+            budget.children += 1
+            child_events, cut = await self._trace_events(span.run_id, budget)
+            truncated = truncated or cut
+            nested = _trace.nest(span, _trace.build(child_events, span.run_id))
+            tree[at:at] = nested
         # The reply is bounded too (clients accept 4 MiB by default): spans past the budget
         # are left out, and the trace says it is truncated.
         spans = []
         reply_bytes = 0
-        for span in map(span_to_proto, _trace.build(events)):
-            reply_bytes += span.ByteSize()
+        for span_msg in map(span_to_proto, tree):
+            reply_bytes += span_msg.ByteSize()
             if reply_bytes > _TRACE_REPLY_BYTES:
                 truncated = True
                 break
-            spans.append(span)
+            spans.append(span_msg)
+        # Tokens over the whole tree: what its child runs spent, the run spent.
         live = [s for s in spans if s.status != runs_pb2.TRACE_SPAN_STATUS_REPLAYED]
         run = run_to_proto(record)
         run.input_json = run.result_json = ""  # GetRun has them; a trace is about spans
@@ -525,6 +554,32 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             output_tokens=sum(s.output_tokens for s in live),
             truncated=truncated,
         )
+
+    async def _trace_events(
+        self, run_id: str, budget: _TraceBudget
+    ) -> tuple[list[StoredEvent], bool]:
+        """A run's events from its first, within what is left of the budget; and whether
+        some were left out."""
+        events: list[StoredEvent] = []
+        truncated = False
+        while not budget.exhausted:
+            page = await self._store.events.read_page(
+                run_id,
+                events[-1].event_id if events else "",
+                min(PAGE_EVENTS, _TRACE_MOST_EVENTS - budget.events),
+                min(PAGE_BYTES, _TRACE_MOST_BYTES - budget.bytes),
+            )
+            events += page.events
+            budget.events += len(page.events)
+            budget.bytes += page.bytes
+            if not page.more:
+                return events, False
+        if events:  # whether anything follows: one event at most
+            after = await self._store.events.read_page(run_id, events[-1].event_id, 1, 1)
+            truncated = bool(after.events)
+        else:
+            truncated = True
+        return events, truncated
 
     async def ListWorkflows(
         self, request: runs_pb2.ListWorkflowsRequest, context: grpc.aio.ServicerContext

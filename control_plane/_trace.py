@@ -52,14 +52,22 @@ _MOST_ERROR = 1000  # characters of an error kept in a span
 
 
 def _component_of_step(step: str) -> str:
-    own = step.rsplit("/", 1)[-1]
+    parts = step.split("/")
+    own = parts[-1]
+    if own.startswith("@child") or (
+        len(parts) > 1 and parts[-2].startswith("@map#") and own.isdigit()
+    ):
+        return "child run"  # a child's start (ctx.run_child, ctx.map over a workflow)
     return re.split(r"[#:]", own, maxsplit=1)[0]
 
 
-def build(events: list[StoredEvent]) -> list[TraceSpan]:
-    """The spans, parents before children, in the order things happened."""
+def build(events: list[StoredEvent], run_id: str = "") -> list[TraceSpan]:
+    """The spans of run `run_id`, parents before children, in the order things happened. A
+    child run it started is one span (kind CHILD_RUN, `run_id` the child's), under which the
+    caller may nest the child's own spans (`nest`)."""
     spans: list[TraceSpan] = []
     by_id: dict[str, int] = {}  # a component's span id -> its place in spans
+    children: dict[str, int] = {}  # a child run's id -> the place of its span
     current: int | None = None  # the place of the attempt in progress
 
     def update(at: int, **changes: Any) -> None:
@@ -71,7 +79,7 @@ def build(events: list[StoredEvent]) -> list[TraceSpan]:
         attempt = spans[current].attempt
         update(current, end_time=_at(at_ms), status=status, error=error[:_MOST_ERROR])
         for n, span in enumerate(spans):
-            if span.attempt == attempt and span.status == "RUNNING":
+            if span.attempt == attempt and span.status == "RUNNING" and span.kind != "CHILD_RUN":
                 update(n, end_time=_at(at_ms), status="INTERRUPTED")
 
     for event in events:
@@ -124,6 +132,32 @@ def build(events: list[StoredEvent]) -> list[TraceSpan]:
                     status="RUNNING",
                 )
             )
+        elif event.type == "CHILD_STARTED":
+            child = _str(data.get("child"))
+            children[child] = len(spans)
+            spans.append(
+                TraceSpan(
+                    span_id=event.span_id or f"child-{child}",
+                    parent_span_id=event.parent_span_id,
+                    name=f"{_str(data.get('workflow'))} (child run)",
+                    kind="CHILD_RUN",
+                    attempt=event.attempt,
+                    step=_str(data.get("step")),
+                    start_time=_at(event.time_ms),
+                    end_time=None,
+                    status="RUNNING",
+                    run_id=child,
+                )
+            )
+        elif event.type == "CHILD_ENDED" and _str(data.get("child")) in children:
+            status = _str(data.get("status"))
+            error = _dict(data.get("error"))
+            update(
+                children[_str(data.get("child"))],
+                end_time=_at(event.time_ms),
+                status={"SUCCEEDED": "OK", "FAILED": "ERROR"}.get(status, "INTERRUPTED"),
+                error=f"{error.get('type')}: {error.get('message')}"[:_MOST_ERROR] if error else "",
+            )
         elif event.type == "COMPONENT_FINISHED" and event.span_id in by_id:
             update(by_id[event.span_id], end_time=_at(event.time_ms), **_finished(data))
         elif event.type == "RUN_RETRYING":
@@ -136,7 +170,16 @@ def build(events: list[StoredEvent]) -> list[TraceSpan]:
             end_attempt(event.time_ms, "ERROR", event.message)
         elif event.type == "RUN_CANCELLED":
             end_attempt(event.time_ms, "INTERRUPTED", f"cancelled: {event.message}")
-    return spans
+    return [dataclasses.replace(span, run_id=span.run_id or run_id) for span in spans]
+
+
+def nest(parent: TraceSpan, spans: list[TraceSpan]) -> list[TraceSpan]:
+    """A child run's spans (`build` of its events), its attempts hung under its span in the
+    parent's trace."""
+    return [
+        dataclasses.replace(span, parent_span_id=span.parent_span_id or parent.span_id)
+        for span in spans
+    ]
 
 
 def _finished(data: dict[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from ._client import Client, RunHandle
 from ._component import Component, ComponentTimeout, Retry, component
-from ._context import Context, current
+from ._context import ChildRun, Context, current
 from ._errors import (
+    ChildFailed,
     FailedPrecondition,
     InputTimeout,
     InvalidArgument,
@@ -46,6 +47,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BuildInfo",
     "Cache",
+    "ChildFailed",
+    "ChildRun",
     "Client",
     "Component",
     "ComponentTimeout",

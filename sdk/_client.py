@@ -131,6 +131,7 @@ def run_from_proto(msg: runs_pb2.Run) -> Run:
         labels=dict(msg.labels),
         input_json=msg.input_json,
         wait=_wait_from_proto(msg.wait) if msg.HasField("wait") else None,
+        parent_run_id=msg.parent_run_id,
     )
 
 
@@ -141,6 +142,7 @@ def _wait_from_proto(msg: runs_pb2.RunWait) -> RunWait:
         kind=kind,
         input_name=msg.input_name,
         wake_time=_time(msg.wake_time) if msg.HasField("wake_time") else None,
+        child_run_ids=tuple(msg.child_run_ids),
     )
 
 

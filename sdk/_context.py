@@ -8,16 +8,24 @@ import contextvars
 import json
 import math
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from ._errors import InputTimeout
+from ._errors import ChildFailed, InputTimeout
 from ._events import EMITTABLE, EventBody
 from ._policies import Limit
 from ._waits import MAX_WAIT_SECONDS, InputRequest, Parked, Waits
 
-__all__ = ["Context", "EventSink", "Services", "current", "new_span_id", "step_facts"]
+__all__ = [
+    "ChildRun",
+    "Context",
+    "EventSink",
+    "Services",
+    "current",
+    "new_span_id",
+    "step_facts",
+]
 
 
 class EventSink(Protocol):
@@ -60,6 +68,8 @@ class Services(Protocol):
         ...
 
 
+MAX_MAP_CONCURRENCY = 1000  # ctx.map's concurrency, at most
+_FAILURES = ("fail_fast", "collect")
 _LATEST_MS = 221_845_392_000_000  # 9000-01-01: a wake time a protobuf Timestamp can carry
 
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
@@ -210,6 +220,173 @@ class Context:
             return done.get("payload")
         return await self._waiter().wait_for_input(step, request)
 
+    async def run_child(self, workflow: Any, input: Any = None, *, key: str | None = None) -> Any:
+        """Run `workflow` (a `@longline.workflow` or its name) as a child run and return its
+        result; ChildFailed when it failed or was cancelled.
+
+        The child is a run of its own, queued for any worker of its workflow, and is started
+        exactly once for this call (a step: a later attempt of this run finds the child it
+        started, by call order or by `key`). While it runs, this run parks (WAITING, no
+        worker held) and wakes when it ends. If this run ends first, the child is cancelled.
+        """
+        child = await self.start_child(workflow, input, key=key)
+        return await child.result()
+
+    async def start_child(
+        self, workflow: Any, input: Any = None, *, key: str | None = None, detach: bool = False
+    ) -> ChildRun:
+        """Start `workflow` as a child run, once, and return its handle at once (await
+        `handle.result()` later, or never). A child still running when this run ends is
+        cancelled, unless `detach` is true: a detached child lives on by itself."""
+        name = _workflow_name(workflow)
+        try:
+            input_json = json.dumps(input, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"the input of child workflow {name!r} is not JSON: {exc}") from None
+        step = self.next_step("@child", key or "")
+        return await self._start_child(step, name, input_json, detach)
+
+    async def _start_child(
+        self, step: str, workflow: str, input_json: str, detach: bool
+    ) -> ChildRun:
+        value = self.checkpoints.get(step)
+        if value is None:
+            value = await self._waiter().start_child(
+                step,
+                workflow,
+                input_json,
+                detached=detach,
+                span_id=new_span_id(),
+                parent_span_id=current_span.get() or self.span_id,
+            )
+            self.checkpoints[step] = value
+        data = json.loads(value)
+        return ChildRun(self, step, str(data["child"]), str(data["workflow"]))
+
+    async def wait_children(self, steps: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Of the children started at `steps`, those that ended (step -> how: status, result
+        or error); waits (parking the run) until at least one has."""
+        ended = {s: self.checkpoints[s] for s in steps if _ended(self.checkpoints.get(s))}
+        if not ended:
+            ended = await self._waiter().wait_children(f"@wait:{steps[0]}", list(steps))
+            self.checkpoints.update(ended)
+        return {s: json.loads(v) for s, v in ended.items()}
+
+    async def map(
+        self,
+        fn: Any,
+        items: Iterable[Any],
+        *,
+        concurrency: int = 16,
+        failures: str = "fail_fast",
+    ) -> list[Any]:
+        """Call `fn` on each item, at most `concurrency` at a time; the results in the order
+        of the items.
+
+        `fn` is a workflow (a `@longline.workflow`, or a workflow's name): each item is the
+        input of a child run, spread over every worker of that workflow, and the limit holds
+        across this run's attempts (children started and not ended count, whichever attempt
+        started them). Or `fn` is a component (or any async function of one argument): each
+        item is a call in this worker, a step checkpointed on its own when `fn` is a
+        component.
+
+        `failures="fail_fast"` (the default) raises the first failure seen (ChildFailed for
+        a child run) and starts no more items: the children still running go on, and are
+        cancelled if this run then ends; component calls still running are cancelled.
+        `failures="collect"` runs every item and puts each failure's exception in its place
+        in the results.
+        """
+        items = list(items)
+        if not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_MAP_CONCURRENCY:
+            raise ValueError(
+                f"ctx.map's concurrency must be an int from 1 to {MAX_MAP_CONCURRENCY}, "
+                f"not {concurrency!r}"
+            )
+        if failures not in _FAILURES:
+            raise ValueError(f"ctx.map's failures must be one of {_FAILURES}, not {failures!r}")
+        base = self.next_step("@map")
+        if isinstance(fn, str) or _is_workflow(fn):
+            return await self._map_children(
+                _workflow_name(fn), items, base, concurrency, failures == "collect"
+            )
+        if not callable(fn):
+            raise TypeError(f"ctx.map takes a workflow or a component, not {fn!r}")
+        return await self._map_calls(fn, items, base, concurrency, failures == "collect")
+
+    async def _map_children(
+        self, workflow: str, items: list[Any], base: str, concurrency: int, collect: bool
+    ) -> list[Any]:
+        try:
+            inputs = [json.dumps(item, allow_nan=False) for item in items]
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"an item of ctx.map over {workflow!r} is not JSON: {exc}") from None
+        steps = [f"{base}/{i}" for i in range(len(items))]
+        results: list[Any] = [None] * len(items)
+        done: set[int] = set()
+        started = 0
+        while True:
+            for i in range(started):
+                if i not in done and _ended(self.checkpoints.get(steps[i])):
+                    outcome = json.loads(self.checkpoints[steps[i]])
+                    done.add(i)
+                    if outcome["status"] == "SUCCEEDED":
+                        results[i] = outcome.get("result")
+                    else:
+                        results[i] = _child_failed(outcome)
+                        if not collect:
+                            raise results[i]
+            # Children an earlier attempt started count as started, whatever the limit now.
+            while started < len(items) and steps[started] in self.checkpoints:
+                started += 1
+            while started < len(items) and started - len(done) < concurrency:
+                await self._start_child(steps[started], workflow, inputs[started], False)
+                started += 1
+            if len(done) == len(items):
+                return results
+            # As many run as may (or every item started): wait until one ends.
+            await self.wait_children([steps[i] for i in range(started) if i not in done])
+
+    async def _map_calls(
+        self,
+        fn: Callable[[Any], Awaitable[Any]],
+        items: list[Any],
+        base: str,
+        concurrency: int,
+        collect: bool,
+    ) -> list[Any]:
+        with_key = getattr(fn, "with_key", None)
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(i: int, item: Any) -> Any:
+            call = with_key(f"{base}.{i}") if with_key is not None else fn
+            async with limit:
+                return await call(item)
+
+        tasks = [asyncio.ensure_future(one(i, item)) for i, item in enumerate(items)]
+        try:
+            if not collect:
+                pending = set(tasks)
+                while pending:
+                    finished, pending = await asyncio.wait(
+                        pending, return_when=asyncio.FIRST_EXCEPTION
+                    )
+                    failed = [t for t in tasks if t in finished and t.exception() is not None]
+                    if failed:
+                        raise failed[0].exception()  # type: ignore[misc]
+            else:
+                await asyncio.wait(tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        results: list[Any] = []
+        for task in tasks:
+            error = task.exception()
+            if isinstance(error, BaseException) and not isinstance(error, Exception):
+                raise error  # Parked, a cancellation: not an item's failure
+            results.append(error if error is not None else task.result())
+        return results
+
     @contextlib.asynccontextmanager
     async def running_step(self, step: str) -> AsyncIterator[None]:
         """Count a component step as running (from before it starts until its result is
@@ -340,6 +517,60 @@ class Context:
     def deactivate(token: contextvars.Token[Context | None]) -> None:
         """Undo activate()."""
         _current.reset(token)
+
+
+class ChildRun:
+    """A child run this run started (`Context.start_child`): its `run_id`, its `workflow`,
+    and `await result()` to wait for it (parking this run) and get its result."""
+
+    def __init__(self, ctx: Context, step: str, run_id: str, workflow: str) -> None:
+        self._ctx = ctx
+        self.step = step
+        self.run_id = run_id
+        self.workflow = workflow
+
+    async def result(self) -> Any:
+        """The child's result once it ended; ChildFailed when it failed or was cancelled."""
+        outcome = (await self._ctx.wait_children([self.step]))[self.step]
+        if outcome["status"] != "SUCCEEDED":
+            raise _child_failed(outcome)
+        return outcome.get("result")
+
+    def __repr__(self) -> str:
+        return f"ChildRun(run_id={self.run_id!r}, workflow={self.workflow!r})"
+
+
+def _ended(checkpoint: str | None) -> bool:
+    """Whether a child's step checkpoint says how the child ended."""
+    return checkpoint is not None and checkpoint.startswith('{"status":')
+
+
+def _child_failed(outcome: dict[str, Any]) -> ChildFailed:
+    error = outcome.get("error") or {}
+    return ChildFailed(
+        str(outcome.get("child", "")),
+        str(outcome.get("workflow", "")),
+        str(outcome.get("status", "")),
+        str(error.get("type", "")),
+        str(error.get("message", "")),
+        str(error.get("component", "")),
+    )
+
+
+def _is_workflow(fn: Any) -> bool:
+    from ._workflow import Workflow  # it imports this module
+
+    return isinstance(fn, Workflow)
+
+
+def _workflow_name(workflow: Any) -> str:
+    if isinstance(workflow, str) and workflow:
+        return workflow
+    if _is_workflow(workflow):
+        return str(workflow.name)
+    raise TypeError(
+        f"a child run takes a @longline.workflow or a workflow's name, not {workflow!r}"
+    )
 
 
 def to_json(value: Any, limit: int = 4096) -> str:

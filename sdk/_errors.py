@@ -13,6 +13,7 @@
     ├── RunCancelled                run.result() of a CANCELLED run (has .run)
     ├── LeaseLost                   inside a worker: this attempt no longer owns the run
     ├── InputTimeout                inside a workflow: ctx.wait_for_input's timeout passed
+    ├── ChildFailed                 inside a workflow: a child run failed or was cancelled
     └── NonRetryable                raise it (or subclass it) to stop a component's retries
 
 gRPC errors are turned into this tree in one place, `map_rpc_error`.
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from ._types import Run, RunErrorInfo
 
 __all__ = [
+    "ChildFailed",
     "FailedPrecondition",
     "InputTimeout",
     "InvalidArgument",
@@ -176,6 +178,32 @@ class InputTimeout(LonglineError):
         super().__init__(f"input {name!r} did not come{after}")
         self.name = name
         self.timeout = timeout
+
+
+class ChildFailed(LonglineError):
+    """Raised in a parent workflow by `ctx.run_child`, `ChildRun.result()` and `ctx.map`
+    when a child run ended FAILED or CANCELLED: `.run_id` names the child, `.status` how it
+    ended, `.error_type`, `.error_message` and `.component` why. Uncaught, it fails the
+    parent with this error."""
+
+    def __init__(
+        self,
+        run_id: str,
+        workflow: str,
+        status: str,
+        error_type: str = "",
+        error_message: str = "",
+        component: str = "",
+    ) -> None:
+        where = f" in component {component!r}" if component else ""
+        what = f": {error_type}: {error_message}" if error_type else ""
+        super().__init__(f"child run {run_id} ({workflow}) ended {status}{where}{what}")
+        self.run_id = run_id
+        self.workflow = workflow
+        self.status = status
+        self.error_type = error_type
+        self.error_message = error_message
+        self.component = component
 
 
 class NonRetryable(LonglineError):

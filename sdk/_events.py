@@ -42,7 +42,7 @@ class RunStatus(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
-    WAITING = "WAITING"  # parked: a durable sleep or a wait for input; holds no worker
+    WAITING = "WAITING"  # parked: a sleep, a wait for input or children; holds no worker
 
     @property
     def terminal(self) -> bool:
@@ -68,6 +68,8 @@ class EventType(enum.StrEnum):
     INPUT_RECEIVED = "INPUT_RECEIVED"
     RUN_WAITING = "RUN_WAITING"
     PROGRESS = "PROGRESS"
+    CHILD_STARTED = "CHILD_STARTED"
+    CHILD_ENDED = "CHILD_ENDED"
 
     @property
     def terminal(self) -> bool:

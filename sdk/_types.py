@@ -37,12 +37,14 @@ class RunErrorInfo:
 
 @dataclass(frozen=True)
 class RunWait:
-    """What a WAITING run waits for: `kind` "sleep" or "input", the input's name, and when
-    it wakes by itself (the sleep's end, the input's timeout; None: no timer)."""
+    """What a WAITING run waits for: `kind` "sleep", "input" or "child", the input's name,
+    when it wakes by itself (the sleep's end, the input's timeout; None: no timer), and the
+    child runs it waits for (it wakes when any one of them ends)."""
 
     kind: str
     input_name: str = ""
     wake_time: datetime | None = None
+    child_run_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Run:
     labels: dict[str, str] = field(default_factory=dict)
     input_json: str = ""
     wait: RunWait | None = None  # set while the run is WAITING
+    parent_run_id: str = ""  # the run that started this one as its child
 
     @property
     def result(self) -> Any:
@@ -82,7 +85,8 @@ class Event(EventBody):
 
 @dataclass(frozen=True)
 class TraceSpan:
-    """One node of a run's trace: an attempt (kind "ATTEMPT") or a component call."""
+    """One node of a run's trace: an attempt (kind "ATTEMPT"), a component call, or a child
+    run the run started (kind "CHILD_RUN"; its attempts and steps nest under it)."""
 
     span_id: str
     parent_span_id: str
@@ -101,6 +105,7 @@ class TraceSpan:
     input_tokens: int = 0
     output_tokens: int = 0
     worker: str = ""
+    run_id: str = ""  # the run it belongs to: the traced run, or one of its child runs
 
     @property
     def duration(self) -> float | None:

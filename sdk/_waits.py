@@ -390,3 +390,23 @@ class Waits(Protocol):
         """The input's decoded payload; InputTimeout when its timeout passed first; Parked
         when the run was parked to wait for it."""
         ...
+
+    async def start_child(
+        self,
+        step: str,
+        workflow: str,
+        input_json: str,
+        *,
+        detached: bool,
+        span_id: str,
+        parent_span_id: str,
+    ) -> str:
+        """Start a child run of `workflow` once for `step`; the step's checkpoint (JSON:
+        child, workflow)."""
+        ...
+
+    async def wait_children(self, wait_step: str, steps: list[str]) -> dict[str, str]:
+        """Of the children started at `steps`, those that ended (step -> its checkpoint,
+        JSON: status, child, workflow, result or error), at least one; Parked when the run
+        was parked until one ends."""
+        ...

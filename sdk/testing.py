@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,7 @@ class LocalRun:
     replayed: list[str] = field(default_factory=list)
     slept: list[float] = field(default_factory=list)  # each durable sleep's length, seconds
     requests: list[InputRequest] = field(default_factory=list)  # inputs the run asked for
+    children: dict[str, LocalRun] = field(default_factory=dict)  # child run id -> its run
 
     @property
     def outputs(self) -> list[str]:
@@ -95,11 +96,87 @@ class _MemorySink:
 class _MemoryWaits:
     """Waits that take no time: sleeps are recorded, inputs come from a mapping."""
 
-    def __init__(self, run: LocalRun, inputs: Mapping[str, Any], sink: _MemorySink) -> None:
+    def __init__(
+        self,
+        run: LocalRun,
+        inputs: Mapping[str, Any],
+        sink: _MemorySink,
+        *,
+        run_id: str = "local",
+        workflows: Mapping[str, Workflow] | None = None,
+        services: Services | None = None,
+    ) -> None:
         self._run = run
         self._inputs = inputs
         self._sink = sink
         self._now_ms = 0
+        self._run_id = run_id
+        self._workflows = workflows or {}
+        self._services = services
+        self._outcomes: dict[str, str] = {}  # step -> how its child ended
+
+    async def start_child(
+        self,
+        step: str,
+        workflow: str,
+        input_json: str,
+        *,
+        detached: bool,
+        span_id: str,
+        parent_span_id: str,
+    ) -> str:
+        # The child runs to its end at once, in this process, with the same inputs.
+        child_workflow = self._workflows.get(workflow)
+        if child_workflow is None:
+            raise LookupError(
+                f"run_local: child workflow {workflow!r} is not known: pass it in "
+                "run_local(..., workflows=[...])"
+            )
+        child_id = f"{self._run_id}/{step}"
+        head = {"child": child_id, "workflow": workflow}
+        await self._sink.emit(
+            "CHILD_STARTED",
+            EventBody(
+                message=f"started child run {child_id} ({workflow})",
+                data_json=json.dumps({**head, "step": step, "detached": detached}),
+                span_id=span_id,
+                parent_span_id=parent_span_id,
+            ),
+        )
+        child = await run_local(
+            child_workflow,
+            json.loads(input_json),
+            run_id=child_id,
+            services=self._services,
+            inputs=self._inputs,
+            workflows=self._workflows.values(),
+        )
+        self._run.children[child_id] = child
+        if child.error is None:
+            outcome: dict[str, Any] = {"status": "SUCCEEDED", **head, "result": child.result}
+        else:
+            error = {
+                "type": type(child.error).__name__,
+                "message": str(child.error),
+                "component": child.error_component,
+            }
+            outcome = {"status": "FAILED", **head, "error": error}
+        self._outcomes[step] = json.dumps(outcome)
+        await self._sink.emit(
+            "CHILD_ENDED",
+            EventBody(
+                message=f"child run {child_id} ({workflow}) ended {outcome['status']}",
+                data_json=json.dumps({**head, "step": step, "status": outcome["status"]}),
+            ),
+        )
+        started = json.dumps(head)
+        self._run.checkpoints[step] = started
+        return started
+
+    async def wait_children(self, wait_step: str, steps: list[str]) -> dict[str, str]:
+        ended = {s: self._outcomes[s] for s in steps if s in self._outcomes}
+        self._run.checkpoints.update(ended)
+        return ended
 
     async def sleep(self, step: str, *, delay_ms: int | None, until_ms: int | None) -> None:
         self._run.slept.append((delay_ms if delay_ms is not None else 0) / 1000)
@@ -133,6 +210,7 @@ async def run_local(
     checkpoints: dict[str, str] | None = None,
     services: Services | None = None,
     inputs: Mapping[str, Any] | None = None,
+    workflows: Iterable[Workflow] = (),
 ) -> LocalRun:
     """Run a workflow in this process, recording its events; errors are captured, not raised.
 
@@ -141,11 +219,14 @@ async def run_local(
     (e.g. MemoryServices()) for components' caches and limits. Durable sleeps take no
     time (see `LocalRun.slept`); `ctx.wait_for_input(name)` returns `inputs[name]`
     (checked against its schema), or raises InputTimeout when `inputs` has no such name.
+    Child runs (`ctx.run_child`, `ctx.map` over a workflow) run here too, each to its end
+    when it starts, and must be among `workflows` (see `LocalRun.children`).
     """
     run = LocalRun(checkpoints=dict(checkpoints or {}))
     attempt = 1 if checkpoints is None else 2
     sink = _MemorySink(run)
-    waits = _MemoryWaits(run, inputs or {}, sink)
+    known = {w.name: w for w in workflows}
+    waits = _MemoryWaits(run, inputs or {}, sink, run_id=run_id, workflows=known, services=services)
     ctx = Context(run_id, attempt, workflow.name, sink, checkpoints, services, waits)
     token = ctx.activate()
     try:

@@ -292,3 +292,54 @@ async def two_approvals(ctx: longline.Context, input: Any) -> Any:
 async def two_sleeps(ctx: longline.Context, input: Any) -> Any:
     await asyncio.gather(ctx.sleep(0.3), ctx.sleep(0.4))
     return {"attempt": ctx.attempt}
+
+
+@longline.workflow(description="A child: a counted step (input: i, delay, fail), then 2*i.")
+async def child_item(ctx: longline.Context, input: Any) -> Any:
+    await chaos_step(ctx.run_id, 0, float(input.get("delay", 0)))
+    if input.get("fail"):
+        raise ValueError(f"item {input['i']} failed on purpose")
+    return {"i": input["i"], "double": 2 * input["i"]}
+
+
+@longline.workflow(description="Runs child_item as a child run (input: its input).")
+async def parent_of_one(ctx: longline.Context, input: Any) -> Any:
+    await count_step(ctx.run_id, 0)
+    try:
+        result = await ctx.run_child(child_item, input)
+    except longline.ChildFailed as exc:
+        return {"failed": exc.run_id, "status": exc.status, "error": exc.error_message}
+    await count_step(ctx.run_id, 1)
+    return {"child": result, "attempt": ctx.attempt}
+
+
+@longline.workflow(
+    description="ctx.map over child_item (input: n, concurrency, delay, fail: items, collect)."
+)
+async def fan_out(ctx: longline.Context, input: Any) -> Any:
+    n = int(input.get("n", 10))
+    fail = set(input.get("fail", []))
+    items = [{"i": i, "delay": input.get("delay", 0), "fail": i in fail} for i in range(n)]
+    results = await ctx.map(
+        child_item,
+        items,
+        concurrency=int(input.get("concurrency", 4)),
+        failures="collect" if input.get("collect") else "fail_fast",
+    )
+    return [
+        {"error": str(r), "child": r.run_id} if isinstance(r, longline.ChildFailed) else r
+        for r in results
+    ]
+
+
+@longline.component
+async def item_step(item: dict[str, Any]) -> int:
+    """One counted item of map_steps: counted before its work of `delay` s."""
+    return await chaos_step.fn(item["run"], item["i"], item["delay"])
+
+
+@longline.workflow(description="ctx.map over a counted component (input: n, concurrency, delay).")
+async def map_steps(ctx: longline.Context, input: Any) -> Any:
+    delay = float(input.get("delay", 0))
+    items = [{"run": ctx.run_id, "i": i, "delay": delay} for i in range(int(input.get("n", 8)))]
+    return await ctx.map(item_step, items, concurrency=int(input.get("concurrency", 3)))

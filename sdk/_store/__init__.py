@@ -12,6 +12,7 @@ what removes it; docs/architecture.md has the table):
     _runs        run hashes, run indexes, idempotency keys, rate buckets, counters
     _attempts    leases, claims, requeues, checkpoints, fenced writes (RunWriter)
     _waits       parked runs: durable sleeps, input requests and inputs, wake-up timers
+    _children    child runs: cancelling the children of runs that ended before them
     _events      run event streams: ids, encoding, byte-bounded pages, live channels
     _queues      queue streams and consumer groups, the partitions' queue notices
     _presence    workers' presence and announced workflows
@@ -51,6 +52,7 @@ from ._builds import (
     check_build_id,
     check_workflow_name,
 )
+from ._children import CancelledChild, Children
 from ._connection import Redis, check_redis_url, connect, redis_time_ms
 from ._errors import (
     DomainError,
@@ -105,6 +107,8 @@ __all__ = [
     "Builds",
     "CancelNotice",
     "CancelOutcome",
+    "CancelledChild",
+    "Children",
     "ClaimRequest",
     "Claimed",
     "Created",
@@ -182,6 +186,7 @@ class Store:
         self.runs = Runs(redis, self.presence, self.partitions)
         self.attempts = Attempts(redis, self.runs)
         self.waits = Waits(redis, self.runs)
+        self.children = Children(redis, self.runs)
         self.events = Events(redis)
         self.builds = Builds(redis, self.presence, self.partitions)
         self.notices = Notices(redis)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -144,6 +146,8 @@ class Attempts:
         self._expire = redis.register_script(_scripts.EXPIRE_LEASE)
         self._sleep = redis.register_script(_scripts.SLEEP_RUN)
         self._request_input = redis.register_script(_scripts.REQUEST_INPUT)
+        self._start_child = redis.register_script(_scripts.START_CHILD)
+        self._wait_children = redis.register_script(_scripts.WAIT_CHILDREN)
 
     async def claim(self, request: ClaimRequest) -> Claimed | WrongBuild | None:
         """Make an attempt of a queued run RUNNING on a worker of the request's build,
@@ -231,6 +235,7 @@ class Attempts:
             keys.steps_key(run_id),
             Runs.idem_or_run_key(run_id, route),
             keys.waits_key(run_id),
+            *keys.family_keys(run_id, route.parent),
             *keys.stats_keys(n),
         ]
 
@@ -351,15 +356,19 @@ class RunWriter:
         self._lock = asyncio.Lock()
         self._keys = [keys.run_key(run_id), keys.events_key(run_id)]
         self._idem: str | None = None  # the run's idempotency key, read once (see finish)
+        self.parent = ""  # the run's parent run ('' = none), read with it
+        self.tenant = ""  # the run's tenant, read with it (its children's)
 
     async def open(self) -> dict[str, str]:
         """The run's step checkpoints (step key -> JSON result), read with what `finish`
         must declare, in one round trip."""
         async with self._attempts._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.steps_key(self.run_id))
-            pipe.hget(keys.run_key(self.run_id), "idem_key")
-            steps, idem = await pipe.execute()
+            pipe.hmget(keys.run_key(self.run_id), "idem_key", "parent_run_id", "tenant")
+            steps, (idem, parent, tenant) = await pipe.execute()
         self._idem = idem or ""
+        self.parent = parent or ""
+        self.tenant = tenant or ""
         return dict(steps)
 
     async def _send(self, call: Callable[[int], Awaitable[Any]]) -> Any:
@@ -474,6 +483,86 @@ class RunWriter:
             raise LeaseLost(self.run_id, self.attempt)
         return int(reply[0]), str(reply[1]) if len(reply) > 1 else ""
 
+    async def start_child(
+        self,
+        step: str,
+        workflow: str,
+        input_json: str,
+        *,
+        traceparent: str = "",
+        detached: bool = False,
+        span_id: str = "",
+        parent_span_id: str = "",
+    ) -> tuple[bool, str]:
+        """Start a child run of `workflow` at `step`, once: (True, the step's checkpoint)
+        when this call started it, (False, checkpoint) when an earlier write had. The child
+        is queued in this run's partition (see START_CHILD); ValueError past MAX_CHILDREN."""
+        n = keys.partition_of(self.run_id)
+        child_id = keys.run_id_in(n, uuid.uuid4().hex)
+        data = json.dumps(
+            {"child": child_id, "workflow": workflow, "step": step, "detached": detached}
+        )
+
+        async def call(seq: int) -> Any:
+            return await self._attempts._start_child(
+                keys=[
+                    keys.run_key(self.run_id),
+                    keys.events_key(self.run_id),
+                    keys.steps_key(self.run_id),
+                    keys.children_key(self.run_id),
+                    keys.run_key(child_id),
+                    keys.events_key(child_id),
+                    keys.runs_key(n, self.tenant),
+                    keys.runs_by_workflow_key(n, workflow, self.tenant),
+                    keys.queue_key(n, workflow),
+                    *keys.stats_keys(n),
+                ],
+                args=[
+                    self._holder,
+                    seq,
+                    step,
+                    child_id,
+                    workflow,
+                    input_json,
+                    "{}",
+                    traceparent,
+                    "1" if detached else "0",
+                    span_id,
+                    parent_span_id,
+                    keys.work_channel(n),
+                    keys.MAX_CHILDREN,
+                    data,
+                ],
+            )
+
+        reply = await self._send(call)
+        if reply is None:
+            raise LeaseLost(self.run_id, self.attempt)
+        if int(reply[0]) == 2:
+            raise ValueError(
+                f"run {self.run_id} has started {keys.MAX_CHILDREN} child runs, as many as a "
+                "run may: split the work over runs that each start fewer"
+            )
+        return int(reply[0]) == 1, str(reply[1])
+
+    async def wait_children(
+        self, wait_step: str, steps: Sequence[str], *, park: bool = True
+    ) -> tuple[int, dict[str, str]]:
+        """Of the children started at `steps`, those that ended: (0, step -> checkpoint);
+        else park the run until one ends (1, {}), or, without `park`, answer (4, {})."""
+
+        async def call(seq: int) -> Any:
+            return await self._attempts._wait_children(
+                keys=self._wait_keys(keys.steps_key(self.run_id)),
+                args=[self._holder, seq, wait_step, "1" if park else "0", len(steps), *steps],
+            )
+
+        reply = await self._send(call)
+        if reply is None:
+            raise LeaseLost(self.run_id, self.attempt)
+        flat = [str(x) for x in reply[1:]]
+        return int(reply[0]), dict(zip(flat[::2], flat[1::2], strict=True))
+
     async def finish(
         self,
         status: str,
@@ -486,8 +575,11 @@ class RunWriter:
         n = keys.partition_of(self.run_id)
 
         async def call(seq: int) -> Any:
-            if self._idem is None:  # not opened: the script must declare the run's key
-                self._idem = await self._attempts._redis.hget(self._keys[0], "idem_key") or ""
+            if self._idem is None:  # not opened: the script must declare the run's keys
+                idem, parent = await self._attempts._redis.hmget(
+                    self._keys[0], "idem_key", "parent_run_id"
+                )
+                self._idem, self.parent = idem or "", parent or ""
             return await self._attempts._finish(
                 keys=[
                     *self._keys,
@@ -495,6 +587,7 @@ class RunWriter:
                     keys.steps_key(self.run_id),
                     self._idem or self._keys[0],
                     keys.waits_key(self.run_id),
+                    *keys.family_keys(self.run_id, self.parent),
                     *keys.stats_keys(n),
                 ],
                 args=[self._holder, seq, status, result_json, *error, *event],

@@ -15,9 +15,10 @@ single Redis is the case where every partition lives on one node.
 Every key is one of three kinds (docs/architecture.md lists every key, its owner and what
 removes it; docs/durability.md explains the kinds):
 
-- OWNED BY A RUN: the run's hash, events and checkpoints, and its idempotency key. They
-  expire together `--retention` after the run ends (the terminal scripts set the TTL; the
-  run carries its retention from creation; 0 keeps them forever).
+- OWNED BY A RUN: the run's hash, events, checkpoints, waits and children, and its
+  idempotency key. They expire together `--retention` after the run ends (the terminal
+  scripts set the TTL; the run carries its retention from creation, a child run its
+  parent's; 0 keeps them forever).
 - OWNED BY A LIVE PROCESS: presence, rate buckets, limits, the sweep lock. They carry a TTL
   (or a score that runs out) that their owner pushes back while it lives, and the owner
   makes them again when it finds them missing, whatever removed them.
@@ -140,9 +141,46 @@ MAX_EARLY_INPUTS = 16
 
 def timers_key(n: int) -> str:
     """zset: run_id -> when it wakes (ms), every WAITING run of partition `n` with a timer (a
-    sleep, an input's timeout). Entries: removed by WAKE_RUN, SEND_INPUT and CANCEL_RUN, and
-    by WAKE_RUN for a run that is gone or no longer waits."""
+    sleep, an input's timeout, a child run it waits for that ended: due at once). Entries:
+    removed by WAKE_RUN, SEND_INPUT and CANCEL_RUN, and by WAKE_RUN for a run that is gone or
+    no longer waits."""
     return f"{_in(n)}:timers"
+
+
+def children_key(run_id: str) -> str:
+    """set: the child runs the run started (but detached ones) that have not ended: those to
+    cancel should the run end first. Each child removes itself from it when it ends (the
+    terminal scripts); expires with the run. Bounded by `MAX_CHILDREN`. A child run lives in
+    its parent's partition, so a parent and its children share one slot."""
+    return f"{_in(partition_of(run_id))}:children:{run_id}"
+
+
+MAX_CHILDREN = 10_000  # child runs one run may start in its life
+
+
+def orphans_key(n: int) -> str:
+    """zset: run_id -> when it ended (ms), the runs of partition `n` that ended while child
+    runs of theirs had not: the control plane cancels those children, then removes the entry
+    (`_children`); an entry whose children set is empty or gone is removed the same way."""
+    return f"{_in(n)}:orphans"
+
+
+def family_keys(run_id: str, parent_run_id: str) -> list[str]:
+    """The seven keys the scripts that end a run declare right before the counters (see
+    `ended` in `_scripts`): the run's children, the partition's orphans, the parent's hash,
+    events, steps and children (the run's own keys when it has no parent), and the
+    partition's timers."""
+    n = partition_of(run_id)
+    parent = parent_run_id or run_id
+    return [
+        children_key(run_id),
+        orphans_key(n),
+        run_key(parent),
+        events_key(parent),
+        steps_key(parent),
+        children_key(parent),
+        timers_key(n),
+    ]
 
 
 def idempotency_key(n: int, key: str, tenant: str = "") -> str:
@@ -302,6 +340,8 @@ OWNERS: dict[str, str] = {
     "steps_key": "_attempts",
     "waits_key": "_waits",
     "timers_key": "_waits",
+    "children_key": "_children",
+    "orphans_key": "_children",
     "events_key": "_events",
     "hub_channel": "_events",
     "queue_key": "_queues",

@@ -70,11 +70,13 @@ class RunRecord:
     worker_id: str
     labels: dict[str, str] = field(default_factory=dict)
     tenant: str = ""
-    # While WAITING: what for ("sleep" or "input"), the input's name, and when its timer
-    # wakes it (ms, Redis time; 0 for no timer).
+    # While WAITING: what for ("sleep", "input" or "child"), the input's name, and when its
+    # timer wakes it (ms, Redis time; 0 for no timer).
     wait_kind: str = ""
     wait_name: str = ""
     wake_ms: int = 0
+    wait_children: tuple[str, ...] = ()  # while WAITING for child runs: which
+    parent_run_id: str = ""  # the run that started this one as its child
 
     @property
     def terminal(self) -> bool:
@@ -103,6 +105,10 @@ class RunRecord:
             wait_kind=h.get("wait_kind", "") if h.get("status") == "WAITING" else "",
             wait_name=h.get("wait_name", "") if h.get("status") == "WAITING" else "",
             wake_ms=int(h.get("wake_ms") or 0) if h.get("status") == "WAITING" else 0,
+            wait_children=tuple((h.get("wait_children") or "").split())
+            if h.get("status") == "WAITING"
+            else (),
+            parent_run_id=h.get("parent_run_id", ""),
         )
 
 
@@ -124,6 +130,8 @@ _LIST_FIELDS = (
     "wait_kind",
     "wait_name",
     "wake_ms",
+    "wait_children",
+    "parent_run_id",
 )
 
 
@@ -188,11 +196,13 @@ class Stats:
 @dataclass(frozen=True, slots=True)
 class Route:
     """What a script that moves a run must know before it runs, to declare the run's keys:
-    its workflow and build (its queue) and its idempotency key ('' = none)."""
+    its workflow and build (its queue), its idempotency key ('' = none) and its parent run
+    ('' = none: see keys.family_keys)."""
 
     workflow: str
     build: str
     idem_key: str
+    parent: str = ""
 
 
 class _CreateAnswer(enum.IntEnum):
@@ -387,11 +397,11 @@ class Runs:
         one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
-                pipe.hmget(keys.run_key(run_id), "workflow", "build", "idem_key")
+                pipe.hmget(keys.run_key(run_id), "workflow", "build", "idem_key", "parent_run_id")
             replies = await pipe.execute()
         return [
-            None if workflow is None else Route(workflow, build or "", idem or "")
-            for workflow, build, idem in replies
+            None if workflow is None else Route(workflow, build or "", idem or "", parent or "")
+            for workflow, build, idem, parent in replies
         ]
 
     @staticmethod
@@ -569,6 +579,7 @@ class Runs:
                 self.idem_or_run_key(run_id, route),
                 keys.waits_key(run_id),
                 keys.timers_key(n),
+                *keys.family_keys(run_id, route.parent if route else ""),
                 *keys.stats_keys(n),
             ],
             args=[reason],

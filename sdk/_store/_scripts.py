@@ -60,20 +60,6 @@ local function per_tenant(run, status, delta)
   if status ~= 'QUEUED' then return end
   count(TENANTS, redis.call('HGET', run, 'tenant') or '', delta)
 end
--- A run that ended keeps its keys for its retention (set when it was created; 0 = forever),
--- then they expire together: its hash, events, checkpoints, waits and idempotency key. The
--- caller declares the idempotency key it read from the run's hash (`idem`, the run's own key
--- when it has none); only the key the hash names is touched.
-local function retire(run, events, steps, idem, waits)
-  local r = redis.call('HMGET', run, 'retention_ms', 'idem_key')
-  local ms = tonumber(r[1] or '0') or 0
-  if ms <= 0 then return end
-  redis.call('PEXPIRE', run, ms)
-  redis.call('PEXPIRE', events, ms)
-  redis.call('PEXPIRE', steps, ms)
-  redis.call('PEXPIRE', waits, ms)
-  if r[2] and r[2] ~= '' and r[2] == idem then redis.call('PEXPIRE', idem, ms) end
-end
 -- Publish on a channel of the script's own slot. Redis 7 has sharded pub/sub: the message
 -- goes to the subscribers of the node that owns the channel's slot only, where PUBLISH would
 -- send it to every node of a cluster. Subscribers make this same test per node (_fanout).
@@ -107,6 +93,78 @@ local function emit(stream, fields)
   local id = redis.call('XADD', stream, '*', unpack(fields))
   publish(stream, id .. ' ' .. cjson.encode(fields))
   return id
+end
+-- Child runs. The scripts that end a run (FINISH_RUN, CANCEL_RUN, and give_up in
+-- REQUEUE_RUN and EXPIRE_LEASE) declare seven keys right before the counters: the run's own
+-- children set, the partition's orphans, its parent's hash, events, steps and children set
+-- (the run's own keys when it has no parent: they are told apart by the parent's run_id),
+-- and the partition's timers. A child lives in its parent's partition, so all of it is one
+-- slot.
+--
+-- A run that ended: when it is a child of a run that has not ended, its parent's step that
+-- started it records how it ended (status, and the result or the error), CHILD_ENDED is
+-- written to the parent, and a parent that waits for this child is made due to wake (its
+-- timer set to now: WAKE_RUN requeues it). When it has children that have not ended, it is
+-- noted in the orphans zset: the control plane cancels those children (`_children`).
+local function ended(run)
+  local own, orphans = KEYS[#KEYS - 10], KEYS[#KEYS - 9]
+  local prun, pevents, psteps = KEYS[#KEYS - 8], KEYS[#KEYS - 7], KEYS[#KEYS - 6]
+  local pchildren, timers = KEYS[#KEYS - 5], KEYS[#KEYS - 4]
+  local c = redis.call('HMGET', run, 'run_id', 'parent_run_id', 'parent_step', 'status',
+    'result_json', 'error_type', 'error_message', 'error_component', 'workflow',
+    'cancel_reason')
+  if redis.call('SCARD', own) > 0 then redis.call('ZADD', orphans, now_ms(), c[1]) end
+  if not c[2] or c[2] == '' then return end
+  redis.call('SREM', pchildren, c[1])
+  local p = redis.call('HMGET', prun, 'run_id', 'status', 'wait_kind', 'wait_children',
+    'attempt')
+  if p[1] ~= c[2] then return end  -- the caller declared no parent, or the parent is gone
+  if p[2] ~= 'QUEUED' and p[2] ~= 'RUNNING' and p[2] ~= 'WAITING' then return end
+  local head = '{"child":"' .. c[1] .. '"'
+  local started = redis.call('HGET', psteps, c[3])
+  if not started or string.sub(started, 1, #head) ~= head then return end
+  local wf = cjson.encode(c[9])
+  local data = {child = c[1], workflow = c[9], step = c[3], status = c[4]}
+  local outcome
+  if c[4] == 'SUCCEEDED' then
+    local result = (c[5] and c[5] ~= '') and c[5] or 'null'
+    outcome = '{"status":"SUCCEEDED","child":"' .. c[1] .. '","workflow":' .. wf ..
+      ',"result":' .. result .. '}'
+  else
+    local err = {type = c[6] or '', message = c[7] or '', component = c[8] or ''}
+    if c[4] == 'CANCELLED' then
+      err = {type = 'Cancelled', message = c[10] or '', component = ''}
+    end
+    data.error = err
+    outcome = '{"status":"' .. c[4] .. '","child":"' .. c[1] .. '","workflow":' .. wf ..
+      ',"error":' .. cjson.encode(err) .. '}'
+  end
+  redis.call('HSET', psteps, c[3], outcome)
+  local id = emit(pevents, {'t', 'CHILD_ENDED', 'a', p[5],
+    'm', 'child run ' .. c[1] .. ' (' .. c[9] .. ') ended ' .. c[4], 'd', cjson.encode(data)})
+  redis.call('HSET', prun, 'last_event_id', id)
+  if p[2] == 'WAITING' and p[3] == 'child' and
+    string.find(' ' .. (p[4] or '') .. ' ', ' ' .. c[1] .. ' ', 1, true) then
+    local now = fmt(now_ms())
+    redis.call('HSET', prun, 'wake_ms', now)
+    redis.call('ZADD', timers, now, p[1])
+  end
+end
+-- A run that ended (see `ended`) keeps its keys for its retention (set when it was created;
+-- 0 = forever), then they expire together: its hash, events, checkpoints, waits, children
+-- and idempotency key. The caller declares the idempotency key it read from the run's hash
+-- (`idem`, the run's own key when it has none); only the key the hash names is touched.
+local function retire(run, events, steps, idem, waits)
+  ended(run)
+  local r = redis.call('HMGET', run, 'retention_ms', 'idem_key')
+  local ms = tonumber(r[1] or '0') or 0
+  if ms <= 0 then return end
+  redis.call('PEXPIRE', run, ms)
+  redis.call('PEXPIRE', events, ms)
+  redis.call('PEXPIRE', steps, ms)
+  redis.call('PEXPIRE', waits, ms)
+  redis.call('PEXPIRE', KEYS[#KEYS - 10], ms)
+  if r[2] and r[2] ~= '' and r[2] == idem then redis.call('PEXPIRE', idem, ms) end
 end
 -- 0: not held; 1: apply; 2: already applied (a retried write)
 local function fenced(run, attempt, seq)
@@ -287,7 +345,8 @@ return ids
 )
 
 # KEYS: run, events, leases, steps, idempotency (as the run's hash names it; the run key when
-# it has none), waits. ARGV: holder, seq, status, result_json, error_type,
+# it has none), waits, the family's seven (keys.family_keys). ARGV: holder, seq, status,
+# result_json, error_type,
 # error_message, error_component, then the terminal event's fields.
 # Returns the event id ('' for a write already applied) or nil.
 FINISH_RUN = (
@@ -326,9 +385,9 @@ return id
 """
 )
 
-# KEYS: run, events, leases, steps, idempotency (as for FINISH_RUN), waits, timers. ARGV:
-# reason. A QUEUED, RUNNING or WAITING run can be cancelled (a WAITING one at once: no worker
-# holds it, and its timer is removed).
+# KEYS: run, events, leases, steps, idempotency (as for FINISH_RUN), waits, timers, the
+# family's seven (keys.family_keys). ARGV: reason. A QUEUED, RUNNING or WAITING run can be
+# cancelled (a WAITING one at once: no worker holds it, and its timer is removed).
 # Returns {-1} unknown run, {0, status} already finished, {1, previous status, attempt, worker}.
 CANCEL_RUN = (
     _PRELUDE
@@ -398,7 +457,8 @@ end
 """
 
 # KEYS: run, events, queue (of the run's build, as the caller read it), leases, steps,
-# idempotency (as for FINISH_RUN), waits. ARGV: holder ("attempt@worker_id"), reason, mode, the
+# idempotency (as for FINISH_RUN), waits, the family's seven (keys.family_keys). ARGV: holder
+# ("attempt@worker_id"), reason, mode, the
 # run's build as the caller read it, the partition's work channel.
 # Puts a held attempt back in the queue as the next attempt at once; it does not count as a
 # lost attempt. Modes:
@@ -481,16 +541,19 @@ local function parked_by(run, holder, step)
 end
 -- The attempt `holder` gives the run up to wait: no worker, no lease; a timer when `wake` is
 -- a time (ms), '' for none. Parking is not a lost attempt.
-local function park(run, events, leases, timers, holder, kind, name, step, wake, message)
+local function park(run, events, leases, timers, holder, kind, name, step, wake, message,
+    children)
   local r = redis.call('HMGET', run, 'run_id', 'attempt')
   local data = {kind = kind, name = name, step = step}
   if wake ~= '' then data.wake_ms = tonumber(wake) end
+  if children then data.children = children end
   local id = emit(events, {'t', 'RUN_WAITING', 'a', r[2], 'm', message,
     'd', cjson.encode(data)})
   moved(run, 'RUNNING', 'WAITING')
   redis.call('HSET', run, 'status', 'WAITING', 'worker_id', '', 'parked_by', holder,
     'wait_kind', kind, 'wait_name', name, 'wait_step', step, 'wake_ms', wake,
-    'lease_expires_ms', '', 'update_ms', fmt(now_ms()), 'last_event_id', id)
+    'lease_expires_ms', '', 'update_ms', fmt(now_ms()), 'last_event_id', id,
+    'wait_children', children and table.concat(children, ' ') or '')
   redis.call('ZREM', leases, r[1])
   if wake ~= '' then redis.call('ZADD', timers, wake, r[1]) end
 end
@@ -503,6 +566,7 @@ local function resume(run, events, queue, timers, channel, message)
   moved(run, 'WAITING', nil)
   redis.call('HSET', run, 'status', 'QUEUED', 'attempt', next_attempt, 'worker_id', '',
     'parked_by', '', 'wait_kind', '', 'wait_name', '', 'wait_step', '', 'wake_ms', '',
+    'wait_children', '',
     'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '', 'seq', '0')
   moved(run, nil, 'QUEUED')
   redis.call('ZREM', timers, r[1])
@@ -661,8 +725,9 @@ return {1}
 
 # KEYS: run, events, queue (of the run's build, as the caller read it), timers, waits, steps.
 # ARGV: run_id, the run's build as the caller read it, the partition's work channel.
-# Wakes a WAITING run whose timer is due: a sleep is over (checkpointed as slept), or an
-# input timed out (checkpointed as such; a later input for it is refused). Acts only on a
+# Wakes a WAITING run whose timer is due: a sleep is over (checkpointed as slept), an
+# input timed out (checkpointed as such; a later input for it is refused), or a child run it
+# waited for ended (made due by `ended`). Acts only on a
 # run that waits and is due, so of several replicas racing on one timer exactly one acts.
 # Returns 'woken', '' (nothing to do), or 'stale' when the run's build is not the one the
 # caller read (read again and retry).
@@ -686,6 +751,9 @@ if st[3] == 'input' then
   redis.call('HSET', KEYS[5], 'x:' .. st[4], '1')
   redis.call('HSET', KEYS[6], st[5], '{"timeout":true}')
   message = 'resumed: input ' .. st[4] .. ' timed out'
+elseif st[3] == 'child' then
+  -- A child it waited for ended: its outcome is in the child's step already (`ended`).
+  message = 'resumed: a child run ended'
 else
   redis.call('HSET', KEYS[6], st[5], '{"slept":true}')
   message = 'resumed: the sleep is over'
@@ -694,3 +762,90 @@ resume(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], message)
 return 'woken'
 """
 )
+
+# KEYS: the parent's run, events, steps and children set; the child's run, events, its
+# tenant's index, its workflow's index, its queue (the workflow's own: a new run has no
+# build); the partition's counters. ARGV: the parent's holder, seq, the step key that starts
+# the child, the child's run id (new, in the parent's partition), workflow, input_json,
+# labels_json, traceparent, '1' when detached, the child's span id in the parent's trace, the
+# span it was started in, the partition's work channel, the most children a run may start,
+# CHILD_STARTED's data (JSON).
+# Starts the child once per step: the step's checkpoint ({"child": id, "workflow": name})
+# is written with the child's creation, so a retried write or a later attempt of the parent
+# finds the child it started. The child inherits the parent's tenant and retention. Returns
+# {1, checkpoint} started; {0, checkpoint} started before; {2} the parent has started as many
+# children as it may; nil when the attempt does not hold the parent.
+START_CHILD = (
+    _PRELUDE
+    + """
+if fenced(KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+local existing = redis.call('HGET', KEYS[3], ARGV[3])
+if existing then return {0, existing} end
+local p = redis.call('HMGET', KEYS[1], 'run_id', 'tenant', 'retention_ms', 'attempt',
+  'children')
+if tonumber(p[5] or '0') >= tonumber(ARGV[13]) then return {2} end
+local cid, workflow = ARGV[4], ARGV[5]
+local now = fmt(now_ms())
+local queued = emit(KEYS[6], {'t', 'RUN_QUEUED', 'a', '1', 'm', 'queued: a child of run ' .. p[1]})
+redis.call('HSET', KEYS[5], 'run_id', cid, 'workflow', workflow, 'status', 'QUEUED',
+  'attempt', '1', 'input_json', ARGV[6], 'labels_json', ARGV[7], 'idempotency_key', '',
+  'create_ms', now, 'update_ms', now, 'last_event_id', queued, 'lost', '0',
+  'traceparent', ARGV[8], 'tenant', p[2] or '', 'retention_ms', p[3] or '0', 'idem_key', '',
+  'parent_run_id', p[1], 'parent_step', ARGV[3])
+moved(KEYS[5], nil, 'QUEUED')
+count(QUEUED, workflow, 1)
+redis.call('ZADD', KEYS[7], now, cid)
+redis.call('ZADD', KEYS[8], now, cid)
+enqueue(KEYS[9], ARGV[12], cid, '1')
+if ARGV[9] ~= '1' then redis.call('SADD', KEYS[4], cid) end
+redis.call('HINCRBY', KEYS[1], 'children', 1)
+local value = '{"child":"' .. cid .. '","workflow":' .. cjson.encode(workflow) .. '}'
+redis.call('HSET', KEYS[3], ARGV[3], value)
+local id = emit(KEYS[2], {'t', 'CHILD_STARTED', 'a', p[4],
+  'm', 'started child run ' .. cid .. ' (' .. workflow .. ')', 'd', ARGV[14],
+  's', ARGV[10], 'p', ARGV[11]})
+redis.call('HSET', KEYS[1], 'last_event_id', id)
+return {1, value}
+"""
+)
+
+# KEYS: run, events, leases, timers, waits, steps. ARGV: holder, seq, the wait's step key
+# (for a retried write), '1' to park ('0': answer {4} instead), n, then the step keys of the
+# n children it waits for.
+# Answers {0, step, checkpoint, ...} with the children of those that ended (their steps
+# hold how: `ended` wrote it), else parks the run until one of them ends ({1}), or, asked
+# not to park, {4}; nil when the attempt does not hold the run. Checking and parking are one
+# step, so a child that ends meanwhile is never missed.
+WAIT_CHILDREN = (
+    _PRELUDE
+    + _local_waits
+    + """
+if parked_by(KEYS[1], ARGV[1], ARGV[3]) then return {1} end
+if fenced(KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+local done, ids = {}, {}
+for i = 6, 5 + tonumber(ARGV[5]) do
+  local v = redis.call('HGET', KEYS[6], ARGV[i])
+  if v and string.sub(v, 1, 10) == '{"status":' then
+    done[#done + 1] = ARGV[i]
+    done[#done + 1] = v
+  elseif v then
+    ids[#ids + 1] = string.match(v, '^{"child":"(%x+)"')
+  end
+end
+if #done > 0 then return {0, unpack(done)} end
+if ARGV[4] ~= '1' then return {4} end
+if #ids == 0 then return redis.error_reply('EVENTTYPE no child run was started to wait for') end
+local what = #ids == 1 and ('child run ' .. ids[1]) or (#ids .. ' child runs')
+park(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], 'child', '', ARGV[3], '',
+  'waiting for ' .. what, ids)
+return {1}
+"""
+)
+
+# KEYS: the partition's orphans, the run's children set. ARGV: run_id.
+# Drops the run from the orphans once none of its children is left to cancel: 1, else 0.
+CLEAR_ORPHAN = """
+if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"""

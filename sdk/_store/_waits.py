@@ -146,6 +146,13 @@ class Waits:
             for n in order:
                 pipe.zrangebyscore(keys.timers_key(n), "-inf", now, start=0, num=limit)
             due = [str(run_id) for reply in await pipe.execute() for run_id in reply][:limit]
+        return await self.wake(due, now)
+
+    async def wake(self, due: list[str], now: int | None = None) -> list[str]:
+        """Requeue these WAITING runs where their timer is due (WAKE_RUN checks; a parent
+        whose child ended is due at once); the ids of those this call woke."""
+        if now is None:
+            now = await redis_time_ms(self._redis)
         woken: list[str] = []
         for _ in range(3):  # again for a run whose build changed since it was read
             if not due:

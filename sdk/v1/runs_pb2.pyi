@@ -38,12 +38,15 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_INPUT_RECEIVED: _ClassVar[EventType]
     EVENT_TYPE_RUN_WAITING: _ClassVar[EventType]
     EVENT_TYPE_PROGRESS: _ClassVar[EventType]
+    EVENT_TYPE_CHILD_STARTED: _ClassVar[EventType]
+    EVENT_TYPE_CHILD_ENDED: _ClassVar[EventType]
 
 class WaitKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     WAIT_KIND_UNSPECIFIED: _ClassVar[WaitKind]
     WAIT_KIND_SLEEP: _ClassVar[WaitKind]
     WAIT_KIND_INPUT: _ClassVar[WaitKind]
+    WAIT_KIND_CHILD: _ClassVar[WaitKind]
 
 class RunView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,6 +59,7 @@ class TraceSpanKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRACE_SPAN_KIND_UNSPECIFIED: _ClassVar[TraceSpanKind]
     TRACE_SPAN_KIND_ATTEMPT: _ClassVar[TraceSpanKind]
     TRACE_SPAN_KIND_COMPONENT: _ClassVar[TraceSpanKind]
+    TRACE_SPAN_KIND_CHILD_RUN: _ClassVar[TraceSpanKind]
 
 class TraceSpanStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -88,15 +92,19 @@ EVENT_TYPE_INPUT_REQUESTED: EventType
 EVENT_TYPE_INPUT_RECEIVED: EventType
 EVENT_TYPE_RUN_WAITING: EventType
 EVENT_TYPE_PROGRESS: EventType
+EVENT_TYPE_CHILD_STARTED: EventType
+EVENT_TYPE_CHILD_ENDED: EventType
 WAIT_KIND_UNSPECIFIED: WaitKind
 WAIT_KIND_SLEEP: WaitKind
 WAIT_KIND_INPUT: WaitKind
+WAIT_KIND_CHILD: WaitKind
 RUN_VIEW_UNSPECIFIED: RunView
 RUN_VIEW_BASIC: RunView
 RUN_VIEW_FULL: RunView
 TRACE_SPAN_KIND_UNSPECIFIED: TraceSpanKind
 TRACE_SPAN_KIND_ATTEMPT: TraceSpanKind
 TRACE_SPAN_KIND_COMPONENT: TraceSpanKind
+TRACE_SPAN_KIND_CHILD_RUN: TraceSpanKind
 TRACE_SPAN_STATUS_UNSPECIFIED: TraceSpanStatus
 TRACE_SPAN_STATUS_OK: TraceSpanStatus
 TRACE_SPAN_STATUS_ERROR: TraceSpanStatus
@@ -106,14 +114,16 @@ TRACE_SPAN_STATUS_REPLAYED: TraceSpanStatus
 TRACE_SPAN_STATUS_PARKED: TraceSpanStatus
 
 class RunWait(_message.Message):
-    __slots__ = ("kind", "input_name", "wake_time")
+    __slots__ = ("kind", "input_name", "wake_time", "child_run_ids")
     KIND_FIELD_NUMBER: _ClassVar[int]
     INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
     WAKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CHILD_RUN_IDS_FIELD_NUMBER: _ClassVar[int]
     kind: WaitKind
     input_name: str
     wake_time: _timestamp_pb2.Timestamp
-    def __init__(self, kind: _Optional[_Union[WaitKind, str]] = ..., input_name: _Optional[str] = ..., wake_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    child_run_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[_Union[WaitKind, str]] = ..., input_name: _Optional[str] = ..., wake_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., child_run_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunError(_message.Message):
     __slots__ = ("type", "message", "component", "attempt")
@@ -128,7 +138,7 @@ class RunError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., component: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "workflow", "status", "attempt", "result_json", "error", "create_time", "update_time", "last_event_id", "labels", "input_json", "wait")
+    __slots__ = ("run_id", "workflow", "status", "attempt", "result_json", "error", "create_time", "update_time", "last_event_id", "labels", "input_json", "wait", "parent_run_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +158,7 @@ class Run(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     workflow: str
     status: RunStatus
@@ -160,7 +171,8 @@ class Run(_message.Message):
     labels: _containers.ScalarMap[str, str]
     input_json: str
     wait: RunWait
-    def __init__(self, run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., attempt: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[RunError, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., input_json: _Optional[str] = ..., wait: _Optional[_Union[RunWait, _Mapping]] = ...) -> None: ...
+    parent_run_id: str
+    def __init__(self, run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., attempt: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[RunError, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., input_json: _Optional[str] = ..., wait: _Optional[_Union[RunWait, _Mapping]] = ..., parent_run_id: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("event_id", "run_id", "type", "time", "attempt", "message", "data_json", "component", "span_id", "parent_span_id")
@@ -353,7 +365,7 @@ class SendInputResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class TraceSpan(_message.Message):
-    __slots__ = ("span_id", "parent_span_id", "name", "kind", "attempt", "step", "start_time", "end_time", "status", "error", "tries", "cache_hit", "model", "provider", "input_tokens", "output_tokens", "worker")
+    __slots__ = ("span_id", "parent_span_id", "name", "kind", "attempt", "step", "start_time", "end_time", "status", "error", "tries", "cache_hit", "model", "provider", "input_tokens", "output_tokens", "worker", "run_id")
     SPAN_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_SPAN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -371,6 +383,7 @@ class TraceSpan(_message.Message):
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     span_id: str
     parent_span_id: str
     name: str
@@ -388,7 +401,8 @@ class TraceSpan(_message.Message):
     input_tokens: int
     output_tokens: int
     worker: str
-    def __init__(self, span_id: _Optional[str] = ..., parent_span_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TraceSpanKind, str]] = ..., attempt: _Optional[int] = ..., step: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[TraceSpanStatus, str]] = ..., error: _Optional[str] = ..., tries: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., worker: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, span_id: _Optional[str] = ..., parent_span_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[TraceSpanKind, str]] = ..., attempt: _Optional[int] = ..., step: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[TraceSpanStatus, str]] = ..., error: _Optional[str] = ..., tries: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., worker: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class GetRunTraceResponse(_message.Message):
     __slots__ = ("run", "spans", "input_tokens", "output_tokens", "truncated")

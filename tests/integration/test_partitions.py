@@ -4,6 +4,7 @@ merge the partitions in order, and the partition count is checked at start-up.""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -74,7 +75,7 @@ async def test_every_script_of_a_run_runs_with_keys_in_its_partition_slot(store:
         and isinstance(getattr(_scripts, name), str)
         and "redis.call" in getattr(_scripts, name)
     ]
-    assert len(scripts) == 14
+    assert len(scripts) == 17
     for text in scripts:
         SCRIPTS_RUN.pop(text, None)
     limits = TenantLimits(max_queued=100, start_rate=100, start_burst=100)
@@ -125,6 +126,23 @@ async def test_every_script_of_a_run_runs_with_keys_in_its_partition_slot(store:
     assert not (await store.waits.send_input(ids[7], "ok", "true", "", _no_check)).duplicate
     await asyncio.sleep(0.01)
     assert await store.waits.wake_due() == [ids[6]]
+    # Children: a parent starts two and parks until one ends; it ends with the other still
+    # running, which is cancelled by policy, and that clears it from the orphans.
+    parent = (await store.runs.create(store.runs.new_run_id(), "flow", "null", {})).run.run_id
+    assert await store.attempts.claim(ClaimRequest(parent, 1, "w1", "cp", 60_000, 1))
+    mother = RunWriter(store, parent, 1, "w1")
+    await mother.open()
+    _, first = await mother.start_child("@child#1", "flow", "1")
+    _, second = await mother.start_child("@child#2", "flow", "2")
+    assert await mother.wait_children("@wait:@child#1", ["@child#1"]) == (1, {})
+    await store.runs.cancel(json.loads(first)["child"], "enough")  # the parent is due
+    assert await store.waits.wake([parent]) == [parent]
+    assert await store.attempts.claim(ClaimRequest(parent, 2, "w1", "cp", 60_000, 1))
+    again = RunWriter(store, parent, 2, "w1")
+    await again.open()
+    await again.finish("SUCCEEDED", result_json="1", event=["a", "2"])
+    cancelled = await store.children.cancel_orphans()
+    assert [c.run_id for c in cancelled] == [json.loads(second)["child"]]
     assert [text[-200:] for text in scripts if text not in SCRIPTS_RUN] == []
 
 

@@ -18,6 +18,8 @@ _NOT_KEYS = {
     "DEFAULT_PARTITIONS",
     "LAYOUT",
     "MAX_EARLY_INPUTS",
+    "MAX_CHILDREN",
+    "family_keys",
     "slot",
     "tag",
     "partition_numbers",

@@ -9,6 +9,8 @@ import longline
 EXPECTED = {
     "BuildInfo",
     "Cache",
+    "ChildFailed",
+    "ChildRun",
     "Client",
     "Component",
     "ComponentTimeout",

@@ -27,6 +27,12 @@ export interface RunWait {
      * @generated from protobuf field: google.protobuf.Timestamp wake_time = 3
      */
     wakeTime?: Timestamp;
+    /**
+     * The child runs it waits for (WAIT_KIND_CHILD): it wakes when any one ends.
+     *
+     * @generated from protobuf field: repeated string child_run_ids = 4
+     */
+    childRunIds: string[];
 }
 /**
  * RunError says why a run failed.
@@ -127,6 +133,13 @@ export interface Run {
      * @generated from protobuf field: longline.v1.RunWait wait = 12
      */
     wait?: RunWait;
+    /**
+     * The run that started this one as its child (empty for a run a client
+     * started).
+     *
+     * @generated from protobuf field: string parent_run_id = 13
+     */
+    parentRunId: string;
 }
 /**
  * RunEvent is one entry of a run's append-only event stream.
@@ -596,6 +609,13 @@ export interface TraceSpan {
      * @generated from protobuf field: string worker = 17
      */
     worker: string;
+    /**
+     * The run the span belongs to: the traced run's id, or a child run's (the
+     * child run's own span, and every span nested under it).
+     *
+     * @generated from protobuf field: string run_id = 18
+     */
+    runId: string;
 }
 /**
  * GetRunTraceResponse holds the run and its spans, parents before children.
@@ -612,7 +632,7 @@ export interface GetRunTraceResponse {
      */
     spans: TraceSpan[];
     /**
-     * Token totals over every LLM step of every attempt.
+     * Token totals over every LLM step of every attempt, child runs included.
      *
      * @generated from protobuf field: int64 input_tokens = 3
      */
@@ -660,8 +680,8 @@ export enum RunStatus {
      */
     CANCELLED = 5,
     /**
-     * Parked: a durable sleep, or waiting for input. It holds no worker; a
-     * timer, an input or a cancel moves it on.
+     * Parked: a durable sleep, waiting for input, or for child runs. It holds no
+     * worker; a timer, an input, a child's end or a cancel moves it on.
      *
      * @generated from protobuf enum value: RUN_STATUS_WAITING = 6;
      */
@@ -733,8 +753,9 @@ export enum EventType {
     INPUT_RECEIVED = 12,
     /**
      * The run parked (RUN_STATUS_WAITING): data_json holds what it waits for:
-     * kind ("sleep" or "input"), name (the input's), step (the wait's step key)
-     * and wake_ms (Unix ms, when a timer is set).
+     * kind ("sleep", "input" or "child"), name (the input's), step (the wait's
+     * step key), wake_ms (Unix ms, when a timer is set) and children (the child
+     * run ids it waits for).
      *
      * @generated from protobuf enum value: EVENT_TYPE_RUN_WAITING = 13;
      */
@@ -745,7 +766,23 @@ export enum EventType {
      *
      * @generated from protobuf enum value: EVENT_TYPE_PROGRESS = 14;
      */
-    PROGRESS = 14
+    PROGRESS = 14,
+    /**
+     * The run started a child run (ctx.run_child, ctx.start_child, ctx.map):
+     * data_json holds child (its run id), workflow, step (the step that started
+     * it) and detached. span_id is the child's span in this run's trace.
+     *
+     * @generated from protobuf enum value: EVENT_TYPE_CHILD_STARTED = 15;
+     */
+    CHILD_STARTED = 15,
+    /**
+     * A child run of this run ended: data_json holds child, workflow, step,
+     * status ("SUCCEEDED", "FAILED" or "CANCELLED") and error (type, message,
+     * component) when it did not succeed.
+     *
+     * @generated from protobuf enum value: EVENT_TYPE_CHILD_ENDED = 16;
+     */
+    CHILD_ENDED = 16
 }
 /**
  * WaitKind says what a WAITING run waits for.
@@ -768,7 +805,13 @@ export enum WaitKind {
      *
      * @generated from protobuf enum value: WAIT_KIND_INPUT = 2;
      */
-    INPUT = 2
+    INPUT = 2,
+    /**
+     * Child runs (ctx.run_child, ctx.map): the run wakes when one of them ends.
+     *
+     * @generated from protobuf enum value: WAIT_KIND_CHILD = 3;
+     */
+    CHILD = 3
 }
 /**
  * RunView says how much of each run ListRuns returns.
@@ -816,7 +859,13 @@ export enum TraceSpanKind {
      *
      * @generated from protobuf enum value: TRACE_SPAN_KIND_COMPONENT = 2;
      */
-    COMPONENT = 2
+    COMPONENT = 2,
+    /**
+     * A child run the run started: its attempts and steps nest under it.
+     *
+     * @generated from protobuf enum value: TRACE_SPAN_KIND_CHILD_RUN = 3;
+     */
+    CHILD_RUN = 3
 }
 /**
  * TraceSpanStatus is how a span ended.
@@ -868,7 +917,8 @@ class RunWait$Type extends MessageType<RunWait> {
         super("longline.v1.RunWait", [
             { no: 1, name: "kind", kind: "enum", T: () => ["longline.v1.WaitKind", WaitKind, "WAIT_KIND_"] },
             { no: 2, name: "input_name", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
-            { no: 3, name: "wake_time", kind: "message", T: () => Timestamp }
+            { no: 3, name: "wake_time", kind: "message", T: () => Timestamp },
+            { no: 4, name: "child_run_ids", kind: "scalar", repeat: 2 /*RepeatType.UNPACKED*/, T: 9 /*ScalarType.STRING*/ }
         ]);
     }
 }
@@ -906,7 +956,8 @@ class Run$Type extends MessageType<Run> {
             { no: 9, name: "last_event_id", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
             { no: 10, name: "labels", kind: "map", K: 9 /*ScalarType.STRING*/, V: { kind: "scalar", T: 9 /*ScalarType.STRING*/ } },
             { no: 11, name: "input_json", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
-            { no: 12, name: "wait", kind: "message", T: () => RunWait }
+            { no: 12, name: "wait", kind: "message", T: () => RunWait },
+            { no: 13, name: "parent_run_id", kind: "scalar", T: 9 /*ScalarType.STRING*/ }
         ]);
     }
 }
@@ -1193,7 +1244,8 @@ class TraceSpan$Type extends MessageType<TraceSpan> {
             { no: 14, name: "provider", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
             { no: 15, name: "input_tokens", kind: "scalar", T: 3 /*ScalarType.INT64*/, L: 2 /*LongType.NUMBER*/ },
             { no: 16, name: "output_tokens", kind: "scalar", T: 3 /*ScalarType.INT64*/, L: 2 /*LongType.NUMBER*/ },
-            { no: 17, name: "worker", kind: "scalar", T: 9 /*ScalarType.STRING*/ }
+            { no: 17, name: "worker", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
+            { no: 18, name: "run_id", kind: "scalar", T: 9 /*ScalarType.STRING*/ }
         ]);
     }
 }

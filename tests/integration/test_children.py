@@ -1,0 +1,158 @@
+"""Child runs and ctx.map, on a real control plane, worker and Redis."""
+
+from __future__ import annotations
+
+import json
+
+import redis.asyncio as aioredis
+
+import longline
+from longline._store import keys
+from tests.conftest import eventually
+from tests.integration.conftest import Stack
+
+
+async def _events(handle: longline.RunHandle) -> list[longline.Event]:
+    return [e async for e in handle.events()]
+
+
+async def _steps(counters: aioredis.Redis, run_id: str) -> dict[str, str]:
+    return dict(await counters.hgetall(f"test:steps:{run_id}"))
+
+
+async def _end(handle: longline.RunHandle) -> longline.Run:
+    """The run once it ended, however it ended."""
+    try:
+        await handle.result()
+    except (longline.RunFailed, longline.RunCancelled) as exc:
+        return exc.run
+    return await handle.describe()
+
+
+def _most_at_once(events: list[longline.Event]) -> int:
+    """The most child runs started and not ended at once, by the parent's events."""
+    running = most = 0
+    for e in events:
+        if e.type == "CHILD_STARTED":
+            running += 1
+            most = max(most, running)
+        elif e.type == "CHILD_ENDED":
+            running -= 1
+    return most
+
+
+async def test_a_child_run_parks_its_parent_and_returns_its_result(
+    stack: Stack, counters: aioredis.Redis
+) -> None:
+    handle = await stack.client.start("parent_of_one", {"i": 3, "delay": 0.5})
+    result = await handle.result()
+    assert result["child"] == {"i": 3, "double": 6}
+    events = await _events(handle)
+    started = [e for e in events if e.type == "CHILD_STARTED"]
+    ended = [e for e in events if e.type == "CHILD_ENDED"]
+    assert len(started) == 1 and len(ended) == 1
+    child_id = started[0].data["child"]
+    assert ended[0].data == {
+        "child": child_id,
+        "workflow": "child_item",
+        "step": "@child#1",
+        "status": "SUCCEEDED",
+    }
+    # The parent parked while its child ran, and woke once it ended.
+    waiting = [e for e in events if e.type == "RUN_WAITING"]
+    assert len(waiting) == 1 and waiting[0].data["kind"] == "child"
+    assert waiting[0].data["children"] == [child_id]
+    # GetRun names the parent; the child ran its step once, the parent its steps once.
+    child = await stack.client.get_run(child_id).describe()
+    assert child.parent_run_id == handle.run_id and child.status == "SUCCEEDED"
+    assert await _steps(counters, child_id) == {"0": "1"}
+    assert await _steps(counters, handle.run_id) == {"0": "1", "1": "1"}
+    # The trace nests the child's attempt under the span that started it.
+    trace = await handle.trace()
+    child_span = next(s for s in trace.spans if s.kind == "CHILD_RUN")
+    assert child_span.run_id == child_id and child_span.status == "OK"
+    under = trace.children(child_span.span_id)
+    assert [s.kind for s in under] == ["ATTEMPT"] and under[0].run_id == child_id
+    assert any(s.name == "chaos_step" for s in trace.children(under[0].span_id))
+    # A child lives in its parent's partition: one slot.
+    assert keys.partition_of(child_id) == keys.partition_of(handle.run_id)
+
+
+async def test_a_failed_child_raises_child_failed_naming_it(stack: Stack) -> None:
+    handle = await stack.client.start("parent_of_one", {"i": 1, "fail": True})
+    result = await handle.result()
+    assert result["status"] == "FAILED" and "item 1 failed on purpose" in result["error"]
+    child = await stack.client.get_run(result["failed"]).describe()
+    assert child.status == "FAILED" and child.parent_run_id == handle.run_id
+
+
+async def test_map_over_a_workflow_keeps_its_limit_and_the_order_of_items(
+    stack: Stack, counters: aioredis.Redis
+) -> None:
+    handle = await stack.client.start("fan_out", {"n": 12, "concurrency": 3, "delay": 0.05})
+    result = await handle.result()
+    assert result == [{"i": i, "double": 2 * i} for i in range(12)]
+    events = await _events(handle)
+    assert _most_at_once(events) == 3
+    children = [e.data["child"] for e in events if e.type == "CHILD_STARTED"]
+    assert len(set(children)) == 12
+    for child in children:
+        assert await _steps(counters, child) == {"0": "1"}
+
+
+async def test_map_collects_failures_in_place_or_fails_fast(stack: Stack) -> None:
+    handle = await stack.client.start(
+        "fan_out", {"n": 5, "concurrency": 5, "fail": [1, 3], "collect": True}
+    )
+    result = await handle.result()
+    assert [("error" in r) for r in result] == [False, True, False, True, False]
+    assert "item 3 failed on purpose" in result[3]["error"]
+    fast = await stack.client.start("fan_out", {"n": 6, "concurrency": 2, "fail": [0]})
+    run = await _end(fast)
+    assert run.status == "FAILED" and run.error is not None
+    assert run.error.type == "ChildFailed" and "item 0 failed on purpose" in run.error.message
+
+
+async def test_map_over_a_component_runs_each_item_as_a_step(
+    stack: Stack, counters: aioredis.Redis
+) -> None:
+    handle = await stack.client.start("map_steps", {"n": 9, "concurrency": 3, "delay": 0.05})
+    assert await handle.result() == list(range(9))
+    events = await _events(handle)
+    running = most = 0
+    for e in events:
+        if e.type == "COMPONENT_STARTED" and e.component == "item_step":
+            running += 1
+            most = max(most, running)
+        elif e.type == "COMPONENT_FINISHED" and e.component == "item_step":
+            running -= 1
+    assert most == 3
+    assert await _steps(counters, handle.run_id) == {str(i): "1" for i in range(9)}
+
+
+async def test_cancelling_a_parent_cancels_its_children(stack: Stack) -> None:
+    handle = await stack.client.start("fan_out", {"n": 4, "concurrency": 2, "delay": 30})
+
+    async def started() -> list[str] | None:
+        events = await _events_now(handle)
+        ids = [e.data["child"] for e in events if e.type == "CHILD_STARTED"]
+        return ids if len(ids) == 2 else None
+
+    children = await eventually(started, what="two children to start")
+    await handle.cancel("enough")
+    for child in children:
+        run = await _end(stack.client.get_run(child))
+        assert run.status == "CANCELLED"
+    events = await _events(stack.client.get_run(children[0]))
+    cancelled = next(e for e in events if e.type == "RUN_CANCELLED")
+    assert f"its parent run {handle.run_id} ended CANCELLED" in cancelled.message
+
+
+async def _events_now(handle: longline.RunHandle) -> list[longline.Event]:
+    run = await handle.describe()
+    out = []
+    async for e in handle.events():
+        out.append(e)
+        if e.event_id == run.last_event_id:
+            break
+    return out
