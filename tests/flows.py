@@ -314,18 +314,24 @@ async def parent_of_one(ctx: longline.Context, input: Any) -> Any:
 
 
 @longline.workflow(
-    description="ctx.map over child_item (input: n, concurrency, delay, fail: items, collect)."
+    description="ctx.map over child_item (input: n, concurrency, delay, fail: items, collect, "
+    "hold: a step beside it that waits for test:gate)."
 )
 async def fan_out(ctx: longline.Context, input: Any) -> Any:
     n = int(input.get("n", 10))
     fail = set(input.get("fail", []))
     items = [{"i": i, "delay": input.get("delay", 0), "fail": i in fail} for i in range(n)]
-    results = await ctx.map(
+    mapped = ctx.map(
         child_item,
         items,
         concurrency=int(input.get("concurrency", 4)),
         failures="collect" if input.get("collect") else "fail_fast",
     )
+    if input.get("hold"):
+        # A step beside the map holds the run RUNNING (it cannot park) until test:gate.
+        results, _ = await asyncio.gather(mapped, gate(ctx.run_id, 99))
+    else:
+        results = await mapped
     return [
         {"error": str(r), "child": r.run_id} if isinstance(r, longline.ChildFailed) else r
         for r in results
