@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from longline import Context, InputTimeout, LeaseLost, Workflow
 from longline._channel import bearer, open_channel
 from longline._component import component_of
+from longline._context import is_child_step
 from longline._events import EventBody
 from longline._store import (
     RedisError,
@@ -672,7 +673,9 @@ class Worker:
                         {
                             "worker": self.settings.worker_id,
                             "build": self.settings.build_id,
-                            "checkpoints": sorted(checkpoints),
+                            # Child runs' starts are not steps the trace replays: their
+                            # CHILD_STARTED events show them.
+                            "checkpoints": sorted(c for c in checkpoints if not is_child_step(c)),
                         }
                     ),
                 ),

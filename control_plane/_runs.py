@@ -412,6 +412,11 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         except RedisError as exc:
             log.warning("run %s: its children are left to the monitor to cancel: %s", run_id, exc)
         record = await self._store.runs.get(run_id, tenant)
+        if record.parent_run_id:  # a child: its parent, if it waits for it, goes on now
+            try:
+                await self._store.waits.wake([record.parent_run_id])
+            except RedisError as exc:
+                log.warning("run %s: its parent is left to the monitor to wake: %s", run_id, exc)
         return runs_pb2.CancelRunResponse(run=run_to_proto(record))
 
     async def SendInput(

@@ -12,6 +12,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from longline._context import is_child_step
 from longline._store import StoredEvent
 from longline._types import TraceSpan
 
@@ -52,12 +53,9 @@ _MOST_ERROR = 1000  # characters of an error kept in a span
 
 
 def _component_of_step(step: str) -> str:
-    parts = step.split("/")
-    own = parts[-1]
-    if own.startswith("@child") or (
-        len(parts) > 1 and parts[-2].startswith("@map#") and own.isdigit()
-    ):
+    if is_child_step(step):
         return "child run"  # a child's start (ctx.run_child, ctx.map over a workflow)
+    own = step.rsplit("/", 1)[-1]
     return re.split(r"[#:]", own, maxsplit=1)[0]
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "EventSink",
     "Services",
     "current",
+    "is_child_step",
     "new_span_id",
     "step_facts",
 ]
@@ -279,6 +280,7 @@ class Context:
         *,
         concurrency: int = 16,
         failures: str = "fail_fast",
+        progress: bool = False,
     ) -> list[Any]:
         """Call `fn` on each item, at most `concurrency` at a time; the results in the order
         of the items.
@@ -294,7 +296,8 @@ class Context:
         a child run) and starts no more items: the children still running go on, and are
         cancelled if this run then ends; component calls still running are cancelled.
         `failures="collect"` runs every item and puts each failure's exception in its place
-        in the results.
+        in the results. With `progress=True` it reports how many items are done as it goes
+        (`ctx.progress(done, len(items))`: the live views draw a bar).
         """
         items = list(items)
         if not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_MAP_CONCURRENCY:
@@ -307,14 +310,20 @@ class Context:
         base = self.next_step("@map")
         if isinstance(fn, str) or _is_workflow(fn):
             return await self._map_children(
-                _workflow_name(fn), items, base, concurrency, failures == "collect"
+                _workflow_name(fn), items, base, concurrency, failures == "collect", progress
             )
         if not callable(fn):
             raise TypeError(f"ctx.map takes a workflow or a component, not {fn!r}")
-        return await self._map_calls(fn, items, base, concurrency, failures == "collect")
+        return await self._map_calls(fn, items, base, concurrency, failures == "collect", progress)
 
     async def _map_children(
-        self, workflow: str, items: list[Any], base: str, concurrency: int, collect: bool
+        self,
+        workflow: str,
+        items: list[Any],
+        base: str,
+        concurrency: int,
+        collect: bool,
+        progress: bool,
     ) -> list[Any]:
         try:
             inputs = [json.dumps(item, allow_nan=False) for item in items]
@@ -324,6 +333,7 @@ class Context:
         results: list[Any] = [None] * len(items)
         done: set[int] = set()
         started = 0
+        reported = -1
         while True:
             for i in range(started):
                 if i not in done and _ended(self.checkpoints.get(steps[i])):
@@ -338,6 +348,9 @@ class Context:
             # Children an earlier attempt started count as started, whatever the limit now.
             while started < len(items) and steps[started] in self.checkpoints:
                 started += 1
+            if progress and len(done) != reported:
+                reported = len(done)
+                await self.progress(reported, len(items))
             while started < len(items) and started - len(done) < concurrency:
                 await self._start_child(steps[started], workflow, inputs[started], False)
                 started += 1
@@ -353,14 +366,21 @@ class Context:
         base: str,
         concurrency: int,
         collect: bool,
+        progress: bool,
     ) -> list[Any]:
         with_key = getattr(fn, "with_key", None)
         limit = asyncio.Semaphore(concurrency)
+        done = 0
 
         async def one(i: int, item: Any) -> Any:
+            nonlocal done
             call = with_key(f"{base}.{i}") if with_key is not None else fn
             async with limit:
-                return await call(item)
+                result = await call(item)
+            done += 1
+            if progress:
+                await self.progress(done, len(items))
+            return result
 
         tasks = [asyncio.ensure_future(one(i, item)) for i, item in enumerate(items)]
         try:
@@ -538,6 +558,15 @@ class ChildRun:
 
     def __repr__(self) -> str:
         return f"ChildRun(run_id={self.run_id!r}, workflow={self.workflow!r})"
+
+
+def is_child_step(step: str) -> bool:
+    """Whether a step key is a child run's start (ctx.run_child's `@child#n`, ctx.map's
+    `@map#n/i` over a workflow), not a component's or a wait's."""
+    parts = step.split("/")
+    return parts[-1].startswith("@child") or (
+        len(parts) > 1 and parts[-2].startswith("@map#") and parts[-1].isdigit()
+    )
 
 
 def _ended(checkpoint: str | None) -> bool:

@@ -121,7 +121,7 @@ async def crasher(ctx: longline.Context, input: Any) -> Any:
 # -- model calls, through longline.llm and the offline model ----------------------------------
 
 from longline import llm  # noqa: E402
-from longline.examples import blog_post, onboard_site  # noqa: E402,F401  (served too)
+from longline.examples import blog_post, learn_page, onboard_site  # noqa: E402,F401  (served too)
 
 cached_chat = llm.chat.with_cache(ttl=600)
 limited_chat = llm.chat.with_limits(longline.RateLimit("offline-test", requests_per_minute=60))
@@ -349,3 +349,18 @@ async def map_steps(ctx: longline.Context, input: Any) -> Any:
     delay = float(input.get("delay", 0))
     items = [{"run": ctx.run_id, "i": i, "delay": delay} for i in range(int(input.get("n", 8)))]
     return await ctx.map(item_step, items, concurrency=int(input.get("concurrency", 3)))
+
+
+@longline.workflow(description="Starts two children of `delay` s, one detached, and ends.")
+async def starter(ctx: longline.Context, input: Any) -> Any:
+    delay = float(input.get("delay", 5))
+    kept = await ctx.start_child(child_item, {"i": 1, "delay": delay})
+    loose = await ctx.start_child(child_item, {"i": 2, "delay": delay}, detach=True)
+    return {"kept": kept.run_id, "detached": loose.run_id}
+
+
+@longline.workflow(description="Runs a child of a workflow nobody serves, or of bad input.")
+async def bad_child(ctx: longline.Context, input: Any) -> Any:
+    if input.get("what") == "unknown":
+        return await ctx.run_child("no_such_workflow", {})
+    return await ctx.run_child(child_item, {"i": float("nan")})

@@ -157,6 +157,7 @@ class PanelView(LiveView):
         self._tokens = (0, 0)
         self._retries = 0
         self._progress: tuple[float, float | None] | None = None
+        self._children = (0, 0, 0)  # child runs started, ended, ended not succeeded
         self._first_seen: float | None = None  # time.monotonic() at the first event
         self._ended: float | None = None
         self._live = self._new_live()  # last: it renders the panel at once
@@ -239,7 +240,15 @@ class PanelView(LiveView):
             wake = _number(data.get("wake_ms"))
             name = str(data.get("name") or "")
             self._set_running({})
-            wait = "sleep" if data.get("kind") == "sleep" else f"input {name}".strip()
+            kind = data.get("kind")
+            children = data.get("children")
+            many = len(children) if isinstance(children, list) else 0
+            if kind == "sleep":
+                wait = "sleep"
+            elif kind == "child":
+                wait = "a child run" if many == 1 else f"one of {many} child runs"
+            else:
+                wait = f"input {name}".strip()
             self._set_state("waiting", "cyan", wait)
             self._wake_ms = wake
         elif t is EventType.INPUT_REQUESTED:  # RUN_WAITING follows unless it is there
@@ -247,6 +256,12 @@ class PanelView(LiveView):
         elif t is EventType.INPUT_RECEIVED:
             if self._wait:
                 self._set_state(f"input {data.get('name', '')} received", "cyan")
+        elif t is EventType.CHILD_STARTED:
+            self._children = (self._children[0] + 1, self._children[1], self._children[2])
+        elif t is EventType.CHILD_ENDED:
+            failed = int(data.get("status") != "SUCCEEDED")
+            started, ended, failures = self._children
+            self._children = (started, ended + 1, failures + failed)
         elif t is EventType.RUN_SUCCEEDED:
             self._end("succeeded", "green")
         elif t is EventType.RUN_FAILED:
@@ -337,6 +352,10 @@ class PanelView(LiveView):
         if status:
             grid.add_row("status", Text(_clean(status)))
         grid.add_row("steps", Text(self._steps_line()))
+        started, ended, failures = self._children
+        if started:
+            failed = f", {failures} failed or cancelled" if failures else ""
+            grid.add_row("children", Text(f"{ended} ended{failed}, {started - ended} running"))
         tokens_in, tokens_out = self._tokens
         grid.add_row(
             "elapsed",

@@ -42,6 +42,15 @@ def print_trace(t: RunTrace, out: TextIO = sys.stdout) -> None:
             branch = "└─ " if last else "├─ "
             if s.status == "REPLAYED":
                 line = f"↺ {s.step} replayed from a checkpoint (not run again)"
+            elif s.kind == "CHILD_RUN":
+                workflow = s.name.removesuffix(" (child run)")
+                line = f"⤷ child run {s.run_id} ({workflow}) {_seconds(s)} {s.status.lower()}"
+                if s.error:
+                    line += f" · {s.error}"
+            elif s.kind == "ATTEMPT":  # a child run's attempt
+                where = f" on {s.worker}" if s.worker else ""
+                why = f": {s.error}" if s.error else ""
+                line = f"{s.name}{where} · {_seconds(s)} · {s.status.lower()}{why}"
             else:
                 line = f"{s.step or s.name} {_seconds(s)} {s.status.lower()}"
                 if s.tries > 1:
@@ -134,6 +143,15 @@ class LiveView:
             self._line(f"· progress {event.message}")
         elif t is EventType.RUN_STARTED:
             self._line(f"▶ {event.message}")
+        elif t is EventType.CHILD_STARTED:
+            if self.verbose:
+                self._line(f"⤷ {event.message}")
+        elif t is EventType.CHILD_ENDED:
+            data = event.data if isinstance(event.data, dict) else {}
+            if self.verbose or data.get("status") != "SUCCEEDED":
+                error = data.get("error") if isinstance(data.get("error"), dict) else None
+                why = f": {error.get('type')}: {error.get('message')}" if error else ""
+                self._line(f"⤶ {event.message}{why}")
         elif t is EventType.RUN_RETRYING:
             self._line(f"↻ retrying (attempt {event.attempt}): {event.message}")
         elif t in (EventType.COMPONENT_STARTED, EventType.COMPONENT_FINISHED):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .blog_post import blog_post
-from .onboard_site import onboard_site
+from .onboard_site import learn_page, onboard_site
 from .reviewed_post import reviewed_post
 
-__all__ = ["blog_post", "onboard_site", "reviewed_post"]
+__all__ = ["blog_post", "learn_page", "onboard_site", "reviewed_post"]

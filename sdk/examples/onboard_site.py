@@ -1,6 +1,7 @@
-"""onboard_site: learn a website. One call picks the pages worth reading, then one
-extraction call per page (200 by default) under a concurrency limit shared by every
-worker, with progress as it goes ("37/200 pages").
+"""onboard_site: learn a website. One call picks the pages worth reading, then each page
+(200 by default) is read and its facts extracted by a child run of `learn_page`: the pages
+spread over every worker that serves it, at most `concurrency` at a time, with progress as
+they end (ctx.map).
 
 Without a URL it reads a sample site bundled with longline; with {"url": ...} and a
 network it fetches the pages over HTTP.
@@ -8,7 +9,6 @@ network it fetches the pages over HTTP.
 
 from __future__ import annotations
 
-import asyncio
 import html
 import re
 from typing import Any
@@ -57,6 +57,19 @@ async def read_page(url: str, path: str) -> dict[str, str]:
     return {"title": title, "text": text[:4000]}
 
 
+@longline.workflow(name="learn_page", description="Read one page and extract its key facts.")
+async def learn_page(ctx: longline.Context, input: Any) -> dict[str, str]:
+    """Input: {"url": the site ('' for the sample), "path": the page}; a child of
+    onboard_site."""
+    url, path = str(input.get("url") or ""), str(input["path"])
+    page = await read_page(url, path)
+    facts = await llm.complete(
+        f'Extract the key facts from the page "{page["title"]}":\n{page["text"]}',
+        max_tokens=60,
+    )
+    return {"path": path, "title": page["title"], "facts": facts}
+
+
 @longline.workflow(
     name="onboard_site", description="Pick a site's key pages and extract what each says."
 )
@@ -76,23 +89,13 @@ async def onboard_site(ctx: longline.Context, input: Any) -> dict[str, Any]:
     )
     chosen = [p for p in (line.strip("- ").strip() for line in answer.splitlines()) if p in found]
     chosen = list(dict.fromkeys(chosen + found))[:wanted]  # a terse model gets topped up
-
-    extract = llm.chat.with_limits(longline.Concurrency("onboard-llm", limit=concurrency))
-    local = asyncio.Semaphore(concurrency)  # fewer local waiters on the shared limit
-    done = 0
-
-    async def learn(path: str) -> tuple[str, str]:
-        nonlocal done
-        async with local:
-            page = await read_page(url, path)
-            facts = await llm.complete(
-                f'Extract the key facts from the page "{page["title"]}":\n{page["text"]}',
-                using=extract,
-                max_tokens=60,
-            )
-        done += 1
-        await ctx.status(f"{done}/{len(chosen)} pages")
-        return path, facts
-
-    learned = dict(await asyncio.gather(*(learn(p) for p in chosen)))
-    return {"site": site, "pages": len(learned), "facts": learned}
+    await ctx.status(f"learning {len(chosen)} pages, {concurrency} at a time")
+    # One child run per page, across the cluster; this run parks (holding no worker) while
+    # they run, and wakes as they end to start the next ones.
+    learned = await ctx.map(
+        learn_page,
+        [{"url": url, "path": path} for path in chosen],
+        concurrency=concurrency,
+        progress=True,
+    )
+    return {"site": site, "pages": len(learned), "facts": {p["path"]: p["facts"] for p in learned}}

@@ -154,3 +154,28 @@ async def _events_now(handle: longline.RunHandle) -> list[longline.Event]:
         if e.event_id == run.last_event_id:
             break
     return out
+
+
+async def test_a_parent_that_ends_cancels_its_children_but_detached_ones(stack: Stack) -> None:
+    handle = await stack.client.start("starter", {"delay": 1.0})
+    ids = await handle.result()
+    kept = await _end(stack.client.get_run(ids["kept"]))
+    assert kept.status == "CANCELLED"
+    cancelled = next(
+        e for e in await _events(stack.client.get_run(ids["kept"])) if e.type == "RUN_CANCELLED"
+    )
+    assert f"its parent run {handle.run_id} ended SUCCEEDED" in cancelled.message
+    loose = await _end(stack.client.get_run(ids["detached"]))
+    assert loose.status == "SUCCEEDED" and loose.parent_run_id == handle.run_id
+
+
+async def test_a_child_of_an_unknown_workflow_or_of_bad_input_fails_the_parent_clearly(
+    stack: Stack,
+) -> None:
+    unknown = await _end(await stack.client.start("bad_child", {"what": "unknown"}))
+    assert unknown.status == "FAILED" and unknown.error is not None
+    assert unknown.error.type == "LookupError"
+    assert "workflow 'no_such_workflow' is not known" in unknown.error.message
+    bad = await _end(await stack.client.start("bad_child", {"what": "nan"}))
+    assert bad.error is not None and bad.error.type == "TypeError"
+    assert "the input of child workflow 'child_item' is not JSON" in bad.error.message

@@ -125,7 +125,7 @@ async def test_a_workflow_runs_in_process_against_the_offline_model(model: Offli
     assert len(model.served) == 1 + 1 + 1 + 2  # research, outline, introduction, 2 sections
 
 
-async def test_onboard_site_reads_pages_under_its_concurrency_limit(
+async def test_onboard_site_learns_pages_in_child_runs_under_its_concurrency_limit(
     stack: Stack, model: OfflineModel
 ) -> None:
     model.set_faults(slow_first_token=0.05)  # calls overlap, so the limit has work to do
@@ -134,5 +134,9 @@ async def test_onboard_site_reads_pages_under_its_concurrency_limit(
     assert result["pages"] == 40 and len(result["facts"]) == 40
     assert 2 <= model.peak_in_flight <= 4  # calls overlapped, and never more than 4
     assert len(model.served) == 1 + 40  # the pick, then one extraction per page
-    statuses = [e.message async for e in handle.events() if e.type is EventType.STATUS]
-    assert "40/40 pages" in statuses and "1/40 pages" in statuses
+    events = [e async for e in handle.events()]
+    # One child run per page, at most four at once, with progress as they end.
+    assert sum(e.type is EventType.CHILD_STARTED for e in events) == 40
+    progress = [e.data for e in events if e.type is EventType.PROGRESS]
+    assert progress[0] == {"done": 0.0, "total": 40.0}
+    assert progress[-1] == {"done": 40.0, "total": 40.0}
