@@ -52,6 +52,7 @@ _HASH = re.compile(r"^[0-9a-f]{64}$")
 ACCESS = {
     "longline.v1.RunService": frozenset({"client", "cluster-admin"}),
     "longline.v1.BuildService": frozenset({"cluster-admin"}),
+    "longline.v1.ScheduleService": frozenset({"client", "cluster-admin"}),
     "longline.v1.WorkerService": frozenset({"worker"}),
 }
 

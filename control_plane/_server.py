@@ -17,6 +17,8 @@ from longline.v1 import (
     builds_pb2_grpc,
     runs_pb2,
     runs_pb2_grpc,
+    schedules_pb2,
+    schedules_pb2_grpc,
     worker_pb2,
     worker_pb2_grpc,
 )
@@ -29,6 +31,7 @@ from ._janitor import Janitor
 from ._metrics import ControlPlaneMetrics
 from ._monitor import LeaseMonitor
 from ._runs import RunServicer
+from ._schedules import Scheduler, ScheduleServicer
 from ._settings import ControlPlaneSettings
 from ._workers import Dispatcher, WorkerServicer
 
@@ -37,6 +40,7 @@ log = logging.getLogger("longline.control_plane")
 SERVICES = (
     runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
     builds_pb2.DESCRIPTOR.services_by_name["BuildService"].full_name,
+    schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
     worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
 )
 
@@ -100,6 +104,7 @@ class ControlPlane:
         self._main: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._hub: EventHub | None = None
+        self.scheduler: Scheduler | None = None  # set once it serves
         self.metrics_port = 0  # the bound Prometheus port, with settings.metrics_listen
 
     @property
@@ -168,6 +173,7 @@ class ControlPlane:
             store, s.lease_timeout, metrics.lease_expiries.inc if metrics else None
         )
         janitor = Janitor(store, s.replica_id, s.retention)
+        scheduler = self.scheduler = Scheduler(store, s)
         metrics_server = None
         if metrics is not None:
             metrics.watch(lambda: hub.watchers, lambda: len(dispatcher.sessions))
@@ -197,6 +203,7 @@ class ControlPlane:
         )
         runs_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(store, hub, s), server)
         builds_pb2_grpc.add_BuildServiceServicer_to_server(BuildServicer(store, dispatcher), server)
+        schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(store, s), server)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerServicer(store, dispatcher, s), worker_server
         )
@@ -257,6 +264,7 @@ class ControlPlane:
                     tasks.create_task(self._control_listener(store, dispatcher), name="control"),
                     tasks.create_task(monitor.run(), name="lease-monitor"),
                     tasks.create_task(janitor.run(), name="janitor"),
+                    tasks.create_task(scheduler.run(), name="scheduler"),
                     tasks.create_task(self._watch_tokens(), name="tokens"),
                     *(
                         [tasks.create_task(metrics.refresh(store), name="metrics")]

@@ -10,6 +10,7 @@ from ._client import Client, RunHandle
 from ._component import Component, ComponentTimeout, Retry, component
 from ._context import ChildRun, Context, current
 from ._errors import (
+    AlreadyExists,
     ChildFailed,
     FailedPrecondition,
     InputTimeout,
@@ -36,6 +37,7 @@ from ._types import (
     RunStatus,
     RunTrace,
     RunWait,
+    Schedule,
     TraceSpan,
     WorkflowBuilds,
     WorkflowInfo,
@@ -45,6 +47,7 @@ from ._workflow import Workflow, workflow
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyExists",
     "BuildInfo",
     "Cache",
     "ChildFailed",
@@ -76,6 +79,7 @@ __all__ = [
     "RunStatus",
     "RunTrace",
     "RunWait",
+    "Schedule",
     "TraceSpan",
     "Unauthenticated",
     "Unavailable",

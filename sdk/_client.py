@@ -26,11 +26,19 @@ from ._types import (
     RunStatus,
     RunTrace,
     RunWait,
+    Schedule,
     TraceSpan,
     WorkflowBuilds,
     WorkflowInfo,
 )
-from .v1 import builds_pb2, builds_pb2_grpc, runs_pb2, runs_pb2_grpc
+from .v1 import (
+    builds_pb2,
+    builds_pb2_grpc,
+    runs_pb2,
+    runs_pb2_grpc,
+    schedules_pb2,
+    schedules_pb2_grpc,
+)
 
 __all__ = ["Client", "RunHandle"]
 
@@ -51,7 +59,16 @@ _RESUMABLE = frozenset(
 # Calls asked again after UNAVAILABLE (see Client._call): those that only read, and
 # SendInput, which the same payload sent twice changes once.
 _READS = frozenset(
-    {"GetRun", "GetRunTrace", "ListRuns", "ListWorkflows", "ListBuilds", "SendInput"}
+    {
+        "GetRun",
+        "GetRunTrace",
+        "ListRuns",
+        "ListWorkflows",
+        "ListBuilds",
+        "SendInput",
+        "GetSchedule",
+        "ListSchedules",
+    }
 )
 
 _tracer = trace.get_tracer("longline.client")
@@ -71,6 +88,19 @@ def _time(ts: Timestamp) -> datetime | None:
 
 
 _BUILD_METHODS = frozenset({"PromoteBuild", "ListBuilds"})
+_SCHEDULE_METHODS = frozenset(
+    {
+        "CreateSchedule",
+        "GetSchedule",
+        "ListSchedules",
+        "UpdateSchedule",
+        "PauseSchedule",
+        "ResumeSchedule",
+        "TriggerSchedule",
+        "DeleteSchedule",
+    }
+)
+_OVERLAPS = ("SKIP", "BUFFER_ONE", "ALLOW_ALL")
 
 
 def _builds_from_proto(msg: builds_pb2.WorkflowBuilds) -> WorkflowBuilds:
@@ -144,6 +174,60 @@ def _wait_from_proto(msg: runs_pb2.RunWait) -> RunWait:
         wake_time=_time(msg.wake_time) if msg.HasField("wake_time") else None,
         child_run_ids=tuple(msg.child_run_ids),
     )
+
+
+def schedule_from_proto(msg: schedules_pb2.Schedule) -> Schedule:
+    """The SDK's Schedule for a schedules_pb2.Schedule."""
+    spec = msg.spec
+    overlap = schedules_pb2.OverlapPolicy.Name(spec.overlap_policy).removeprefix("OVERLAP_POLICY_")
+    return Schedule(
+        schedule_id=msg.schedule_id,
+        workflow=spec.workflow,
+        cron=spec.cron,
+        time_zone=spec.time_zone,
+        input_json=spec.input_json,
+        labels=dict(spec.labels),
+        overlap="SKIP" if overlap == "UNSPECIFIED" else overlap,
+        catchup_window=spec.catchup_window.ToMilliseconds() / 1000,
+        paused=msg.paused,
+        note=msg.note,
+        next_tick_time=_time(msg.next_tick_time) if msg.HasField("next_tick_time") else None,
+        last_tick_time=_time(msg.last_tick_time) if msg.HasField("last_tick_time") else None,
+        last_run_id=msg.last_run_id,
+        started_runs=msg.started_runs,
+        skipped_ticks=msg.skipped_ticks,
+        missed_ticks=msg.missed_ticks,
+        buffered_tick_time=(
+            _time(msg.buffered_tick_time) if msg.HasField("buffered_tick_time") else None
+        ),
+        last_error=msg.last_error,
+        create_time=_time(msg.create_time) if msg.HasField("create_time") else None,
+        update_time=_time(msg.update_time) if msg.HasField("update_time") else None,
+    )
+
+
+def _schedule_spec(
+    workflow: str,
+    cron: str,
+    time_zone: str,
+    input: Any,
+    labels: dict[str, str] | None,
+    overlap: str,
+    catchup_window: float | None,
+) -> schedules_pb2.ScheduleSpec:
+    if overlap.upper() not in _OVERLAPS:
+        raise ValueError(f"overlap must be one of {', '.join(_OVERLAPS)}, not {overlap!r}")
+    spec = schedules_pb2.ScheduleSpec(
+        cron=cron,
+        time_zone=time_zone,
+        workflow=workflow,
+        input_json=json.dumps(input),
+        labels=labels or {},
+        overlap_policy=schedules_pb2.OverlapPolicy.Value(f"OVERLAP_POLICY_{overlap.upper()}"),
+    )
+    if catchup_window is not None:
+        spec.catchup_window.FromMilliseconds(round(catchup_window * 1000))
+    return spec
 
 
 def event_from_proto(msg: runs_pb2.RunEvent) -> Event:
@@ -222,6 +306,7 @@ class Client:
         self._channel = channel
         self._stub = runs_pb2_grpc.RunServiceStub(self._channel)
         self._builds = builds_pb2_grpc.BuildServiceStub(self._channel)
+        self._schedules = schedules_pb2_grpc.ScheduleServiceStub(self._channel)
 
     def _failover(self) -> None:
         """Move to the next replica (a no-op with only one)."""
@@ -257,7 +342,13 @@ class Client:
         delay = 0.05
         give_up = asyncio.get_running_loop().time() + self.resume_for
         while True:
-            stub = self._builds if method in _BUILD_METHODS else self._stub
+            stub = (
+                self._builds
+                if method in _BUILD_METHODS
+                else self._schedules
+                if method in _SCHEDULE_METHODS
+                else self._stub
+            )
             try:
                 reply = await getattr(stub, method)(
                     request, timeout=timeout, metadata=(*metadata, *self._auth)
@@ -397,6 +488,106 @@ class Client:
         """Each workflow's current build and its builds' workers and runs."""
         response = await self._call("ListBuilds", builds_pb2.ListBuildsRequest(workflow=workflow))
         return [_builds_from_proto(w) for w in response.workflows]
+
+    async def create_schedule(
+        self,
+        schedule_id: str,
+        workflow: str,
+        *,
+        cron: str,
+        time_zone: str = "",
+        input: Any = None,
+        labels: dict[str, str] | None = None,
+        overlap: str = "SKIP",
+        catchup_window: float | None = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """Run `workflow` with `input` on every tick of `cron` in `time_zone` (see
+        `Schedule`); exactly one run per tick, whichever replica starts it. AlreadyExists
+        when this tenant has a schedule of that id; InvalidArgument for a bad cron or time
+        zone; NotFound for a workflow no worker announced."""
+        response = await self._call(
+            "CreateSchedule",
+            schedules_pb2.CreateScheduleRequest(
+                schedule_id=schedule_id,
+                spec=_schedule_spec(
+                    workflow, cron, time_zone, input, labels, overlap, catchup_window
+                ),
+                paused=paused,
+            ),
+        )
+        return schedule_from_proto(response.schedule)
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        """One schedule, with where it stands."""
+        response = await self._call(
+            "GetSchedule", schedules_pb2.GetScheduleRequest(schedule_id=schedule_id)
+        )
+        return schedule_from_proto(response.schedule)
+
+    async def list_schedules(self) -> list[Schedule]:
+        """Every schedule of this tenant, by id."""
+        out: list[Schedule] = []
+        token = ""
+        while True:
+            response = await self._call(
+                "ListSchedules", schedules_pb2.ListSchedulesRequest(page_size=500, page_token=token)
+            )
+            out += [schedule_from_proto(s) for s in response.schedules]
+            token = response.next_page_token
+            if not token:
+                return out
+
+    async def update_schedule(
+        self,
+        schedule_id: str,
+        workflow: str,
+        *,
+        cron: str,
+        time_zone: str = "",
+        input: Any = None,
+        labels: dict[str, str] | None = None,
+        overlap: str = "SKIP",
+        catchup_window: float | None = None,
+    ) -> Schedule:
+        """Replace what a schedule does; its next tick is computed again from now."""
+        response = await self._call(
+            "UpdateSchedule",
+            schedules_pb2.UpdateScheduleRequest(
+                schedule_id=schedule_id,
+                spec=_schedule_spec(
+                    workflow, cron, time_zone, input, labels, overlap, catchup_window
+                ),
+            ),
+        )
+        return schedule_from_proto(response.schedule)
+
+    async def pause_schedule(self, schedule_id: str, note: str = "") -> Schedule:
+        """Stop a schedule's ticks until resumed (ticks meanwhile are not run later)."""
+        response = await self._call(
+            "PauseSchedule", schedules_pb2.PauseScheduleRequest(schedule_id=schedule_id, note=note)
+        )
+        return schedule_from_proto(response.schedule)
+
+    async def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Let a paused schedule tick again, from now."""
+        response = await self._call(
+            "ResumeSchedule", schedules_pb2.ResumeScheduleRequest(schedule_id=schedule_id)
+        )
+        return schedule_from_proto(response.schedule)
+
+    async def trigger_schedule(self, schedule_id: str) -> RunHandle:
+        """Start one run of the schedule now, outside its ticks; its handle."""
+        response = await self._call(
+            "TriggerSchedule", schedules_pb2.TriggerScheduleRequest(schedule_id=schedule_id)
+        )
+        return RunHandle(self, response.run.run_id, created=True)
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule; the runs it started go on."""
+        await self._call(
+            "DeleteSchedule", schedules_pb2.DeleteScheduleRequest(schedule_id=schedule_id)
+        )
 
     async def list_workflows(self) -> list[WorkflowInfo]:
         """Every workflow some worker announced, with its live worker count."""

@@ -8,7 +8,8 @@
     │   ├── ResourceExhausted       e.g. input over the size limit
     │   ├── Unauthenticated
     │   ├── PermissionDenied
-    │   └── Unavailable             the control plane cannot be reached
+    │   ├── Unavailable             the control plane cannot be reached
+    │   └── AlreadyExists           a name you chose is taken (a schedule id)
     ├── RunFailed                   run.result() of a FAILED run (has .run, .error)
     ├── RunCancelled                run.result() of a CANCELLED run (has .run)
     ├── LeaseLost                   inside a worker: this attempt no longer owns the run
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from ._types import Run, RunErrorInfo
 
 __all__ = [
+    "AlreadyExists",
     "ChildFailed",
     "FailedPrecondition",
     "InputTimeout",
@@ -94,6 +96,10 @@ class Unavailable(RpcError):
     """The control plane could not be reached."""
 
 
+class AlreadyExists(RpcError):
+    """A name you chose is taken (a schedule id)."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -102,6 +108,7 @@ _BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
 }
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "RunStatus",
     "RunTrace",
     "RunWait",
+    "Schedule",
     "TraceSpan",
     "WorkflowBuilds",
     "WorkflowInfo",
@@ -168,3 +169,43 @@ class WorkflowBuilds:
     policy: str  # "WHEN_UNSERVED" or "NEVER" (see BuildService in builds.proto)
     builds: list[BuildInfo]
     unserved_runs: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cron schedule and where it stands (`Client.create_schedule` and friends).
+
+    What it does: `cron` (five fields, six with seconds first, or @daily and the like) read
+    in `time_zone` (IANA; '' for UTC), the `workflow` each tick runs with `input_json` and
+    `labels`, `overlap` ("SKIP", "BUFFER_ONE" or "ALLOW_ALL": what a tick does while the
+    last tick's run has not ended) and `catchup_window` (seconds: ticks missed while nothing
+    ran are run late when at most this old). Where it stands: `paused` (and its `note`),
+    the next and last tick, the last run started, and its counts of runs started, ticks
+    skipped (by the overlap policy) and ticks missed (past the catch-up window).
+    """
+
+    schedule_id: str
+    workflow: str
+    cron: str
+    time_zone: str = ""
+    input_json: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    overlap: str = "SKIP"
+    catchup_window: float = 3600.0
+    paused: bool = False
+    note: str = ""
+    next_tick_time: datetime | None = None
+    last_tick_time: datetime | None = None
+    last_run_id: str = ""
+    started_runs: int = 0
+    skipped_ticks: int = 0
+    missed_ticks: int = 0
+    buffered_tick_time: datetime | None = None
+    last_error: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+    @property
+    def input(self) -> Any:
+        """The decoded input each run gets."""
+        return json.loads(self.input_json) if self.input_json else None

@@ -13,6 +13,7 @@ what removes it; docs/architecture.md has the table):
     _attempts    leases, claims, requeues, checkpoints, fenced writes (RunWriter)
     _waits       parked runs: durable sleeps, input requests and inputs, wake-up timers
     _children    child runs: cancelling the children of runs that ended before them
+    _schedules   cron schedules and when each ticks next
     _events      run event streams: ids, encoding, byte-bounded pages, live channels
     _queues      queue streams and consumer groups, the partitions' queue notices
     _presence    workers' presence and announced workflows
@@ -55,6 +56,7 @@ from ._builds import (
 from ._children import CancelledChild, Children
 from ._connection import Redis, check_redis_url, connect, redis_time_ms
 from ._errors import (
+    AlreadyExistsError,
     DomainError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -86,6 +88,7 @@ from ._partitions import check_partitions
 from ._presence import Presence, WorkflowPresence, presence_ms
 from ._queues import QueueEntry, Queues
 from ._runs import CancelOutcome, Created, Route, RunPage, RunRecord, Runs, Stats, TenantLimits
+from ._schedules import ScheduleRecord, Schedules, Tick
 from ._services import RedisServices
 from ._sweep import Sweeper, SweepReport
 from ._waits import InputOutcome, Waits
@@ -100,6 +103,7 @@ __all__ = [
     "PAGE_EVENTS",
     "POLICIES",
     "WHEN_UNSERVED",
+    "AlreadyExistsError",
     "Attempts",
     "Backoff",
     "BuildStats",
@@ -139,6 +143,8 @@ __all__ = [
     "RunPage",
     "RunRecord",
     "RunWriter",
+    "ScheduleRecord",
+    "Schedules",
     "Runs",
     "Stats",
     "Store",
@@ -148,6 +154,7 @@ __all__ = [
     "Sweeper",
     "TakeBack",
     "TenantLimits",
+    "Tick",
     "TooLargeError",
     "UnauthenticatedError",
     "Waits",
@@ -187,6 +194,7 @@ class Store:
         self.attempts = Attempts(redis, self.runs)
         self.waits = Waits(redis, self.runs)
         self.children = Children(redis, self.runs)
+        self.schedules = Schedules(redis)
         self.events = Events(redis)
         self.builds = Builds(redis, self.presence, self.partitions)
         self.notices = Notices(redis)

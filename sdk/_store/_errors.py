@@ -21,6 +21,12 @@ class NotFoundError(DomainError):
     code = "NOT_FOUND"
 
 
+class AlreadyExistsError(DomainError):
+    """A name the caller chose that is taken (a schedule id)."""
+
+    code = "ALREADY_EXISTS"
+
+
 class InvalidArgumentError(DomainError):
     """Malformed input."""
 

@@ -283,6 +283,26 @@ DISPATCH_GROUP = "dispatch"  # consumer group on every queue stream
 SWEEP_LOCK = PREFIX + "sweep"
 
 
+# Schedules share the hash tag {schedules} (one slot): a schedule, its tenant's index and the
+# due zset change together in one script. Bounded by the deployment's use: at most
+# MAX_SCHEDULES per tenant, each removed by DeleteSchedule.
+SCHEDULES_DUE = PREFIX + "{schedules}:due"  # zset: "tenant\tschedule_id" -> next tick (ms)
+MAX_SCHEDULES = 1000  # schedules one tenant may have
+
+
+def schedule_key(tenant: str, schedule_id: str) -> str:
+    """hash: one schedule of a tenant: its spec (JSON), paused and why, its next and last
+    tick, its last run, its counters and a version every change bumps. Removed by
+    DeleteSchedule (`_schedules`)."""
+    return f"{PREFIX}{{schedules}}:s:{tenant}:{schedule_id}"
+
+
+def schedule_ids_key(tenant: str) -> str:
+    """zset (scores 0, read in id order): the ids of a tenant's schedules. Members: removed
+    by DeleteSchedule."""
+    return f"{PREFIX}{{schedules}}:ids:{tenant}"
+
+
 def builds_key(workflow: str) -> str:
     """set: the build ids workers of the workflow announced. The sweep removes a build with no
     live worker, no queued or running run, that is not current."""
@@ -357,6 +377,9 @@ OWNERS: dict[str, str] = {
     "builds_key": "_builds",
     "CONTROL_CHANNEL": "_notices",
     "SWEEP_LOCK": "_sweep",
+    "SCHEDULES_DUE": "_schedules",
+    "schedule_key": "_schedules",
+    "schedule_ids_key": "_schedules",
     "cache_key": "_services",
     "limit_key": "_services",
 }

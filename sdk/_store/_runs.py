@@ -375,6 +375,12 @@ class Runs:
             return Created(RunRecord.decode(dict(zip(flat[::2], flat[1::2], strict=True))), True)
         return Created(await self.get(str(reply[1]), tenant), False)
 
+    async def by_idempotency_key(self, key: str, tenant: str = "") -> str | None:
+        """The run the tenant started with this idempotency key, or None."""
+        n = keys.partition_for_key(key, tenant, self.partitions)
+        found = await self._redis.get(keys.idempotency_key(n, key, tenant))
+        return None if found is None else str(found)
+
     async def stats(self) -> Stats:
         """Runs by status and queued runs by workflow, kept exact by the scripts, summed
         over the partitions."""

@@ -849,3 +849,79 @@ if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """
+
+# KEYS: the schedule, its tenant's ids, the due zset (keys.SCHEDULES_DUE): all in {schedules}.
+# ARGV: what ('create', 'update', 'pause', 'resume', 'delete'), the due member
+# ("tenant\tschedule_id"), the schedule id, the spec (JSON), the next tick (ms, '' none),
+# '1' paused (create), the note (pause), the most schedules a tenant may have.
+# Returns {1, version} done; {0} it exists already (create); {-1} no such schedule; {2} the
+# tenant has as many schedules as it may. Every change bumps `version`, so a tick computed
+# from the schedule as it was is not applied over it (ADVANCE_SCHEDULE).
+SAVE_SCHEDULE = (
+    _PRELUDE
+    + """
+local what, member = ARGV[1], ARGV[2]
+local now = fmt(now_ms())
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if what == 'create' then
+  if exists then return {0} end
+  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[8]) then return {2} end
+  redis.call('HSET', KEYS[1], 'schedule_id', ARGV[3], 'spec', ARGV[4], 'paused', ARGV[6],
+    'note', '', 'next_ms', ARGV[5], 'last_tick_ms', '', 'last_run_id', '', 'started', '0',
+    'skipped', '0', 'missed', '0', 'buffered_ms', '', 'last_error', '', 'create_ms', now,
+    'update_ms', now, 'version', '1')
+  redis.call('ZADD', KEYS[2], 0, ARGV[3])
+  if ARGV[6] ~= '1' and ARGV[5] ~= '' then redis.call('ZADD', KEYS[3], ARGV[5], member) end
+  return {1, '1'}
+end
+if not exists then return {-1} end
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+if what == 'delete' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('ZREM', KEYS[3], member)
+  return {1, tostring(version)}
+end
+redis.call('HSET', KEYS[1], 'update_ms', now)
+if what == 'update' then
+  redis.call('HSET', KEYS[1], 'spec', ARGV[4], 'buffered_ms', '', 'last_error', '')
+elseif what == 'pause' then
+  redis.call('HSET', KEYS[1], 'paused', '1', 'note', ARGV[7], 'buffered_ms', '')
+elseif what == 'resume' then
+  redis.call('HSET', KEYS[1], 'paused', '0', 'note', '')
+end
+local paused = redis.call('HGET', KEYS[1], 'paused') == '1'
+if paused or ARGV[5] == '' then
+  redis.call('HSET', KEYS[1], 'next_ms', '')
+  redis.call('ZREM', KEYS[3], member)
+else
+  redis.call('HSET', KEYS[1], 'next_ms', ARGV[5])
+  redis.call('ZADD', KEYS[3], ARGV[5], member)
+end
+return {1, tostring(version)}
+"""
+)
+
+# KEYS: the schedule, the due zset. ARGV: the due member, the version the tick was computed
+# from, the last tick handled (ms, '' keep), the last run started ('' keep), runs started,
+# ticks skipped, ticks missed (counts to add), the next tick (ms, '' none), the tick
+# buffered (ms, '' none), the last error ('' none), when to look again (ms, '' the next tick).
+# Applies a scheduler's pass only over the very version it read: {1} applied, {0} the
+# schedule changed meanwhile (or is gone): nothing written.
+ADVANCE_SCHEDULE = """
+if redis.call('HGET', KEYS[1], 'version') ~= ARGV[2] then return {0} end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'last_tick_ms', ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last_run_id', ARGV[4]) end
+redis.call('HINCRBY', KEYS[1], 'started', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'skipped', ARGV[6])
+redis.call('HINCRBY', KEYS[1], 'missed', ARGV[7])
+redis.call('HSET', KEYS[1], 'next_ms', ARGV[8], 'buffered_ms', ARGV[9], 'last_error', ARGV[10])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+local again = ARGV[11] ~= '' and ARGV[11] or ARGV[8]
+if again ~= '' then
+  redis.call('ZADD', KEYS[2], again, ARGV[1])
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return {1}
+"""

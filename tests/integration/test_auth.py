@@ -364,3 +364,56 @@ def test_admin_tokens_are_read_as_cluster_admin_with_a_warning(
     found = parse_tokens(entry, "tokens.toml")
     assert [p.kind for p in found.values()] == ["cluster-admin"]
     assert "every tenant" in caplog.text
+
+
+async def test_tenants_never_see_each_others_schedules(
+    secured: tuple[ControlPlane, Path], redis_url: str
+) -> None:
+    from longline.v1 import schedules_pb2, schedules_pb2_grpc
+
+    cp, _ = secured
+    await _announce(redis_url, "echo")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cp.port}") as channel:
+        stub = schedules_pb2_grpc.ScheduleServiceStub(channel)
+        spec = schedules_pb2.ScheduleSpec(cron="0 8 * * *", workflow="echo")
+        made = await stub.CreateSchedule(
+            schedules_pb2.CreateScheduleRequest(schedule_id="digest", spec=spec),
+            metadata=_md("alice"),
+        )
+        assert made.schedule.schedule_id == "digest"
+        # Bob's tenant has no such schedule: not found, whatever he tries.
+        for call in (
+            stub.GetSchedule(
+                schedules_pb2.GetScheduleRequest(schedule_id="digest"), metadata=_md("bob")
+            ),
+            stub.PauseSchedule(
+                schedules_pb2.PauseScheduleRequest(schedule_id="digest"), metadata=_md("bob")
+            ),
+            stub.TriggerSchedule(
+                schedules_pb2.TriggerScheduleRequest(schedule_id="digest"), metadata=_md("bob")
+            ),
+            stub.DeleteSchedule(
+                schedules_pb2.DeleteScheduleRequest(schedule_id="digest"), metadata=_md("bob")
+            ),
+        ):
+            assert await _code(call) == (grpc.StatusCode.NOT_FOUND, "SCHEDULE_NOT_FOUND")
+        listed = await stub.ListSchedules(schedules_pb2.ListSchedulesRequest(), metadata=_md("bob"))
+        assert list(listed.schedules) == []
+        # Bob may have his own of the same id; a worker token may not call the service.
+        await stub.CreateSchedule(
+            schedules_pb2.CreateScheduleRequest(schedule_id="digest", spec=spec),
+            metadata=_md("bob"),
+        )
+        code, _ = await _code(
+            stub.ListSchedules(schedules_pb2.ListSchedulesRequest(), metadata=_md("worker"))
+        )
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        # A triggered run is alice's: bob cannot see it.
+        run = await stub.TriggerSchedule(
+            schedules_pb2.TriggerScheduleRequest(schedule_id="digest"), metadata=_md("alice")
+        )
+        runs = runs_pb2_grpc.RunServiceStub(channel)
+        code, _ = await _code(
+            runs.GetRun(runs_pb2.GetRunRequest(run_id=run.run.run_id), metadata=_md("bob"))
+        )
+        assert code == grpc.StatusCode.NOT_FOUND

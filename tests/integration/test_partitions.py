@@ -23,6 +23,7 @@ from longline._store import (
     RunWriter,
     Store,
     TenantLimits,
+    Tick,
     WrongBuild,
     _fanout,
     _scripts,
@@ -75,7 +76,7 @@ async def test_every_script_of_a_run_runs_with_keys_in_its_partition_slot(store:
         and isinstance(getattr(_scripts, name), str)
         and "redis.call" in getattr(_scripts, name)
     ]
-    assert len(scripts) == 17
+    assert len(scripts) == 19
     for text in scripts:
         SCRIPTS_RUN.pop(text, None)
     limits = TenantLimits(max_queued=100, start_rate=100, start_burst=100)
@@ -143,6 +144,9 @@ async def test_every_script_of_a_run_runs_with_keys_in_its_partition_slot(store:
     await again.finish("SUCCEEDED", result_json="1", event=["a", "2"])
     cancelled = await store.children.cancel_orphans()
     assert [c.run_id for c in cancelled] == [json.loads(second)["child"]]
+    # Schedules: their keys share {schedules}, one slot.
+    record = await store.schedules.create("alice", "daily", {"cron": "@daily"}, 1_000)
+    assert await store.schedules.advance(record, Tick(last_tick_ms=1_000, next_ms=2_000))
     assert [text[-200:] for text in scripts if text not in SCRIPTS_RUN] == []
 
 

@@ -19,6 +19,7 @@ _NOT_KEYS = {
     "LAYOUT",
     "MAX_EARLY_INPUTS",
     "MAX_CHILDREN",
+    "MAX_SCHEDULES",
     "family_keys",
     "slot",
     "tag",

@@ -7,6 +7,7 @@ import inspect
 import longline
 
 EXPECTED = {
+    "AlreadyExists",
     "BuildInfo",
     "Cache",
     "ChildFailed",
@@ -38,6 +39,7 @@ EXPECTED = {
     "RunStatus",
     "RunTrace",
     "RunWait",
+    "Schedule",
     "TraceSpan",
     "Unauthenticated",
     "Unavailable",
