@@ -1,5 +1,5 @@
 """The client commands (`run`, `watch`, `runs`, `input`, `cancel`, `trace`, `workflows`,
-`builds`):
+`builds`, `schedules`):
 a table of small functions, each given a `Session`, none touching a plane.
 
 They talk to a control plane through `longline.Client` only. A client's token comes from
@@ -22,7 +22,7 @@ from .._options import DEFAULT_ADDRESS, Option
 from .._types import Event, EventType, RunStatus
 from ._command import Command, CommandError
 from ._form import ask_input
-from ._render import LiveView, print_builds, print_trace
+from ._render import LiveView, print_builds, print_schedule, print_trace
 from ._runtime import detachable
 
 __all__ = ["COMMANDS", "Session", "follow", "start_and_follow"]
@@ -217,6 +217,97 @@ async def _builds_promote(s: Session) -> int:
     return 0
 
 
+async def _schedules_list(s: Session) -> int:
+    async with s.client() as client:
+        schedules = await client.list_schedules()
+    for schedule in schedules:
+        state = "paused" if schedule.paused else "next " + _when(schedule.next_tick_time)
+        print(
+            f"{schedule.schedule_id:<24} {schedule.cron!r:<20} {schedule.time_zone or 'UTC':<16} "
+            f"{schedule.workflow:<20} {state}"
+        )
+    if not schedules:
+        print("no schedules")
+    return 0
+
+
+def _when(value: object) -> str:
+    return value.isoformat(timespec="seconds") if hasattr(value, "isoformat") else "never"
+
+
+def _spec_args(a: argparse.Namespace) -> dict[str, object]:
+    if not a.cron:
+        raise CommandError("--cron is required, e.g. --cron '0 8 * * *' (08:00 every day)")
+    try:
+        value = json.loads(a.input)
+    except ValueError as exc:
+        raise CommandError(f"--input is not JSON: {exc}") from None
+    return {
+        "cron": a.cron,
+        "time_zone": a.time_zone,
+        "input": value,
+        "overlap": a.overlap,
+        "catchup_window": a.catchup_window,
+    }
+
+
+async def _schedules_create(s: Session) -> int:
+    a = s.args
+    async with s.client() as client:
+        made = await client.create_schedule(
+            a.schedule_id,
+            a.workflow,
+            paused=a.paused,
+            **_spec_args(a),  # type: ignore[arg-type]
+        )
+    print_schedule(made)
+    return 0
+
+
+async def _schedules_update(s: Session) -> int:
+    a = s.args
+    async with s.client() as client:
+        made = await client.update_schedule(
+            a.schedule_id,
+            a.workflow,
+            **_spec_args(a),  # type: ignore[arg-type]
+        )
+    print_schedule(made)
+    return 0
+
+
+async def _schedules_get(s: Session) -> int:
+    async with s.client() as client:
+        print_schedule(await client.get_schedule(s.args.schedule_id))
+    return 0
+
+
+async def _schedules_pause(s: Session) -> int:
+    async with s.client() as client:
+        print_schedule(await client.pause_schedule(s.args.schedule_id, s.args.note or ""))
+    return 0
+
+
+async def _schedules_resume(s: Session) -> int:
+    async with s.client() as client:
+        print_schedule(await client.resume_schedule(s.args.schedule_id))
+    return 0
+
+
+async def _schedules_trigger(s: Session) -> int:
+    async with s.client() as client:
+        handle = await client.trigger_schedule(s.args.schedule_id)
+    print(f"started run {handle.run_id}; follow it with: longline watch {handle.run_id}")
+    return 0
+
+
+async def _schedules_delete(s: Session) -> int:
+    async with s.client() as client:
+        await client.delete_schedule(s.args.schedule_id)
+    print(f"schedule {s.args.schedule_id} deleted; the runs it started go on")
+    return 0
+
+
 def _client(main: Callable[[Session], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
     """A command running main(session) on a plain asyncio loop; Ctrl-C detaches at once."""
 
@@ -253,6 +344,41 @@ def _client(main: Callable[[Session], Awaitable[int]]) -> Callable[[argparse.Nam
 
     return run
 
+
+SCHEDULE_ID = Option("schedule_id")
+SPEC = (
+    Option(
+        "--cron",
+        "when it ticks: five fields (minute hour day month weekday), six with seconds first, "
+        "or @hourly, @daily, @weekly, @monthly",
+        env=False,
+    ),
+    Option(
+        "--time-zone",
+        "the IANA time zone the cron reads in, e.g. Europe/Berlin",
+        "",
+        env=False,
+        shown="UTC",
+    ),
+    Option("--input", "the JSON input of every run", "null", env=False),
+    Option(
+        "--overlap",
+        "a tick while the last tick's run goes on: SKIP it, BUFFER_ONE (run it after), or "
+        "ALLOW_ALL",
+        "SKIP",
+        type=str.upper,
+        choices=("SKIP", "BUFFER_ONE", "ALLOW_ALL"),
+        env=False,
+    ),
+    Option(
+        "--catchup-window",
+        "seconds: ticks missed while nothing ran are run late when at most this old",
+        None,
+        type=float,
+        env=False,
+        shown="3600",
+    ),
+)
 
 COMMANDS = (
     Command(
@@ -357,6 +483,61 @@ COMMANDS = (
                     *CLIENT,
                 ),
                 _client(_builds_promote),
+            ),
+        ),
+    ),
+    Command(
+        "schedules",
+        "cron schedules that start runs: list, create, update, pause, resume, trigger, delete",
+        subcommands=(
+            Command("list", "this tenant's schedules", CLIENT, _client(_schedules_list)),
+            Command(
+                "get",
+                "one schedule and where it stands",
+                (SCHEDULE_ID, *CLIENT),
+                _client(_schedules_get),
+            ),
+            Command(
+                "create",
+                "make a schedule that runs WORKFLOW on every tick of --cron",
+                (
+                    SCHEDULE_ID,
+                    WORKFLOW,
+                    *SPEC,
+                    Option("--paused", "create it paused", default=False, switch=True, env=False),
+                    *CLIENT,
+                ),
+                _client(_schedules_create),
+            ),
+            Command(
+                "update",
+                "replace what a schedule does",
+                (SCHEDULE_ID, WORKFLOW, *SPEC, *CLIENT),
+                _client(_schedules_update),
+            ),
+            Command(
+                "pause",
+                "stop a schedule's ticks until resumed",
+                (SCHEDULE_ID, Option("--note", "why (shown with it)", "", env=False), *CLIENT),
+                _client(_schedules_pause),
+            ),
+            Command(
+                "resume",
+                "let a paused schedule tick again",
+                (SCHEDULE_ID, *CLIENT),
+                _client(_schedules_resume),
+            ),
+            Command(
+                "trigger",
+                "start one run of a schedule now",
+                (SCHEDULE_ID, *CLIENT),
+                _client(_schedules_trigger),
+            ),
+            Command(
+                "delete",
+                "remove a schedule (its runs go on)",
+                (SCHEDULE_ID, *CLIENT),
+                _client(_schedules_delete),
             ),
         ),
     ),

@@ -11,10 +11,11 @@ import json
 import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .._types import Event, EventType, RunTrace, TraceSpan, WorkflowBuilds
+from .._types import Event, EventType, RunTrace, Schedule, TraceSpan, WorkflowBuilds
 
-__all__ = ["LiveView", "print_builds", "print_trace"]
+__all__ = ["LiveView", "print_builds", "print_schedule", "print_trace"]
 
 
 def _seconds(span: TraceSpan) -> str:
@@ -203,3 +204,33 @@ def print_builds(workflows: list[WorkflowBuilds], out: TextIO = sys.stdout) -> N
                 "worker serves: start its workers, or promote a build that has some",
                 file=out,
             )
+
+
+def print_schedule(s: Schedule, out: TextIO = sys.stdout) -> None:
+    """One schedule: what it does and where it stands."""
+
+    try:
+        zone = ZoneInfo(s.time_zone) if s.time_zone else None
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = None
+
+    def when(value: Any) -> str:  # in the schedule's time zone, as its cron reads
+        if value is None:
+            return "-"
+        return (value.astimezone(zone) if zone else value).isoformat(timespec="seconds")
+
+    state = f"paused ({s.note})" if s.paused and s.note else "paused" if s.paused else "active"
+    lines = [
+        f"schedule {s.schedule_id}: {state}",
+        f"  runs     {s.workflow} with {s.input_json or 'null'}",
+        f"  cron     {s.cron} in {s.time_zone or 'UTC'}",
+        f"  overlap  {s.overlap}; catch-up window {s.catchup_window:g} s",
+        f"  next     {when(s.next_tick_time)}",
+        f"  last     {when(s.last_tick_time)} (run {s.last_run_id or '-'})",
+        f"  counts   {s.started_runs} started, {s.skipped_ticks} skipped, {s.missed_ticks} missed",
+    ]
+    if s.buffered_tick_time is not None:
+        lines.append(f"  buffered {when(s.buffered_tick_time)} (waits for the last run to end)")
+    if s.last_error:
+        lines.append(f"  error    {s.last_error}")
+    out.write("\n".join(lines) + "\n")

@@ -89,6 +89,56 @@ async def test_run_watch_runs_cancel_and_workflows(redis_url: str, procs: list[P
     assert re.search(r"echo\s+1 workers\s+Returns its input.", workflows.stdout)
 
 
+async def test_schedules_from_the_command_line(redis_url: str, procs: list[Proc]) -> None:
+    cp, target = await start_control_plane(redis_url)
+    procs.append(cp)
+    procs.append(await start_worker(redis_url, target))
+    flag = ("--control-plane", target)
+    made = cli(
+        "schedules",
+        "create",
+        "digest",
+        "echo",
+        "--cron",
+        "0 8 * * 1-5",
+        "--time-zone",
+        "Europe/Berlin",
+        "--input",
+        '{"team": "a"}',
+        "--overlap",
+        "buffer_one",
+        *flag,
+    )
+    assert made.returncode == 0, made.stderr
+    assert "schedule digest: active" in made.stdout
+    assert "cron     0 8 * * 1-5 in Europe/Berlin" in made.stdout
+    assert "overlap  BUFFER_ONE; catch-up window 3600 s" in made.stdout
+    assert re.search(r"next     \d{4}-\d\d-\d\dT08:00:00\+0[12]:00", made.stdout), made.stdout
+    listed = cli("schedules", "list", *flag)
+    assert re.search(r"digest\s+'0 8 \* \* 1-5'\s+Europe/Berlin\s+echo\s+next ", listed.stdout)
+    triggered = cli("schedules", "trigger", "digest", *flag)
+    assert triggered.returncode == 0 and "started run " in triggered.stdout
+    paused = cli("schedules", "pause", "digest", "--note", "holidays", *flag)
+    assert "schedule digest: paused (holidays)" in paused.stdout
+    bad = cli("schedules", "create", "other", "echo", "--cron", "0 25 * * *", *flag)
+    assert bad.returncode == 1 and "cron '0 25 * * *' is not valid" in bad.stderr
+    zone = cli(
+        "schedules",
+        "update",
+        "digest",
+        "echo",
+        "--cron",
+        "@daily",
+        "--time-zone",
+        "Mars/Base",
+        *flag,
+    )
+    assert zone.returncode == 1 and "time zone 'Mars/Base' is not known" in zone.stderr
+    gone = cli("schedules", "delete", "digest", *flag)
+    assert gone.returncode == 0 and "deleted" in gone.stdout
+    assert "no schedules" in cli("schedules", "list", *flag).stdout
+
+
 async def test_ctrl_c_detaches_and_prints_how_to_resume(redis_url: str, procs: list[Proc]) -> None:
     cp, target = await start_control_plane(redis_url)
     procs.append(cp)
