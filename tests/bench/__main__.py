@@ -28,6 +28,7 @@ import longline
 from longline._embedded import EmbeddedRedis
 from longline._store import Store
 from tests.bench.b1 import BENCH_FLOWS, NO_LIMITS, stack, throughput
+from tests.bench.fanout import onboard, ticks
 from tests.bench.footprint import footprints
 from tests.bench.waits import parked
 from tests.cluster import RedisCluster
@@ -495,6 +496,51 @@ async def b7(redis_url: str, runs: int) -> list[Row]:
     ]
 
 
+# -- B8, B9 --------------------------------------------------------------------------
+async def b8(redis_url: str, seconds: int) -> list[Row]:
+    t = await ticks(redis_url, seconds)
+    note = (
+        f"{t['distinct']} runs for {t['ticks']} ticks; missed {t['missed']}; "
+        f"max {t['max_ms']:.0f} ms"
+    )
+    return [
+        Row(
+            "B8",
+            "longline",
+            "schedule tick to RUN_STARTED p50, every second, 2 replicas",
+            t["p50_ms"],
+            "ms",
+            note=note,
+        ),
+        Row("B8", "longline", "schedule tick to RUN_STARTED p99", t["p99_ms"], "ms"),
+    ]
+
+
+async def b9(redis_url: str, pages: int) -> list[Row]:
+    one = await onboard(redis_url, pages, 1)
+    two = await onboard(redis_url, pages, 2)
+    ideal = pages * 0.5 / 8
+    return [
+        Row(
+            "B9",
+            "longline",
+            f"onboard_site, {pages} child runs, 1 worker of 8 slots",
+            one,
+            "s",
+            f"{ideal:.1f} s (0.5 s calls, 8 at once)",
+        ),
+        Row(
+            "B9",
+            "longline",
+            f"onboard_site, {pages} child runs, 2 workers of 8 slots",
+            two,
+            "s",
+            f"{ideal / 2:.1f} s",
+            note=f"{one / two:.2f}x the speed of one worker",
+        ),
+    ]
+
+
 # -- the table, the JSON and the chart -------------------------------------------------
 def _table(rows: list[Row]) -> str:
     width = max(len(f"{r.bench} {r.system}: {r.measure}") for r in rows)
@@ -560,7 +606,7 @@ def _chart(rows: list[Row], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
-    parser.add_argument("--only", default="B1,B2,B3,B4,B5,B6,B7")
+    parser.add_argument("--only", default="B1,B2,B3,B4,B5,B6,B7,B8,B9")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument(
         "--no-cluster", action="store_true", help="leave out the Redis Cluster column (B1, B2)"
@@ -591,6 +637,12 @@ def main() -> None:
         if "B7" in only:
             with EmbeddedRedis() as redis:  # a Redis of its own: its memory is measured
                 rows.extend(await b7(redis.url, 1000 if q else 10_000))
+        if only & {"B8", "B9"}:
+            with EmbeddedRedis() as redis:
+                if "B8" in only:
+                    rows.extend(await b8(redis.url, 10 if q else 30))
+                if "B9" in only:
+                    rows.extend(await b9(redis.url, 40 if q else 200))
         if only & {"B1", "B2"} and not args.no_cluster:
             # The cluster column: the same B1 and B2 on a local Redis Cluster of 3 masters
             # (64 partitions), beside the single-Redis figures.
