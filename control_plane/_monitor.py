@@ -82,9 +82,7 @@ class LeaseMonitor:
             # Children whose parent ended before them (it succeeded, failed or was cancelled
             # elsewhere) are cancelled, by policy (see _store._children).
             try:
-                for _ in range(10):  # 100 at a time; more next round
-                    if await cancel_children(self._store) < 100:
-                        break
+                await cancel_children(self._store)  # a bounded batch; more next round
             except RedisError as exc:
                 await timers_backoff.wait(log, "child runs", exc)
             try:

@@ -386,7 +386,8 @@ class Scheduler:
         except NotFoundError:
             await self._store.schedules.forget(tenant, schedule_id)
             return
-        if record.paused:
+        if record.paused:  # its due entry outlived a pause (written by hand?): dropped
+            await self._store.schedules.forget(tenant, schedule_id)
             return
         try:
             tick = await self._ticks(record, now)

@@ -10,6 +10,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -214,7 +215,7 @@ def print_schedule(s: Schedule, out: TextIO = sys.stdout) -> None:
     except (ZoneInfoNotFoundError, ValueError):
         zone = None
 
-    def when(value: Any) -> str:  # in the schedule's time zone, as its cron reads
+    def when(value: datetime | None) -> str:  # in the schedule's time zone, as its cron reads
         if value is None:
             return "-"
         return (value.astimezone(zone) if zone else value).isoformat(timespec="seconds")

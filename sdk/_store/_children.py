@@ -52,9 +52,11 @@ class Children:
         self._runs = runs
         self._clear = redis.register_script(_scripts.CLEAR_ORPHAN)
 
-    async def cancel_orphans(self, run_ids: list[str] | None = None) -> list[CancelledChild]:
+    async def cancel_orphans(
+        self, run_ids: list[str] | None = None, budget: int = 200
+    ) -> list[CancelledChild]:
         """Cancel the children of runs that ended before them: of `run_ids`, or of the
-        orphans of every partition (at most 100 runs, and 100 children of each, a call).
+        orphans of every partition; at most `budget` children a call (the rest next call).
         Returns the children it cancelled."""
         if run_ids is None:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -75,6 +77,8 @@ class Children:
                 continue  # not ended: its children are its own business
             reason = f"its parent run {run_id} ended {status or 'and expired'}"
             for child in map(str, children):
+                if len(cancelled) >= budget:
+                    return cancelled
                 try:
                     outcome = await self._runs.cancel(child, reason)
                 except (NotFoundError, FailedPreconditionError):
