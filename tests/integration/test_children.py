@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import redis.asyncio as aioredis
 
 import longline
+from longline._cli._render import print_trace
 from longline._store import keys
 from tests.conftest import eventually
 from tests.integration.conftest import Stack
@@ -72,6 +75,10 @@ async def test_a_child_run_parks_its_parent_and_returns_its_result(
     under = trace.children(child_span.span_id)
     assert [s.kind for s in under] == ["ATTEMPT"] and under[0].run_id == child_id
     assert any(s.name == "chaos_step" for s in trace.children(under[0].span_id))
+    shown = io.StringIO()
+    print_trace(trace, shown)
+    assert f"⤷ child run {child_id} (child_item)" in shown.getvalue()
+    assert "chaos_step#1" in shown.getvalue().split("⤷ child run")[1]
     # A child lives in its parent's partition: one slot.
     assert keys.partition_of(child_id) == keys.partition_of(handle.run_id)
 
