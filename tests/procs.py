@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +150,50 @@ async def start_worker(
             proc.kill()  # not left running to heartbeat into the next test's Redis
             raise
     return proc
+
+
+async def start_workers(
+    redis_url: str,
+    target: str,
+    names: Sequence[str],
+    *extra: str,
+    worker_ids: bool = False,
+    module: str = str(FLOWS),
+    workflow: str = "echo",
+    env: dict[str, str] | None = None,
+) -> list[Proc]:
+    """Workers serving `module`, one per name (with `--worker-id NAME` when worker_ids),
+    started at once rather than one after another; returns once each has its stream to
+    the control plane open and the control plane counts at least that many workers."""
+    procs = [
+        spawn(
+            name,
+            "worker",
+            module,
+            "--control-plane",
+            target,
+            "--redis",
+            redis_url,
+            *(("--worker-id", name) if worker_ids else ()),
+            *extra,
+            env={"LONGLINE_TEST_REDIS": counters_url(redis_url), **(env or {})},
+        )
+        for name in names
+    ]
+    async with longline.Client(target.split(",")[0]) as client:
+
+        async def counted() -> bool:
+            for proc in procs:
+                if proc.popen.poll() is not None:
+                    raise AssertionError(f"{proc.name} exited early:\n{proc.output()}")
+            now = {w.name: w.workers for w in await client.list_workflows()}.get(workflow, 0)
+            connected = all("connected to control plane replica" in p.output() for p in procs)
+            return connected and now >= len(procs)
+
+        try:
+            await eventually(counted, what=f"{', '.join(names)} to announce {workflow}")
+        except BaseException:
+            for proc in procs:
+                proc.kill()  # not left running to heartbeat into the next test's Redis
+            raise
+    return procs

@@ -3,6 +3,12 @@
 Built from the same redis-server binary as every other test (`find_redis_server`): a
 sentinel is `redis-server sentinel.conf --sentinel`. Each process has a directory of its
 own (sentinels rewrite their config file as they learn the topology), and its log there.
+
+Ports are drawn as the local Redis Cluster's are (`cluster_port`: below the kernel's
+ephemeral range, where port-0 binds and outgoing connections land), and a process that
+still loses the race for its port (redis-server exits: "Failed listening on port ...")
+has the whole set started again on fresh ports: the nodes' and sentinels' configurations
+name each other's ports, so one process cannot move alone.
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ from pathlib import Path
 
 import redis
 
-from longline._embedded import find_redis_server, free_port
-from longline._embedded_cluster import RedisProcess, wait_for
+from longline._embedded import find_redis_server
+from longline._embedded_cluster import RedisProcess, cluster_port, wait_for
 
 SERVICE = "longline"
 _REPL_USER, _REPL_PASSWORD = "replication", "replication-secret"
+# What redis-server logs before it exits when another process holds its port.
+_PORT_TAKEN = ("Address already in use", "Failed listening on port")
+_START_ATTEMPTS = 3
 
 
 class Server(RedisProcess):
@@ -50,20 +59,41 @@ class SentinelCluster:
         sentinel_password: str = "",
     ) -> None:
         self.binary = find_redis_server()
+        self._down_after_ms = down_after_ms
+        self._failover_timeout_ms = failover_timeout_ms
+        self._password = password
+        self._sentinel_password = sentinel_password
         self._root = Path(tempfile.mkdtemp(prefix="longline-sentinel-"))
+        self._lay_out()
+
+    def _lay_out(self) -> None:
+        """Pick fresh ports; make the processes' command lines, the sentinels' config files
+        (in a directory of their own under the root) and `url`."""
+        password, sentinel_password = self._password, self._sentinel_password
+        root = Path(tempfile.mkdtemp(prefix="try-", dir=self._root))
+        taken: set[int] = set()
+
+        def port() -> int:
+            picked = cluster_port(taken)
+            taken.add(picked)
+            return picked
+
         data = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", "."]
+        # A replica syncs at once (Redis 7's diskless sync otherwise waits 5 s for more
+        # replicas to join it; there is only ever one).
+        data += ["--repl-diskless-sync-delay", "0"]
         # Replicas log in as a user of their own, so a test can shut the replica out (and
         # only it) to make the primary acknowledge writes that the replica never gets.
         data += ["--user", _REPL_USER, "on", f">{_REPL_PASSWORD}", "~*", "+@all"]
         data += ["--masteruser", _REPL_USER, "--masterauth", _REPL_PASSWORD]
         if password:
             data += ["--requirepass", password]
-        first, second = free_port(), free_port()
+        first, second = port(), port()
         self.nodes = [
-            Server(self.binary, self._root, "node0", first, ["--port", str(first)], password),
+            Server(self.binary, root, "node0", first, ["--port", str(first)], password),
             Server(
                 self.binary,
-                self._root,
+                root,
                 "node1",
                 second,
                 ["--port", str(second), "--replicaof", "127.0.0.1", str(first)],
@@ -74,21 +104,26 @@ class SentinelCluster:
             node._args += data
         self.sentinels: list[Server] = []
         for i in range(3):
-            port = free_port()
+            sentinel_port = port()
             server = Server(
-                self.binary, self._root, f"sentinel{i}", port, ["sentinel.conf"], sentinel_password
+                self.binary,
+                root,
+                f"sentinel{i}",
+                sentinel_port,
+                ["sentinel.conf"],
+                sentinel_password,
             )
             auth = f"sentinel auth-pass {SERVICE} {password}\n" if password else ""
             if sentinel_password:  # for clients, and for the other sentinels
                 auth += f"requirepass {sentinel_password}\n"
                 auth += f"sentinel sentinel-pass {sentinel_password}\n"
             (server.dir / "sentinel.conf").write_text(
-                f"port {port}\n"
+                f"port {sentinel_port}\n"
                 "bind 127.0.0.1\n"
                 f"dir {server.dir}\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {first} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
-                f"sentinel failover-timeout {SERVICE} {failover_timeout_ms}\n"
+                f"sentinel down-after-milliseconds {SERVICE} {self._down_after_ms}\n"
+                f"sentinel failover-timeout {SERVICE} {self._failover_timeout_ms}\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n" + auth
             )
             server._args.append("--sentinel")
@@ -100,19 +135,47 @@ class SentinelCluster:
 
     def start(self, timeout: float = 30.0) -> SentinelCluster:
         """Start everything; return once the replica is in sync and every sentinel knows
-        the primary, the replica and the two other sentinels (a failover needs all that)."""
+        the primary, the replica and the two other sentinels (a failover needs all that).
+        If a process exits because another took its port meanwhile, start again on fresh
+        ports (`url` changes then: read it after start)."""
         try:
-            for node in self.nodes:
-                node.start()
-            wait_for(lambda: all(n.ping() for n in self.nodes), timeout, "the nodes", self.nodes)
-            wait_for(self._replica_synced, timeout, "the replica to sync", self.nodes)
-            for sentinel in self.sentinels:
-                sentinel.start()
-            wait_for(self._sentinels_ready, timeout, "the sentinels to meet", self._all)
+            attempt = 1
+            while exited := self._start_once(timeout):
+                logs = [s.log.read_text(errors="replace") for s in exited]
+                port_taken = all(any(m in log for m in _PORT_TAKEN) for log in logs)
+                if not port_taken or attempt == _START_ATTEMPTS:
+                    raise RuntimeError(f"a Redis process exited at start\n{self.logs()}")
+                self._stop_processes()
+                self._lay_out()
+                attempt += 1
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_once(self, timeout: float) -> list[Server]:
+        """Start the nodes, then the sentinels, waiting as `start` says; the processes that
+        exited meanwhile (none when it all came up)."""
+        for node in self.nodes:
+            node.start()
+        wait_for(
+            lambda: all(n.ping() or not n.alive for n in self.nodes),
+            timeout,
+            "the nodes",
+            self.nodes,
+        )
+        if exited := [n for n in self.nodes if not n.alive]:
+            return exited
+        wait_for(self._replica_synced, timeout, "the replica to sync", self.nodes)
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_for(
+            lambda: self._sentinels_ready() or not all(s.alive for s in self.sentinels),
+            timeout,
+            "the sentinels to meet",
+            self._all,
+        )
+        return [s for s in self.sentinels if not s.alive]
 
     @property
     def _all(self) -> list[Server]:
@@ -199,10 +262,18 @@ class SentinelCluster:
             if s.log.exists()
         )
 
-    def stop(self) -> None:
-        """Stop every process and remove the directories; safe to call twice."""
+    def _stop_processes(self) -> None:
+        # SIGTERM to all first: a primary told alone waits for its replica's acknowledgement
+        # (about a second); with the replica going down beside it, it exits at once.
+        for server in self._all:
+            if server.alive and server.proc is not None:
+                server.proc.terminate()
         for server in self._all:
             server.stop()
+
+    def stop(self) -> None:
+        """Stop every process and remove the directories; safe to call twice."""
+        self._stop_processes()
         shutil.rmtree(self._root, ignore_errors=True)
 
     def __enter__(self) -> SentinelCluster:

@@ -14,7 +14,7 @@ import longline
 from longline._embedded import EmbeddedRedis, free_port
 from longline._store import keys
 from tests.conftest import eventually
-from tests.procs import Proc, start_control_plane, start_worker
+from tests.procs import Proc, start_control_plane, start_worker, start_workers
 from tests.proxy import Proxy
 
 EventType = longline.EventType
@@ -83,8 +83,10 @@ async def test_a_stalled_worker_is_passed_over_and_costs_no_attempt(
     redis_url: str, redis: aioredis.Redis, procs: list[Proc]
 ) -> None:
     """A worker SIGSTOPped while idle keeps its TCP connection up and has the most free
-    slots. With the default lease and heartbeat, 20 runs started over a minute all succeed
-    on the other worker; none is given up."""
+    slots. With the default lease and heartbeat, 20 runs started over 30 s all succeed on
+    the other worker; none is given up. 30 s is twice the slowest of the three ways a stall
+    is found (acknowledgement 5 s, presence 10 s, keepalive 15 s): runs start before, while
+    and after each of them."""
     cp, target = await start_control_plane(redis_url)
     procs.append(cp)
     stalled = await start_worker(
@@ -105,7 +107,7 @@ async def test_a_stalled_worker_is_passed_over_and_costs_no_attempt(
             stalled_at = time.time()
             for n in range(20):
                 handles.append(await client.start("counted", {"n": n}))
-                await asyncio.sleep(3)  # pacing the load over a minute, not a wait for a result
+                await asyncio.sleep(1.5)  # pacing the load over 30 s, not a wait for a result
             results = await asyncio.wait_for(
                 asyncio.gather(*(h.result() for h in handles), return_exceptions=True), 120
             )
@@ -125,7 +127,7 @@ async def test_a_stalled_worker_is_passed_over_and_costs_no_attempt(
                 events = [e async for e in handle.events()]
                 taken_back += sum("did not acknowledge" in e.message for e in events)
             assert taken_back >= 1  # the stalled worker was chosen, and passed over
-            # gRPC keepalive found that its TCP connection answers nothing (a minute has
+            # gRPC keepalive found that its TCP connection answers nothing (30 s have
             # passed; a ping goes unanswered for 5 s after 10 s of silence).
             await eventually(
                 lambda: _true("worker stalled disconnected" in cp.output()),
@@ -161,9 +163,10 @@ async def test_a_worker_black_holed_from_redis_stops_its_run(
         )
         procs.append(cut)
         async with longline.Client(target) as client:
-            # Steps of 10 s: longer than a lease timeout and a heartbeat, so only stopping the
-            # task, not the next write hanging, keeps the cut-off worker from working on.
-            handle = await client.start("ticking", {"steps": 2, "ticks": 100})
+            # A step of 10 s: longer than a lease timeout and a heartbeat, so only stopping the
+            # task, not the next write hanging, keeps the cut-off worker from working on. One
+            # step is enough: the cut comes inside it, and the other worker runs it again.
+            handle = await client.start("ticking", {"steps": 1, "ticks": 100})
             async for event in handle.events():
                 if event.type is EventType.COMPONENT_STARTED:
                     break
@@ -171,7 +174,7 @@ async def test_a_worker_black_holed_from_redis_stops_its_run(
             procs.append(other)
             proxy.blackhole()
             cut_at = time.time()
-            assert await asyncio.wait_for(handle.result(), 90) == {"steps": 2}
+            assert await asyncio.wait_for(handle.result(), 90) == {"steps": 1}
         assert await redis.hget(keys.run_key(handle.run_id), "worker_id") == "other"
         ticks = [t.split() for t in await redis.lrange(f"test:ticks:{handle.run_id}", 0, -1)]
         pids = {pid for pid, _, _ in ticks}
@@ -181,7 +184,7 @@ async def test_a_worker_black_holed_from_redis_stops_its_run(
         print(f"the cut-off worker's last tick came {late:.2f} s after the cut")
         # It stops at a lease timeout after its last renewal (at most one heartbeat before the
         # cut); one more heartbeat of slack for a busy machine. Before the fix it worked on
-        # for the rest of its 10 s step.
+        # for the rest of its 10 s step (the cut comes about a second into it).
         assert late <= lease + 2 * heartbeat, f"it worked on for {late:.2f} s after the cut"
         _alive(cp, cut, other)
     finally:
@@ -194,10 +197,7 @@ async def test_the_primary_demoted_to_read_only_for_five_seconds(procs: list[Pro
     with EmbeddedRedis() as server:
         cp, target = await start_control_plane(server.url, *FAST)
         procs.append(cp)
-        workers = [
-            await start_worker(server.url, target, "--worker-id", f"w{i}", name=f"w{i}")
-            for i in range(2)
-        ]
+        workers = await start_workers(server.url, target, ["w0", "w1"], worker_ids=True)
         procs.extend(workers)
         redis = aioredis.Redis.from_url(server.url, decode_responses=True)
         try:

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 import longline
 from tests.chaos.conftest import LEASE
 from tests.conftest import eventually
-from tests.procs import Proc, start_control_plane, start_worker
+from tests.procs import Proc, start_control_plane, start_workers
 from tests.sentinel import SentinelCluster
 
 pytestmark = pytest.mark.slow  # skipped by --skip-slow locally, never in CI
@@ -65,10 +65,9 @@ async def test_kill_9_of_the_primary_under_20_running_runs_leaves_none_stuck(
     counters = {"LONGLINE_TEST_REDIS": redis_url}  # the steps' counters: not the failing Redis
     cp, target = await start_control_plane(cluster.url, *LEASE)
     procs.append(cp)
-    for name in ("w1", "w2"):
-        procs.append(
-            await start_worker(cluster.url, target, "--worker-id", name, name=name, env=counters)
-        )
+    procs.extend(
+        await start_workers(cluster.url, target, ["w1", "w2"], worker_ids=True, env=counters)
+    )
     async with longline.Client(target) as client:
         handles = [await client.start("five_steps", {"delay": 1.5}) for _ in range(LONG)]
         handles += [await client.start("five_steps", {"delay": 0.4}) for _ in range(SHORT)]

@@ -5,8 +5,9 @@ three workers; kill -9 of a worker (replaced at once) every KILL_EVERY seconds a
 Redis restart half-way. Samples Redis memory, key count and run counts, prints the table,
 and ends with no run stuck and nothing of finished runs left once their retention passed.
 
-`make test` runs a short form (LONGLINE_SOAK_SECONDS, 60 s by default); `make soak` runs
-30 minutes with a kill every minute.
+`make test` runs a short form (LONGLINE_SOAK_SECONDS, 60 s by default) with a retention of
+7.5 s, so the wait for the last runs' retention after the load stays short; `make soak` runs
+30 minutes with a kill every minute and a retention of 15 s.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -24,14 +26,17 @@ import longline
 from longline._embedded import EmbeddedRedis
 from longline._store import Store, keys
 from tests.conftest import FLOWS, eventually
-from tests.procs import Proc, spawn, start_control_plane, start_worker
+from tests.procs import Proc, spawn, start_control_plane, start_workers
 
 pytestmark = pytest.mark.slow
 
 SECONDS = float(os.environ.get("LONGLINE_SOAK_SECONDS", "60"))
 KILL_EVERY = float(os.environ.get("LONGLINE_SOAK_KILL_EVERY", str(min(60.0, SECONDS / 4))))
-RETENTION = 15.0
-SAMPLE_EVERY = min(5.0, RETENTION / 2)  # more often than the retention: no run ends unseen
+# 15 s, but an eighth of a short soak: the end waits a retention for the last runs to expire.
+RETENTION = min(15.0, SECONDS / 8)
+# Three samples per retention: a run that ends is seen before its keys expire, with room for
+# a slow round or Redis restarting in between.
+SAMPLE_EVERY = min(5.0, RETENTION / 3)
 ROW_EVERY = max(5.0, SECONDS / 30)  # a row of the table
 # Four partitions: the keys a partition keeps for good (its counters) stay within the
 # bound on what is left at the end.
@@ -128,9 +133,7 @@ async def test_soak(procs: list[Proc]) -> None:
     with EmbeddedRedis(appendonly=True) as server:
         cp, target = await start_control_plane(server.url, *FLAGS)
         procs.append(cp)
-        workers = [
-            await start_worker(server.url, target, "--slots", "16", name=f"w{n}") for n in range(3)
-        ]
+        workers = await start_workers(server.url, target, ["w0", "w1", "w2"], "--slots", "16")
         procs.extend(workers)
         redis = aioredis.Redis.from_url(server.url, decode_responses=True)
         tally, stop = Tally(), asyncio.Event()
@@ -210,6 +213,11 @@ async def test_soak(procs: list[Proc]) -> None:
         await eventually(swept, timeout=RETENTION * 3 + 30, what="finished runs to expire")
         memory, nkeys, _ = await _sample(redis)
         rows.append(f"   after {memory / 2**20:9.1f} MiB {nkeys:7d} keys (retention passed)")
+        per_run = [
+            k
+            async for k in redis.scan_iter(match=keys.PREFIX + "*", count=1000)
+            if re.search(r"\}:(run|events|steps|waits|children):|\}:idem@", k)
+        ]
         await redis.aclose()
         print(
             f"\nsoak: {SECONDS:.0f} s, {len(tally.started)} runs started, {tally.cancelled} "
@@ -223,8 +231,11 @@ async def test_soak(procs: list[Proc]) -> None:
             print("stuck:", states)
         assert not stuck, f"{len(stuck)} runs stuck: {stuck[:5]}"
         # What is left is the deployment's own (per partition: its counters, a queue per
-        # workflow served), not a key per run.
-        assert nkeys <= baseline + 20, f"{nkeys} keys left after every run expired"
+        # workflow served), not a key per run: none of a run's keys is left, and the rest
+        # is bounded by the partitions (4) times the keys a partition holds (its four
+        # counters, a queue per workflow the load starts, the run indexes).
+        assert not per_run, f"keys of runs left after every run expired: {per_run[:5]}"
+        assert nkeys <= baseline + 4 * 10, f"{nkeys} keys left after every run expired"
         assert cp.popen.poll() is None
         # Client errors are allowed only while Redis was down (UNAVAILABLE), never INTERNAL.
         assert not [e for e in tally.errors if "INTERNAL" in e or "Internal" in e], tally.errors

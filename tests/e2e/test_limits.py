@@ -9,7 +9,7 @@ import pytest
 
 import longline
 from longline.testing import OfflineModel
-from tests.procs import Proc, start_control_plane, start_worker
+from tests.procs import Proc, start_control_plane, start_workers
 
 pytestmark = pytest.mark.slow  # a minute by nature: 90 calls at 60 per minute
 
@@ -30,8 +30,7 @@ async def test_three_workers_share_one_limit_of_60_per_minute(
 ) -> None:
     cp, target = await start_control_plane(redis_url)
     procs.append(cp)
-    for n in range(3):
-        procs.append(await start_worker(redis_url, target, name=f"worker{n}"))
+    procs.extend(await start_workers(redis_url, target, [f"worker{n}" for n in range(3)]))
     async with longline.Client(target) as client:
         handles = [await client.start("ask_many", {"tag": f"t{n}", "calls": 30}) for n in range(3)]
         assert await asyncio.gather(*(h.result() for h in handles)) == [30, 30, 30]
