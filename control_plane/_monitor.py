@@ -51,7 +51,8 @@ class LeaseMonitor:
     async def run(self) -> None:
         """The monitor loop; runs until cancelled."""
         longest_nap = max(0.05, min(1.0, self._lease_timeout / 4))
-        leases_backoff, timers_backoff = Backoff(), Backoff()
+        leases_backoff, timers_backoff, orphans_backoff = Backoff(), Backoff(), Backoff()
+        orphans_next = 0.0  # time.monotonic() of the next look at orphaned children
         while True:
             try:
                 if time.monotonic() >= self._judge_after:
@@ -81,10 +82,13 @@ class LeaseMonitor:
                 await timers_backoff.wait(log, "timers", exc)
             # Children whose parent ended before them (it succeeded, failed or was cancelled
             # elsewhere) are cancelled, by policy (see _store._children).
-            try:
-                await cancel_children(self._store)  # a bounded batch; more next round
-            except RedisError as exc:
-                await timers_backoff.wait(log, "child runs", exc)
+            if time.monotonic() >= orphans_next:  # at most once a second: a read per partition
+                try:
+                    done = await cancel_children(self._store)  # a bounded batch
+                    orphans_backoff.reset()
+                    orphans_next = time.monotonic() + (0.0 if done >= 200 else 1.0)
+                except RedisError as exc:
+                    await orphans_backoff.wait(log, "child runs", exc)
             try:
                 now_ms = await self._store.now_ms()
             except RedisError as exc:

@@ -67,6 +67,11 @@ _LATEST_TIMESTAMP_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z
 log = logging.getLogger("longline.control_plane.runs")
 
 
+def _not_json(constant: str) -> object:
+    """NaN, Infinity and -Infinity: Python reads them, JSON has no such values."""
+    raise ValueError(f"{constant} is not a JSON value")
+
+
 def _timestamp(ms: int) -> Timestamp:
     ts = Timestamp()
     ts.FromMilliseconds(ms)
@@ -256,7 +261,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             )
         input_json = request.input_json or "null"
         try:
-            json.loads(input_json)
+            json.loads(input_json, parse_constant=_not_json)
         except (ValueError, RecursionError) as exc:
             raise InvalidArgumentError(
                 f"input_json is not valid JSON: {exc}", "INPUT_NOT_JSON"

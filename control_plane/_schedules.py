@@ -29,9 +29,11 @@ from longline._store import (
     Backoff,
     InvalidArgumentError,
     NotFoundError,
+    RateLimitedError,
     RedisError,
     ScheduleRecord,
     Store,
+    TenantLimits,
     Tick,
     TooLargeError,
 )
@@ -53,11 +55,14 @@ MOST_TICKS_A_PASS = 100  # ticks one pass runs; more are due at once after it
 MOST_MISSED_COUNTED = 10_000  # missed ticks counted one by one; past that, jumped over
 BUFFER_LOOK_MS = 500  # how often a buffered tick looks whether the run before it ended
 MOST_NAP = 0.5  # seconds the scheduler sleeps at most (a new schedule is seen within it)
+MAX_CRON = 256  # characters of a cron expression, at most (a long one costs every replica)
+MAX_ZONE = 64  # characters of a time zone name
 _POLICIES = {
     schedules_pb2.OVERLAP_POLICY_SKIP: "SKIP",
     schedules_pb2.OVERLAP_POLICY_BUFFER_ONE: "BUFFER_ONE",
     schedules_pb2.OVERLAP_POLICY_ALLOW_ALL: "ALLOW_ALL",
 }
+_OVERLAP_VALUES = {name: value for value, name in _POLICIES.items()}
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,11 @@ class Cron:
     @classmethod
     def parse(cls, expression: str, time_zone: str) -> Cron:
         """The cron, or InvalidArgumentError saying what is wrong."""
+        if len(expression) > MAX_CRON or len(time_zone) > MAX_ZONE:
+            raise InvalidArgumentError(
+                f"cron is at most {MAX_CRON} characters and time_zone at most {MAX_ZONE}",
+                "INVALID_CRON" if len(expression) > MAX_CRON else "UNKNOWN_TIME_ZONE",
+            )
         expression = " ".join(expression.split())
         if not expression:
             raise InvalidArgumentError(
@@ -79,7 +89,7 @@ class Cron:
             )
         try:
             zone = ZoneInfo(time_zone or "UTC")
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise InvalidArgumentError(
                 f"time zone {time_zone[:100]!r} is not known: use an IANA name such as "
                 "'Europe/Berlin' or 'America/New_York', or leave it empty for UTC",
@@ -98,7 +108,7 @@ class Cron:
                 raise CroniterBadDateError("it never fires")
         except (CroniterError, ValueError, KeyError) as exc:
             raise InvalidArgumentError(
-                f"cron {expression[:100]!r} is not valid: {exc}", "INVALID_CRON"
+                f"cron {expression[:100]!r} is not valid: {str(exc)[:300]}", "INVALID_CRON"
             ) from None
         return cron
 
@@ -107,7 +117,15 @@ class Cron:
         start = datetime.fromtimestamp(ms / 1000, self.zone)
         seconds = not self.expression.startswith("@") and len(self.expression.split()) == 6
         try:
-            nxt = croniter(self.expression, start, second_at_beginning=seconds).get_next(datetime)
+            it = croniter(self.expression, start, second_at_beginning=seconds)
+            nxt = it.get_next(datetime)
+            # When clocks go back, a wall time comes twice: a tick at it runs once (as cron
+            # does), not again in the repeated hour. Ticks every minute or second run on.
+            if (
+                nxt.replace(tzinfo=None) == start.replace(tzinfo=None)
+                and nxt.timestamp() != start.timestamp()  # (same-zone == ignores the fold)
+            ):
+                nxt = it.get_next(datetime)
         except CroniterBadDateError:
             return None
         return int(nxt.timestamp() * 1000)
@@ -132,8 +150,8 @@ def schedule_to_proto(r: ScheduleRecord) -> schedules_pb2.Schedule:
             workflow=str(spec.get("workflow", "")),
             input_json=str(spec.get("input_json", "")),
             labels=dict(spec.get("labels") or {}),
-            overlap_policy=schedules_pb2.OverlapPolicy.Value(
-                f"OVERLAP_POLICY_{spec.get('overlap', 'SKIP')}"
+            overlap_policy=_OVERLAP_VALUES.get(
+                str(spec.get("overlap", "SKIP")), schedules_pb2.OVERLAP_POLICY_UNSPECIFIED
             ),
         ),
         paused=r.paused,
@@ -155,6 +173,10 @@ def schedule_to_proto(r: ScheduleRecord) -> schedules_pb2.Schedule:
         if ms:
             getattr(msg, name).CopyFrom(_timestamp_ms(ms))
     return msg
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _check_id(schedule_id: str) -> str:
@@ -198,18 +220,19 @@ class ScheduleServicer(schedules_pb2_grpc.ScheduleServiceServicer):
                 "INPUT_TOO_LARGE",
             )
         try:
-            json.loads(spec.input_json or "null")
+            json.loads(spec.input_json or "null", parse_constant=_not_json)
         except (ValueError, RecursionError) as exc:
             raise InvalidArgumentError(
                 f"input_json is not valid JSON: {exc}", "INPUT_NOT_JSON"
             ) from None
         most, label_bytes = self._settings.max_labels, self._settings.max_label_bytes
-        if len(spec.labels) > most - 2 or any(
+        if len(spec.labels) > most - 3 or any(
             not k or len(k.encode()) > label_bytes or len(v.encode()) > label_bytes
             for k, v in spec.labels.items()
         ):
             raise InvalidArgumentError(
-                f"at most {most - 2} labels (two go to longline.schedule and longline.tick), "
+                f"at most {most - 3} labels (longline.schedule, longline.tick and "
+                "longline.trigger are longline's), "
                 f"keys non-empty, keys and values at most {label_bytes} bytes",
                 "INVALID_LABELS",
             )
@@ -307,7 +330,14 @@ class ScheduleServicer(schedules_pb2_grpc.ScheduleServiceServicer):
         tenant, schedule_id = current().tenant, _check_id(request.schedule_id)
         record = await self._store.schedules.get(tenant, schedule_id)
         now = await self._store.now_ms()
-        created = await start_tick(self._store, self._settings, record, now, manual=True)
+        created = await start_tick(
+            self._store,
+            self._settings,
+            record,
+            now,
+            manual=True,
+            limits=tenant_limits(self._settings),
+        )
         return schedules_pb2.TriggerScheduleResponse(
             run=run_to_proto(created), schedule=schedule_to_proto(record)
         )
@@ -331,8 +361,11 @@ async def start_tick(
     tick_ms: int,
     *,
     manual: bool = False,
+    limits: TenantLimits | None = None,
 ) -> Any:
-    """Start the run of a tick (or, `manual`, of a TriggerSchedule: a run of its own)."""
+    """Start the run of a tick (or, `manual`, of a TriggerSchedule: a run of its own), under
+    the tenant's `limits` (a tenant's limits hold for its schedules' runs as for its
+    StartRuns)."""
     spec = record.spec
     labels = dict(spec.get("labels") or {})
     labels["longline.schedule"] = record.schedule_id
@@ -349,9 +382,24 @@ async def start_tick(
         labels,
         key,
         tenant=record.tenant,
+        limits=limits,
         retention_ms=int(settings.retention * 1000),
     )
     return created.run
+
+
+def tenant_limits(settings: ControlPlaneSettings) -> TenantLimits:
+    """A tenant's limits on starting runs, as the settings say."""
+    return TenantLimits(
+        max_queued=settings.max_queued_per_tenant,
+        start_rate=settings.start_rate_per_tenant,
+        start_burst=settings.start_burst_per_tenant,
+    )
+
+
+class _Refused(Exception):
+    """A tick's run could not be made: its workflow was never announced, or the tenant is
+    over a limit (the schedule's last_error says which)."""
 
 
 class Scheduler:
@@ -361,6 +409,7 @@ class Scheduler:
         self._store = store
         self._settings = settings
         self.started = 0  # runs this replica's passes started
+        self._limits = tenant_limits(settings)
 
     async def run(self) -> None:
         """The scheduler loop; runs until cancelled. Survives every Redis error with
@@ -370,7 +419,15 @@ class Scheduler:
             try:
                 now = await self._store.now_ms()
                 for tenant, schedule_id in await self._store.schedules.due(now):
-                    await self._pass(tenant, schedule_id, now)
+                    try:
+                        await self._pass(tenant, schedule_id, now)
+                    except RedisError:
+                        raise
+                    except Exception:  # a bug here must not end every replica's scheduler
+                        log.exception(
+                            "schedule %s of tenant %r: put off a minute", schedule_id, tenant
+                        )
+                        await self._store.schedules.put_off(tenant, schedule_id, now + 60_000)
                 first = await self._store.schedules.next_due_ms()
                 now = await self._store.now_ms()
             except RedisError as exc:
@@ -381,22 +438,29 @@ class Scheduler:
             await asyncio.sleep(min(max(nap, 0.001), MOST_NAP))
 
     async def _pass(self, tenant: str, schedule_id: str, now: int) -> None:
+        record = None
         try:
             record = await self._store.schedules.get(tenant, schedule_id)
+            if record.paused:  # its due entry outlived a pause (written by hand?): dropped
+                await self._store.schedules.forget(tenant, schedule_id)
+                return
+            tick = await self._ticks(record, now)
         except NotFoundError:
             await self._store.schedules.forget(tenant, schedule_id)
             return
-        if record.paused:  # its due entry outlived a pause (written by hand?): dropped
-            await self._store.schedules.forget(tenant, schedule_id)
-            return
-        try:
-            tick = await self._ticks(record, now)
         except RedisError:
             raise
         except Exception as exc:  # a record this version cannot read: said, not looped on
             log.error(
-                "schedule %s of tenant %r: %s; trying again in a minute", schedule_id, tenant, exc
+                "schedule %s of tenant %r: %s: %s; trying again in a minute",
+                schedule_id,
+                tenant,
+                type(exc).__name__,
+                exc,
             )
+            if record is None:  # not even its hash could be read
+                await self._store.schedules.put_off(tenant, schedule_id, now + 60_000)
+                return
             tick = Tick(
                 next_ms=record.next_ms or None,
                 buffered_ms=record.buffered_ms or None,
@@ -434,17 +498,19 @@ class Scheduler:
         async def start(tick_ms: int) -> None:
             nonlocal last_run, running, started, error
             try:
-                run = await start_tick(self._store, self._settings, record, tick_ms)
-            except NotFoundError as exc:  # the workflow is not served (any more)
+                run = await start_tick(
+                    self._store, self._settings, record, tick_ms, limits=self._limits
+                )
+            except (NotFoundError, RateLimitedError) as exc:  # not announced; over a limit
                 error = exc.message
-                raise
+                raise _Refused() from exc
             last_run, running, error = run.run_id, not run.terminal, ""
             started += 1
 
         if buffered is not None and not running:
             try:
                 await start(buffered)
-            except NotFoundError:
+            except _Refused:
                 skipped += 1
             buffered = None
         for tick_ms in due:
@@ -459,7 +525,7 @@ class Scheduler:
                     buffered = tick_ms
                 else:
                     skipped += 1
-            except NotFoundError:
+            except _Refused:
                 skipped += 1
         return Tick(
             last_tick_ms=last_tick,

@@ -221,7 +221,7 @@ def _schedule_spec(
         cron=cron,
         time_zone=time_zone,
         workflow=workflow,
-        input_json=json.dumps(input),
+        input_json=json.dumps(input, allow_nan=False),
         labels=labels or {},
         overlap_policy=schedules_pb2.OverlapPolicy.Value(f"OVERLAP_POLICY_{overlap.upper()}"),
     )

@@ -70,6 +70,7 @@ class Services(Protocol):
 
 
 MAX_MAP_CONCURRENCY = 1000  # ctx.map's concurrency, at most
+MAX_CHILDREN = 10_000  # child runs one run may start (the store's limit: _store._keys)
 _FAILURES = ("fail_fast", "collect")
 _LATEST_MS = 221_845_392_000_000  # 9000-01-01: a wake time a protobuf Timestamp can carry
 
@@ -244,6 +245,8 @@ class Context:
             input_json = json.dumps(input, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"the input of child workflow {name!r} is not JSON: {exc}") from None
+        if key is not None and (not isinstance(key, str) or not key or "/" in key):
+            raise ValueError(f"a child's key is a non-empty str without '/', not {key!r}")
         step = self.next_step("@child", key or "")
         return await self._start_child(step, name, input_json, detach)
 
@@ -309,6 +312,11 @@ class Context:
             raise ValueError(f"ctx.map's failures must be one of {_FAILURES}, not {failures!r}")
         base = self.next_step("@map")
         if isinstance(fn, str) or _is_workflow(fn):
+            if len(items) > MAX_CHILDREN:
+                raise ValueError(
+                    f"ctx.map over a workflow takes at most {MAX_CHILDREN} items (a run starts at "
+                    f"most that many child runs), not {len(items)}: map over batches instead"
+                )
             return await self._map_children(
                 _workflow_name(fn), items, base, concurrency, failures == "collect", progress
             )
@@ -369,42 +377,47 @@ class Context:
         progress: bool,
     ) -> list[Any]:
         with_key = getattr(fn, "with_key", None)
-        limit = asyncio.Semaphore(concurrency)
+        results: list[Any] = [None] * len(items)
+        failed: list[tuple[int, BaseException]] = []
+        following = iter(range(len(items)))
         done = 0
 
-        async def one(i: int, item: Any) -> Any:
+        async def worker() -> None:
+            # One of `concurrency` workers, each taking the next item in order: at most that
+            # many calls run, and no task is made per item.
             nonlocal done
-            call = with_key(f"{base}.{i}") if with_key is not None else fn
-            async with limit:
-                result = await call(item)
-            done += 1
-            if progress:
-                await self.progress(done, len(items))
-            return result
+            for i in following:
+                if failed and not collect:
+                    return
+                call = with_key(f"{base}.{i}") if with_key is not None else fn
+                try:
+                    results[i] = await call(items[i])
+                except Exception as exc:
+                    if not collect:
+                        failed.append((i, exc))
+                        raise
+                    results[i] = exc
+                done += 1
+                if progress:
+                    await self.progress(done, len(items))
 
-        tasks = [asyncio.ensure_future(one(i, item)) for i, item in enumerate(items)]
+        tasks = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(items)))]
         try:
-            if not collect:
-                pending = set(tasks)
-                while pending:
-                    finished, pending = await asyncio.wait(
-                        pending, return_when=asyncio.FIRST_EXCEPTION
-                    )
-                    failed = [t for t in tasks if t in finished and t.exception() is not None]
-                    if failed:
-                        raise failed[0].exception()  # type: ignore[misc]
-            else:
-                await asyncio.wait(tasks)
+            pending = set(tasks)
+            while pending:
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                if any(t.exception() is not None for t in finished):
+                    break
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        results: list[Any] = []
         for task in tasks:
-            error = task.exception()
+            error = None if task.cancelled() else task.exception()
             if isinstance(error, BaseException) and not isinstance(error, Exception):
                 raise error  # Parked, a cancellation: not an item's failure
-            results.append(error if error is not None else task.result())
+        if failed:
+            raise min(failed, key=lambda f: f[0])[1]
         return results
 
     @contextlib.asynccontextmanager

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from .._client import Client, RunHandle
 from .._errors import FailedPrecondition, InvalidArgument
 from .._options import DEFAULT_ADDRESS, Option
-from .._types import Event, EventType, RunStatus
+from .._types import Event, EventType, RunStatus, Schedule
 from ._command import Command, CommandError
 from ._form import ask_input
-from ._render import LiveView, print_builds, print_schedule, print_trace
+from ._render import LiveView, print_builds, print_schedule, print_trace, schedule_zone
 from ._runtime import detachable
 
 __all__ = ["COMMANDS", "Session", "follow", "start_and_follow"]
@@ -146,6 +146,11 @@ async def _runs(s: Session) -> int:
                 waits = f"  waits for input {r.wait.input_name}" + (
                     f" until {wake}" if wake else ""
                 )
+            elif r.wait.kind == "child":
+                n = len(r.wait.child_run_ids)
+                waits = (
+                    "  waits for a child run" if n == 1 else f"  waits for one of {n} child runs"
+                )
             else:
                 waits = f"  sleeps until {wake}"
         print(f"{r.run_id}  {r.status:<10} {r.workflow:<20} attempt {r.attempt}  {created}{waits}")
@@ -221,7 +226,7 @@ async def _schedules_list(s: Session) -> int:
     async with s.client() as client:
         schedules = await client.list_schedules()
     for schedule in schedules:
-        state = "paused" if schedule.paused else "next " + _when(schedule.next_tick_time)
+        state = "paused" if schedule.paused else "next " + _when(schedule)
         print(
             f"{schedule.schedule_id:<24} {schedule.cron!r:<20} {schedule.time_zone or 'UTC':<16} "
             f"{schedule.workflow:<20} {state}"
@@ -231,8 +236,11 @@ async def _schedules_list(s: Session) -> int:
     return 0
 
 
-def _when(value: object) -> str:
-    return value.isoformat(timespec="seconds") if hasattr(value, "isoformat") else "never"
+def _when(schedule: Schedule) -> str:
+    """The schedule's next tick in its own time zone (UTC without one)."""
+    if schedule.next_tick_time is None:
+        return "never"
+    return schedule.next_tick_time.astimezone(schedule_zone(schedule)).isoformat(timespec="seconds")
 
 
 def _spec_args(a: argparse.Namespace) -> dict[str, object]:

@@ -242,7 +242,9 @@ class PanelView(LiveView):
             self._set_running({})
             kind = data.get("kind")
             children = data.get("children")
-            many = len(children) if isinstance(children, list) else 0
+            many = _count(data.get("waiting")) or (
+                len(children) if isinstance(children, list) else 0
+            )
             if kind == "sleep":
                 wait = "sleep"
             elif kind == "child":

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .._types import Event, EventType, RunTrace, Schedule, TraceSpan, WorkflowBuilds
 
-__all__ = ["LiveView", "print_builds", "print_schedule", "print_trace"]
+__all__ = ["LiveView", "print_builds", "print_schedule", "print_trace", "schedule_zone"]
 
 
 def _seconds(span: TraceSpan) -> str:
@@ -207,18 +207,21 @@ def print_builds(workflows: list[WorkflowBuilds], out: TextIO = sys.stdout) -> N
             )
 
 
+def schedule_zone(s: Schedule) -> ZoneInfo:
+    """The time zone a schedule's cron reads in (UTC without one, or one not known here)."""
+    try:
+        return ZoneInfo(s.time_zone or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
 def print_schedule(s: Schedule, out: TextIO = sys.stdout) -> None:
     """One schedule: what it does and where it stands."""
 
-    try:
-        zone = ZoneInfo(s.time_zone) if s.time_zone else None
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = None
+    zone = schedule_zone(s)
 
     def when(value: datetime | None) -> str:  # in the schedule's time zone, as its cron reads
-        if value is None:
-            return "-"
-        return (value.astimezone(zone) if zone else value).isoformat(timespec="seconds")
+        return "-" if value is None else value.astimezone(zone).isoformat(timespec="seconds")
 
     state = f"paused ({s.note})" if s.paused and s.note else "paused" if s.paused else "active"
     lines = [

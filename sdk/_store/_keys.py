@@ -287,6 +287,9 @@ SWEEP_LOCK = PREFIX + "sweep"
 # due zset change together in one script. Bounded by the deployment's use: at most
 # MAX_SCHEDULES per tenant, each removed by DeleteSchedule.
 SCHEDULES_DUE = PREFIX + "{schedules}:due"  # zset: "tenant\tschedule_id" -> next tick (ms)
+# string: a counter every change of any schedule takes its new version from (so a schedule
+# deleted and made again never has a version an old pass read). One key; never removed.
+SCHEDULE_VERSIONS = PREFIX + "{schedules}:versions"
 MAX_SCHEDULES = 1000  # schedules one tenant may have
 
 
@@ -378,6 +381,7 @@ OWNERS: dict[str, str] = {
     "CONTROL_CHANNEL": "_notices",
     "SWEEP_LOCK": "_sweep",
     "SCHEDULES_DUE": "_schedules",
+    "SCHEDULE_VERSIONS": "_schedules",
     "schedule_key": "_schedules",
     "schedule_ids_key": "_schedules",
     "cache_key": "_services",

@@ -2,8 +2,9 @@
 
 Owns `keys.schedule_key(tenant, id)` (a hash per schedule: its spec as JSON, whether it is
 paused, its next and last tick, its last run, its counters, and a version every change
-bumps), `keys.schedule_ids_key(tenant)` (the tenant's schedule ids, for listing) and
-`keys.SCHEDULES_DUE` (a zset: "tenant\\tid" -> the next tick, ms). All three share the hash
+bumps), `keys.schedule_ids_key(tenant)` (the tenant's schedule ids, for listing),
+`keys.SCHEDULES_DUE` (a zset: "tenant\\tid" -> the next tick, ms) and
+`keys.SCHEDULE_VERSIONS` (the counter versions come from). All four share the hash
 tag {schedules}, so SAVE_SCHEDULE (create, update, pause, resume, delete) and
 ADVANCE_SCHEDULE (a scheduler's pass, applied only over the version it read) change them
 together. They are bounded by what tenants keep: at most `keys.MAX_SCHEDULES` each, removed
@@ -125,6 +126,7 @@ class Schedules:
                 keys.schedule_key(tenant, schedule_id),
                 keys.schedule_ids_key(tenant),
                 keys.SCHEDULES_DUE,
+                keys.SCHEDULE_VERSIONS,
             ],
             args=[
                 what,
@@ -216,12 +218,25 @@ class Schedules:
         members = await self._redis.zrangebyscore(
             keys.SCHEDULES_DUE, "-inf", now_ms, start=0, num=limit
         )
-        return [tuple(str(m).split("\t", 1)) for m in members]  # type: ignore[misc]
+        out = []
+        for member in map(str, members):
+            tenant, tab, schedule_id = member.partition("\t")
+            if tab:
+                out.append((tenant, schedule_id))
+            else:  # not one this version wrote: dropped rather than passed over for ever
+                await self._redis.zrem(keys.SCHEDULES_DUE, member)
+        return out
 
     async def next_due_ms(self) -> int | None:
         """When the earliest schedule is due (ms), or None."""
         first = await self._redis.zrange(keys.SCHEDULES_DUE, 0, 0, withscores=True)
         return int(first[0][1]) if first else None
+
+    async def put_off(self, tenant: str, schedule_id: str, until_ms: int) -> None:
+        """Look at a schedule again only at `until_ms` (one this version cannot read)."""
+        await self._redis.zadd(
+            keys.SCHEDULES_DUE, {_member(tenant, schedule_id): until_ms}, xx=True
+        )
 
     async def forget(self, tenant: str, schedule_id: str) -> None:
         """Drop a due entry whose schedule is gone."""
@@ -231,7 +246,11 @@ class Schedules:
         """Apply a pass over the schedule as `record` read it; False when it changed since
         (nothing written: the next pass reads it again)."""
         reply = await self._advance(
-            keys=[keys.schedule_key(record.tenant, record.schedule_id), keys.SCHEDULES_DUE],
+            keys=[
+                keys.schedule_key(record.tenant, record.schedule_id),
+                keys.SCHEDULES_DUE,
+                keys.SCHEDULE_VERSIONS,
+            ],
             args=[
                 _member(record.tenant, record.schedule_id),
                 record.version,

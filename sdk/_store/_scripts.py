@@ -546,7 +546,11 @@ local function park(run, events, leases, timers, holder, kind, name, step, wake,
   local r = redis.call('HMGET', run, 'run_id', 'attempt')
   local data = {kind = kind, name = name, step = step}
   if wake ~= '' then data.wake_ms = tonumber(wake) end
-  if children then data.children = children end
+  if children then
+    -- The event names the first 100 children (a map may wait for 1000); `waiting` counts all.
+    data.waiting = #children
+    data.children = {unpack(children, 1, math.min(#children, 100))}
+  end
   local id = emit(events, {'t', 'RUN_WAITING', 'a', r[2], 'm', message,
     'd', cjson.encode(data)})
   moved(run, 'RUNNING', 'WAITING')
@@ -850,32 +854,35 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS: the schedule, its tenant's ids, the due zset (keys.SCHEDULES_DUE): all in {schedules}.
+# KEYS: the schedule, its tenant's ids, the due zset (keys.SCHEDULES_DUE), the version counter
+# (keys.SCHEDULE_VERSIONS): all in {schedules}.
 # ARGV: what ('create', 'update', 'pause', 'resume', 'delete'), the due member
 # ("tenant\tschedule_id"), the schedule id, the spec (JSON), the next tick (ms, '' none),
 # '1' paused (create), the note (pause), the most schedules a tenant may have.
 # Returns {1, version} done; {0} it exists already (create); {-1} no such schedule; {2} the
-# tenant has as many schedules as it may. Every change bumps `version`, so a tick computed
-# from the schedule as it was is not applied over it (ADVANCE_SCHEDULE).
-SAVE_SCHEDULE = (
-    _PRELUDE
-    + """
+# tenant has as many schedules as it may. Every change gives the schedule a new `version`
+# from one counter (never one a deleted schedule of the same id had), so a tick computed from
+# the schedule as it was is not applied over it (ADVANCE_SCHEDULE).
+SAVE_SCHEDULE = """
 local what, member = ARGV[1], ARGV[2]
-local now = fmt(now_ms())
+local t = redis.call('TIME')
+local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local exists = redis.call('EXISTS', KEYS[1]) == 1
 if what == 'create' then
   if exists then return {0} end
   if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[8]) then return {2} end
+  local version = tostring(redis.call('INCR', KEYS[4]))
   redis.call('HSET', KEYS[1], 'schedule_id', ARGV[3], 'spec', ARGV[4], 'paused', ARGV[6],
     'note', '', 'next_ms', ARGV[5], 'last_tick_ms', '', 'last_run_id', '', 'started', '0',
     'skipped', '0', 'missed', '0', 'buffered_ms', '', 'last_error', '', 'create_ms', now,
-    'update_ms', now, 'version', '1')
+    'update_ms', now, 'version', version)
   redis.call('ZADD', KEYS[2], 0, ARGV[3])
   if ARGV[6] ~= '1' and ARGV[5] ~= '' then redis.call('ZADD', KEYS[3], ARGV[5], member) end
-  return {1, '1'}
+  return {1, version}
 end
 if not exists then return {-1} end
-local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local version = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[1], 'version', tostring(version))
 if what == 'delete' then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[3])
@@ -900,9 +907,9 @@ else
 end
 return {1, tostring(version)}
 """
-)
 
-# KEYS: the schedule, the due zset. ARGV: the due member, the version the tick was computed
+# KEYS: the schedule, the due zset, the version counter. ARGV: the due member, the version the
+# tick was computed
 # from, the last tick handled (ms, '' keep), the last run started ('' keep), runs started,
 # ticks skipped, ticks missed (counts to add), the next tick (ms, '' none), the tick
 # buffered (ms, '' none), the last error ('' none), when to look again (ms, '' the next tick).
@@ -915,8 +922,8 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last_run_id', ARGV[4]) end
 redis.call('HINCRBY', KEYS[1], 'started', ARGV[5])
 redis.call('HINCRBY', KEYS[1], 'skipped', ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'missed', ARGV[7])
-redis.call('HSET', KEYS[1], 'next_ms', ARGV[8], 'buffered_ms', ARGV[9], 'last_error', ARGV[10])
-redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'next_ms', ARGV[8], 'buffered_ms', ARGV[9], 'last_error', ARGV[10],
+  'version', tostring(redis.call('INCR', KEYS[3])))
 local again = ARGV[11] ~= '' and ARGV[11] or ARGV[8]
 if again ~= '' then
   redis.call('ZADD', KEYS[2], again, ARGV[1])

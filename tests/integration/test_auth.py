@@ -417,3 +417,29 @@ async def test_tenants_never_see_each_others_schedules(
             runs.GetRun(runs_pb2.GetRunRequest(run_id=run.run.run_id), metadata=_md("bob"))
         )
         assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_tenants_limits_hold_for_its_schedules_runs(redis_url: str) -> None:
+    """No worker serves echo here: the runs stay queued, and the queued limit stops the
+    ticks past it, each counted skipped with the reason."""
+    await _announce(redis_url, "echo")
+    cp = ControlPlane(
+        ControlPlaneSettings(
+            redis_url=redis_url,
+            listen="127.0.0.1:0",
+            tokens=tokens_toml(["alice"]),
+            max_queued_per_tenant=2,
+            start_rate_per_tenant=0,
+        )
+    )
+    async with cp, longline.Client(f"127.0.0.1:{cp.port}", token=secret("alice")) as alice:
+        await alice.create_schedule("busy", "echo", cron="* * * * * *", overlap="ALLOW_ALL")
+
+        async def refused() -> longline.Schedule | None:
+            s = await alice.get_schedule("busy")
+            return s if s.skipped_ticks >= 2 else None
+
+        schedule = await eventually(refused, what="ticks over the limit", timeout=30)
+        await alice.pause_schedule("busy")
+    assert schedule.started_runs == 2
+    assert "runs of this tenant are queued" in schedule.last_error

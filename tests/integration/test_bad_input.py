@@ -170,6 +170,9 @@ async def test_every_error_carries_a_stable_machine_readable_reason(stack: Stack
     assert await reason(s.StartRun(runs_pb2.StartRunRequest(workflow="echo", input_json="{"))) == (
         "INPUT_NOT_JSON"
     )
+    for constant in ("NaN", '{"x": Infinity}', "[-Infinity]"):  # Python reads them; JSON not
+        request = runs_pb2.StartRunRequest(workflow="echo", input_json=constant)
+        assert await reason(s.StartRun(request)) == "INPUT_NOT_JSON"
     big = runs_pb2.StartRunRequest(workflow="echo", input_json='"' + "x" * 70_000 + '"')
     assert await reason(s.StartRun(big)) == "INPUT_TOO_LARGE"
     assert await reason(s.GetRun(runs_pb2.GetRunRequest(run_id="nope"))) == "RUN_NOT_FOUND"

@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 import longline
-from longline._store import keys
+from longline._store import Store, Tick, connect, keys
 from longline.v1 import schedules_pb2
 from tests.conftest import eventually
 from tests.integration.conftest import Stack
@@ -219,3 +219,39 @@ async def test_names_taken_unknown_schedules_and_updates(stack: Stack) -> None:
         await client.create_schedule(f"s{n}", "echo", cron="@daily")
     listed = await client.list_schedules()
     assert [s.schedule_id for s in listed] == ["daily", *[f"s{n}" for n in range(7)]]
+
+
+async def test_a_record_this_version_cannot_read_is_put_off_and_the_rest_tick(
+    stack: Stack, redis: aioredis.Redis
+) -> None:
+    client = stack.client
+    await client.create_schedule("good", "echo", cron="* * * * * *", overlap="ALLOW_ALL")
+    now_ms = int(time.time() * 1000)
+    await redis.hset(keys.schedule_key("", "broken"), mapping={"spec": "{not json", "version": "1"})
+    await redis.zadd(keys.SCHEDULES_DUE, {"\tbroken": now_ms, "no tab": now_ms})
+
+    async def ticked() -> bool:
+        return (await client.get_schedule("good")).started_runs >= 2
+
+    await eventually(ticked, what="the good schedule to tick on")
+    await client.pause_schedule("good")
+    # The broken one is looked at again in a minute, not every round; the entry no version
+    # wrote is dropped; the replica serves on.
+    score = await redis.zscore(keys.SCHEDULES_DUE, "\tbroken")
+    assert score is not None and score > now_ms + 50_000
+    assert await redis.zscore(keys.SCHEDULES_DUE, "no tab") is None
+    assert await client.run("echo", {"still": "serving"}) == {"still": "serving"}
+
+
+async def test_a_pass_over_a_schedule_deleted_and_made_again_is_not_applied(redis_url: str) -> None:
+    store = Store(connect(redis_url))
+    try:
+        first = await store.schedules.create("t", "s", {"cron": "@daily"}, 1_000)
+        await store.schedules.delete("t", "s")
+        again = await store.schedules.create("t", "s", {"cron": "@hourly"}, 5_000)
+        assert again.version != first.version
+        # A scheduler pass that read the first one is refused over the second.
+        assert not await store.schedules.advance(first, Tick(last_tick_ms=1_000, next_ms=2_000))
+        assert (await store.schedules.get("t", "s")).next_ms == 5_000
+    finally:
+        await store.redis.aclose()

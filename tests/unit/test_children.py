@@ -86,6 +86,8 @@ async def test_map_over_a_component_keys_each_item_and_handles_failures() -> Non
         (lambda ctx: ctx.run_child(print, 1), "a child run takes a @longline.workflow"),
         (lambda ctx: ctx.run_child(double, {1, 2}), "is not JSON"),
         (lambda ctx: ctx.run_child("missing", 1), "child workflow 'missing' is not known"),
+        (lambda ctx: ctx.run_child(double, 1, key="a/b"), "without '/'"),
+        (lambda ctx: ctx.map(double, range(10_001)), "at most 10000 items"),
     ],
 )
 async def test_bad_calls_say_what_is_wrong(call: Any, message: str) -> None:
