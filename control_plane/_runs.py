@@ -112,7 +112,8 @@ def run_to_proto(r: RunRecord) -> runs_pb2.Run:
         )
         msg.wait.input_name = r.wait_name
         msg.wait.child_run_ids.extend(r.wait_children)
-        if 0 < r.wake_ms < _LATEST_TIMESTAMP_MS:  # one past year 9999 is no Timestamp
+        # (a wait for children has a check-up timer, not a time it wakes by itself)
+        if r.wait_kind != "child" and 0 < r.wake_ms < _LATEST_TIMESTAMP_MS:
             msg.wait.wake_time.FromMilliseconds(r.wake_ms)
     if r.error_type:
         msg.error.CopyFrom(

@@ -30,6 +30,7 @@ from . import _scripts
 from ._connection import redis_time_ms, scripts_together
 from ._loops import Backoff, transient
 from ._runs import Route, Runs
+from ._waits import CHILD_CHECK_MS
 
 __all__ = [
     "Attempts",
@@ -554,7 +555,15 @@ class RunWriter:
         async def call(seq: int) -> Any:
             return await self._attempts._wait_children(
                 keys=self._wait_keys(keys.steps_key(self.run_id)),
-                args=[self._holder, seq, wait_step, "1" if park else "0", len(steps), *steps],
+                args=[
+                    self._holder,
+                    seq,
+                    wait_step,
+                    "1" if park else "0",
+                    len(steps),
+                    *steps,
+                    CHILD_CHECK_MS,
+                ],
             )
 
         reply = await self._send(call)

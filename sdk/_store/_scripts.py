@@ -106,48 +106,65 @@ end
 -- written to the parent, and a parent that waits for this child is made due to wake (its
 -- timer set to now: WAKE_RUN requeues it). When it has children that have not ended, it is
 -- noted in the orphans zset: the control plane cancels those children (`_children`).
+-- The fields of a child's hash `child_end` reads.
+local CHILD_FIELDS = {'run_id', 'parent_run_id', 'parent_step', 'status', 'result_json',
+  'error_type', 'error_message', 'error_component', 'workflow', 'cancel_reason'}
+-- Record in its parent (hash `prun`, events `pevents`, steps `psteps`) how the child `c` (its
+-- CHILD_FIELDS, or nil when its record is gone: `id` and `step` then say which) ended: its
+-- step's checkpoint and CHILD_ENDED. Only while the parent has not ended, and only over the
+-- step's start, so a second call changes nothing. True when it recorded.
+local function child_end(prun, pevents, psteps, c, id, step)
+  local p = redis.call('HMGET', prun, 'run_id', 'status', 'attempt')
+  if p[2] ~= 'QUEUED' and p[2] ~= 'RUNNING' and p[2] ~= 'WAITING' then return false end
+  local head = '{"child":"' .. id .. '"'
+  local started = redis.call('HGET', psteps, step)
+  if not started or string.sub(started, 1, #head) ~= head then return false end
+  local workflow = c and c[9] or (cjson.decode(started).workflow or '')
+  local status = c and c[4] or 'FAILED'
+  local data = {child = id, workflow = workflow, step = step, status = status}
+  local outcome
+  if status == 'SUCCEEDED' then
+    local result = (c[5] and c[5] ~= '') and c[5] or 'null'
+    outcome = '{"status":"SUCCEEDED","child":"' .. id .. '","workflow":' ..
+      cjson.encode(workflow) .. ',"result":' .. result .. '}'
+  else
+    local err
+    if not c then
+      err = {type = 'ChildLost', message = 'child run ' .. id .. ' is gone (its record ' ..
+        'expired or was removed) and its end was never recorded', component = ''}
+    elseif status == 'CANCELLED' then
+      err = {type = 'Cancelled', message = c[10] or '', component = ''}
+    else
+      err = {type = c[6] or '', message = c[7] or '', component = c[8] or ''}
+    end
+    data.error = err
+    outcome = '{"status":"' .. status .. '","child":"' .. id .. '","workflow":' ..
+      cjson.encode(workflow) .. ',"error":' .. cjson.encode(err) .. '}'
+  end
+  redis.call('HSET', psteps, step, outcome)
+  local eid = emit(pevents, {'t', 'CHILD_ENDED', 'a', p[3],
+    'm', 'child run ' .. id .. ' (' .. workflow .. ') ended ' .. status,
+    'd', cjson.encode(data)})
+  redis.call('HSET', prun, 'last_event_id', eid)
+  return true
+end
 local function ended(run)
   local own, orphans = KEYS[#KEYS - 10], KEYS[#KEYS - 9]
   local prun, pevents, psteps = KEYS[#KEYS - 8], KEYS[#KEYS - 7], KEYS[#KEYS - 6]
   local pchildren, timers = KEYS[#KEYS - 5], KEYS[#KEYS - 4]
-  local c = redis.call('HMGET', run, 'run_id', 'parent_run_id', 'parent_step', 'status',
-    'result_json', 'error_type', 'error_message', 'error_component', 'workflow',
-    'cancel_reason')
+  local c = redis.call('HMGET', run, unpack(CHILD_FIELDS))
   if redis.call('SCARD', own) > 0 then redis.call('ZADD', orphans, now_ms(), c[1]) end
   if not c[2] or c[2] == '' then return end
   redis.call('SREM', pchildren, c[1])
-  local p = redis.call('HMGET', prun, 'run_id', 'status', 'wait_kind', 'wait_children',
-    'attempt')
-  if p[1] ~= c[2] then return end  -- the caller declared no parent, or the parent is gone
-  if p[2] ~= 'QUEUED' and p[2] ~= 'RUNNING' and p[2] ~= 'WAITING' then return end
-  local head = '{"child":"' .. c[1] .. '"'
-  local started = redis.call('HGET', psteps, c[3])
-  if not started or string.sub(started, 1, #head) ~= head then return end
-  local wf = cjson.encode(c[9])
-  local data = {child = c[1], workflow = c[9], step = c[3], status = c[4]}
-  local outcome
-  if c[4] == 'SUCCEEDED' then
-    local result = (c[5] and c[5] ~= '') and c[5] or 'null'
-    outcome = '{"status":"SUCCEEDED","child":"' .. c[1] .. '","workflow":' .. wf ..
-      ',"result":' .. result .. '}'
-  else
-    local err = {type = c[6] or '', message = c[7] or '', component = c[8] or ''}
-    if c[4] == 'CANCELLED' then
-      err = {type = 'Cancelled', message = c[10] or '', component = ''}
-    end
-    data.error = err
-    outcome = '{"status":"' .. c[4] .. '","child":"' .. c[1] .. '","workflow":' .. wf ..
-      ',"error":' .. cjson.encode(err) .. '}'
-  end
-  redis.call('HSET', psteps, c[3], outcome)
-  local id = emit(pevents, {'t', 'CHILD_ENDED', 'a', p[5],
-    'm', 'child run ' .. c[1] .. ' (' .. c[9] .. ') ended ' .. c[4], 'd', cjson.encode(data)})
-  redis.call('HSET', prun, 'last_event_id', id)
-  if p[2] == 'WAITING' and p[3] == 'child' and
-    string.find(' ' .. (p[4] or '') .. ' ', ' ' .. c[1] .. ' ', 1, true) then
+  -- Not the caller's declared parent (it declared none), or the parent is gone.
+  if redis.call('HGET', prun, 'run_id') ~= c[2] then return end
+  if not child_end(prun, pevents, psteps, c, c[1], c[3]) then return end
+  local p = redis.call('HMGET', prun, 'status', 'wait_kind', 'wait_children', 'run_id')
+  if p[1] == 'WAITING' and p[2] == 'child' and
+    string.find(' ' .. (p[3] or '') .. ' ', ' ' .. c[1] .. ' ', 1, true) then
     local now = fmt(now_ms())
     redis.call('HSET', prun, 'wake_ms', now)
-    redis.call('ZADD', timers, now, p[1])
+    redis.call('ZADD', timers, now, p[4])
   end
 end
 -- A run that ended (see `ended`) keeps its keys for its retention (set when it was created;
@@ -570,7 +587,7 @@ local function resume(run, events, queue, timers, channel, message)
   moved(run, 'WAITING', nil)
   redis.call('HSET', run, 'status', 'QUEUED', 'attempt', next_attempt, 'worker_id', '',
     'parked_by', '', 'wait_kind', '', 'wait_name', '', 'wait_step', '', 'wake_ms', '',
-    'wait_children', '',
+    'wait_children', '', 'wait_steps', '',
     'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '', 'seq', '0')
   moved(run, nil, 'QUEUED')
   redis.call('ZREM', timers, r[1])
@@ -727,8 +744,10 @@ return {1}
 """
 )
 
-# KEYS: run, events, queue (of the run's build, as the caller read it), timers, waits, steps.
-# ARGV: run_id, the run's build as the caller read it, the partition's work channel.
+# KEYS: run, events, queue (of the run's build, as the caller read it), timers, waits, steps,
+# then (a run waiting for children) the hashes of the children it waits for, in the order of
+# its wait_children. ARGV: run_id, the run's build as the caller read it, the partition's work
+# channel, the check-up interval of a wait for children (ms).
 # Wakes a WAITING run whose timer is due: a sleep is over (checkpointed as slept), an
 # input timed out (checkpointed as such; a later input for it is refused), or a child run it
 # waited for ended (made due by `ended`). Acts only on a
@@ -756,7 +775,35 @@ if st[3] == 'input' then
   redis.call('HSET', KEYS[6], st[5], '{"timeout":true}')
   message = 'resumed: input ' .. st[4] .. ' timed out'
 elseif st[3] == 'child' then
-  -- A child it waited for ended: its outcome is in the child's step already (`ended`).
+  -- A child it waits for ended, and `ended` recorded it. Or this is the check-up: a child
+  -- whose end was never recorded here (KEYS[7..] are the children's hashes, as the caller
+  -- read wait_children) is recorded now; with none, the check-up is set again.
+  local ids, steps = {}, cjson.decode(redis.call('HGET', KEYS[1], 'wait_steps') or '[]')
+  for id in string.gmatch(redis.call('HGET', KEYS[1], 'wait_children') or '', '%S+') do
+    ids[#ids + 1] = id
+  end
+  local recorded, ended_now = false, false
+  for i, id in ipairs(ids) do
+    local v = redis.call('HGET', KEYS[6], steps[i] or '')
+    if v and string.sub(v, 1, 10) == '{"status":' then
+      recorded = true
+    elseif 6 + i <= #KEYS - 4 and string.sub(KEYS[6 + i], -(#id + 5)) == ':run:' .. id then
+      -- (its hash declared, as the caller read wait_children; the counters are the last four)
+      local c = redis.call('HMGET', KEYS[6 + i], unpack(CHILD_FIELDS))
+      if not c[1] then
+        ended_now = child_end(KEYS[1], KEYS[2], KEYS[6], nil, id, steps[i] or '') or ended_now
+      elseif c[1] == id and (c[4] == 'SUCCEEDED' or c[4] == 'FAILED' or c[4] == 'CANCELLED')
+      then
+        ended_now = child_end(KEYS[1], KEYS[2], KEYS[6], c, id, steps[i] or '') or ended_now
+      end
+    end
+  end
+  if not recorded and not ended_now then
+    local again = fmt(now_ms() + tonumber(ARGV[4]))
+    redis.call('HSET', KEYS[1], 'wake_ms', again)
+    redis.call('ZADD', KEYS[4], again, ARGV[1])
+    return ''
+  end
   message = 'resumed: a child run ended'
 else
   redis.call('HSET', KEYS[6], st[5], '{"slept":true}')
@@ -815,7 +862,7 @@ return {1, value}
 
 # KEYS: run, events, leases, timers, waits, steps. ARGV: holder, seq, the wait's step key
 # (for a retried write), '1' to park ('0': answer {4} instead), n, then the step keys of the
-# n children it waits for.
+# n children it waits for, then the check-up interval (ms).
 # Answers {0, step, checkpoint, ...} with the children of those that ended (their steps
 # hold how: `ended` wrote it), else parks the run until one of them ends ({1}), or, asked
 # not to park, {4}; nil when the attempt does not hold the run. Checking and parking are one
@@ -826,7 +873,7 @@ WAIT_CHILDREN = (
     + """
 if parked_by(KEYS[1], ARGV[1], ARGV[3]) then return {1} end
 if fenced(KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
-local done, ids = {}, {}
+local done, ids, steps = {}, {}, {}
 for i = 6, 5 + tonumber(ARGV[5]) do
   local v = redis.call('HGET', KEYS[6], ARGV[i])
   if v and string.sub(v, 1, 10) == '{"status":' then
@@ -834,6 +881,7 @@ for i = 6, 5 + tonumber(ARGV[5]) do
     done[#done + 1] = v
   elseif v then
     ids[#ids + 1] = string.match(v, '^{"child":"(%x+)"')
+    steps[#steps + 1] = ARGV[i]
   end
 end
 if #done > 0 then return {0, unpack(done)} end
@@ -842,6 +890,11 @@ if #ids == 0 then return redis.error_reply('EVENTTYPE no child run was started t
 local what = #ids == 1 and ('child run ' .. ids[1]) or (#ids .. ' child runs')
 park(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], 'child', '', ARGV[3], '',
   'waiting for ' .. what, ids)
+-- A check-up timer: should a child's end never be recorded here (a worker of a version
+-- before child runs ran it, or its record was lost), WAKE_RUN finds it ended and records it.
+local check = fmt(now_ms() + tonumber(ARGV[#ARGV]))
+redis.call('HSET', KEYS[1], 'wake_ms', check, 'wait_steps', cjson.encode(steps))
+redis.call('ZADD', KEYS[4], check, redis.call('HGET', KEYS[1], 'run_id'))
 return {1}
 """
 )

@@ -32,7 +32,12 @@ from ._errors import FailedPreconditionError, NotFoundError, TooLargeError
 from ._loops import transient
 from ._runs import Route, Runs
 
-__all__ = ["InputOutcome", "Waits"]
+__all__ = ["CHILD_CHECK_MS", "InputOutcome", "Waits"]
+
+# A run waiting for child runs is looked at this often (its timer, set when it parks): a
+# child's end that was never recorded in it (a worker of a version before child runs ran the
+# child, or the child's record was lost) is found and recorded then (WAKE_RUN).
+CHILD_CHECK_MS = 10 * 60_000
 
 log = logging.getLogger("longline.store")
 
@@ -158,7 +163,13 @@ class Waits:
             if not due:
                 break
             calls = []
-            for run_id, route in zip(due, await self._runs.routes(due), strict=True):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in due:
+                    pipe.hget(keys.run_key(run_id), "wait_children")
+                children = [str(c or "").split() for c in await pipe.execute()]
+            for run_id, route, kids in zip(
+                due, await self._runs.routes(due), children, strict=True
+            ):
                 route = route or Route("", "", "")  # gone: the script only drops the timer
                 n = keys.partition_of(run_id)
                 calls.append(
@@ -171,9 +182,10 @@ class Waits:
                             keys.timers_key(n),
                             keys.waits_key(run_id),
                             keys.steps_key(run_id),
+                            *(keys.run_key(kid) for kid in kids),
                             *keys.stats_keys(n),
                         ],
-                        [run_id, route.build, keys.work_channel(n)],
+                        [run_id, route.build, keys.work_channel(n), CHILD_CHECK_MS],
                     )
                 )
             replies = await scripts_together(self._redis, calls, raise_on_error=False)

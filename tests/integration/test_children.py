@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 
 import redis.asyncio as aioredis
 
 import longline
 from longline._cli._render import print_trace
-from longline._store import keys
+from longline._store import ClaimRequest, RunWriter, Store, connect, keys
 from tests.conftest import eventually
 from tests.integration.conftest import Stack
 
@@ -186,3 +187,53 @@ async def test_a_child_of_an_unknown_workflow_or_of_bad_input_fails_the_parent_c
     bad = await _end(await stack.client.start("bad_child", {"what": "nan"}))
     assert bad.error is not None and bad.error.type == "TypeError"
     assert "the input of child workflow 'child_item' is not JSON" in bad.error.message
+
+
+async def test_a_childs_end_that_was_never_recorded_is_found_at_the_check_up(
+    redis_url: str,
+) -> None:
+    """As if a worker of a version before child runs had ended the children: the parent's
+    check-up timer finds them ended (or gone), records it, and wakes the parent."""
+    store = Store(connect(redis_url))
+    try:
+        await store.presence.announce("w1", [("flow", "")], 60_000)
+        parent = (await store.runs.create(store.runs.new_run_id(), "flow", "null", {})).run.run_id
+        assert await store.attempts.claim(ClaimRequest(parent, 1, "w1", "cp", 60_000, 1))
+        writer = RunWriter(store, parent, 1, "w1")
+        await writer.open()
+        _, one = await writer.start_child("@child#1", "flow", "1")
+        _, two = await writer.start_child("@child#2", "flow", "2")
+        first, second = json.loads(one)["child"], json.loads(two)["child"]
+        assert await writer.wait_children("@wait", ["@child#1", "@child#2"]) == (1, {})
+        n = keys.partition_of(parent)
+        timer = await store.redis.zscore(keys.timers_key(n), parent)
+        assert timer is not None and timer > await store.now_ms() + 9 * 60_000  # the check-up
+
+        async def check_up() -> list[str]:
+            await store.redis.zadd(keys.timers_key(n), {parent: 0})
+            await store.redis.hset(keys.run_key(parent), "wake_ms", 0)
+            return await store.waits.wake([parent])
+
+        # Nothing ended: the check-up is set again, the parent waits on.
+        assert await check_up() == []
+        assert (await store.runs.get(parent)).status == "WAITING"
+        # The first child ends without its end reaching the parent; the second one's record
+        # is lost altogether.
+        await store.redis.hset(
+            keys.run_key(first), mapping={"status": "SUCCEEDED", "result_json": '{"ok": 1}'}
+        )
+        await store.redis.delete(keys.run_key(second))
+        assert await check_up() == [parent]
+        steps = await store.redis.hgetall(keys.steps_key(parent))
+        assert json.loads(steps["@child#1"]) == {
+            "status": "SUCCEEDED",
+            "child": first,
+            "workflow": "flow",
+            "result": {"ok": 1},
+        }
+        lost = json.loads(steps["@child#2"])
+        assert lost["status"] == "FAILED" and lost["error"]["type"] == "ChildLost"
+        record = await store.runs.get(parent)
+        assert record.status == "QUEUED" and record.attempt == 2
+    finally:
+        await store.redis.aclose()
