@@ -318,6 +318,8 @@ class ScheduleServicer(schedules_pb2_grpc.ScheduleServiceServicer):
     ) -> schedules_pb2.ResumeScheduleResponse:
         tenant, schedule_id = current().tenant, _check_id(request.schedule_id)
         record = await self._store.schedules.get(tenant, schedule_id)
+        if not record.paused:  # nothing to resume: its pending ticks stay as they are
+            return schedules_pb2.ResumeScheduleResponse(schedule=schedule_to_proto(record))
         cron = Cron.parse(str(record.spec.get("cron", "")), str(record.spec.get("time_zone", "")))
         record = await self._store.schedules.resume(
             tenant, schedule_id, await self._first_tick(cron)

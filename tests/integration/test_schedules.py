@@ -213,6 +213,8 @@ async def test_names_taken_unknown_schedules_and_updates(stack: Stack) -> None:
         "ALLOW_ALL",
     )
     assert updated.next_tick_time is not None
+    # Resuming a schedule that is not paused changes nothing.
+    assert (await client.resume_schedule("daily")).next_tick_time == updated.next_tick_time
     local = updated.next_tick_time.astimezone(__import__("zoneinfo").ZoneInfo("America/New_York"))
     assert (local.hour, local.minute) == (7, 30) and local.weekday() < 5
     for n in range(7):
