@@ -51,8 +51,9 @@ class LeaseMonitor:
     async def run(self) -> None:
         """The monitor loop; runs until cancelled."""
         longest_nap = max(0.05, min(1.0, self._lease_timeout / 4))
-        leases_backoff, timers_backoff, orphans_backoff = Backoff(), Backoff(), Backoff()
+        leases_backoff, timers_backoff = Backoff(), Backoff()
         orphans_next = 0.0  # time.monotonic() of the next look at orphaned children
+        orphans_delay = 1.0  # doubled (to 30 s) while looking fails
         while True:
             try:
                 if time.monotonic() >= self._judge_after:
@@ -85,10 +86,17 @@ class LeaseMonitor:
             if time.monotonic() >= orphans_next:  # at most once a second: a read per partition
                 try:
                     done = await cancel_children(self._store)  # a bounded batch
-                    orphans_backoff.reset()
+                    orphans_delay = 1.0
                     orphans_next = time.monotonic() + (0.0 if done >= 200 else 1.0)
-                except RedisError as exc:
-                    await orphans_backoff.wait(log, "child runs", exc)
+                except RedisError as exc:  # not slept here: leases and timers go on meanwhile
+                    log.warning(
+                        "child runs: %s: %s; looking again in %.0f s",
+                        type(exc).__name__,
+                        exc,
+                        orphans_delay,
+                    )
+                    orphans_next = time.monotonic() + orphans_delay
+                    orphans_delay = min(orphans_delay * 2, 30.0)
             try:
                 now_ms = await self._store.now_ms()
             except RedisError as exc:

@@ -31,11 +31,13 @@ from longline._store import (
     NotFoundError,
     RateLimitedError,
     RedisError,
+    ResponseError,
     ScheduleRecord,
     Store,
     TenantLimits,
     Tick,
     TooLargeError,
+    transient,
 )
 from longline.v1 import schedules_pb2, schedules_pb2_grpc
 
@@ -112,6 +114,16 @@ class Cron:
             ) from None
         return cron
 
+    @property
+    def fixed_hour(self) -> bool:
+        """Whether it ticks at set hours (no '*' in its hour field, as a daily job), which
+        run once when clocks repeat an hour; ticks every hour or more often run on."""
+        if self.expression.startswith("@"):
+            return self.expression != "@hourly"
+        fields = self.expression.split()
+        hour = fields[2] if len(fields) == 6 else fields[1]
+        return "*" not in hour
+
     def next_after(self, ms: int) -> int | None:
         """The first tick after `ms` (Unix ms), or None when there is none."""
         start = datetime.fromtimestamp(ms / 1000, self.zone)
@@ -119,10 +131,11 @@ class Cron:
         try:
             it = croniter(self.expression, start, second_at_beginning=seconds)
             nxt = it.get_next(datetime)
-            # When clocks go back, a wall time comes twice: a tick at it runs once (as cron
-            # does), not again in the repeated hour. Ticks every minute or second run on.
+            # When clocks go back, a wall time comes twice: a tick of a job at set hours runs
+            # once (as cron does), not again in the repeated hour. Hourly and more often run on.
             if (
-                nxt.replace(tzinfo=None) == start.replace(tzinfo=None)
+                self.fixed_hour
+                and nxt.replace(tzinfo=None) == start.replace(tzinfo=None)
                 and nxt.timestamp() != start.timestamp()  # (same-zone == ignores the fold)
             ):
                 nxt = it.get_next(datetime)
@@ -423,8 +436,17 @@ class Scheduler:
                 for tenant, schedule_id in await self._store.schedules.due(now):
                     try:
                         await self._pass(tenant, schedule_id, now)
-                    except RedisError:
-                        raise
+                    except RedisError as exc:
+                        if transient(exc) or not isinstance(exc, ResponseError):
+                            raise  # Redis itself: backed off below
+                        # A reply about this schedule (a key of another type): said, put off.
+                        log.error(
+                            "schedule %s of tenant %r: %s; put off a minute",
+                            schedule_id,
+                            tenant,
+                            exc,
+                        )
+                        await self._store.schedules.put_off(tenant, schedule_id, now + 60_000)
                     except Exception:  # a bug here must not end every replica's scheduler
                         log.exception(
                             "schedule %s of tenant %r: put off a minute", schedule_id, tenant
@@ -432,7 +454,7 @@ class Scheduler:
                         await self._store.schedules.put_off(tenant, schedule_id, now + 60_000)
                 first = await self._store.schedules.next_due_ms()
                 now = await self._store.now_ms()
-            except RedisError as exc:
+            except Exception as exc:  # Redis away (or a cluster client's own error): backoff
                 await backoff.wait(log, "scheduler", exc)
                 continue
             backoff.reset()

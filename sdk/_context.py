@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from ._errors import ChildFailed, InputTimeout
 from ._events import EMITTABLE, EventBody
 from ._policies import Limit
+from ._store import MAX_CHILDREN
 from ._waits import MAX_WAIT_SECONDS, InputRequest, Parked, Waits
 
 __all__ = [
@@ -70,7 +71,6 @@ class Services(Protocol):
 
 
 MAX_MAP_CONCURRENCY = 1000  # ctx.map's concurrency, at most
-MAX_CHILDREN = 10_000  # child runs one run may start (the store's limit: _store._keys)
 _FAILURES = ("fail_fast", "collect")
 _LATEST_MS = 221_845_392_000_000  # 9000-01-01: a wake time a protobuf Timestamp can carry
 
@@ -245,8 +245,10 @@ class Context:
             input_json = json.dumps(input, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"the input of child workflow {name!r} is not JSON: {exc}") from None
-        if key is not None and (not isinstance(key, str) or not key or "/" in key):
-            raise ValueError(f"a child's key is a non-empty str without '/', not {key!r}")
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"a child's key is a str, not {key!r}")
+        if key and "/" in key:
+            raise ValueError(f"a child's key is a str without '/', not {key!r}")
         step = self.next_step("@child", key or "")
         return await self._start_child(step, name, input_json, detach)
 
@@ -412,10 +414,11 @@ class Context:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        items_failed = {id(exc) for _, exc in failed}
         for task in tasks:
             error = None if task.cancelled() else task.exception()
-            if isinstance(error, BaseException) and not isinstance(error, Exception):
-                raise error  # Parked, a cancellation: not an item's failure
+            if error is not None and id(error) not in items_failed:
+                raise error  # Parked, a lost lease (from progress), a cancellation: not an item's
         if failed:
             raise min(failed, key=lambda f: f[0])[1]
         return results

@@ -211,7 +211,7 @@ def schedule_zone(s: Schedule) -> ZoneInfo:
     """The time zone a schedule's cron reads in (UTC without one, or one not known here)."""
     try:
         return ZoneInfo(s.time_zone or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return ZoneInfo("UTC")
 
 

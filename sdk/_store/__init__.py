@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _keys as keys
@@ -95,9 +95,11 @@ from ._waits import InputOutcome, Waits
 
 DEFAULT_PARTITIONS = keys.DEFAULT_PARTITIONS
 MAX_PARTITIONS = keys.MAX_PARTITIONS
+MAX_CHILDREN = keys.MAX_CHILDREN
 
 __all__ = [
     "DEFAULT_PARTITIONS",
+    "MAX_CHILDREN",
     "MAX_PARTITIONS",
     "PAGE_BYTES",
     "PAGE_EVENTS",
@@ -139,13 +141,14 @@ __all__ = [
     "RedisError",
     "RedisServices",
     "RedisTimeoutError",
+    "ResponseError",
     "Route",
     "RunPage",
     "RunRecord",
     "RunWriter",
+    "Runs",
     "ScheduleRecord",
     "Schedules",
-    "Runs",
     "Stats",
     "Store",
     "StoredEvent",

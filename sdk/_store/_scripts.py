@@ -778,12 +778,17 @@ elseif st[3] == 'child' then
   -- A child it waits for ended, and `ended` recorded it. Or this is the check-up: a child
   -- whose end was never recorded here (KEYS[7..] are the children's hashes, as the caller
   -- read wait_children) is recorded now; with none, the check-up is set again.
-  local ids, steps = {}, cjson.decode(redis.call('HGET', KEYS[1], 'wait_steps') or '[]')
+  local ids = {}
   for id in string.gmatch(redis.call('HGET', KEYS[1], 'wait_children') or '', '%S+') do
     ids[#ids + 1] = id
   end
-  local recorded, ended_now = false, false
-  for i, id in ipairs(ids) do
+  local ok, steps = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'wait_steps') or '')
+  -- Parked by a version that kept no steps (or kept them broken): woken as that version
+  -- was, and its replay parks again the way this one does if nothing ended.
+  local known = ok and type(steps) == 'table' and #steps == #ids
+  local recorded, ended_now = not known, false
+  if not known then steps = {} end
+  for i, id in ipairs(known and ids or {}) do
     local v = redis.call('HGET', KEYS[6], steps[i] or '')
     if v and string.sub(v, 1, 10) == '{"status":' then
       recorded = true

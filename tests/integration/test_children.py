@@ -237,3 +237,23 @@ async def test_a_childs_end_that_was_never_recorded_is_found_at_the_check_up(
         assert record.status == "QUEUED" and record.attempt == 2
     finally:
         await store.redis.aclose()
+
+
+async def test_a_parent_parked_by_a_version_that_kept_no_steps_still_wakes(
+    redis_url: str,
+) -> None:
+    store = Store(connect(redis_url))
+    try:
+        await store.presence.announce("w1", [("flow", "")], 60_000)
+        parent = (await store.runs.create(store.runs.new_run_id(), "flow", "null", {})).run.run_id
+        assert await store.attempts.claim(ClaimRequest(parent, 1, "w1", "cp", 60_000, 1))
+        writer = RunWriter(store, parent, 1, "w1")
+        await writer.open()
+        _, one = await writer.start_child("@child#1", "flow", "1")
+        assert await writer.wait_children("@wait", ["@child#1"]) == (1, {})
+        await store.redis.hdel(keys.run_key(parent), "wait_steps")  # as the older version
+        await store.runs.cancel(json.loads(one)["child"], "enough")  # its end: parent due
+        assert await store.waits.wake([parent]) == [parent]
+        assert (await store.runs.get(parent)).status == "QUEUED"
+    finally:
+        await store.redis.aclose()

@@ -97,3 +97,28 @@ async def test_bad_calls_say_what_is_wrong(call: Any, message: str) -> None:
 
     run = await run_local(flow, workflows=[double])
     assert run.error is not None and message in str(run.error)
+
+
+@longline.workflow
+async def reports(ctx: longline.Context, input: Any) -> Any:
+    return await ctx.map(slow_square, [1, 2, 4], concurrency=2, progress=True)
+
+
+async def test_a_map_whose_progress_cannot_be_written_fails_rather_than_returning_holes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lost lease surfaces in ctx.progress's write: the map must raise it, not return the
+    items that finished with None for the rest."""
+    from longline._errors import LeaseLost
+
+    calls = 0
+
+    async def progress(self: longline.Context, done: float, total: float | None = None) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise LeaseLost("local", 1)
+
+    monkeypatch.setattr(longline.Context, "progress", progress)
+    run = await run_local(reports)
+    assert isinstance(run.error, LeaseLost), run.result

@@ -66,3 +66,11 @@ def test_bad_crons_and_zones_are_refused(cron: str, zone: str, reason: str) -> N
     with pytest.raises(InvalidArgumentError) as caught:
         Cron.parse(cron, zone)
     assert caught.value.reason == reason
+
+
+def test_an_hourly_tick_runs_in_both_copies_of_the_repeated_hour() -> None:
+    cron = Cron.parse("30 * * * *", "Europe/Berlin")
+    start = datetime(2026, 10, 25, 1, 45, tzinfo=BERLIN)
+    ticks = _ticks(cron, start, datetime(2026, 10, 25, 3, 45, tzinfo=BERLIN))
+    # 02:30 CEST, 02:30 CET, 03:30 CET: one an hour of real time.
+    assert [t.strftime("%H:%M %Z") for t in ticks] == ["02:30 CEST", "02:30 CET", "03:30 CET"]
