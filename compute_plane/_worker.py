@@ -291,6 +291,16 @@ class _RedisWaits:
             may_park = True
 
 
+def _labels(text: str) -> dict[str, str]:
+    """An assignment's labels (a JSON object of strings; {} from a control plane that sends
+    none)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
 def _check_size(what: str, size: int, limit: int) -> None:
     if limit and size > limit:
         raise ValueError(
@@ -642,6 +652,7 @@ class Worker:
             checkpoints,
             self._services,
             waits,
+            labels=_labels(a.labels_json),
         )
         waits.context = ctx
         ctx.activate()  # this task's own copy of the context variables

@@ -524,6 +524,7 @@ class Dispatcher:
                     stream_key=keys.events_key(item.run_id),
                     run_key=keys.run_key(item.run_id),
                     traceparent=traceparent,
+                    labels_json=claimed.labels_json,
                 )
             )
         )

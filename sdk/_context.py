@@ -122,8 +122,12 @@ class Context:
         checkpoints: dict[str, str] | None = None,
         services: Services | None = None,
         waits: Waits | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.run_id = run_id
+        # The run's labels, as it was started with them (a scheduled run's include
+        # longline.schedule and longline.tick, its tick's time in ISO 8601).
+        self.labels: dict[str, str] = dict(labels or {})
         self.attempt = attempt
         self.workflow = workflow
         self.span_id = new_span_id()  # the attempt's own span: the root of its components

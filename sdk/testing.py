@@ -211,6 +211,7 @@ async def run_local(
     services: Services | None = None,
     inputs: Mapping[str, Any] | None = None,
     workflows: Iterable[Workflow] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> LocalRun:
     """Run a workflow in this process, recording its events; errors are captured, not raised.
 
@@ -227,7 +228,9 @@ async def run_local(
     sink = _MemorySink(run)
     known = {w.name: w for w in workflows}
     waits = _MemoryWaits(run, inputs or {}, sink, run_id=run_id, workflows=known, services=services)
-    ctx = Context(run_id, attempt, workflow.name, sink, checkpoints, services, waits)
+    ctx = Context(
+        run_id, attempt, workflow.name, sink, checkpoints, services, waits, dict(labels or {})
+    )
     token = ctx.activate()
     try:
         run.result = await workflow(ctx, input)

@@ -364,3 +364,8 @@ async def bad_child(ctx: longline.Context, input: Any) -> Any:
     if input.get("what") == "unknown":
         return await ctx.run_child("no_such_workflow", {})
     return await ctx.run_child(child_item, {"i": float("nan")})
+
+
+@longline.workflow(description="Returns the run's labels (ctx.labels).")
+async def labelled(ctx: longline.Context, input: Any) -> Any:
+    return ctx.labels

@@ -71,6 +71,7 @@ class Claimed:
     workflow: str
     input_json: str
     traceparent: str
+    labels_json: str = ""  # the run's labels, a JSON object
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,9 @@ def _claimed(reply: Any) -> Claimed | WrongBuild | None:
     if answer is _ClaimAnswer.WRONG_BUILD:
         return WrongBuild(str(reply[1]))
     if answer is _ClaimAnswer.CLAIMED:
-        return Claimed(str(reply[1]), str(reply[2]), str(reply[3]))
+        return Claimed(
+            str(reply[1]), str(reply[2]), str(reply[3]), str(reply[4]) if len(reply) > 4 else ""
+        )
     return None
 
 

@@ -260,7 +260,8 @@ return 1
 
 # KEYS: run, leases, events, the partition's current builds (keys.builds_current_key).
 # ARGV: attempt, worker_id, replica_id, lease_ms, max_attempts, the worker's build id.
-# Returns {1, workflow, input_json, traceparent} when this caller now holds the attempt,
+# Returns {1, workflow, input_json, traceparent, labels_json} when this caller now holds the
+# attempt,
 # {-1, current build} when the run has not started on any build yet and another build is
 # current (new runs go to the current build only), else {0}.
 # The run is pinned to the worker's build from here on; a run that moves to another build
@@ -272,13 +273,13 @@ CLAIM_RUN = (
     _PRELUDE
     + """
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'workflow', 'input_json', 'run_id',
-  'traceparent', 'build', 'worker_id', 'seq')
+  'traceparent', 'build', 'worker_id', 'seq', 'labels_json')
 if st[1] == 'RUNNING' and st[2] == ARGV[1] and st[8] == ARGV[2] and (st[9] or '0') == '0'
   and (st[7] or '') == ARGV[6] then
   local again = fmt(now_ms() + tonumber(ARGV[4]))
   redis.call('HSET', KEYS[1], 'lease_expires_ms', again)
   redis.call('ZADD', KEYS[2], again, st[5])
-  return {1, st[3], st[4], st[6] or ''}
+  return {1, st[3], st[4], st[6] or '', st[10] or ''}
 end
 if st[1] ~= 'QUEUED' or st[2] ~= ARGV[1] then return {0} end
 local pinned = st[7] or ''
@@ -302,7 +303,7 @@ if pinned ~= '' and pinned ~= ARGV[6] then
     ' is left to run it'})
   redis.call('HSET', KEYS[1], 'last_event_id', id)
 end
-return {1, st[3], st[4], st[6] or ''}
+return {1, st[3], st[4], st[6] or '', st[10] or ''}
 """
 )
 

@@ -90,7 +90,7 @@ class WorkerWelcome(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., lease_timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("run_id", "workflow", "input_json", "attempt", "lease_token", "stream_key", "run_key", "traceparent")
+    __slots__ = ("run_id", "workflow", "input_json", "attempt", "lease_token", "stream_key", "run_key", "traceparent", "labels_json")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class Assignment(_message.Message):
     STREAM_KEY_FIELD_NUMBER: _ClassVar[int]
     RUN_KEY_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_JSON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     workflow: str
     input_json: str
@@ -107,7 +108,8 @@ class Assignment(_message.Message):
     stream_key: str
     run_key: str
     traceparent: str
-    def __init__(self, run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[int] = ..., stream_key: _Optional[str] = ..., run_key: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    labels_json: str
+    def __init__(self, run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[int] = ..., stream_key: _Optional[str] = ..., run_key: _Optional[str] = ..., traceparent: _Optional[str] = ..., labels_json: _Optional[str] = ...) -> None: ...
 
 class CancelAssignment(_message.Message):
     __slots__ = ("run", "reason")

@@ -217,6 +217,12 @@ async def test_names_taken_unknown_schedules_and_updates(stack: Stack) -> None:
     assert (await client.resume_schedule("daily")).next_tick_time == updated.next_tick_time
     local = updated.next_tick_time.astimezone(__import__("zoneinfo").ZoneInfo("America/New_York"))
     assert (local.hour, local.minute) == (7, 30) and local.weekday() < 5
+    # The workflow reads its labels: the schedule's id and the tick (or the trigger).
+    await client.create_schedule("lab", "labelled", cron="@daily", labels={"team": "x"})
+    labels = await (await client.trigger_schedule("lab")).result()
+    assert labels["longline.schedule"] == "lab" and labels["team"] == "x"
+    assert labels["longline.trigger"] == "manual" and "longline.tick" in labels
+    await client.delete_schedule("lab")
     for n in range(7):
         await client.create_schedule(f"s{n}", "echo", cron="@daily")
     listed = await client.list_schedules()

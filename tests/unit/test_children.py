@@ -122,3 +122,13 @@ async def test_a_map_whose_progress_cannot_be_written_fails_rather_than_returnin
     monkeypatch.setattr(longline.Context, "progress", progress)
     run = await run_local(reports)
     assert isinstance(run.error, LeaseLost), run.result
+
+
+@longline.workflow
+async def reads_labels(ctx: longline.Context, input: Any) -> Any:
+    return ctx.labels
+
+
+async def test_run_local_gives_the_workflow_its_labels() -> None:
+    run = await run_local(reads_labels, labels={"longline.tick": "2026-12-02T08:00:00.000+00:00"})
+    assert run.result == {"longline.tick": "2026-12-02T08:00:00.000+00:00"}
