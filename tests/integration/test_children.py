@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 
@@ -189,11 +191,12 @@ async def test_a_child_of_an_unknown_workflow_or_of_bad_input_fails_the_parent_c
     assert "the input of child workflow 'child_item' is not JSON" in bad.error.message
 
 
-async def test_a_childs_end_that_was_never_recorded_is_found_at_the_check_up(
-    redis_url: str,
-) -> None:
-    """As if a worker of a version before child runs had ended the children: the parent's
-    check-up timer finds them ended (or gone), records it, and wakes the parent."""
+@contextlib.asynccontextmanager
+async def _parked_parent(
+    redis_url: str, children: int
+) -> AsyncIterator[tuple[Store, str, list[str]]]:
+    """A store, a parent run (attempt 1 on worker w1) that started `children` children of
+    `flow` and parked waiting for them, and the children's ids."""
     store = Store(connect(redis_url))
     try:
         await store.presence.announce("w1", [("flow", "")], 60_000)
@@ -201,10 +204,23 @@ async def test_a_childs_end_that_was_never_recorded_is_found_at_the_check_up(
         assert await store.attempts.claim(ClaimRequest(parent, 1, "w1", "cp", 60_000, 1))
         writer = RunWriter(store, parent, 1, "w1")
         await writer.open()
-        _, one = await writer.start_child("@child#1", "flow", "1")
-        _, two = await writer.start_child("@child#2", "flow", "2")
-        first, second = json.loads(one)["child"], json.loads(two)["child"]
-        assert await writer.wait_children("@wait", ["@child#1", "@child#2"]) == (1, {})
+        steps = [f"@child#{i + 1}" for i in range(children)]
+        ids = [
+            json.loads((await writer.start_child(step, "flow", str(i)))[1])["child"]
+            for i, step in enumerate(steps)
+        ]
+        assert await writer.wait_children("@wait", steps) == (1, {})
+        yield store, parent, ids
+    finally:
+        await store.redis.aclose()
+
+
+async def test_a_childs_end_that_was_never_recorded_is_found_at_the_check_up(
+    redis_url: str,
+) -> None:
+    """As if a worker of a version before child runs had ended the children: the parent's
+    check-up timer finds them ended (or gone), records it, and wakes the parent."""
+    async with _parked_parent(redis_url, 2) as (store, parent, (first, second)):
         n = keys.partition_of(parent)
         timer = await store.redis.zscore(keys.timers_key(n), parent)
         assert timer is not None and timer > await store.now_ms() + 9 * 60_000  # the check-up
@@ -235,25 +251,13 @@ async def test_a_childs_end_that_was_never_recorded_is_found_at_the_check_up(
         assert lost["status"] == "FAILED" and lost["error"]["type"] == "ChildLost"
         record = await store.runs.get(parent)
         assert record.status == "QUEUED" and record.attempt == 2
-    finally:
-        await store.redis.aclose()
 
 
 async def test_a_parent_parked_by_a_version_that_kept_no_steps_still_wakes(
     redis_url: str,
 ) -> None:
-    store = Store(connect(redis_url))
-    try:
-        await store.presence.announce("w1", [("flow", "")], 60_000)
-        parent = (await store.runs.create(store.runs.new_run_id(), "flow", "null", {})).run.run_id
-        assert await store.attempts.claim(ClaimRequest(parent, 1, "w1", "cp", 60_000, 1))
-        writer = RunWriter(store, parent, 1, "w1")
-        await writer.open()
-        _, one = await writer.start_child("@child#1", "flow", "1")
-        assert await writer.wait_children("@wait", ["@child#1"]) == (1, {})
+    async with _parked_parent(redis_url, 1) as (store, parent, (child,)):
         await store.redis.hdel(keys.run_key(parent), "wait_steps")  # as the older version
-        await store.runs.cancel(json.loads(one)["child"], "enough")  # its end: parent due
+        await store.runs.cancel(child, "enough")  # its end: the parent is due
         assert await store.waits.wake([parent]) == [parent]
         assert (await store.runs.get(parent)).status == "QUEUED"
-    finally:
-        await store.redis.aclose()

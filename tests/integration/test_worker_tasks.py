@@ -55,7 +55,8 @@ async def test_the_same_assignment_twice_runs_once_and_is_not_given_back(redis_u
     assert worker.running == 1
     sent = [outbox.get_nowait() for _ in range(outbox.qsize())]
     assert [m.WhichOneof("message") for m in sent if m is not None] == ["accepted", "accepted"]
-    for running in list(worker._running.values()):
-        running.task.cancel()
-    await asyncio.sleep(0.05)
+    tasks = [running.task for running in worker._running.values()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await redis.aclose()
