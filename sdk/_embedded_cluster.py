@@ -378,10 +378,11 @@ class EmbeddedCluster:
 
     # ---- stop
 
-    def logs(self) -> str:
-        """The tail of every node's log, for a report of what went wrong."""
+    def logs(self, tail: int = 3000) -> str:
+        """The tail (`tail` characters) of every node's log, for a report of what went
+        wrong."""
         return "\n".join(
-            f"----- {n.name} -----\n{n.log.read_text(errors='replace')[-3000:]}"
+            f"----- {n.name} -----\n{n.log.read_text(errors='replace')[-tail:]}"
             for n in self.nodes
             if n.log.exists()
         )

@@ -13,6 +13,7 @@ anyway, that every run reaches exactly one terminal event and none is left stuck
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,7 +38,9 @@ RUNS = 24
 def replicated() -> Iterator[RedisCluster]:
     with RedisCluster(replicas=1) as cluster:
         yield cluster
-        print(cluster.logs())  # shown when the test failed
+        # Shown when the test failed: the tails only, so that the planes' logs (printed
+        # before these) stay within what a CI report keeps.
+        print(cluster.logs(tail=600))
 
 
 async def test_kill_9_of_a_redis_master_mid_run_every_run_ends_once(
@@ -71,7 +74,11 @@ async def test_kill_9_of_a_redis_master_mid_run_every_run_ends_once(
 
         await asyncio.wait_for(asyncio.gather(*(started(h) for h in handles)), 60)
         old_port = replicated.kill_master(0)  # kill -9 mid-run; its replica takes over
-        results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 60)
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 60)
+        except TimeoutError:
+            await _report_unended(handles)
+            raise
         assert results == [{"steps": 5}] * RUNS
         assert replicated.failed_over_from(old_port)
         for handle in handles:
@@ -139,3 +146,22 @@ def _slots(node: Any) -> set[int]:
             first, _, last = part.partition("-")
             held.update(range(int(first), int(last or first) + 1))
     return held
+
+
+async def _report_unended(handles: list[longline.RunHandle]) -> None:
+    """Print what the runs that did not end were doing (a failed test's report)."""
+    for handle in handles:
+        try:
+            run = await asyncio.wait_for(handle.describe(), 5)
+        except Exception as exc:  # noqa: BLE001 - a report, not a check
+            print(f"{handle.run_id}: describe failed: {exc!r}")
+            continue
+        if run.status.terminal:
+            continue
+        print(f"{handle.run_id}: {run.status.name} attempt {run.attempt}, {run.last_event_id}")
+        seen: list[longline.Event] = []
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(3):
+                async for event in handle.events():
+                    seen.append(event)
+        print("  " + "; ".join(f"{e.event_id} {e.type.name} {e.message[:60]}" for e in seen))
