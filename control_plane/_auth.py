@@ -14,7 +14,8 @@ A tokens file (TOML) lists one table per token:
     sha256 = "9a0b...17"
     workflows = ["blog_post"]  # optional: the only workflows this worker token may serve
 
-Client tokens call RunService as their tenant; worker tokens open WorkerService.Connect;
+Client tokens call RunService as their tenant; run tokens (see _run_tokens), minted by a
+client for one run, read that run and nothing else; worker tokens open WorkerService.Connect;
 cluster-admin tokens call BuildService, for every tenant (builds are per workflow, shared by
 all tenants), and RunService as their tenant. Health and reflection
 are open, so that probes and generic tools work. The file is read again on SIGHUP and
@@ -30,12 +31,15 @@ import os
 import re
 import secrets
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from longline._store import PermissionDeniedError, UnauthenticatedError
+
+from ._run_tokens import RunTokens, looks_like_run_token
 
 log = logging.getLogger("longline.control_plane.auth")
 
@@ -55,6 +59,15 @@ ACCESS = {
     "longline.v1.ScheduleService": frozenset({"client", "cluster-admin"}),
     "longline.v1.WorkerService": frozenset({"worker"}),
 }
+# What a run token may call: reads of its own run (the servicer checks the run id).
+RUN_READS = frozenset(
+    {
+        "/longline.v1.RunService/GetRun",
+        "/longline.v1.RunService/GetRunTrace",
+        "/longline.v1.RunService/StreamRun",
+    }
+)
+RUN_READER = "run-reader"
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class Principal:
     tenant: str  # "" is the tenant of every run when auth is off
     name: str
     workflows: frozenset[str] | None = None  # a worker token limited to these workflows
+    run_id: str = ""  # a run token: the one run it may read
 
 
 ANONYMOUS = Principal("anonymous", "", "auth off")
@@ -205,19 +219,33 @@ class TokenStore:
 
 
 class Authenticator:
-    """Decides who calls each RPC, or refuses it; used by the server interceptor."""
+    """Decides who calls each RPC, or refuses it; used by the server interceptor and the
+    HTTP face (which hands it the request's metadata)."""
 
-    def __init__(self, tokens: TokenStore | None) -> None:
+    def __init__(self, tokens: TokenStore | None, run_tokens: RunTokens | None = None) -> None:
         self.tokens = tokens
+        self.run_tokens = run_tokens or RunTokens()
 
     def __call__(self, method: str, context: grpc.aio.ServicerContext) -> Principal:
+        return self.check(method, context.invocation_metadata() or ())
+
+    def check(self, method: str, metadata: Sequence[tuple[str, str | bytes]]) -> Principal:
+        """The caller of `method` (/package.Service/Method) from the call's metadata."""
         service = method.lstrip("/").split("/", 1)[0]
         allowed = ACCESS.get(service)
         if allowed is None:
             return ANONYMOUS  # health, reflection
         if self.tokens is None:
             return ANONYMOUS
-        principal = self._principal(context)
+        principal = self._principal(metadata)
+        if principal.kind == RUN_READER:
+            if method not in RUN_READS:
+                raise PermissionDeniedError(
+                    f"a run token may only read its run (GetRun, GetRunTrace, StreamRun), not "
+                    f"call {method.rsplit('/', 1)[-1]}: use a client token",
+                    "RUN_TOKEN_READ_ONLY",
+                )
+            return principal
         if principal.kind not in allowed:
             needed = " or ".join(sorted(allowed))
             raise PermissionDeniedError(
@@ -227,9 +255,9 @@ class Authenticator:
             )
         return principal
 
-    def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+    def _principal(self, metadata: Sequence[tuple[str, str | bytes]]) -> Principal:
         assert self.tokens is not None
-        values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        values = [v for k, v in metadata if k == "authorization"]
         if not values:
             raise UnauthenticatedError(
                 "no token: send 'authorization: Bearer <token>' (LONGLINE_TOKEN for the CLI, "
@@ -237,7 +265,11 @@ class Authenticator:
                 "TOKEN_MISSING",
             )
         scheme, _, token = str(values[0]).partition(" ")
-        principal = self.tokens.find(token.strip()) if scheme.lower() == "bearer" else None
+        token = token.strip()
+        if scheme.lower() == "bearer" and looks_like_run_token(token):
+            run_id, tenant = self.run_tokens.read(token)
+            return Principal(RUN_READER, tenant, f"run token for {run_id}", run_id=run_id)
+        principal = self.tokens.find(token) if scheme.lower() == "bearer" else None
         if principal is None:
             raise UnauthenticatedError(
                 "the token is not valid (unknown, revoked, or not of the form 'Bearer <token>')",

@@ -65,18 +65,30 @@ async def _fail(
     )
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+@dataclass(frozen=True)
+class Failure:
+    """What a caller is told of an exception: the status, a message, the reason code, and
+    how long to wait before retrying (when it should). Both faces, gRPC and HTTP, say it."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    retry_after: float | None = None
+
+
+def classify(exc: BaseException, method: str) -> Failure:
+    """The Failure for `exc` raised while serving `method`; logs what the caller is not
+    told (Redis faults, and bugs under a reference the message gives)."""
     if isinstance(exc, DomainError):
         retry_after = getattr(exc, "retry_after", None)
-        await _fail(context, grpc.StatusCode[exc.code], exc.message, exc.reason, retry_after)
+        return Failure(grpc.StatusCode[exc.code], exc.message, exc.reason, retry_after)
     if isinstance(exc, RedisConnectionError | RedisTimeoutError) or (
         isinstance(exc, RedisError) and transient(exc)
     ):
         # Unreachable, or refusing for a while: a failover (READONLY), loading (LOADING),
         # out of memory (OOM). The client retries; nothing it sent was half-applied.
         log.warning("%s: Redis unavailable: %s", method, exc)
-        await _fail(
-            context,
+        return Failure(
             grpc.StatusCode.UNAVAILABLE,
             "the control plane cannot reach Redis right now, or Redis refuses writes for a "
             "moment (a failover); retry shortly (nothing was lost)",
@@ -85,12 +97,16 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
         )
     ref = secrets.token_hex(4)
     log.error("internal error in %s (ref %s)", method, ref, exc_info=exc)
-    await _fail(
-        context,
+    return Failure(
         grpc.StatusCode.INTERNAL,
         f"internal error in {method} (ref {ref}; see the server log)",
         "INTERNAL",
     )
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    failure = classify(exc, method)
+    await _fail(context, failure.code, failure.message, failure.reason, failure.retry_after)
 
 
 Authenticate = Callable[[str, grpc.aio.ServicerContext], Principal]
@@ -151,7 +167,7 @@ def _tolerant(deserialize: Callable[[bytes], AnyValue] | None) -> Callable[[byte
     return parse
 
 
-def _check(request: AnyValue) -> None:
+def check_request(request: AnyValue) -> None:
     if isinstance(request, _Malformed):
         raise InvalidArgumentError(
             f"the request is not a valid protobuf message: {request.error} (string fields must "
@@ -178,7 +194,7 @@ def _wrap_unary(behavior: Callable[..., AnyValue], call: _Call) -> Callable[...,
     async def wrapped(request: AnyValue, context: grpc.aio.ServicerContext) -> AnyValue:
         try:
             call.enter(context)
-            _check(request)
+            check_request(request)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -196,7 +212,7 @@ def _wrap_stream(behavior: Callable[..., AnyValue], call: _Call) -> Callable[...
         ) -> AsyncIterator[AnyValue]:
             try:
                 call.enter(context)
-                _check(request)
+                check_request(request)
                 async for response in behavior(request, context):
                     yield response
             except grpc.aio.AbortError:

@@ -13,6 +13,8 @@ import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import propagate, trace
 
@@ -21,9 +23,12 @@ from longline._store import (
     PAGE_BYTES,
     PAGE_EVENTS,
     CancelNotice,
+    EventPage,
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     OutOfRangeError,
+    PermissionDeniedError,
     RateLimitedError,
     RedisError,
     RunRecord,
@@ -42,6 +47,7 @@ from . import _trace
 from ._auth import current
 from ._hub import EventHub
 from ._monitor import cancel_children
+from ._run_tokens import RunTokens
 from ._settings import ControlPlaneSettings
 
 _tracer = trace.get_tracer("longline.control_plane")
@@ -172,11 +178,30 @@ def span_to_proto(s: TraceSpan) -> runs_pb2.TraceSpan:
     return msg
 
 
+def _json_of(message: Message, text_field: str, value_field: str) -> str:
+    """The JSON text a request carries in `text_field`, or in `value_field` (a
+    google.protobuf.Value, as JSON transcoding fills it); both at once is refused."""
+    text = str(getattr(message, text_field))
+    if not message.HasField(value_field):
+        return text
+    if text:
+        raise InvalidArgumentError(
+            f"set {text_field} or {value_field}, not both", "INPUT_GIVEN_TWICE"
+        )
+    return str(json_format.MessageToJson(getattr(message, value_field), indent=None))
+
+
 def _require_run_id(run_id: str) -> str:
     if not run_id:
         raise InvalidArgumentError("run_id is required", "RUN_ID_REQUIRED")
     if len(run_id) > 128 or "{" in run_id or "}" in run_id:
         raise NotFoundError(f"run {run_id[:128]!r} not found", "RUN_NOT_FOUND")
+    reader = current()
+    if reader.run_id and reader.run_id != run_id:
+        raise PermissionDeniedError(
+            f"this run token reads run {reader.run_id} only, not {run_id[:128]!r}",
+            "RUN_TOKEN_OTHER_RUN",
+        )
     return run_id
 
 
@@ -209,19 +234,55 @@ def _decode_token(token: str, n: int) -> list[str]:
     return parts
 
 
+@dataclasses.dataclass(frozen=True)
+class OpenStream:
+    """A run's events from a cursor, checked and ready to send (RunServicer.open_stream).
+    `ended`: the run had ended and the cursor was at or past its terminal event, so
+    nothing more will come (`events` then holds what followed the cursor, if anything)."""
+
+    run_id: str
+    ended: bool
+    events: AsyncIterator[StoredEvent]
+
+
+async def _listed(events: Sequence[StoredEvent]) -> AsyncIterator[StoredEvent]:
+    for event in events:
+        yield event
+
+
 class RunServicer(runs_pb2_grpc.RunServiceServicer):
     """The client-facing API of one control-plane replica."""
 
-    def __init__(self, store: Store, hub: EventHub, settings: ControlPlaneSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        settings: ControlPlaneSettings,
+        run_tokens: RunTokens | None = None,
+    ) -> None:
         self._store = store
         self._hub = hub
         self._settings = settings
+        self._run_tokens = run_tokens or RunTokens()
         self._limits = TenantLimits(
             max_queued=settings.max_queued_per_tenant,
             start_rate=settings.start_rate_per_tenant,
             start_burst=settings.start_burst_per_tenant,
         )
         self._streams: dict[str, int] = {}  # tenant -> its open streams on this replica
+
+    def _check_stream_slot(self) -> None:
+        """Refuse a stream when its tenant holds its limit of them on this replica."""
+        tenant = current().tenant
+        most = self._settings.max_streams_per_tenant
+        held = self._streams.get(tenant, 0)
+        if most and held >= most:
+            raise RateLimitedError(
+                f"this tenant has {held} open streams on this control plane, its limit: close "
+                "some, or ask the operator to raise --max-streams-per-tenant",
+                "TOO_MANY_STREAMS",
+                retry_after=1.0,
+            )
 
     @contextlib.contextmanager
     def _stream_slot(self) -> Iterator[None]:
@@ -253,14 +314,15 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             raise InvalidArgumentError(
                 "workflow is required: the name of a workflow to run", "WORKFLOW_REQUIRED"
             )
-        size = len(request.input_json.encode())
+        input_json = _json_of(request, "input_json", "input")
+        size = len(input_json.encode())
         if size > self._settings.max_input_bytes:
             raise TooLargeError(
                 f"input_json is {size} bytes, over the limit of {self._settings.max_input_bytes} "
                 "bytes: pass a reference to large data (a URL or object key) instead",
                 "INPUT_TOO_LARGE",
             )
-        input_json = request.input_json or "null"
+        input_json = input_json or "null"
         try:
             json.loads(input_json, parse_constant=_not_json)
         except (ValueError, RecursionError) as exc:
@@ -439,7 +501,8 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             name = check_input_name(request.name)
         except ValueError as exc:
             raise InvalidArgumentError(str(exc), "INVALID_INPUT_NAME") from None
-        size = len(request.payload_json.encode())
+        payload_json = _json_of(request, "payload_json", "payload")
+        size = len(payload_json.encode())
         if size > self._settings.max_input_bytes:
             raise TooLargeError(
                 f"payload_json is {size} bytes, over the limit of "
@@ -448,7 +511,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 "INPUT_TOO_LARGE",
             )
         try:
-            payload = canonical_json(request.payload_json)
+            payload = canonical_json(payload_json)
         except (ValueError, RecursionError) as exc:
             raise InvalidArgumentError(
                 f"payload_json is not valid JSON: {exc}", "INPUT_NOT_JSON"
@@ -482,9 +545,34 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         record = await self._store.runs.get(run_id, caller.tenant)
         return runs_pb2.SendInputResponse(run=run_to_proto(record), duplicate=outcome.duplicate)
 
+    async def CreateRunToken(
+        self, request: runs_pb2.CreateRunTokenRequest, context: grpc.aio.ServicerContext
+    ) -> runs_pb2.CreateRunTokenResponse:
+        run_id = _require_run_id(request.run_id)
+        caller = current()
+        if caller.kind != "anonymous" and not self._run_tokens.shared:
+            raise FailedPreconditionError(
+                "run tokens are off on this deployment: its control planes need a signing "
+                "secret (LONGLINE_RUN_TOKEN_SECRET, the same on every replica, at least 32 "
+                "bytes)",
+                "RUN_TOKENS_OFF",
+            )
+        await self._store.runs.get(run_id, caller.tenant)  # another tenant's run is not found
+        token, expires = self._run_tokens.mint(
+            run_id, caller.tenant, caller.name, request.ttl_seconds
+        )
+        return runs_pb2.CreateRunTokenResponse(token=token, expire_time=_timestamp(expires * 1000))
+
     async def StreamRun(
         self, request: runs_pb2.StreamRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[runs_pb2.StreamRunResponse]:
+        stream = await self.open_stream(request)
+        async for event in stream.events:
+            yield runs_pb2.StreamRunResponse(event=event_to_proto(stream.run_id, event))
+
+    async def open_stream(self, request: runs_pb2.StreamRunRequest) -> OpenStream:
+        """StreamRun's checks (the caller, the run, the cursor, the tenant's streams), made
+        before any event is sent; then the events to send, as StreamRun sends them."""
         run_id = _require_run_id(request.run_id)
         if request.after_event_id:
             parse_event_id(request.after_event_id)
@@ -513,12 +601,27 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         first = opened.page
         if opened.ended and not first.more and not any(e.terminal for e in first.events):
             # A finished run, and the cursor is past its terminal event: nothing will come.
-            for event in first.events:
-                yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
-            return
+            return OpenStream(run_id, True, _listed(first.events))
+        self._check_stream_slot()  # refused before any event; taken as the events flow
+        return OpenStream(run_id, False, self._live(run_id, after, first))
+
+    async def _live(self, run_id: str, after: str, first: EventPage) -> AsyncIterator[StoredEvent]:
         with self._stream_slot():
             async for event in self._hub.events(run_id, after, first):
-                yield runs_pb2.StreamRunResponse(event=event_to_proto(run_id, event))
+                yield event
+
+    async def await_end(self, run_id: str, after: str, wait: float) -> runs_pb2.Run:
+        """The run once it ended, or as it is after `wait` seconds (the HTTP face's
+        `Prefer: wait=N`); counts as one of the tenant's streams meanwhile."""
+        with self._stream_slot():
+            try:
+                async with asyncio.timeout(wait):
+                    async for event in self._hub.events(run_id, after):
+                        if event.terminal:
+                            break
+            except TimeoutError:
+                pass  # it goes on: answered as it is
+        return run_to_proto(await self._store.runs.get(run_id, current().tenant))
 
     async def GetRunTrace(
         self, request: runs_pb2.GetRunTraceRequest, context: grpc.aio.ServicerContext

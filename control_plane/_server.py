@@ -26,10 +26,13 @@ from longline.v1 import (
 from ._auth import Authenticator, TokenStore
 from ._builds import BuildServicer
 from ._errors import ErrorInterceptor
+from ._http import HttpFace, bound_port
+from ._http import serve as serve_http
 from ._hub import EventHub
 from ._janitor import Janitor
 from ._metrics import ControlPlaneMetrics
 from ._monitor import LeaseMonitor
+from ._run_tokens import RunTokens
 from ._runs import RunServicer
 from ._schedules import Scheduler, ScheduleServicer
 from ._settings import ControlPlaneSettings
@@ -47,10 +50,11 @@ SERVICES = (
 
 def load_authenticator(s: ControlPlaneSettings) -> Authenticator:
     """The authenticator the settings ask for; ValueError when they ask for nothing."""
+    run_tokens = RunTokens(s.run_token_secret)
     if s.tokens_file or s.tokens:
-        return Authenticator(TokenStore(s.tokens_file, s.tokens))
+        return Authenticator(TokenStore(s.tokens_file, s.tokens), run_tokens)
     if s.insecure_no_auth:
-        return Authenticator(None)
+        return Authenticator(None, run_tokens)
     raise ValueError(
         "refusing to start without tokens: give --tokens-file (or LONGLINE_TOKENS; "
         "`longline tokens new` makes them), or --insecure-no-auth to serve with no "
@@ -106,6 +110,7 @@ class ControlPlane:
         self._hub: EventHub | None = None
         self.scheduler: Scheduler | None = None  # set once it serves
         self.metrics_port = 0  # the bound Prometheus port, with settings.metrics_listen
+        self.http_port = 0  # the bound HTTP port, with settings.http_listen
 
     @property
     def watchers(self) -> int:
@@ -175,6 +180,7 @@ class ControlPlane:
         janitor = Janitor(store, s.replica_id, s.retention)
         scheduler = self.scheduler = Scheduler(store, s)
         metrics_server = None
+        http_runner = None
         if metrics is not None:
             metrics.watch(lambda: hub.watchers, lambda: len(dispatcher.sessions))
             hub.on_delivery = metrics.delivery.observe
@@ -201,7 +207,8 @@ class ControlPlane:
             if s.worker_listen
             else server
         )
-        runs_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(store, hub, s), server)
+        runs = RunServicer(store, hub, s, self.authenticator.run_tokens)
+        runs_pb2_grpc.add_RunServiceServicer_to_server(runs, server)
         builds_pb2_grpc.add_BuildServiceServicer_to_server(BuildServicer(store, dispatcher), server)
         schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(store, s), server)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(
@@ -226,13 +233,25 @@ class ControlPlane:
             else:
                 self.worker_port = self.port
             await server.start()
+            if s.http_listen:
+                face = HttpFace(
+                    runs,
+                    self.authenticator,
+                    max_body_bytes=s.max_input_bytes + 64 * 1024,
+                    cors_origins=s.http_cors_origin,
+                    keep_alive=s.http_keep_alive,
+                    serving=lambda: not self._stopping.is_set(),
+                )
+                http_runner = await serve_http(face, s.http_listen, s.shutdown_grace)
+                self.http_port = bound_port(http_runner)
             for service in ("", *SERVICES):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
             log.info(
                 "control plane %s serving on port %d%s (%s)",
                 s.replica_id,
                 self.port,
-                f", workers on port {self.worker_port}" if worker_server is not server else "",
+                (f", workers on port {self.worker_port}" if worker_server is not server else "")
+                + (f", HTTP on port {self.http_port}" if http_runner is not None else ""),
                 _describe_security(s, self.authenticator),
             )
             if s.retention:
@@ -275,12 +294,17 @@ class ControlPlane:
                 await self._stopping.wait()
                 for service in ("", *SERVICES):
                     await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+                if http_runner is not None:  # its event streams end; clients resume elsewhere
+                    await http_runner.cleanup()
+                    http_runner = None
                 await server.stop(s.shutdown_grace)
                 if worker_server is not server:
                     await worker_server.stop(s.shutdown_grace)
                 for task in background:
                     task.cancel()
         finally:
+            if http_runner is not None:
+                await http_runner.cleanup()
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()

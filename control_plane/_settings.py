@@ -98,6 +98,33 @@ class ControlPlaneSettings:
         ),
     )
     insecure_no_auth: bool = field(default=False, metadata=option("serve with no tokens at all"))
+    # Run tokens (CreateRunToken, see _run_tokens): the secret that signs them, the same on
+    # every replica. An environment variable only: a flag would show in `ps`.
+    run_token_secret: str = field(
+        default="",
+        metadata=option(
+            "secret (at least 32 bytes, the same on every replica) that signs run tokens; "
+            "none: run tokens are refused while tokens are on",
+            env_only=True,
+        ),
+    )
+    # The HTTP face (see _http): REST routes from the protos' google.api.http annotations,
+    # Server-Sent Events, /openapi.json.
+    http_listen: str = field(
+        default="",
+        metadata=option(
+            "HOST:PORT to serve the HTTP API on (REST, Server-Sent Events, /openapi.json); "
+            "empty: none (longline dev serves it on 127.0.0.1:8080)",
+            dev=True,
+        ),
+    )
+    http_cors_origin: str = field(
+        default="",
+        metadata=option(
+            "origins whose pages may call the HTTP API (comma-separated SCHEME://HOST[:PORT], "
+            "as a browser sends them); '*' for any; empty: none"
+        ),
+    )
     # TLS: a certificate and key (PEM files) make every port TLS. worker_listen serves
     # WorkerService on a port of its own (and not on `listen`); with tls_client_ca that port
     # takes only workers presenting a client certificate signed by that CA (mutual TLS).
@@ -110,6 +137,11 @@ class ControlPlaneSettings:
         default="", metadata=option("HOST:PORT serving workers only (default: --listen)")
     )
     # Limits on what callers send, and per tenant (0 = no limit where noted).
+    # Silence on an event stream before a comment line keeps proxies from closing it: under
+    # every common idle timeout (nginx 60 s, cloud load balancers 60 s and more).
+    http_keep_alive: float = field(
+        default=15.0, metadata=internal("a timing of the HTTP event stream; tests shorten it")
+    )
     max_labels: int = field(default=64, metadata=internal(_LIMIT))
     max_label_bytes: int = field(default=256, metadata=internal(_LIMIT))
     max_page_size: int = field(default=1000, metadata=internal(_LIMIT))
@@ -137,6 +169,10 @@ class ControlPlaneSettings:
             raise ValueError(
                 "--retention must be between 0 (keep finished runs forever) and 3650 days"
             )
+        if self.run_token_secret and len(self.run_token_secret.encode()) < 32:
+            raise ValueError("LONGLINE_RUN_TOKEN_SECRET must be at least 32 bytes")
+        if self.http_listen and not _address(self.http_listen):
+            raise ValueError(f"--http-listen must be HOST:PORT, got {self.http_listen!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
         if self.tls_client_ca and not (self.tls_cert and self.worker_listen):
@@ -144,3 +180,8 @@ class ControlPlaneSettings:
                 "--tls-client-ca (mutual TLS for workers) needs --tls-cert/--tls-key and a "
                 "--worker-listen port of its own"
             )
+
+
+def _address(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep) and port.isascii() and port.isdigit() and 0 <= int(port) < 65536

@@ -34,6 +34,7 @@ __all__ = ["DEFAULT_MODULE", "DEV_CLUSTER_MASTERS", "DevStack"]
 
 DEFAULT_MODULE = "longline.examples"
 DEV_CLUSTER_MASTERS = 3  # the masters of the cluster `redis_cluster` starts
+DEV_HTTP_LISTEN = "127.0.0.1:8080"  # the control plane's HTTP face, unless told otherwise
 log = logging.getLogger(__name__)
 
 
@@ -70,6 +71,7 @@ class DevStack:
         self.module = module
         self.redis_url = redis_url
         self.target = ""  # the control plane's HOST:PORT once started
+        self.http_url = ""  # the control plane's HTTP face (http://HOST:PORT) once started
         self.embedded: EmbeddedRedis | None = None
         self.cluster: EmbeddedCluster | None = None
         self._cluster_wanted = redis_cluster
@@ -120,11 +122,18 @@ class DevStack:
         await self._start_redis()
         self._report("dev mode: authentication is off; do not expose this to a network")
         build_cp = found["control-plane"].build
-        cp_settings = {**self._cp_settings, "redis_url": self.redis_url, "insecure_no_auth": True}
+        cp_settings = {
+            **self._cp_settings,
+            "redis_url": self.redis_url,
+            "insecure_no_auth": True,
+            "http_listen": self._cp_settings.get("http_listen") or DEV_HTTP_LISTEN,
+        }
         cp = cast(ControlPlaneLike, build_cp(**cp_settings))  # checks the settings first
         await self._start_offline_model()
         cp = await self._start_control_plane(cp, build_cp, cp_settings)
         self.target = f"127.0.0.1:{cp.port}"
+        http_host = str(cp_settings["http_listen"]).rpartition(":")[0] or "127.0.0.1"
+        self.http_url = f"http://{http_host}:{cp.http_port}" if cp.http_port else ""
         worker = cast(
             WorkerLike,
             found["worker"].build(
@@ -194,10 +203,12 @@ class DevStack:
     ) -> ControlPlaneLike:
         try:
             await cp.start()
-        except RuntimeError as exc:  # the port is taken: a demo should still run
+        except RuntimeError as exc:  # a port is taken: a demo should still run
             host = str(settings.get("listen", DEFAULT_ADDRESS)).rsplit(":", 1)[0]
-            self._report(f"{exc}; using a free port instead")
-            cp = cast(ControlPlaneLike, build(**{**settings, "listen": f"{host}:0"}))
+            http_host = str(settings["http_listen"]).rsplit(":", 1)[0]
+            self._report(f"{exc}; using free ports instead")
+            settings.update(listen=f"{host}:0", http_listen=f"{http_host}:0")
+            cp = cast(ControlPlaneLike, build(**settings))
             await cp.start()
         self.control_plane = cp
         self._closing.push_async_callback(cp.shutdown)

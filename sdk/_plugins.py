@@ -48,6 +48,10 @@ class ControlPlaneLike(Protocol):
     def port(self) -> int:
         """The bound gRPC port, once started."""
 
+    @property
+    def http_port(self) -> int:
+        """The bound HTTP port once started (0: no HTTP face)."""
+
     async def start(self) -> None:
         """Serve in the background; return once the port is bound."""
 

@@ -77,6 +77,8 @@ async def _dev(stack: DevStack, args: argparse.Namespace) -> int:
     try:
         served = ", ".join(stack.workflows)
         print(f"control plane on {stack.target}; a worker serves {served}")
+        if stack.http_url:
+            print(f"HTTP API on {stack.http_url} (OpenAPI: {stack.http_url}/openapi.json)")
         if args.run:
             return await start_and_follow(session, args.run, args.input)
         await asyncio.Event().wait()  # serve until interrupted

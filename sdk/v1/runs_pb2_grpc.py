@@ -82,6 +82,11 @@ class RunServiceStub:
                 request_serializer=longline_dot_v1_dot_runs__pb2.SendInputRequest.SerializeToString,
                 response_deserializer=longline_dot_v1_dot_runs__pb2.SendInputResponse.FromString,
                 _registered_method=True)
+        self.CreateRunToken = channel.unary_unary(
+                '/longline.v1.RunService/CreateRunToken',
+                request_serializer=longline_dot_v1_dot_runs__pb2.CreateRunTokenRequest.SerializeToString,
+                response_deserializer=longline_dot_v1_dot_runs__pb2.CreateRunTokenResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -159,6 +164,17 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRunToken(self, request, context):
+        """CreateRunToken mints a short-lived token that may only read one run: its
+        state (GetRun, GetRunTrace) and its events (StreamRun). A page in a
+        browser holds it instead of a tenant's token; it is signed and expires
+        (default 10 minutes, at most an hour), and it is accepted as a bearer
+        token or, over HTTP, as the access_token query parameter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -206,6 +222,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.SendInput,
                     request_deserializer=longline_dot_v1_dot_runs__pb2.SendInputRequest.FromString,
                     response_serializer=longline_dot_v1_dot_runs__pb2.SendInputResponse.SerializeToString,
+            ),
+            'CreateRunToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRunToken,
+                    request_deserializer=longline_dot_v1_dot_runs__pb2.CreateRunTokenRequest.FromString,
+                    response_serializer=longline_dot_v1_dot_runs__pb2.CreateRunTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -453,6 +474,33 @@ class RunService:
             '/longline.v1.RunService/SendInput',
             longline_dot_v1_dot_runs__pb2.SendInputRequest.SerializeToString,
             longline_dot_v1_dot_runs__pb2.SendInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRunToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longline.v1.RunService/CreateRunToken',
+            longline_dot_v1_dot_runs__pb2.CreateRunTokenRequest.SerializeToString,
+            longline_dot_v1_dot_runs__pb2.CreateRunTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,6 +24,7 @@ class Stack:
     target: str
     client: longline.Client
     stub: runs_pb2_grpc.RunServiceStub
+    http: str  # the HTTP face, http://HOST:PORT
 
 
 @pytest.fixture
@@ -33,7 +34,11 @@ async def stack(redis_url: str) -> AsyncIterator[Stack]:
         str(FLOWS),
         redis_url=redis_url,
         offline_model=False,
-        control_plane={"listen": "127.0.0.1:0", "max_input_bytes": 64 * 1024},
+        control_plane={
+            "listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            "max_input_bytes": 64 * 1024,
+        },
         worker={"slots": 4, "drain_timeout": 1},
         connect_timeout=10,
     ) as dev:
@@ -46,5 +51,6 @@ async def stack(redis_url: str) -> AsyncIterator[Stack]:
                 dev.target,
                 client,
                 runs_pb2_grpc.RunServiceStub(channel),
+                dev.http_url,
             )
         await channel.close()

@@ -4,6 +4,8 @@
 import type { RpcTransport } from "@protobuf-ts/runtime-rpc";
 import type { ServiceInfo } from "@protobuf-ts/runtime-rpc";
 import { RunService } from "./runs";
+import type { CreateRunTokenResponse } from "./runs";
+import type { CreateRunTokenRequest } from "./runs";
 import type { SendInputResponse } from "./runs";
 import type { SendInputRequest } from "./runs";
 import type { GetRunTraceResponse } from "./runs";
@@ -94,6 +96,16 @@ export interface IRunServiceClient {
      * @generated from protobuf rpc: SendInput
      */
     sendInput(input: SendInputRequest, options?: RpcOptions): UnaryCall<SendInputRequest, SendInputResponse>;
+    /**
+     * CreateRunToken mints a short-lived token that may only read one run: its
+     * state (GetRun, GetRunTrace) and its events (StreamRun). A page in a
+     * browser holds it instead of a tenant's token; it is signed and expires
+     * (default 10 minutes, at most an hour), and it is accepted as a bearer
+     * token or, over HTTP, as the access_token query parameter.
+     *
+     * @generated from protobuf rpc: CreateRunToken
+     */
+    createRunToken(input: CreateRunTokenRequest, options?: RpcOptions): UnaryCall<CreateRunTokenRequest, CreateRunTokenResponse>;
 }
 /**
  * RunService is what clients call: the Python SDK, the CLI and generated
@@ -194,5 +206,18 @@ export class RunServiceClient implements IRunServiceClient, ServiceInfo {
     sendInput(input: SendInputRequest, options?: RpcOptions): UnaryCall<SendInputRequest, SendInputResponse> {
         const method = this.methods[8], opt = this._transport.mergeOptions(options);
         return stackIntercept<SendInputRequest, SendInputResponse>("unary", this._transport, method, opt, input);
+    }
+    /**
+     * CreateRunToken mints a short-lived token that may only read one run: its
+     * state (GetRun, GetRunTrace) and its events (StreamRun). A page in a
+     * browser holds it instead of a tenant's token; it is signed and expires
+     * (default 10 minutes, at most an hour), and it is accepted as a bearer
+     * token or, over HTTP, as the access_token query parameter.
+     *
+     * @generated from protobuf rpc: CreateRunToken
+     */
+    createRunToken(input: CreateRunTokenRequest, options?: RpcOptions): UnaryCall<CreateRunTokenRequest, CreateRunTokenResponse> {
+        const method = this.methods[9], opt = this._transport.mergeOptions(options);
+        return stackIntercept<CreateRunTokenRequest, CreateRunTokenResponse>("unary", this._transport, method, opt, input);
     }
 }

@@ -3,6 +3,7 @@
 // tslint:disable
 import { ServiceType } from "@protobuf-ts/runtime-rpc";
 import { MessageType } from "@protobuf-ts/runtime";
+import { Value } from "../../google/protobuf/struct";
 import { Timestamp } from "../../google/protobuf/timestamp";
 /**
  * RunWait is what a WAITING run waits for.
@@ -224,6 +225,14 @@ export interface StartRunRequest {
     labels: {
         [key: string]: string;
     };
+    /**
+     * The input as a JSON value, for JSON transcoding (over HTTP the request's
+     * body is this value). Set input_json or input, not both; input_json keeps
+     * numbers exactly as written, where a Value holds them as doubles.
+     *
+     * @generated from protobuf field: google.protobuf.Value input = 5
+     */
+    input?: Value;
 }
 /**
  * StartRunResponse holds the run that was queued, or found by its key.
@@ -266,6 +275,10 @@ export interface RunWorkflowRequest {
     labels: {
         [key: string]: string;
     };
+    /**
+     * @generated from protobuf field: google.protobuf.Value input = 5
+     */
+    input?: Value;
 }
 /**
  * RunWorkflowResponse holds the run: terminal, or still running when the
@@ -500,6 +513,47 @@ export interface SendInputRequest {
      * @generated from protobuf field: string payload_json = 3
      */
     payloadJson: string;
+    /**
+     * The payload as a JSON value, for JSON transcoding (over HTTP the
+     * request's body is this value). Set payload_json or payload, not both.
+     *
+     * @generated from protobuf field: google.protobuf.Value payload = 4
+     */
+    payload?: Value;
+}
+/**
+ * CreateRunTokenRequest asks for a token that reads one run.
+ *
+ * @generated from protobuf message longline.v1.CreateRunTokenRequest
+ */
+export interface CreateRunTokenRequest {
+    /**
+     * @generated from protobuf field: string run_id = 1
+     */
+    runId: string;
+    /**
+     * How long the token lives, in seconds: 0 for 600, at most 3600.
+     *
+     * @generated from protobuf field: int32 ttl_seconds = 2
+     */
+    ttlSeconds: number;
+}
+/**
+ * CreateRunTokenResponse holds the token and when it expires.
+ *
+ * @generated from protobuf message longline.v1.CreateRunTokenResponse
+ */
+export interface CreateRunTokenResponse {
+    /**
+     * A JWT (HS256) whose claims name the run and its tenant.
+     *
+     * @generated from protobuf field: string token = 1
+     */
+    token: string;
+    /**
+     * @generated from protobuf field: google.protobuf.Timestamp expire_time = 2
+     */
+    expireTime?: Timestamp;
 }
 /**
  * SendInputResponse holds the run after the input was kept or delivered.
@@ -993,7 +1047,8 @@ class StartRunRequest$Type extends MessageType<StartRunRequest> {
             { no: 1, name: "workflow", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
             { no: 2, name: "input_json", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
             { no: 3, name: "idempotency_key", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
-            { no: 4, name: "labels", kind: "map", K: 9 /*ScalarType.STRING*/, V: { kind: "scalar", T: 9 /*ScalarType.STRING*/ } }
+            { no: 4, name: "labels", kind: "map", K: 9 /*ScalarType.STRING*/, V: { kind: "scalar", T: 9 /*ScalarType.STRING*/ } },
+            { no: 5, name: "input", kind: "message", T: () => Value }
         ]);
     }
 }
@@ -1021,7 +1076,8 @@ class RunWorkflowRequest$Type extends MessageType<RunWorkflowRequest> {
             { no: 1, name: "workflow", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
             { no: 2, name: "input_json", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
             { no: 3, name: "idempotency_key", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
-            { no: 4, name: "labels", kind: "map", K: 9 /*ScalarType.STRING*/, V: { kind: "scalar", T: 9 /*ScalarType.STRING*/ } }
+            { no: 4, name: "labels", kind: "map", K: 9 /*ScalarType.STRING*/, V: { kind: "scalar", T: 9 /*ScalarType.STRING*/ } },
+            { no: 5, name: "input", kind: "message", T: () => Value }
         ]);
     }
 }
@@ -1203,7 +1259,8 @@ class SendInputRequest$Type extends MessageType<SendInputRequest> {
         super("longline.v1.SendInputRequest", [
             { no: 1, name: "run_id", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
             { no: 2, name: "name", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
-            { no: 3, name: "payload_json", kind: "scalar", T: 9 /*ScalarType.STRING*/ }
+            { no: 3, name: "payload_json", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
+            { no: 4, name: "payload", kind: "message", T: () => Value }
         ]);
     }
 }
@@ -1211,6 +1268,32 @@ class SendInputRequest$Type extends MessageType<SendInputRequest> {
  * @generated MessageType for protobuf message longline.v1.SendInputRequest
  */
 export const SendInputRequest = new SendInputRequest$Type();
+// @generated message type with reflection information, may provide speed optimized methods
+class CreateRunTokenRequest$Type extends MessageType<CreateRunTokenRequest> {
+    constructor() {
+        super("longline.v1.CreateRunTokenRequest", [
+            { no: 1, name: "run_id", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
+            { no: 2, name: "ttl_seconds", kind: "scalar", T: 5 /*ScalarType.INT32*/ }
+        ]);
+    }
+}
+/**
+ * @generated MessageType for protobuf message longline.v1.CreateRunTokenRequest
+ */
+export const CreateRunTokenRequest = new CreateRunTokenRequest$Type();
+// @generated message type with reflection information, may provide speed optimized methods
+class CreateRunTokenResponse$Type extends MessageType<CreateRunTokenResponse> {
+    constructor() {
+        super("longline.v1.CreateRunTokenResponse", [
+            { no: 1, name: "token", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
+            { no: 2, name: "expire_time", kind: "message", T: () => Timestamp }
+        ]);
+    }
+}
+/**
+ * @generated MessageType for protobuf message longline.v1.CreateRunTokenResponse
+ */
+export const CreateRunTokenResponse = new CreateRunTokenResponse$Type();
 // @generated message type with reflection information, may provide speed optimized methods
 class SendInputResponse$Type extends MessageType<SendInputResponse> {
     constructor() {
@@ -1273,13 +1356,14 @@ export const GetRunTraceResponse = new GetRunTraceResponse$Type();
  * @generated ServiceType for protobuf service longline.v1.RunService
  */
 export const RunService = new ServiceType("longline.v1.RunService", [
-    { name: "StartRun", options: {}, I: StartRunRequest, O: StartRunResponse },
+    { name: "StartRun", options: { "google.api.http": { post: "/v1/workflows/{workflow}/runs", body: "input" } }, I: StartRunRequest, O: StartRunResponse },
     { name: "RunWorkflow", options: {}, I: RunWorkflowRequest, O: RunWorkflowResponse },
-    { name: "GetRun", options: {}, I: GetRunRequest, O: GetRunResponse },
-    { name: "ListRuns", options: {}, I: ListRunsRequest, O: ListRunsResponse },
-    { name: "CancelRun", options: {}, I: CancelRunRequest, O: CancelRunResponse },
-    { name: "StreamRun", serverStreaming: true, options: {}, I: StreamRunRequest, O: StreamRunResponse },
-    { name: "ListWorkflows", options: {}, I: ListWorkflowsRequest, O: ListWorkflowsResponse },
-    { name: "GetRunTrace", options: {}, I: GetRunTraceRequest, O: GetRunTraceResponse },
-    { name: "SendInput", options: {}, I: SendInputRequest, O: SendInputResponse }
+    { name: "GetRun", options: { "google.api.http": { get: "/v1/runs/{run_id}" } }, I: GetRunRequest, O: GetRunResponse },
+    { name: "ListRuns", options: { "google.api.http": { get: "/v1/runs" } }, I: ListRunsRequest, O: ListRunsResponse },
+    { name: "CancelRun", options: { "google.api.http": { post: "/v1/runs/{run_id}:cancel", body: "*" } }, I: CancelRunRequest, O: CancelRunResponse },
+    { name: "StreamRun", serverStreaming: true, options: { "google.api.http": { get: "/v1/runs/{run_id}/events" } }, I: StreamRunRequest, O: StreamRunResponse },
+    { name: "ListWorkflows", options: { "google.api.http": { get: "/v1/workflows" } }, I: ListWorkflowsRequest, O: ListWorkflowsResponse },
+    { name: "GetRunTrace", options: { "google.api.http": { get: "/v1/runs/{run_id}/trace" } }, I: GetRunTraceRequest, O: GetRunTraceResponse },
+    { name: "SendInput", options: { "google.api.http": { post: "/v1/runs/{run_id}/inputs/{name}", body: "payload" } }, I: SendInputRequest, O: SendInputResponse },
+    { name: "CreateRunToken", options: { "google.api.http": { post: "/v1/runs/{run_id}/tokens", body: "*" } }, I: CreateRunTokenRequest, O: CreateRunTokenResponse }
 ]);
