@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -648,6 +649,18 @@ class RunHandle:
             ),
         )
         return run_from_proto(response.run)
+
+    async def read_token(self, ttl: float = 600) -> tuple[str, datetime]:
+        """A token that may only read this run (its state, trace and events), and when it
+        expires: for a page in a browser, which then never holds the tenant's token. It
+        lives `ttl` seconds (at most 3600) and works as a bearer token or, over HTTP, as
+        `?access_token=` (CreateRunToken; FailedPrecondition RUN_TOKENS_OFF when the
+        control planes have no LONGLINE_RUN_TOKEN_SECRET)."""
+        response = await self._client._call(
+            "CreateRunToken",
+            runs_pb2.CreateRunTokenRequest(run_id=self.run_id, ttl_seconds=math.ceil(ttl)),
+        )
+        return response.token, response.expire_time.ToDatetime(tzinfo=UTC)
 
     async def cancel(self, reason: str = "") -> Run:
         """Cancel the run (FailedPrecondition if it already ended)."""

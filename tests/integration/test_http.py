@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -506,3 +507,50 @@ async def test_every_path_of_the_openapi_document_answers_as_documented(
                     _validator(document, schema).validate(await r.json(content_type=None))
     assert seen == set(calls)
     assert (await handle.result())["answer"] == {"approved": True}
+
+
+async def test_a_run_token_from_the_sdk_reads_its_run_over_grpc_and_http(
+    secured_http: tuple[ControlPlane, str], http: aiohttp.ClientSession
+) -> None:
+    cp, base = secured_http
+    target = f"127.0.0.1:{cp.port}"
+    async with longline.Client(target, token=secret("alice")) as alice:
+        handle = await alice.start("echo", {"n": 1})
+        other = await alice.start("echo", {"n": 2})
+        token, expires = await handle.read_token(ttl=120)
+        assert 100 < (expires - datetime.now(UTC)).total_seconds() <= 125
+    async with longline.Client(target, token=token) as reader:
+        run = await reader.get_run(handle.run_id).describe()
+        assert run.run_id == handle.run_id and run.status is longline.RunStatus.QUEUED
+        with pytest.raises(longline.PermissionDenied, match="reads run"):
+            await reader.get_run(other.run_id).describe()
+        with pytest.raises(longline.PermissionDenied, match="may only read its run"):
+            await reader.list_runs()
+        with pytest.raises(longline.PermissionDenied, match="may only read its run"):
+            await reader.get_run(handle.run_id).cancel()
+    async with http.get(f"{base}/v1/runs/{handle.run_id}", params={"access_token": token}) as r:
+        assert r.status == 200
+
+
+async def test_a_stopping_replica_ends_its_event_streams_at_once(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    settings = ControlPlaneSettings(
+        redis_url=redis_url,
+        listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        insecure_no_auth=True,
+        shutdown_grace=3600,  # held to it, the test would time out
+    )
+    await _announce(redis_url, "echo")
+    cp = ControlPlane(settings)
+    await cp.start()
+    base = f"http://127.0.0.1:{cp.http_port}"
+    _, body, _ = await _start(http, base, "echo", {})  # no worker: it stays QUEUED
+    async with http.get(f"{base}/v1/runs/{body['run']['runId']}/events") as r:
+        events = await _sse(r, most=1)
+        assert events[0]["event"] == "EVENT_TYPE_RUN_QUEUED"
+        await cp.shutdown()
+        # The body ends (EventSource then resumes elsewhere with Last-Event-ID) without
+        # waiting out the grace: a stream with nothing to send would otherwise hold the stop.
+        assert await r.content.read() == b""
