@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -710,9 +711,11 @@ class _Frames:
         return chunk
 
 
-async def serve(face: HttpFace, listen: str, shutdown_grace: float) -> web.AppRunner:
-    """Start serving `face` on `listen` (HOST:PORT; port 0 picks one); the runner's
-    `addresses` say where. RuntimeError when the address cannot be bound."""
+async def serve(
+    face: HttpFace, listen: str, shutdown_grace: float, tls: ssl.SSLContext | None = None
+) -> web.AppRunner:
+    """Start serving `face` on `listen` (HOST:PORT; port 0 picks one), over TLS with `tls`;
+    the runner's `addresses` say where. RuntimeError when the address cannot be bound."""
     runner = web.AppRunner(
         face.application(),
         handler_cancellation=True,
@@ -721,7 +724,7 @@ async def serve(face: HttpFace, listen: str, shutdown_grace: float) -> web.AppRu
     )
     await runner.setup()
     host, _, port = listen.rpartition(":")
-    site = web.TCPSite(runner, host or "0.0.0.0", int(port), backlog=4096)
+    site = web.TCPSite(runner, host or "0.0.0.0", int(port), backlog=4096, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -74,6 +75,18 @@ def _credentials(s: ControlPlaneSettings, *, for_workers: bool) -> grpc.ServerCr
             require_client_auth=True,
         )
     return grpc.ssl_server_credentials([pair])
+
+
+def _https(s: ControlPlaneSettings) -> ssl.SSLContext | None:
+    """The HTTP face's TLS: the same certificate and key as the gRPC port's."""
+    if not s.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(s.tls_cert, s.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the TLS certificate and key for HTTP: {exc}") from None
+    return context
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -242,7 +255,7 @@ class ControlPlane:
                     keep_alive=s.http_keep_alive,
                     serving=lambda: not self._stopping.is_set(),
                 )
-                http_runner = await serve_http(face, s.http_listen, s.shutdown_grace)
+                http_runner = await serve_http(face, s.http_listen, s.shutdown_grace, _https(s))
                 self.http_port = bound_port(http_runner)
             for service in ("", *SERVICES):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

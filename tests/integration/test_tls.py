@@ -4,10 +4,12 @@ test time and real TLS handshakes."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import grpc
 import pytest
 
@@ -60,6 +62,7 @@ async def test_tls_everywhere_and_mutual_tls_for_workers(redis_url: str, tmp_pat
             tls_key=server.key,
             tls_client_ca=ca.pem.cert,
             tokens=tokens_toml(["alice", "worker"]),
+            http_listen="127.0.0.1:0",
         )
     )
     async with cp:
@@ -80,6 +83,24 @@ async def test_tls_everywhere_and_mutual_tls_for_workers(redis_url: str, tmp_pat
         await asyncio.wait_for(worker.connected.wait(), 10)
         async with longline.Client(clients, token=secret("alice"), tls_ca=ca.pem.cert) as client:
             assert await client.run("echo", "over TLS") == "over TLS"
+
+        # The HTTP face speaks TLS with the same certificate; plain HTTP gets nothing.
+        https = f"https://127.0.0.1:{cp.http_port}/v1/workflows"
+        trusted = ssl.create_default_context(cafile=ca.pem.cert)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(
+                https, ssl=trusted, headers={"Authorization": f"Bearer {secret('alice')}"}
+            ) as r:
+                assert r.status == 200
+                assert "echo" in [w["name"] for w in (await r.json())["workflows"]]
+            with pytest.raises(aiohttp.ClientError):
+                async with http.get(https.replace("https", "http"), ssl=trusted) as r:
+                    await r.read()
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                async with http.get(
+                    https, headers={"Authorization": f"Bearer {secret('alice')}"}
+                ) as r:  # untrusted CA
+                    await r.read()
 
         # A client that does not speak TLS, or trusts another CA, gets no connection.
         for plain in (
