@@ -3,6 +3,8 @@ offline, and keeps the invariants a deploy depends on."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from longline.control_plane import ControlPlaneSettings
 from tests.conftest import ROOT
 
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
@@ -24,6 +27,10 @@ RENDERED = {
 }
 GREEN = ROOT / "k8s" / "blue-green" / "green"  # the next build's workers, beside prod's
 HPA = ROOT / "k8s" / "autoscaling" / "hpa"  # for clusters without KEDA
+HTTP_INGRESS = ROOT / "k8s" / "components" / "http-ingress"  # opt-in, added to an overlay
+KUSTOMIZATIONS = sorted(p.parent for p in (ROOT / "k8s").rglob("kustomization.yaml"))
+# The control plane's defaults, from the one place they are written.
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(ControlPlaneSettings)}
 
 
 def render(path: Path) -> list[dict[str, Any]]:
@@ -34,10 +41,33 @@ def render(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-@pytest.fixture(scope="module", params=[*sorted(RENDERED), "prod+green", "prod-cluster+green"])
-def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+def render_with(overlay: Path, component: Path, tmp: Path) -> list[dict[str, Any]]:
+    """`overlay` with `component` added to its components, as an operator adds one to a copy
+    of it (so the overlay's namespace reaches what the component adds)."""
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    assert all("path" not in patch for patch in kustomization.get("patches", []))  # inline only
+    for key in ("resources", "components"):
+        kustomization[key] = [os.path.relpath(overlay / p, tmp) for p in kustomization.get(key, [])]
+    kustomization["components"].append(os.path.relpath(component, tmp))
+    (tmp / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return render(tmp)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[*sorted(RENDERED), "prod+green", "prod-cluster+green", "prod+http-ingress"],
+)
+def objects(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> list[dict[str, Any]]:
     if request.param.endswith("+green"):  # what the cluster holds during a blue-green deploy
         return render(RENDERED[request.param.removesuffix("+green")]) + render(GREEN)
+    if request.param.endswith("+http-ingress"):
+        return render_with(
+            RENDERED[request.param.removesuffix("+http-ingress")],
+            HTTP_INGRESS,
+            tmp_path_factory.mktemp("http-ingress"),
+        )
     return render(RENDERED[request.param])
 
 
@@ -55,6 +85,13 @@ def test_every_object_is_valid_for_kubernetes(objects: list[dict[str, Any]]) -> 
             )
             continue
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(ROOT / "k8s")))
+def test_every_kustomization_builds_alone_into_valid_objects(path: Path) -> None:
+    for obj in render(path):  # components too: each builds alone as well as in an overlay
+        if not obj["apiVersion"].startswith("keda.sh/"):
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
 def _pods(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -168,7 +205,7 @@ def test_prod_authenticates_and_only_dev_runs_without_tokens() -> None:
         d for d in _of(prod, "Deployment") if d["metadata"]["name"] == "longline-control-plane"
     ]
     pod = cp["spec"]["template"]["spec"]
-    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     assert env["LONGLINE_TOKENS_FILE"] == mounts["tokens"] + "/tokens.toml"
@@ -178,6 +215,8 @@ def test_prod_authenticates_and_only_dev_runs_without_tokens() -> None:
     assert "tokens.toml" in secrets["longline-tokens"]["stringData"]
     (dev_config,) = _of(render(RENDERED["dev"]), "ConfigMap")
     assert dev_config["data"]["LONGLINE_INSECURE_NO_AUTH"] == "true"
+    _, dev_cp = _control_plane(render(RENDERED["dev"]))
+    assert "LONGLINE_TOKENS_FILE" not in {e["name"] for e in dev_cp["env"]}
 
 
 def test_prod_cluster_reads_a_cluster_url_and_a_fixed_partition_count_from_secrets() -> None:
@@ -204,3 +243,106 @@ def test_prod_cluster_reads_a_cluster_url_and_a_fixed_partition_count_from_secre
         assert from_env == [{"name": "longline-secrets", "key": "LONGLINE_REDIS"}] or (
             "longline-secrets" in from_secret
         ), d["metadata"]["name"]
+
+
+# --- the HTTP face ------------------------------------------------------------------------
+
+NGINX = "nginx.ingress.kubernetes.io/"
+
+
+def _control_plane(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    (d,) = [
+        o for o in _of(objects, "Deployment") if o["metadata"]["name"] == "longline-control-plane"
+    ]
+    (c,) = d["spec"]["template"]["spec"]["containers"]
+    return d, c
+
+
+def _setting(objects: list[dict[str, Any]], container: dict[str, Any], field: str) -> str:
+    """A control-plane setting as the pod gets it: its flag, else its variable (the
+    container's own before the ConfigMap's), else the default."""
+    name = field.replace("_", "-")
+    if any(a == f"--{name}" or a.startswith(f"--{name}=") for a in container["args"]):
+        return _flag(container["args"], f"--{name}")
+    variable = "LONGLINE_" + field.upper()
+    for e in container.get("env", []):
+        if e["name"] == variable:
+            assert "value" in e, f"{variable} is no plain value"
+            return str(e["value"])
+    (config,) = _of(objects, "ConfigMap")
+    return str(config["data"].get(variable, DEFAULTS[field]))
+
+
+def _nginx_size(size: str) -> int:
+    match = re.fullmatch(r"(\d+)([kKmMgG]?)", size)
+    assert match, size
+    return int(match[1]) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match[2].lower()]
+
+
+def test_control_plane_serves_http_on_the_port_its_service_names(
+    objects: list[dict[str, Any]],
+) -> None:
+    _, c = _control_plane(objects)
+    host, _, port = _setting(objects, c, "http_listen").rpartition(":")
+    assert port, "the control plane serves no HTTP"
+    assert host in ("0.0.0.0", "[::]", ""), host  # reachable from outside the pod
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["http"] == int(port)
+    (service,) = [
+        s for s in _of(objects, "Service") if s["metadata"]["name"] == "longline-control-plane"
+    ]
+    exposed = {p["name"]: p for p in service["spec"]["ports"]}
+    assert {"grpc", "http"} <= exposed.keys()
+    assert exposed["http"]["targetPort"] in ("http", int(port))
+    assert exposed["http"]["port"] == 8080
+
+
+def test_run_token_secret_is_an_optional_key_of_the_tokens_secret(
+    objects: list[dict[str, Any]],
+) -> None:
+    _, c = _control_plane(objects)
+    (ref,) = [
+        e["valueFrom"]["secretKeyRef"] for e in c["env"] if e["name"] == "LONGLINE_RUN_TOKEN_SECRET"
+    ]
+    assert ref == {"name": "longline-tokens", "key": "run-token-secret", "optional": True}
+    secrets = {s["metadata"]["name"]: s for s in _of(objects, "Secret")}
+    assert "run-token-secret" in secrets["longline-tokens"]["stringData"]
+    (config,) = _of(objects, "ConfigMap")
+    assert "LONGLINE_RUN_TOKEN_SECRET" not in config["data"]  # a secret, never in plain sight
+
+
+def test_control_plane_stops_within_its_grace_period(objects: list[dict[str, Any]]) -> None:
+    d, c = _control_plane(objects)
+    grace = d["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+    # The preStop sleep lets the endpoints (and the Ingress controller) drop the pod first.
+    stop = " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
+    match = re.fullmatch(r"sleep (\d+)", stop)
+    assert match, stop
+    shutdown = float(_setting(objects, c, "shutdown_grace"))
+    # Then the HTTP face, and then gRPC, each get --shutdown-grace; a margin for the rest.
+    assert grace >= int(match[1]) + 2 * shutdown + 5, (grace, int(match[1]), shutdown)
+
+
+def test_the_http_ingress_lets_event_streams_through(tmp_path: Path) -> None:
+    objs = render_with(RENDERED["prod"], HTTP_INGRESS, tmp_path)
+    (ingress,) = _of(objs, "Ingress")
+    notes = ingress["metadata"]["annotations"]
+    assert notes[NGINX + "proxy-buffering"] == "off"
+    assert int(notes[NGINX + "proxy-read-timeout"]) >= 3600
+    assert int(notes[NGINX + "proxy-send-timeout"]) >= 3600
+    assert notes[NGINX + "proxy-http-version"] == "1.1"
+    assert notes.get(NGINX + "enable-cors", "false") == "false"  # CORS is the control plane's
+    _, c = _control_plane(objs)
+    # Above the replica's own limit on a body (the largest input plus 64 KiB), so that its
+    # JSON error answers a too-large input, and not unlimited.
+    limit = int(_setting(objs, c, "max_input_bytes")) + 64 * 1024
+    assert limit <= _nginx_size(notes[NGINX + "proxy-body-size"]) <= 4 * limit
+    services = {s["metadata"]["name"]: s for s in _of(objs, "Service")}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            service = services[backend["name"]]
+            assert service["metadata"]["namespace"] == ingress["metadata"]["namespace"]
+            (port,) = [p for p in service["spec"]["ports"] if p["name"] == backend["port"]["name"]]
+            assert port["targetPort"] in ("http", ports["http"])
