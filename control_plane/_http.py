@@ -29,7 +29,7 @@ import logging
 import math
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
@@ -221,18 +221,22 @@ def _json(
     )
 
 
-def event_json(run_id: str, event: StoredEvent) -> str:
-    """A RunEvent in the proto3 JSON mapping, on one line."""
-    proto = event_to_proto(run_id, event)
+def _event_json(proto: runs_pb2.RunEvent) -> str:
     return json.dumps(
         json_format.MessageToDict(proto, **_JSON_OPTIONS), separators=(",", ":"), ensure_ascii=False
     )
 
 
+def event_json(run_id: str, event: StoredEvent) -> str:
+    """A RunEvent in the proto3 JSON mapping, on one line."""
+    return _event_json(event_to_proto(run_id, event))
+
+
 def sse_frame(run_id: str, event: StoredEvent) -> bytes:
     """One event as a Server-Sent Events block: its id, its type's name, the RunEvent."""
-    name = runs_pb2.EventType.Name(event_to_proto(run_id, event).type)
-    return f"id: {event.event_id}\nevent: {name}\ndata: {event_json(run_id, event)}\n\n".encode()
+    proto = event_to_proto(run_id, event)
+    name = runs_pb2.EventType.Name(proto.type)
+    return f"id: {event.event_id}\nevent: {name}\ndata: {_event_json(proto)}\n\n".encode()
 
 
 def _set_scalar(message: Message, field: FieldDescriptor, text: str, where: str) -> None:
@@ -583,7 +587,7 @@ class HttpFace:
         if stream.ended:
             # After the terminal event: 204 makes EventSource stop reconnecting.
             with contextlib.suppress(Exception):
-                await stream.events.aclose()  # type: ignore[attr-defined]
+                await stream.events.aclose()
             return web.Response(status=204, headers=self._cors_headers(request))
         return await self._stream(request, stream.run_id, stream.events, ndjson)
 
@@ -606,7 +610,7 @@ class HttpFace:
         self,
         request: web.Request,
         run_id: str,
-        events: AsyncIterator[StoredEvent],
+        events: AsyncGenerator[StoredEvent, None],
         ndjson: bool,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
@@ -678,7 +682,9 @@ class _Frames:
         self.finished = False
         self.error: BaseException | None = None
 
-    async def fill(self, run_id: str, events: AsyncIterator[StoredEvent], ndjson: bool) -> None:
+    async def fill(
+        self, run_id: str, events: AsyncGenerator[StoredEvent, None], ndjson: bool
+    ) -> None:
         try:
             async for event in events:
                 frame = (
@@ -697,6 +703,9 @@ class _Frames:
         finally:
             self.finished = True
             self._ready.set()
+            # Closed now, not when collected: its watch on the hub and its stream slot go.
+            with contextlib.suppress(Exception):
+                await events.aclose()
 
     async def wait(self) -> None:
         await self._ready.wait()

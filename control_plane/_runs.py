@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 
 import grpc
 from google.protobuf import json_format
@@ -242,10 +242,10 @@ class OpenStream:
 
     run_id: str
     ended: bool
-    events: AsyncIterator[StoredEvent]
+    events: AsyncGenerator[StoredEvent, None]
 
 
-async def _listed(events: Sequence[StoredEvent]) -> AsyncIterator[StoredEvent]:
+async def _listed(events: Sequence[StoredEvent]) -> AsyncGenerator[StoredEvent, None]:
     for event in events:
         yield event
 
@@ -567,8 +567,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         self, request: runs_pb2.StreamRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[runs_pb2.StreamRunResponse]:
         stream = await self.open_stream(request)
-        async for event in stream.events:
-            yield runs_pb2.StreamRunResponse(event=event_to_proto(stream.run_id, event))
+        async with contextlib.aclosing(stream.events) as events:
+            async for event in events:
+                yield runs_pb2.StreamRunResponse(event=event_to_proto(stream.run_id, event))
 
     async def open_stream(self, request: runs_pb2.StreamRunRequest) -> OpenStream:
         """StreamRun's checks (the caller, the run, the cursor, the tenant's streams), made
@@ -605,7 +606,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         self._check_stream_slot()  # refused before any event; taken as the events flow
         return OpenStream(run_id, False, self._live(run_id, after, first))
 
-    async def _live(self, run_id: str, after: str, first: EventPage) -> AsyncIterator[StoredEvent]:
+    async def _live(
+        self, run_id: str, after: str, first: EventPage
+    ) -> AsyncGenerator[StoredEvent, None]:
         with self._stream_slot():
             async for event in self._hub.events(run_id, after, first):
                 yield event
