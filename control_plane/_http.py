@@ -159,6 +159,11 @@ class _Context:
         return None
 
 
+def _own_origin(request: web.Request) -> str:
+    """The origin of the API itself (a page it serves calls it same-origin)."""
+    return f"{request.scheme}://{request.host}"
+
+
 class _Problem(Exception):
     """An HTTP-level refusal (an unknown route, a body too large) as problem+json."""
 
@@ -323,6 +328,17 @@ class HttpFace:
     ) -> web.StreamResponse:
         origin = request.headers.get("Origin", "")
         allowed = bool(origin) and (self._any_origin or origin in self._origins)
+        if origin and not allowed and origin != _own_origin(request):
+            # A page of another site: CORS would only hide the answer from it, and a form
+            # POST needs no preflight, so without this a page could start or cancel runs on
+            # a control plane with authentication off (`longline dev` on localhost).
+            return problem(
+                request,
+                status=403,
+                reason="ORIGIN_NOT_ALLOWED",
+                detail=f"pages of {origin[:200]} may not call this API: list the origin in "
+                "--http-cors-origin",
+            )
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             response: web.StreamResponse = web.Response(status=204 if allowed else 403)
             if allowed:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import jwt
 import pytest
 import redis.asyncio as aioredis
@@ -403,7 +404,24 @@ async def test_cors_answers_only_the_listed_origins(
     async with http.get(
         f"{base}/v1/runs", headers={**_bearer("alice"), "Origin": "https://evil.example"}
     ) as r:
+        assert await _problem(r) == (403, "ORIGIN_NOT_ALLOWED")
         assert "Access-Control-Allow-Origin" not in r.headers
+    # The API's own origin (a page it serves) needs no listing.
+    async with http.get(f"{base}/v1/runs", headers={**_bearer("alice"), "Origin": base}) as r:
+        assert r.status == 200
+
+
+async def test_with_auth_off_a_page_of_another_site_cannot_start_or_cancel_runs(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    # A form POST: no preflight, so CORS alone would let it through (and only hide the answer).
+    form = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    async with http.post(f"{stack.http}/v1/workflows/echo/runs", data="{}", headers=form) as r:
+        assert await _problem(r) == (403, "ORIGIN_NOT_ALLOWED")
+    runs, _ = await stack.client.list_runs()
+    assert runs == []
+    async with http.post(f"{stack.http}/v1/workflows/echo/runs", data="{}") as r:
+        assert r.status == 202  # curl and other programs send no Origin
 
 
 async def test_run_tokens_are_refused_without_a_shared_secret(
@@ -554,3 +572,49 @@ async def test_a_stopping_replica_ends_its_event_streams_at_once(
         # The body ends (EventSource then resumes elsewhere with Last-Event-ID) without
         # waiting out the grace: a stream with nothing to send would otherwise hold the stop.
         assert await r.content.read() == b""
+
+
+async def test_with_redis_away_an_event_stream_asks_to_come_back_and_ndjson_gets_503(
+    http: aiohttp.ClientSession,
+) -> None:
+    from longline._embedded import EmbeddedRedis
+
+    redis = EmbeddedRedis().start()
+    try:
+        settings = ControlPlaneSettings(
+            redis_url=redis.url,
+            listen="127.0.0.1:0",
+            http_listen="127.0.0.1:0",
+            insecure_no_auth=True,
+        )
+        async with ControlPlane(settings) as cp:
+            redis.stop()
+            url = f"http://127.0.0.1:{cp.http_port}/v1/runs/r1/events"
+            # 503 would make EventSource give up for good: it is told to retry in a second.
+            async with http.get(url) as r:
+                assert r.status == 200 and r.content_type == "text/event-stream"
+                assert (await r.text()).startswith("retry: 1000\n")
+            async with http.get(url, headers={"Accept": "application/x-ndjson"}) as r:
+                assert await _problem(r) == (503, "BACKEND_UNAVAILABLE")
+                assert r.headers["Retry-After"] == "1"
+            async with http.get(f"http://127.0.0.1:{cp.http_port}/v1/runs/r1") as r:
+                assert await _problem(r) == (503, "BACKEND_UNAVAILABLE")
+    finally:
+        redis.stop()
+
+
+async def test_over_grpc_the_input_comes_as_text_or_as_a_value_not_both(stack: Stack) -> None:
+    from google.protobuf import struct_pb2
+
+    from longline.v1 import runs_pb2
+
+    value = struct_pb2.Value()
+    value.struct_value.update({"n": 1})
+    started = await stack.stub.StartRun(runs_pb2.StartRunRequest(workflow="echo", input=value))
+    assert json.loads(started.run.input_json) == {"n": 1.0}
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.StartRun(
+            runs_pb2.StartRunRequest(workflow="echo", input_json='{"n": 1}', input=value)
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not both" in (caught.value.details() or "")
