@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 from aiohttp import web
@@ -159,9 +160,14 @@ class _Context:
         return None
 
 
-def _own_origin(request: web.Request) -> str:
-    """The origin of the API itself (a page it serves calls it same-origin)."""
-    return f"{request.scheme}://{request.host}"
+def _same_host(origin: str, request: web.Request) -> bool:
+    """Whether `origin` is the API's own (a page it serves): the same host and port as the
+    request's Host. The scheme is left out: behind a proxy that ends TLS the page's origin
+    is https and the request that reaches here is http."""
+    try:
+        return urlsplit(origin).netloc.lower() == request.host.lower()
+    except ValueError:
+        return False
 
 
 class _Problem(Exception):
@@ -328,7 +334,7 @@ class HttpFace:
     ) -> web.StreamResponse:
         origin = request.headers.get("Origin", "")
         allowed = bool(origin) and (self._any_origin or origin in self._origins)
-        if origin and not allowed and origin != _own_origin(request):
+        if origin and not allowed and not _same_host(origin, request):
             # A page of another site: CORS would only hide the answer from it, and a form
             # POST needs no preflight, so without this a page could start or cancel runs on
             # a control plane with authentication off (`longline dev` on localhost).
