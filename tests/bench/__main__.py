@@ -5,6 +5,9 @@ here, never in `make test`. The control plane and workers are real subprocesses;
 run in a virtualenv of their own (.venv/peers, see peers-requirements.txt).
 
     python -m tests.bench [--quick] [--only B1,B2,...] [--no-peers]
+
+B10 measures B3's watchers and B5's one fast run again over the HTTP face's Server-Sent
+Events; its rows note the gRPC figures beside them when B3 and B5 ran too.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import redis as sync_redis
 
 import longline
 from longline._embedded import EmbeddedRedis
@@ -30,6 +34,8 @@ from longline._store import Store
 from tests.bench.b1 import BENCH_FLOWS, NO_LIMITS, stack, throughput
 from tests.bench.fanout import onboard, ticks
 from tests.bench.footprint import footprints
+from tests.bench.sse import throughput as sse_throughput
+from tests.bench.sse import watchers as sse_watchers
 from tests.bench.waits import parked
 from tests.cluster import RedisCluster
 from tests.conftest import ROOT
@@ -242,20 +248,19 @@ async def _until(probe: Any, timeout: float) -> None:
         await asyncio.sleep(0.5)
 
 
+def _cp_connections(r: sync_redis.Redis) -> int:
+    """The control planes' connections to Redis (each names itself longline-cp-...)."""
+    return sum(1 for c in r.client_list() if c.get("name", "").startswith("longline-cp-"))
+
+
 async def _watchers(redis_url: str, n: int) -> list[Row]:
     """n StreamRun watchers of n runs that each emit one event a second."""
     procs: list[Proc] = []
     try:
         target = await stack(redis_url, procs, slots=n + 10)
         cp = psutil.Process(procs[0].popen.pid)
-        import redis as sync_redis
-
         r = sync_redis.Redis.from_url(redis_url)
-
-        def cp_connections() -> int:
-            return sum(1 for c in r.client_list() if c.get("name", "").startswith("longline-cp-"))
-
-        idle_connections = cp_connections()
+        idle_connections = _cp_connections(r)
         latencies: list[float] = []
         ticks = 20
         window: list[float] = []  # [start, end] of the steady state, wall clock
@@ -277,7 +282,7 @@ async def _watchers(redis_url: str, n: int) -> list[Row]:
             await asyncio.sleep(ticks / 2)
             window[:] = [time.time(), time.time() + 5]
             cpu0, t0 = cp.cpu_times(), time.monotonic()
-            busy_connections = cp_connections()
+            busy_connections = _cp_connections(r)
             await asyncio.sleep(5)
             cpu1, t1 = cp.cpu_times(), time.monotonic()
             await asyncio.gather(*tasks)
@@ -541,6 +546,85 @@ async def b9(redis_url: str, pages: int) -> list[Row]:
     ]
 
 
+# -- B10 -----------------------------------------------------------------------------
+async def b10(redis_url: str, watchers: int, chunks: int) -> list[Row]:
+    """B3's watchers and B5's firehose over HTTP/SSE; measures named as theirs plus "SSE"."""
+    w = await sse_watchers(redis_url, watchers, _cp_connections)
+    n = w.n
+    rows = [
+        Row(
+            "B10",
+            "longline",
+            f"control plane Redis connections with {n} SSE watchers",
+            w.busy_connections,
+            "connections",
+            "does not grow with watchers",
+            note=f"{w.idle_connections} idle; {w.unwatched_connections} with the runs, unwatched",
+        ),
+        Row(
+            "B10",
+            "longline",
+            f"control plane CPU, {n} SSE watchers of {n} runs at 1 event/s",
+            w.cpu_percent,
+            "% of a core",
+        ),
+        Row(
+            "B10",
+            "longline",
+            f"delivery latency p50, {n} SSE watchers",
+            w.p50_ms,
+            "ms",
+            note=(
+                f"{w.events} events; {n} runs started over HTTP in {w.start_s:.1f} s, "
+                f"their watchers connected in {w.ramp_s:.1f} s"
+            ),
+        ),
+        Row(
+            "B10",
+            "longline",
+            f"delivery latency p99, {n} SSE watchers",
+            w.p99_ms,
+            "ms",
+            "<= 50 ms",
+            note=(
+                f"from Redis storing it: p50 {w.stored_p50_ms:.1f} ms, p99 "
+                f"{w.stored_p99_ms:.0f} ms; watchers' process {w.client_cpu_percent:.0f}% of a "
+                f"core; {w.ended} of {n} streams ended with the terminal event"
+            ),
+        ),
+    ]
+    rate = await sse_throughput(redis_url, chunks)
+    rows.append(
+        Row(
+            "B10",
+            "longline",
+            f"output chunks/s, one run to one SSE watcher ({chunks} chunks)",
+            rate,
+            "chunks/s",
+            ">= 20000 chunks/s",
+        )
+    )
+    return rows
+
+
+def _beside(rows: list[Row]) -> None:
+    """Note on each B10 (SSE) row the gRPC figure of the same measure (B3, B5)."""
+    grpc = {r.measure: r for r in rows if r.bench in ("B3", "B5")}
+    for r in rows:
+        if r.bench != "B10":
+            continue
+        twin = grpc.get(r.measure.replace(" SSE", ""))
+        if twin is None and " p50," in r.measure:
+            # B3 gives its p50 in the note of its p99 row.
+            p99 = grpc.get(r.measure.replace(" SSE", "").replace(" p50,", " p99,"))
+            if p99 is not None:
+                r.note = f"gRPC (B3): {p99.note.split(',')[0]}; {r.note}"
+            continue
+        if twin is not None:
+            value = f"{twin.value:,.1f}" if twin.value < 100 else f"{twin.value:,.0f}"
+            r.note = f"gRPC ({twin.bench}): {value} {twin.unit}; {r.note}".rstrip("; ")
+
+
 # -- the table, the JSON and the chart -------------------------------------------------
 def _table(rows: list[Row]) -> str:
     width = max(len(f"{r.bench} {r.system}: {r.measure}") for r in rows)
@@ -606,7 +690,7 @@ def _chart(rows: list[Row], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
-    parser.add_argument("--only", default="B1,B2,B3,B4,B5,B6,B7,B8,B9")
+    parser.add_argument("--only", default="B1,B2,B3,B4,B5,B6,B7,B8,B9,B10")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument(
         "--no-cluster", action="store_true", help="leave out the Redis Cluster column (B1, B2)"
@@ -634,6 +718,8 @@ def main() -> None:
                 rows.extend(await b5(url, 20_000 if q else 100_000))
             if "B6" in only:
                 rows.extend(await b6(url, 200 if q else 1000, 10 if q else 50))
+            if "B10" in only:
+                rows.extend(await b10(url, 200 if q else 2000, 20_000 if q else 100_000))
         if "B7" in only:
             with EmbeddedRedis() as redis:  # a Redis of its own: its memory is measured
                 rows.extend(await b7(redis.url, 1000 if q else 10_000))
@@ -658,6 +744,7 @@ def main() -> None:
                     rows.extend(await b2(cluster.longline_url, 100 if q else 500, False, system))
 
     asyncio.run(run_all())
+    _beside(rows)
     print()
     print(_table(rows))
     if columns := _columns(rows):
