@@ -266,10 +266,10 @@ class Authenticator:
             )
         scheme, _, token = str(values[0]).partition(" ")
         token = token.strip()
-        if scheme.lower() == "bearer" and looks_like_run_token(token):
+        principal = self.tokens.find(token) if scheme.lower() == "bearer" else None
+        if principal is None and scheme.lower() == "bearer" and looks_like_run_token(token):
             run_id, tenant = self.run_tokens.read(token)
             return Principal(RUN_READER, tenant, f"run token for {run_id}", run_id=run_id)
-        principal = self.tokens.find(token) if scheme.lower() == "bearer" else None
         if principal is None:
             raise UnauthenticatedError(
                 "the token is not valid (unknown, revoked, or not of the form 'Bearer <token>')",

@@ -30,7 +30,7 @@ import math
 import re
 import ssl
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
@@ -39,12 +39,14 @@ from urllib.parse import urlsplit
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from google.api import annotations_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 
 from longline._store import (
+    DomainError,
     InvalidArgumentError,
     StoredEvent,
     UnauthenticatedError,
@@ -52,9 +54,8 @@ from longline._store import (
 )
 from longline.v1 import runs_pb2
 
-from ._auth import Authenticator, set_current
+from ._auth import RUN_READER, Authenticator, set_current
 from ._errors import Failure, check_request, classify
-from ._run_tokens import looks_like_run_token
 from ._runs import RunServicer, event_to_proto
 
 log = logging.getLogger("longline.control_plane.http")
@@ -90,9 +91,16 @@ FACE_QUERY = {
     "GetRunTrace": frozenset({"access_token"}),
     "StreamRun": frozenset({"access_token", "after"}),
 }
-ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, Prefer, Last-Event-ID"
+ALLOWED_HEADERS = (
+    "Authorization, Content-Type, Idempotency-Key, Prefer, Last-Event-ID, traceparent, tracestate"
+)
+# A request with no answer from Redis by then is answered 503 (a frozen Redis keeps its
+# connections open; gRPC callers bring deadlines, browsers and curl do not).
+REQUEST_TIMEOUT = 30.0  # the default of ControlPlaneSettings.http_request_timeout
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 EXPOSED_HEADERS = "Preference-Applied, Retry-After"
-_PREFER_WAIT = re.compile(r"(?:^|[,;]\s*)wait\s*=\s*\"?([0-9]+)\"?", re.IGNORECASE)
+# RFC 7240's wait preference: delta-seconds. Any other value is no preference (ignored).
+_PREFER_WAIT = re.compile(r"(?:^|[,;])\s*wait\s*=\s*\"?([0-9]{1,9})\"?\s*(?:$|[,;])", re.I)
 _SSE = "text/event-stream"
 _NDJSON = "application/x-ndjson"
 _JSON_OPTIONS: dict[str, Any] = {"always_print_fields_with_no_presence": True}
@@ -161,6 +169,21 @@ class _Context:
         return None
 
 
+def _hostname(host: str) -> str:
+    """The name in a Host header ("127.0.0.1:8080", "[::1]:8080", "localhost")."""
+    try:
+        return (urlsplit("//" + host).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a HOST:PORT to listen on is a loopback address."""
+    return _hostname(listen.rpartition(":")[0] or "0.0.0.0") in _LOOPBACK or (
+        listen.startswith("127.")
+    )
+
+
 def _same_host(origin: str, request: web.Request) -> bool:
     """Whether `origin` is the API's own (a page it serves): the same host and port as the
     request's Host. The scheme is left out: behind a proxy that ends TLS the page's origin
@@ -169,6 +192,34 @@ def _same_host(origin: str, request: web.Request) -> bool:
         return urlsplit(origin).netloc.lower() == request.host.lower()
     except ValueError:
         return False
+
+
+class _BackendTimeout(DomainError):
+    code = "UNAVAILABLE"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"no answer from Redis within {seconds:g} s; retry shortly", "BACKEND_TIMEOUT"
+        )
+        self.retry_after = 1.0
+
+
+@contextlib.asynccontextmanager
+async def _deadline(seconds: float) -> AsyncIterator[None]:
+    """A deadline for what is inside, as a 503 the caller may retry."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise _BackendTimeout(seconds) from None
+
+
+def _ended(run: runs_pb2.Run) -> bool:
+    return run.status in (
+        runs_pb2.RUN_STATUS_SUCCEEDED,
+        runs_pb2.RUN_STATUS_FAILED,
+        runs_pb2.RUN_STATUS_CANCELLED,
+    )
 
 
 class _Problem(Exception):
@@ -293,7 +344,7 @@ def _set_scalar(message: Message, field: FieldDescriptor, text: str, where: str)
             by_name = enum.values_by_name.get(text) or enum.values_by_name.get(prefix + text)
             if by_name is not None:
                 value = by_name.number
-            elif text.lstrip("-").isdigit() and int(text) in enum.values_by_number:
+            elif re.fullmatch(r"-?[0-9]{1,10}", text) and int(text) in enum.values_by_number:
                 value = int(text)
             else:
                 names = ", ".join(v.name.removeprefix(prefix) for v in enum.values[1:])
@@ -327,7 +378,14 @@ class HttpFace:
         cors_origins: str = "",
         keep_alive: float = KEEP_ALIVE,
         serving: Callable[[], bool] = lambda: True,
+        loopback_only: bool = False,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
+        self._request_timeout = request_timeout
+        # With authentication off on a loopback address (longline dev), only requests made
+        # to a loopback name are served: a page of any site can make its own name resolve
+        # to 127.0.0.1 (DNS rebinding) and would then be "same-origin" with this API.
+        self._loopback_only = loopback_only
         self._keep_alive = keep_alive
         self._runs = runs
         self._auth = auth
@@ -363,6 +421,14 @@ class HttpFace:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        if self._loopback_only and _hostname(request.host) not in _LOOPBACK:
+            return problem(
+                request,
+                status=403,
+                reason="HOST_NOT_ALLOWED",
+                detail="with authentication off this API answers to localhost, 127.0.0.1 and "
+                f"[::1] only, not {request.host[:200]!r}",
+            )
         origin = request.headers.get("Origin", "")
         allowed = bool(origin) and (self._any_origin or origin in self._origins)
         if origin and not allowed and not _same_host(origin, request):
@@ -434,32 +500,29 @@ class HttpFace:
 
     # --- who calls --------------------------------------------------------------------
 
-    def _metadata(self, request: web.Request) -> list[tuple[str, str]]:
-        """The call's metadata as gRPC would carry it: the token, and the trace context."""
+    def _enter(self, request: web.Request, route_method: str) -> _Context:
+        """Authenticate the request as a call of `route_method`, with the metadata gRPC
+        would carry (the token, the trace context); the caller is then `_auth.current()`
+        for this request's task."""
         metadata = []
         authorization = request.headers.get("Authorization", "")
-        token = request.query.get("access_token", "")
-        if not authorization and token:
-            if not looks_like_run_token(token):
-                raise UnauthenticatedError(
-                    "access_token takes a run token only (POST /v1/runs/{run_id}/tokens mints "
-                    "one): a URL ends up in logs and browser history, so send other tokens as "
-                    "'Authorization: Bearer <token>'",
-                    "ACCESS_TOKEN_NOT_A_RUN_TOKEN",
-                )
-            authorization = f"Bearer {token}"
+        from_query = not authorization and "access_token" in request.query
+        if from_query:
+            authorization = f"Bearer {request.query['access_token']}"
         if authorization:
             metadata.append(("authorization", authorization))
         for name in ("traceparent", "tracestate"):
             if name in request.headers:
                 metadata.append((name, request.headers[name]))
-        return metadata
-
-    def _enter(self, request: web.Request, route_method: str) -> _Context:
-        """Authenticate the request as a call of `route_method`; the caller is then
-        `_auth.current()` for this request's task."""
-        metadata = self._metadata(request)
-        set_current(self._auth.check(route_method, metadata))
+        principal = self._auth.check(route_method, metadata)
+        if from_query and self._auth.tokens is not None and principal.kind != RUN_READER:
+            raise UnauthenticatedError(
+                "access_token takes a run token only (POST /v1/runs/{run_id}/tokens mints one): "
+                "a URL ends up in logs and browser history, so send other tokens as "
+                "'Authorization: Bearer <token>'",
+                "ACCESS_TOKEN_NOT_A_RUN_TOKEN",
+            )
+        set_current(principal)
         return _Context(metadata)
 
     # --- unary RPCs ---------------------------------------------------------------------
@@ -471,7 +534,8 @@ class HttpFace:
             check_request(message)
             if route.name == "StartRun":
                 return await self._start_run(request, message, context)
-            response = await getattr(self._runs, route.name)(message, context)
+            async with _deadline(self._request_timeout):
+                response = await getattr(self._runs, route.name)(message, context)
             return _json(response)
 
         return handle
@@ -499,7 +563,7 @@ class HttpFace:
                 # written (a Value holds doubles), and the servicer checks it is JSON.
                 twin = fields.get(route.body + "_json")
                 if twin is not None:
-                    setattr(message, twin.name, text)
+                    setattr(message, twin.name, text if text.strip() else "")
                 elif text.strip():
                     field_message = getattr(message, route.body)
                     try:
@@ -509,6 +573,7 @@ class HttpFace:
                             f"the body is not valid JSON: {exc}", "INVALID_BODY"
                         ) from None
         face_only = FACE_QUERY.get(route.name, frozenset())
+        given: dict[str, str] = {}  # field -> the name it was given by (page_size, pageSize)
         for key in request.query:
             values = request.query.getall(key)
             if len(values) > 1:
@@ -543,6 +608,13 @@ class HttpFace:
                     f"takes: {', '.join(takes) or 'none'}",
                     "UNKNOWN_QUERY_PARAMETER",
                 )
+            if field.name in given:
+                raise InvalidArgumentError(
+                    f"query parameter {field.name} is given twice (as {given[field.name]!r} "
+                    f"and {key!r})",
+                    "INVALID_PARAMETER",
+                )
+            given[field.name] = key
             _set_scalar(message, field, values[0], "query parameter")
         for name in route.variables:  # the path wins over a body that names the same field
             _set_scalar(message, fields[name], request.match_info[name], "path")
@@ -554,7 +626,13 @@ class HttpFace:
         return cls()
 
     async def _body(self, request: web.Request) -> str:
-        data = await request.read()
+        try:
+            data = await request.read()
+        except (web.RequestPayloadError, HttpProcessingError) as exc:
+            raise InvalidArgumentError(
+                f"the body could not be read: {exc} (a Content-Encoding that does not match it?)",
+                "INVALID_BODY",
+            ) from None
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
@@ -575,38 +653,57 @@ class HttpFace:
                 )
             message.idempotency_key = key
         wait = self._wait(request)
-        started: runs_pb2.StartRunResponse = await self._runs.StartRun(message, context)
+        async with _deadline(self._request_timeout):
+            started: runs_pb2.StartRunResponse = await self._runs.StartRun(message, context)
         run = started.run
-        terminal = run.status in (
-            runs_pb2.RUN_STATUS_SUCCEEDED,
-            runs_pb2.RUN_STATUS_FAILED,
-            runs_pb2.RUN_STATUS_CANCELLED,
-        )
-        headers = {}
+        headers = {"Location": f"/v1/runs/{run.run_id}"}
         if wait is not None:
-            headers["Preference-Applied"] = f"wait={wait}"
-            if not terminal and wait > 0:
-                run = await self._runs.await_end(run.run_id, run.last_event_id, wait)
-                terminal = run.status in (
-                    runs_pb2.RUN_STATUS_SUCCEEDED,
-                    runs_pb2.RUN_STATUS_FAILED,
-                    runs_pb2.RUN_STATUS_CANCELLED,
-                )
+            if wait > 0 and not _ended(run):
+                # The run exists now: whatever happens to the wait, the answer is the run
+                # (a 429 or 503 here would have a client start it again).
+                ended = await self._await_end(run, wait)
+                if ended is not None:
+                    run = ended
+                    headers["Preference-Applied"] = f"wait={wait}"
+            else:
+                headers["Preference-Applied"] = f"wait={wait}"
         answer = runs_pb2.StartRunResponse(run=run, created=started.created)
-        headers["Location"] = f"/v1/runs/{run.run_id}"
-        return _json(answer, 200 if terminal else 202, headers)
+        return _json(answer, 200 if _ended(run) else 202, headers)
+
+    async def _await_end(self, run: runs_pb2.Run, wait: int) -> runs_pb2.Run | None:
+        """The run once it ended or after `wait` seconds; None when the wait could not be
+        kept (the tenant's streams at their limit, Redis away, the replica stopping)."""
+        waiter = asyncio.create_task(self._runs.await_end(run.run_id, run.last_event_id, wait))
+        closing = asyncio.create_task(self._closing.wait())
+        try:
+            await asyncio.wait({waiter, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if not waiter.done():
+                waiter.cancel()
+                await asyncio.wait({waiter})
+        if waiter.cancelled():
+            return None
+        problem = waiter.exception()
+        if problem is not None:
+            failure = classify(problem, "HTTP StartRun wait")
+            log.info("run %s: answered without waiting: %s", run.run_id, failure.message)
+            return None
+        return waiter.result()
 
     @staticmethod
     def _wait(request: web.Request) -> int | None:
         """Seconds to wait for the run to end: `?wait=N`, else `Prefer: wait=N`; at most
-        MAX_WAIT (more is served as MAX_WAIT, and Preference-Applied says so)."""
+        MAX_WAIT (more is served as MAX_WAIT, and Preference-Applied says so). A Prefer
+        whose wait is not delta-seconds is no preference (RFC 7240 lets a server ignore
+        it); a `?wait=` that is not is refused."""
         text = request.query.get("wait")
         if text is None:
             m = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
             if m is None:
                 return None
             text = m.group(1)
-        if not text.isascii() or not text.isdigit():
+        if not text.isascii() or not text.isdigit() or len(text) > 9:
             raise InvalidArgumentError(
                 f"wait must be whole seconds (0 to {MAX_WAIT}), got {text[:40]!r}", "INVALID_WAIT"
             )
@@ -629,25 +726,29 @@ class HttpFace:
             if cursor:
                 parse_event_id(cursor)
             message.after_event_id = cursor
-            stream = await self._runs.open_stream(message)
+            async with _deadline(self._request_timeout):
+                stream = await self._runs.open_stream(message)
         except Exception as exc:
             failure = classify(exc, "HTTP StreamRun")
-            if failure.code == grpc.StatusCode.UNAVAILABLE and not ndjson:
-                # Any other status would make EventSource give up for good: an empty stream
-                # that ends makes it come back after `retry`, as a dropped one does.
-                return await self._come_back_later(request)
+            if failure.retry_after is not None and not ndjson:
+                # Any status but 200 would make EventSource give up for good: an empty
+                # stream that ends makes it come back after `retry`, as a dropped one does.
+                return await self._come_back_later(request, failure)
             return problem(request, failure)
-        if stream.ended:
-            # After the terminal event: 204 makes EventSource stop reconnecting.
-            with contextlib.suppress(Exception):
-                await stream.events.aclose()
-            return web.Response(status=204, headers=self._cors_headers(request))
-        return await self._stream(request, stream.run_id, stream.events, ndjson)
+        try:
+            if stream.ended:
+                # After the terminal event: 204 makes EventSource stop reconnecting.
+                return web.Response(status=204, headers=self._cors_headers(request))
+            return await self._stream(request, stream.run_id, stream.events, ndjson)
+        finally:
+            await stream.close()
 
-    async def _come_back_later(self, request: web.Request) -> web.StreamResponse:
+    async def _come_back_later(self, request: web.Request, failure: Failure) -> web.StreamResponse:
+        retry = max(RECONNECT_MS, int((failure.retry_after or 0) * 1000))
         response = web.StreamResponse(headers=self._stream_headers(request, _SSE))
         await response.prepare(request)
-        await response.write(f"retry: {RECONNECT_MS}\n: the service is unavailable\n\n".encode())
+        reason = failure.reason.replace("\n", " ")
+        await response.write(f"retry: {retry}\n: {reason}: come back later\n\n".encode())
         await response.write_eof()
         return response
 
@@ -702,8 +803,7 @@ class HttpFace:
         finally:
             self._open.discard(frames)
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await asyncio.wait({reader})  # raises nothing: a cancel of this task stands
         if frames.error is not None:
             # Headers are gone: the body just ends, and the client resumes from the last id
             # it saw (an error it must see, such as the run's retention passing, comes then).
@@ -811,6 +911,7 @@ async def serve(
     )
     await runner.setup()
     host, _, port = listen.rpartition(":")
+    host = host.strip("[]")  # [::]:8080
     site = web.TCPSite(runner, host or "0.0.0.0", int(port), backlog=4096, ssl_context=tls)
     try:
         await site.start()

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 
 import grpc
 from google.protobuf import json_format
@@ -236,13 +236,28 @@ def _decode_token(token: str, n: int) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class OpenStream:
-    """A run's events from a cursor, checked and ready to send (RunServicer.open_stream).
-    `ended`: the run had ended and the cursor was at or past its terminal event, so
-    nothing more will come (`events` then holds what followed the cursor, if anything)."""
+    """A run's events from a cursor, checked and ready to send (RunServicer.open_stream),
+    holding one of its tenant's stream slots: `close()` it on every path, sent or not.
+    `ended`: the run had ended and nothing follows the cursor, so nothing will come."""
 
     run_id: str
     ended: bool
     events: AsyncGenerator[StoredEvent, None]
+    give_back: Callable[[], None]
+
+    async def close(self) -> None:
+        """Stop the events (their watch on the hub goes) and give the slot back. Events
+        another task is still reading (it was cancelled, and is leaving) are closed by that
+        task as it leaves."""
+        try:
+            if not getattr(self.events, "ag_running", False):
+                await self.events.aclose()
+        finally:
+            self.give_back()
+
+
+def _nothing() -> None:
+    pass
 
 
 async def _listed(events: Sequence[StoredEvent]) -> AsyncGenerator[StoredEvent, None]:
@@ -271,22 +286,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         )
         self._streams: dict[str, int] = {}  # tenant -> its open streams on this replica
 
-    def _check_stream_slot(self) -> None:
-        """Refuse a stream when its tenant holds its limit of them on this replica."""
-        tenant = current().tenant
-        most = self._settings.max_streams_per_tenant
-        held = self._streams.get(tenant, 0)
-        if most and held >= most:
-            raise RateLimitedError(
-                f"this tenant has {held} open streams on this control plane, its limit: close "
-                "some, or ask the operator to raise --max-streams-per-tenant",
-                "TOO_MANY_STREAMS",
-                retry_after=1.0,
-            )
-
-    @contextlib.contextmanager
-    def _stream_slot(self) -> Iterator[None]:
-        """Count an open StreamRun or RunWorkflow against its tenant's limit on this replica."""
+    def _take_stream_slot(self) -> Callable[[], None]:
+        """Count a stream against its tenant's limit on this replica (RateLimitedError when
+        the tenant holds its limit); the function returned gives the slot back (once)."""
         tenant = current().tenant
         most = self._settings.max_streams_per_tenant
         held = self._streams.get(tenant, 0)
@@ -298,12 +300,27 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 retry_after=1.0,
             )
         self._streams[tenant] = held + 1
-        try:
-            yield
-        finally:
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if given_back:
+                return
+            given_back = True
             self._streams[tenant] -= 1
             if not self._streams[tenant]:
                 del self._streams[tenant]
+
+        return give_back
+
+    @contextlib.contextmanager
+    def _stream_slot(self) -> Iterator[None]:
+        """Count an open StreamRun or RunWorkflow against its tenant's limit on this replica."""
+        give_back = self._take_stream_slot()
+        try:
+            yield
+        finally:
+            give_back()
 
     async def _start(
         self,
@@ -567,9 +584,11 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         self, request: runs_pb2.StreamRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[runs_pb2.StreamRunResponse]:
         stream = await self.open_stream(request)
-        async with contextlib.aclosing(stream.events) as events:
-            async for event in events:
+        try:
+            async for event in stream.events:
                 yield runs_pb2.StreamRunResponse(event=event_to_proto(stream.run_id, event))
+        finally:
+            await stream.close()
 
     async def open_stream(self, request: runs_pb2.StreamRunRequest) -> OpenStream:
         """StreamRun's checks (the caller, the run, the cursor, the tenant's streams), made
@@ -601,17 +620,20 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             )
         first = opened.page
         if opened.ended and not first.more and not any(e.terminal for e in first.events):
-            # A finished run, and the cursor is past its terminal event: nothing will come.
-            return OpenStream(run_id, True, _listed(first.events))
-        self._check_stream_slot()  # refused before any event; taken as the events flow
-        return OpenStream(run_id, False, self._live(run_id, after, first))
+            # A finished run, and the cursor is past its terminal event: nothing will come
+            # but what follows the cursor, if anything (its terminal event lost in a failover).
+            return OpenStream(run_id, not first.events, _listed(first.events), _nothing)
+        give_back = self._take_stream_slot()  # refused before any event is sent
+        return OpenStream(run_id, False, self._live(run_id, after, first, give_back), give_back)
 
     async def _live(
-        self, run_id: str, after: str, first: EventPage
+        self, run_id: str, after: str, first: EventPage, give_back: Callable[[], None]
     ) -> AsyncGenerator[StoredEvent, None]:
-        with self._stream_slot():
+        try:
             async for event in self._hub.events(run_id, after, first):
                 yield event
+        finally:
+            give_back()
 
     async def await_end(self, run_id: str, after: str, wait: float) -> runs_pb2.Run:
         """The run once it ended, or as it is after `wait` seconds (the HTTP face's

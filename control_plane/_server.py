@@ -27,7 +27,7 @@ from longline.v1 import (
 from ._auth import Authenticator, TokenStore
 from ._builds import BuildServicer
 from ._errors import ErrorInterceptor
-from ._http import HttpFace, bound_port
+from ._http import HttpFace, bound_port, is_loopback
 from ._http import serve as serve_http
 from ._hub import EventHub
 from ._janitor import Janitor
@@ -253,6 +253,8 @@ class ControlPlane:
                     max_body_bytes=s.max_input_bytes + 64 * 1024,
                     cors_origins=s.http_cors_origin,
                     keep_alive=s.http_keep_alive,
+                    request_timeout=s.http_request_timeout,
+                    loopback_only=self.authenticator.tokens is None and is_loopback(s.http_listen),
                     serving=lambda: not self._stopping.is_set(),
                 )
                 http_runner = await serve_http(face, s.http_listen, s.shutdown_grace, _https(s))

@@ -142,6 +142,11 @@ class ControlPlaneSettings:
     http_keep_alive: float = field(
         default=15.0, metadata=internal("a timing of the HTTP event stream; tests shorten it")
     )
+    # An HTTP request with no answer from Redis by then is answered 503 BACKEND_TIMEOUT (a
+    # frozen Redis keeps its connections open; browsers and curl bring no deadline).
+    http_request_timeout: float = field(
+        default=30.0, metadata=internal("a timing of the HTTP face; tests shorten it")
+    )
     max_labels: int = field(default=64, metadata=internal(_LIMIT))
     max_label_bytes: int = field(default=256, metadata=internal(_LIMIT))
     max_page_size: int = field(default=1000, metadata=internal(_LIMIT))

@@ -132,7 +132,9 @@ class DevStack:
         await self._start_offline_model()
         cp = await self._start_control_plane(cp, build_cp, cp_settings)
         self.target = f"127.0.0.1:{cp.port}"
-        http_host = str(cp_settings["http_listen"]).rpartition(":")[0] or "127.0.0.1"
+        http_host = str(cp_settings["http_listen"]).rpartition(":")[0]
+        if http_host in ("", "0.0.0.0", "[::]"):
+            http_host = "127.0.0.1"
         self.http_url = f"http://{http_host}:{cp.http_port}" if cp.http_port else ""
         worker = cast(
             WorkerLike,
@@ -204,10 +206,12 @@ class DevStack:
         try:
             await cp.start()
         except RuntimeError as exc:  # a port is taken: a demo should still run
-            host = str(settings.get("listen", DEFAULT_ADDRESS)).rsplit(":", 1)[0]
-            http_host = str(settings["http_listen"]).rsplit(":", 1)[0]
-            self._report(f"{exc}; using free ports instead")
-            settings.update(listen=f"{host}:0", http_listen=f"{http_host}:0")
+            # Only the port that is taken moves: the CLI's default target stays on 50051
+            # when it is 8080 that another program holds.
+            which = "http_listen" if "for HTTP" in str(exc) else "listen"
+            host = str(settings.get(which, DEFAULT_ADDRESS)).rsplit(":", 1)[0]
+            self._report(f"{exc}; using a free port instead")
+            settings[which] = f"{host}:0"
             cp = cast(ControlPlaneLike, build(**settings))
             await cp.start()
         self.control_plane = cp

@@ -204,6 +204,14 @@ async def test_bad_requests_get_problem_json_with_the_reason_and_the_server_goes
         ("POST", "/v1/workflows/echo/runs", {"data": "{not json"}, (400, "INPUT_NOT_JSON")),
         ("POST", "/v1/workflows/echo/runs", {"data": "NaN"}, (400, "INPUT_NOT_JSON")),
         ("POST", "/v1/workflows/echo/runs", {"data": b"\xff\xfe"}, (400, "INVALID_BODY")),
+        (
+            "POST",
+            "/v1/workflows/echo/runs",
+            {"data": b"not gzip", "headers": {"Content-Encoding": "gzip"}},
+            (400, "INVALID_BODY"),
+        ),
+        ("GET", "/v1/runs?page_size=1&pageSize=2", {}, (400, "INVALID_PARAMETER")),
+        ("GET", "/v1/runs?status=%D9%A3", {}, (400, "INVALID_PARAMETER")),
         ("POST", "/v1/workflows/echo/runs", {"data": big}, (429, "INPUT_TOO_LARGE")),
         ("POST", "/v1/workflows/echo/runs", {"data": big * 3}, (429, "INPUT_TOO_LARGE")),
         ("POST", "/v1/workflows/nope/runs", {"data": "{}"}, (404, "WORKFLOW_NOT_FOUND")),
@@ -368,8 +376,13 @@ async def test_tokens_tenants_run_tokens_and_limits_over_http(
     try:
         for s in streams:
             assert s.status == 200
-        async with http.get(f"{base}/v1/runs/{run_id}/events", headers=_bearer("alice")) as r:
+        ndjson = {**_bearer("alice"), "Accept": "application/x-ndjson"}
+        async with http.get(f"{base}/v1/runs/{run_id}/events", headers=ndjson) as r:
             assert await _problem(r) == (429, "TOO_MANY_STREAMS")
+        # EventSource would give up for good on a 429: it is told to come back instead.
+        async with http.get(f"{base}/v1/runs/{run_id}/events", headers=_bearer("alice")) as r:
+            assert r.status == 200 and r.content_type == "text/event-stream"
+            assert await r.text() == "retry: 1000\n: TOO_MANY_STREAMS: come back later\n\n"
         async with http.get(f"{base}/v1/runs/{run_id}/events", headers=_bearer("bob")) as r:
             assert await _problem(r) == (404, "RUN_NOT_FOUND")
     finally:
@@ -391,7 +404,8 @@ async def test_cors_answers_only_the_listed_origins(
         assert r.status == 204
         assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
         allowed = r.headers["Access-Control-Allow-Headers"].lower()
-        assert "authorization" in allowed and "last-event-id" in allowed
+        for header in ("authorization", "last-event-id", "traceparent", "prefer"):
+            assert header in allowed
     async with http.options(
         f"{base}/v1/runs/x/events", headers={**preflight, "Origin": "https://evil.example"}
     ) as r:
@@ -425,6 +439,15 @@ async def test_with_auth_off_a_page_of_another_site_cannot_start_or_cancel_runs(
     assert runs == []
     async with http.post(f"{stack.http}/v1/workflows/echo/runs", data="{}") as r:
         assert r.status == 202  # curl and other programs send no Origin
+    # DNS rebinding: a page whose own name resolves to 127.0.0.1 is "same-origin"; with
+    # authentication off on a loopback address only loopback names are served.
+    port = stack.http.rsplit(":", 1)[1]
+    rebound = {"Origin": f"http://evil.example:{port}", "Host": f"evil.example:{port}"}
+    async with http.post(f"{stack.http}/v1/workflows/echo/runs", data="{}", headers=rebound) as r:
+        assert await _problem(r) == (403, "HOST_NOT_ALLOWED")
+    assert len((await stack.client.list_runs())[0]) == 1
+    async with http.get(f"{stack.http}/v1/runs", headers={"Host": f"localhost:{port}"}) as r:
+        assert r.status == 200
 
 
 async def test_run_tokens_are_refused_without_a_shared_secret(
@@ -621,3 +644,119 @@ async def test_over_grpc_the_input_comes_as_text_or_as_a_value_not_both(stack: S
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not both" in (caught.value.details() or "")
+
+
+@pytest.fixture
+async def quiet_plane(redis_url: str) -> AsyncIterator[tuple[ControlPlane, str]]:
+    """A control plane with no worker (runs stay QUEUED), auth off, one stream per tenant,
+    and a grace long enough that only what ends streams and waits ends them."""
+    settings = ControlPlaneSettings(
+        redis_url=redis_url,
+        listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        insecure_no_auth=True,
+        max_streams_per_tenant=2,
+        shutdown_grace=3600,
+    )
+    await _announce(redis_url, "echo")
+    cp = ControlPlane(settings)
+    await cp.start()
+    yield cp, f"http://127.0.0.1:{cp.http_port}"
+    await cp.shutdown()
+
+
+async def test_a_wait_that_cannot_be_kept_still_answers_with_the_run_it_started(
+    quiet_plane: tuple[ControlPlane, str], http: aiohttp.ClientSession
+) -> None:
+    cp, base = quiet_plane
+    _, first, _ = await _start(http, base, "echo", {})
+    url = f"{base}/v1/runs/{first['run']['runId']}/events"
+    streams = [await http.get(url) for _ in range(2)]  # the tenant's two streams
+    try:
+        status, body, r = await _start(http, base, "echo", {"n": 2}, headers={"Prefer": "wait=5"})
+        # Not a 429 after the run was made (a client would start it again): the run, as it is.
+        assert status == 202 and "Preference-Applied" not in r.headers
+        async with longline.Client(f"127.0.0.1:{cp.port}") as client:
+            runs, _ = await client.list_runs()
+        assert len(runs) == 2 and body["run"]["runId"] in [x.run_id for x in runs]
+    finally:
+        for stream in streams:
+            stream.release()
+
+    async def released() -> bool:
+        return cp.watchers == 0
+
+    await eventually(released, what="the streams to be let go")
+    # A replica that stops answers a waiting start at once, with the run as it is.
+    waiting = asyncio.create_task(
+        _start(http, base, "echo", {"n": 3}, headers={"Prefer": "wait=300"})
+    )
+
+    async def held() -> bool:
+        return cp.watchers >= 1
+
+    await eventually(held, what="the start to wait")
+    await cp.shutdown()
+    status, body, r = await waiting
+    assert status == 202 and body["run"]["status"] == "RUN_STATUS_QUEUED"
+
+
+async def test_concurrent_streams_past_the_limit_are_told_to_come_back_never_left_empty(
+    quiet_plane: tuple[ControlPlane, str], http: aiohttp.ClientSession
+) -> None:
+    _, base = quiet_plane
+    _, body, _ = await _start(http, base, "echo", {})
+    url = f"{base}/v1/runs/{body['run']['runId']}/events"
+    responses = await asyncio.gather(*(http.get(url) for _ in range(20)))
+    try:
+        kinds = []
+        for r in responses:
+            assert r.status == 200
+            first = await r.content.readuntil(b"\n\n")
+            second = await r.content.readuntil(b"\n\n")
+            if b"come back later" in first + second:
+                kinds.append("come back")
+                assert await r.content.read() == b""
+            else:
+                assert b"event: EVENT_TYPE_RUN_QUEUED" in second
+                kinds.append("stream")
+    finally:
+        for r in responses:
+            r.release()
+    assert sorted(kinds) == ["come back"] * 18 + ["stream"] * 2
+
+
+@pytest.mark.single_redis  # it freezes a Redis of its own
+async def test_a_frozen_redis_gets_a_503_in_time_not_a_hung_request(
+    http: aiohttp.ClientSession,
+) -> None:
+    import os
+    import signal
+
+    from longline._embedded import EmbeddedRedis
+
+    redis = EmbeddedRedis().start()
+    try:
+        settings = ControlPlaneSettings(
+            redis_url=redis.url,
+            listen="127.0.0.1:0",
+            http_listen="127.0.0.1:0",
+            insecure_no_auth=True,
+            http_request_timeout=1.0,
+        )
+        async with ControlPlane(settings) as cp:
+            assert redis._proc is not None
+            pid = redis._proc.pid
+            os.kill(pid, signal.SIGSTOP)  # its connections stay open; nothing answers
+            try:
+                base = f"http://127.0.0.1:{cp.http_port}"
+                async with http.get(f"{base}/v1/runs/r1") as r:
+                    assert await _problem(r) == (503, "BACKEND_TIMEOUT")
+                async with http.get(f"{base}/v1/runs/r1/events") as r:
+                    assert "come back later" in await r.text()
+                status, body, _ = await _start(http, base, "echo", {})
+                assert status == 503 and body["reason"] == "BACKEND_TIMEOUT"
+            finally:
+                os.kill(pid, signal.SIGCONT)
+    finally:
+        redis.stop()
