@@ -245,6 +245,7 @@ async def test_bad_requests_get_problem_json_with_the_reason_and_the_server_goes
         assert r.status == 200 and (await r.json())["status"] == "SERVING"
 
 
+@pytest.mark.single_redis  # it counts the clients of one Redis server
 async def test_sse_watchers_share_the_hub_redis_connections_stay_flat(
     stack: Stack, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
