@@ -222,14 +222,6 @@ def _ended(run: runs_pb2.Run) -> bool:
     )
 
 
-class _Problem(Exception):
-    """An HTTP-level refusal (an unknown route, a body too large) as problem+json."""
-
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.reason, self.detail = status, reason, detail
-
-
 def problem(
     request: web.Request,
     failure: Failure | None = None,
@@ -476,8 +468,6 @@ class HttpFace:
                     )
                 else:
                     raise
-            except _Problem as exc:
-                response = problem(request, status=exc.status, reason=exc.reason, detail=exc.detail)
             except Exception as exc:  # noqa: BLE001 - answered; bugs are logged by classify
                 response = problem(request, classify(exc, f"HTTP {request.method} {request.path}"))
         if allowed and not response.prepared:
