@@ -105,6 +105,11 @@ _SSE = "text/event-stream"
 _NDJSON = "application/x-ndjson"
 _JSON_OPTIONS: dict[str, Any] = {"always_print_fields_with_no_presence": True}
 _FRAME_BUFFER = 1024 * 1024  # bytes of frames a stream holds for a slow reader
+_UI_TYPES = {"html": "text/html", "js": "text/javascript", "css": "text/css"}
+_UI_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 @dataclass(frozen=True)
@@ -399,6 +404,9 @@ class HttpFace:
             app.router.add_route(route.verb, route.aiohttp_path, handler)
         app.router.add_get("/openapi.json", self._openapi_handler)
         app.router.add_get("/healthz", self._health)
+        app.router.add_get("/", self._to_ui)
+        app.router.add_get("/ui/", self._ui_page)
+        app.router.add_get("/ui/assets/{name}", self._ui_asset)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
@@ -803,6 +811,31 @@ class HttpFace:
         return response
 
     # --- the rest -----------------------------------------------------------------------
+
+    async def _to_ui(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("/ui/")
+
+    async def _ui_page(self, request: web.Request) -> web.Response:
+        return self._ui_file("index.html")
+
+    async def _ui_asset(self, request: web.Request) -> web.Response:
+        return self._ui_file(request.match_info["name"])
+
+    def _ui_file(self, name: str) -> web.Response:
+        """A file of the web UI (control_plane/_ui, shipped in the package): built on this
+        API and nothing else, served same-origin, no inline script."""
+        kind = _UI_TYPES.get(name.rpartition(".")[2])
+        if kind is None or "/" in name or name.startswith("."):
+            raise web.HTTPNotFound()
+        try:
+            body = resources.files("longline.control_plane").joinpath("_ui", name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise web.HTTPNotFound() from None
+        return web.Response(
+            body=body,
+            content_type=kind,
+            headers={"Content-Security-Policy": _UI_POLICY, "X-Content-Type-Options": "nosniff"},
+        )
 
     async def _openapi_handler(self, request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type="application/json")

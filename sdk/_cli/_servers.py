@@ -79,6 +79,7 @@ async def _dev(stack: DevStack, args: argparse.Namespace) -> int:
         print(f"control plane on {stack.target}; a worker serves {served}")
         if stack.http_url:
             print(f"HTTP API on {stack.http_url} (OpenAPI: {stack.http_url}/openapi.json)")
+            print(f"web UI on {stack.http_url}/ui/")
         if args.run:
             return await start_and_follow(session, args.run, args.input)
         await asyncio.Event().wait()  # serve until interrupted

@@ -41,6 +41,7 @@ def test_dev_runs_the_demo_end_to_end() -> None:
     out = done.stdout
     assert "started an embedded Redis" in out
     assert re.search(r"HTTP API on http://127\.0\.0\.1:[0-9]+ \(OpenAPI: .*/openapi\.json\)", out)
+    assert re.search(r"web UI on http://127\.0\.0\.1:[0-9]+/ui/", out)
     assert "serving the OFFLINE model" in out and "at the offline model" in out
     assert out.count("## ") >= 2  # the sections were streamed
     assert "✓ succeeded; result:" in out

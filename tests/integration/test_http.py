@@ -761,3 +761,20 @@ async def test_a_frozen_redis_gets_a_503_in_time_not_a_hung_request(
                 os.kill(pid, signal.SIGCONT)
     finally:
         redis.stop()
+
+
+async def test_the_web_ui_is_served_from_the_package_with_a_strict_policy(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{stack.http}/", allow_redirects=False) as r:
+        assert r.status == 302 and r.headers["Location"] == "/ui/"
+    async with http.get(f"{stack.http}/ui/") as r:
+        assert r.status == 200 and r.content_type == "text/html"
+        assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+        assert '<script type="module" src="/ui/assets/app.js">' in await r.text()
+    for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
+        async with http.get(f"{stack.http}/ui/assets/{name}") as r:
+            assert r.status == 200 and r.content_type == kind
+    for name in ("nope.js", ".hidden.js", "index.py", "%2e%2e%2fapp.js"):
+        async with http.get(f"{stack.http}/ui/assets/{name}") as r:
+            assert await _problem(r) == (404, "NO_SUCH_ROUTE"), name

@@ -1,0 +1,269 @@
+// The longline web UI: plain modules on the HTTP API (docs/http.md), nothing else.
+// Views: #/ (runs), #/workflows (and their start form), #/runs/ID (one run, live).
+
+const main = document.getElementById("main");
+const TERMINAL = new Set([
+  "EVENT_TYPE_RUN_SUCCEEDED",
+  "EVENT_TYPE_RUN_FAILED",
+  "EVENT_TYPE_RUN_CANCELLED",
+]);
+const STATUSES = ["QUEUED", "RUNNING", "WAITING", "SUCCEEDED", "FAILED", "CANCELLED"];
+const EVENT_TYPES = [
+  "RUN_QUEUED", "RUN_STARTED", "STATUS", "OUTPUT", "COMPONENT_STARTED", "COMPONENT_FINISHED",
+  "RUN_RETRYING", "RUN_SUCCEEDED", "RUN_FAILED", "RUN_CANCELLED", "INPUT_REQUESTED",
+  "INPUT_RECEIVED", "RUN_WAITING", "PROGRESS", "CHILD_STARTED", "CHILD_ENDED",
+  "UNSPECIFIED",
+].map((t) => "EVENT_TYPE_" + t);
+
+// What the run view has handled, for tests and for a look from the console.
+window.__longline = { seen: [], opens: 0 };
+
+// --- the API ---------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem.detail || `HTTP ${status}`);
+    this.status = status;
+    this.reason = problem.reason || "";
+  }
+}
+
+function token() {
+  return sessionStorage.getItem("longline.token") || "";
+}
+
+async function api(path, { method = "GET", body } = {}) {
+  const headers = {};
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, body });
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : {};
+  if (!response.ok) {
+    if (response.status === 401) askForToken(data.detail);
+    throw new ApiError(response.status, data);
+  }
+  return data;
+}
+
+function askForToken(why) {
+  const dialog = document.getElementById("token-dialog");
+  document.getElementById("token-error").textContent = why || "";
+  document.getElementById("token-button").hidden = false;
+  if (!dialog.open) dialog.showModal();
+}
+
+document.getElementById("token-form").addEventListener("submit", () => {
+  sessionStorage.setItem("longline.token", document.getElementById("token-input").value.trim());
+  route();
+});
+document.getElementById("token-button").addEventListener("click", () => askForToken(""));
+
+// --- small helpers ---------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (value !== false && value !== undefined) node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child);
+  }
+  return node;
+}
+
+const short = (name, prefix) => (name || "").replace(prefix, "");
+const when = (time) => (time ? new Date(time).toLocaleTimeString() : "");
+
+function show(...nodes) {
+  main.replaceChildren(...nodes);
+}
+
+function failure(error) {
+  return el("p", { class: "error", role: "alert" }, `${error.message}${error.reason ? ` (${error.reason})` : ""}`);
+}
+
+// --- runs ------------------------------------------------------------------------------
+
+let refresher = null;
+
+async function runsView(params) {
+  const workflows = await api("/v1/workflows?page_size=100").catch(() => ({ workflows: [] }));
+  const workflow = params.get("workflow") || "";
+  const status = params.get("status") || "";
+  const form = el(
+    "form",
+    { class: "filters", onchange: (e) => { e.preventDefault(); go(form); } },
+    el("label", {}, "Workflow ",
+      el("select", { name: "workflow" }, el("option", { value: "" }, "all"),
+        workflows.workflows.map((w) => el("option", { value: w.name, selected: w.name === workflow }, w.name)))),
+    el("label", {}, "Status ",
+      el("select", { name: "status" }, el("option", { value: "" }, "all"),
+        STATUSES.map((s) => el("option", { value: s, selected: s === status }, s.toLowerCase())))),
+  );
+  const go = (f) => {
+    const data = new FormData(f);
+    const query = new URLSearchParams([...data].filter(([, v]) => v));
+    location.hash = `#/?${query}`;
+  };
+  const table = el("tbody");
+  const list = el("table", { class: "runs" },
+    el("thead", {}, el("tr", {}, el("th", {}, "Run"), el("th", {}, "Workflow"), el("th", {}, "Status"), el("th", {}, "Started"))),
+    table);
+  const more = el("button", { type: "button", hidden: true }, "Older runs");
+  let next = "";
+  const query = new URLSearchParams({ page_size: "50" });
+  if (workflow) query.set("workflow", workflow);
+  if (status) query.set("status", status);
+
+  async function load(append) {
+    const page = await api(`/v1/runs?${query}${append && next ? `&page_token=${encodeURIComponent(next)}` : ""}`);
+    const rows = page.runs.map((run) =>
+      el("tr", {},
+        el("td", {}, el("a", { href: `#/runs/${run.runId}` }, run.runId.slice(0, 12))),
+        el("td", {}, run.workflow),
+        el("td", { class: `status ${short(run.status, "RUN_STATUS_").toLowerCase()}` }, short(run.status, "RUN_STATUS_").toLowerCase()),
+        el("td", {}, when(run.createTime))));
+    if (append) table.append(...rows);
+    else table.replaceChildren(...rows);
+    next = page.nextPageToken;
+    more.hidden = !next;
+  }
+  more.addEventListener("click", () => load(true));
+  show(el("h1", {}, "Runs"), form, list, more);
+  await load(false);
+  // The first page follows what happens: new runs, and runs that change.
+  refresher = setInterval(() => { if (!document.hidden) load(false).catch(() => {}); }, 2000);
+}
+
+// --- workflows and the start form ------------------------------------------------------
+
+async function workflowsView() {
+  const { workflows } = await api("/v1/workflows?page_size=100");
+  const items = workflows.map((w) => {
+    const input = el("textarea", { name: "input", rows: 4, "aria-label": `Input for ${w.name} (JSON)`, spellcheck: "false" }, "{}");
+    const problem = el("p", { class: "error", role: "alert" });
+    const start = el("button", { type: "submit" }, `Start ${w.name}`);
+    const check = () => {
+      try {
+        JSON.parse(input.value || "null");
+        problem.textContent = "";
+        start.disabled = false;
+      } catch (e) {
+        problem.textContent = `Not JSON: ${e.message}`;
+        start.disabled = true;
+      }
+    };
+    input.addEventListener("input", check);
+    const form = el("form", { class: "start", "data-workflow": w.name, onsubmit: async (e) => {
+      e.preventDefault();
+      check();
+      if (start.disabled) return;
+      start.disabled = true;
+      try {
+        const started = await api(`/v1/workflows/${encodeURIComponent(w.name)}/runs`, { method: "POST", body: input.value || "null" });
+        location.hash = `#/runs/${started.run.runId}`;
+      } catch (error) {
+        problem.textContent = `${error.message} (${error.reason})`;
+        start.disabled = false;
+      }
+    } }, input, problem, start);
+    return el("li", {}, el("h2", {}, w.name), el("p", {}, w.description || ""),
+      el("p", { class: "muted" }, `${w.workers} worker${w.workers === 1 ? "" : "s"}`), form);
+  });
+  show(el("h1", {}, "Workflows"), el("ul", { class: "workflows" }, items));
+}
+
+// --- one run, live ---------------------------------------------------------------------
+
+let source = null;
+
+async function runView(runId) {
+  const { run } = await api(`/v1/runs/${encodeURIComponent(runId)}`);
+  const state = el("p", { class: "state" });
+  const output = el("pre", { class: "output", "aria-label": "Output" });
+  const timeline = el("ol", { class: "timeline", "aria-label": "Timeline" });
+  const outcome = el("div", { class: "outcome" });
+  const cancel = el("button", { type: "button", onclick: async () => {
+    cancel.disabled = true;
+    try { await api(`/v1/runs/${runId}:cancel`, { method: "POST", body: "{}" }); }
+    catch (error) { outcome.replaceChildren(failure(error)); cancel.disabled = false; }
+  } }, "Cancel");
+  let status = run.status;
+  let attempt = run.attempt;
+  const paint = () => {
+    state.textContent = `${short(status, "RUN_STATUS_").toLowerCase()} · attempt ${attempt}`;
+    state.className = `state status ${short(status, "RUN_STATUS_").toLowerCase()}`;
+    cancel.hidden = ["RUN_STATUS_SUCCEEDED", "RUN_STATUS_FAILED", "RUN_STATUS_CANCELLED"].includes(status);
+  };
+  paint();
+  show(
+    el("h1", {}, run.workflow, " ", el("small", {}, runId)),
+    el("div", { class: "bar" }, state, cancel),
+    el("h2", {}, "Output"), output,
+    outcome,
+    el("h2", {}, "Timeline"), timeline,
+  );
+
+  // The whole history once, then live: EventSource resumes by itself with Last-Event-ID
+  // after a drop, and a reload starts again from the first event.
+  window.__longline.seen = [];
+  let url = `/v1/runs/${encodeURIComponent(runId)}/events`;
+  if (token()) {
+    const minted = await api(`/v1/runs/${encodeURIComponent(runId)}/tokens`, { method: "POST", body: "{}" });
+    url += `?access_token=${encodeURIComponent(minted.token)}`;
+  }
+  source = new EventSource(url);
+  source.onopen = () => { window.__longline.opens += 1; };
+  const handle = (e) => {
+    const event = JSON.parse(e.data);
+    window.__longline.seen.push(e.lastEventId);
+    attempt = event.attempt || attempt;
+    const type = e.type;
+    if (type === "EVENT_TYPE_OUTPUT") {
+      output.append(event.message);
+    } else if (type !== "EVENT_TYPE_COMPONENT_STARTED" && type !== "EVENT_TYPE_COMPONENT_FINISHED") {
+      timeline.append(el("li", { class: short(type, "EVENT_TYPE_").toLowerCase() },
+        el("time", {}, when(event.time)), " ", short(type, "EVENT_TYPE_").toLowerCase().replaceAll("_", " "),
+        event.message ? `: ${event.message}` : ""));
+    }
+    if (type === "EVENT_TYPE_RUN_STARTED") status = "RUN_STATUS_RUNNING";
+    if (type === "EVENT_TYPE_RUN_WAITING") status = "RUN_STATUS_WAITING";
+    if (TERMINAL.has(type)) {
+      status = "RUN_STATUS_" + short(type, "EVENT_TYPE_RUN_");
+      if (type === "EVENT_TYPE_RUN_SUCCEEDED") {
+        outcome.replaceChildren(el("h2", {}, "Result"), el("pre", { class: "result" }, prettyJson(event.dataJson)));
+      } else if (type === "EVENT_TYPE_RUN_FAILED") {
+        outcome.replaceChildren(el("h2", {}, "Error"), el("pre", { class: "error" }, prettyJson(event.dataJson) || event.message));
+      }
+    }
+    paint();
+  };
+  for (const type of EVENT_TYPES) source.addEventListener(type, handle);
+}
+
+function prettyJson(text) {
+  try { return JSON.stringify(JSON.parse(text), null, 2); } catch { return text || ""; }
+}
+
+// --- the router ------------------------------------------------------------------------
+
+async function route() {
+  if (source) { source.close(); source = null; }
+  if (refresher) { clearInterval(refresher); refresher = null; }
+  const [path, query] = location.hash.slice(1).split("?");
+  const params = new URLSearchParams(query || "");
+  try {
+    const run = /^\/runs\/([^/]+)$/.exec(path || "");
+    if (run) await runView(decodeURIComponent(run[1]));
+    else if (path === "/workflows") await workflowsView();
+    else await runsView(params);
+  } catch (error) {
+    show(failure(error));
+  }
+  main.focus({ preventScroll: true });
+}
+
+window.addEventListener("hashchange", route);
+route();
