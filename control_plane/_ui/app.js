@@ -198,13 +198,20 @@ async function runView(runId) {
     cancel.hidden = ["RUN_STATUS_SUCCEEDED", "RUN_STATUS_FAILED", "RUN_STATUS_CANCELLED"].includes(status);
   };
   paint();
+  const asks = el("div", { class: "asks" });
+  const waterfall = el("div", { class: "waterfall", "aria-label": "Trace" });
+  const requests = new Map(); // input name -> its form, while the run waits for it
+  const traceButton = el("button", { type: "button", onclick: () => drawTrace(runId, waterfall) }, "Refresh the trace");
   show(
     el("h1", {}, run.workflow, " ", el("small", {}, runId)),
     el("div", { class: "bar" }, state, cancel),
+    asks,
     el("h2", {}, "Output"), output,
     outcome,
+    el("h2", {}, "Trace"), traceButton, waterfall,
     el("h2", {}, "Timeline"), timeline,
   );
+  drawTrace(runId, waterfall);
 
   // The whole history once, then live: EventSource resumes by itself with Last-Event-ID
   // after a drop, and a reload starts again from the first event.
@@ -228,10 +235,26 @@ async function runView(runId) {
         el("time", {}, when(event.time)), " ", short(type, "EVENT_TYPE_").toLowerCase().replaceAll("_", " "),
         event.message ? `: ${event.message}` : ""));
     }
+    if (type === "EVENT_TYPE_INPUT_REQUESTED") {
+      const request = parseJson(event.dataJson) || {};
+      if (request.name && !requests.has(request.name)) {
+        const form = inputForm(runId, request);
+        requests.set(request.name, form);
+        asks.append(form);
+      }
+    }
+    if (type === "EVENT_TYPE_INPUT_RECEIVED") {
+      const name = (parseJson(event.dataJson) || {}).name;
+      const form = requests.get(name);
+      if (form) { form.remove(); requests.delete(name); }
+    }
     if (type === "EVENT_TYPE_RUN_STARTED") status = "RUN_STATUS_RUNNING";
     if (type === "EVENT_TYPE_RUN_WAITING") status = "RUN_STATUS_WAITING";
     if (TERMINAL.has(type)) {
       status = "RUN_STATUS_" + short(type, "EVENT_TYPE_RUN_");
+      for (const form of requests.values()) form.remove();
+      requests.clear();
+      drawTrace(runId, waterfall);
       if (type === "EVENT_TYPE_RUN_SUCCEEDED") {
         outcome.replaceChildren(el("h2", {}, "Result"), el("pre", { class: "result" }, prettyJson(event.dataJson)));
       } else if (type === "EVENT_TYPE_RUN_FAILED") {
@@ -241,6 +264,147 @@ async function runView(runId) {
     paint();
   };
   for (const type of EVENT_TYPES) source.addEventListener(type, handle);
+}
+
+function parseJson(text) {
+  try { return JSON.parse(text); } catch { return null; }
+}
+
+// --- answering a request for input: a form drawn from its JSON Schema ------------------
+
+function inputForm(runId, request) {
+  const schema = request.schema || {};
+  const payload = el("textarea", { rows: 3, class: "payload", "aria-label": "The answer as JSON", spellcheck: "false" });
+  const problem = el("p", { class: "error", role: "alert" });
+  const fields = [];
+  const properties = schema.type === "object" && schema.properties ? schema.properties : null;
+  const required = new Set(schema.required || []);
+  const sync = () => {
+    const value = {};
+    for (const { name, read } of fields) {
+      const v = read();
+      if (v !== undefined) value[name] = v;
+    }
+    payload.value = JSON.stringify(value);
+  };
+  if (properties) {
+    for (const [name, property] of Object.entries(properties)) {
+      const label = `${property.title || name}${required.has(name) ? " *" : ""}`;
+      let control;
+      let read;
+      if (property.type === "boolean") {
+        control = el("input", { type: "checkbox", name });
+        read = () => control.checked;
+      } else if (Array.isArray(property.enum)) {
+        control = el("select", { name }, el("option", { value: "" }, "—"),
+          property.enum.map((v) => el("option", { value: JSON.stringify(v) }, String(v))));
+        read = () => (control.value ? JSON.parse(control.value) : undefined);
+      } else if (property.type === "integer" || property.type === "number") {
+        control = el("input", { type: "number", name, step: property.type === "integer" ? "1" : "any" });
+        read = () => (control.value === "" ? undefined : Number(control.value));
+      } else if (property.type === "string") {
+        control = el("input", { type: "text", name });
+        read = () => (control.value === "" ? undefined : control.value);
+      } else {
+        control = el("textarea", { name, rows: 2, "aria-label": `${name} (JSON)` });
+        read = () => (control.value === "" ? undefined : parseJson(control.value) ?? control.value);
+      }
+      control.addEventListener("input", sync);
+      control.addEventListener("change", sync);
+      fields.push({ name, read });
+      const help = property.description ? el("span", { class: "muted" }, ` ${property.description}`) : null;
+      // A checkbox goes before its words, other controls after.
+      const row = control.type === "checkbox"
+        ? el("label", { class: "field" }, control, ` ${label}`, help)
+        : el("label", { class: "field" }, `${label} `, control, help);
+      fields[fields.length - 1].row = row;
+    }
+    sync();
+  } else {
+    payload.value = "null";
+  }
+  const send = el("button", { type: "submit" }, "Send");
+  const form = el("form", { class: "ask", "data-input": request.name, onsubmit: async (e) => {
+    e.preventDefault();
+    let body;
+    try {
+      body = JSON.stringify(JSON.parse(payload.value || "null"));
+    } catch (error) {
+      problem.textContent = `Not JSON: ${error.message}`;
+      return;
+    }
+    send.disabled = true;
+    try {
+      await api(`/v1/runs/${encodeURIComponent(runId)}/inputs/${encodeURIComponent(request.name)}`, { method: "POST", body });
+      problem.textContent = "";
+      form.classList.add("sent");
+    } catch (error) {
+      problem.textContent = `${error.message}`;
+      send.disabled = false;
+    }
+  } },
+    el("h2", {}, `Input: ${request.name}`),
+    request.prompt ? el("p", {}, request.prompt) : null,
+    fields.map((f) => f.row),
+    el("details", {}, el("summary", {}, "As JSON"), payload),
+    problem, send);
+  return form;
+}
+
+// --- the trace: a waterfall of attempts and steps --------------------------------------
+
+async function drawTrace(runId, into) {
+  let trace;
+  try {
+    trace = await api(`/v1/runs/${encodeURIComponent(runId)}/trace`);
+  } catch (error) {
+    into.replaceChildren(failure(error));
+    return;
+  }
+  const spans = trace.spans || [];
+  if (!spans.length) { into.replaceChildren(el("p", { class: "muted" }, "Nothing yet.")); return; }
+  const t = (s) => (s ? Date.parse(s) : NaN);
+  const now = Date.now();
+  const start = Math.min(...spans.map((s) => t(s.startTime)).filter((x) => !Number.isNaN(x)));
+  const end = Math.max(...spans.map((s) => (Number.isNaN(t(s.endTime)) ? now : t(s.endTime))));
+  const total = Math.max(end - start, 1);
+  const children = new Map();
+  for (const span of spans) {
+    const key = span.parentSpanId || "";
+    if (!children.has(key)) children.set(key, []);
+    children.get(key).push(span);
+  }
+  const ids = new Set(spans.map((s) => s.spanId));
+  const rows = [];
+  const walk = (span, depth) => {
+    const s = t(span.startTime);
+    const e = Number.isNaN(t(span.endTime)) ? now : t(span.endTime);
+    const status = short(span.status, "TRACE_SPAN_STATUS_").toLowerCase();
+    const kind = short(span.kind, "TRACE_SPAN_KIND_").toLowerCase();
+    const label = kind === "attempt" ? `attempt ${span.attempt}` : span.name || span.step || kind;
+    const notes = [];
+    if (span.worker && kind === "attempt") notes.push(`on ${span.worker}`);
+    if (span.tries > 1) notes.push(`${span.tries} tries`);
+    if (span.cacheHit) notes.push("cache hit");
+    if (status === "replayed") notes.push("its checkpoint, not run again");
+    if (Number(span.inputTokens) || Number(span.outputTokens)) notes.push(`${span.inputTokens}+${span.outputTokens} tokens`);
+    if (span.error) notes.push(span.error);
+    const bar = el("span", { class: `bar-fill ${status}`, style: false });
+    bar.style.marginLeft = `${((s - start) / total) * 100}%`;
+    bar.style.width = `${Math.max(((e - s) / total) * 100, 0.5)}%`;
+    rows.push(el("li", { class: `span ${kind} ${status}`, "data-kind": kind, "data-status": status, "data-attempt": String(span.attempt) },
+      el("span", { class: "name" }, "\u00a0".repeat(depth * 2), label),
+      el("span", { class: "track" }, bar),
+      el("span", { class: "took" }, `${Math.max(e - s, 0)} ms`),
+      el("span", { class: "notes" }, `${status}${notes.length ? " · " + notes.join(" · ") : ""}`)));
+    for (const child of children.get(span.spanId) || []) walk(child, depth + 1);
+  };
+  for (const span of spans) {
+    if (!span.parentSpanId || !ids.has(span.parentSpanId)) walk(span, 0);
+  }
+  const summary = el("p", { class: "muted" },
+    `${trace.inputTokens || 0}+${trace.outputTokens || 0} tokens${trace.truncated ? " · truncated" : ""}`);
+  into.replaceChildren(summary, el("ol", { class: "spans" }, rows));
 }
 
 function prettyJson(text) {

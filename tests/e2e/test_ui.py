@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +27,15 @@ from tests.procs import Proc, spawn, start_worker, wait_serving
 pytestmark = pytest.mark.single_redis
 
 CHUNKS = 60
+
+
+async def _snap(page: Any, name: str) -> None:
+    """A screenshot for docs/ui when LONGLINE_UI_SCREENSHOTS names a folder (docs/ui.md says
+    how they are made)."""
+    folder = os.environ.get("LONGLINE_UI_SCREENSHOTS")
+    if folder:
+        await page.set_viewport_size({"width": 1100, "height": 800})
+        await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
 
 
 async def _control_plane(redis_url: str, grpc_port: int, http_port: int) -> Proc:
@@ -86,6 +98,7 @@ async def test_a_run_started_in_the_ui_streams_once_across_a_reload_and_a_restar
                 return "succeeded" in await state.inner_text()
 
             await eventually(succeeded, what="the view to show the run succeeded", timeout=60)
+            await _snap(page, "run-view")
             ids: list[str] = await page.evaluate("window.__longline.seen")
             output = await page.locator(".output").inner_text()
             opens = int(await page.evaluate("window.__longline.opens"))
@@ -99,3 +112,101 @@ async def test_a_run_started_in_the_ui_streams_once_across_a_reload_and_a_restar
     assert output == "".join(f"chunk {i}\n" for i in range(CHUNKS))
     assert json.loads(result) == {"chunks": CHUNKS}
     assert opens >= 2  # it came back to the restarted control plane by itself
+
+
+async def test_the_ui_answers_a_request_for_input_from_its_schema(
+    redis_url: str, procs: list[Proc]
+) -> None:
+    binary = chromium()
+    from playwright.async_api import async_playwright
+
+    grpc_port, http_port = free_port(), free_port()
+    procs.append(await _control_plane(redis_url, grpc_port, http_port))
+    target = f"127.0.0.1:{grpc_port}"
+    procs.append(await start_worker(redis_url, target))
+    async with longline.Client(target) as client, async_playwright() as pw:
+        handle = await client.start("approval", {})
+        browser = await pw.chromium.launch(executable_path=binary, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{http_port}/ui/#/runs/{handle.run_id}")
+            form = page.locator('form[data-input="approval"]')
+            await form.wait_for(timeout=30_000)  # drawn from the request's JSON Schema
+            assert "Approve the plan?" in await form.inner_text()
+            # A wrong value is refused, and the message names the field.
+            await form.locator("summary").click()
+            await form.locator("textarea.payload").fill('{"approved": "yes"}')
+            await form.locator("button").click()
+            error = form.locator(".error")
+            await error.filter(has_text="approved").wait_for(timeout=10_000)
+            await _snap(page, "input-form")
+            assert handle.run_id and not await form.evaluate("f => f.classList.contains('sent')")
+            # The form's own fields make a right one, and the run goes on.
+            await form.locator('input[name="approved"]').check()
+            await form.locator('input[name="note"]').fill("ship it")
+            assert json.loads(await form.locator("textarea.payload").input_value()) == {
+                "approved": True,
+                "note": "ship it",
+            }
+            await form.locator("button").click()
+            result = await asyncio.wait_for(handle.result(), 30)
+            assert result == {"answer": {"approved": True, "note": "ship it"}}
+            await page.locator(".state", has_text="succeeded").wait_for(timeout=30_000)
+            assert await form.count() == 0  # answered: the form is gone
+        finally:
+            await browser.close()
+
+
+async def test_the_waterfall_of_a_killed_and_resumed_run_shows_both_attempts(
+    redis_url: str, procs: list[Proc]
+) -> None:
+    binary = chromium()
+    from playwright.async_api import async_playwright
+
+    grpc_port, http_port = free_port(), free_port()
+    cp = spawn(
+        "cp",
+        "control-plane",
+        "--listen",
+        f"127.0.0.1:{grpc_port}",
+        "--http-listen",
+        f"127.0.0.1:{http_port}",
+        "--redis",
+        redis_url,
+        "--lease-timeout",
+        "2",
+        "--heartbeat-interval",
+        "0.5",
+    )
+    procs.append(cp)
+    target = f"127.0.0.1:{grpc_port}"
+    await wait_serving(target, cp)
+    first = await start_worker(redis_url, target, "--worker-id", "w1", name="w1")
+    procs.append(first)
+    async with longline.Client(target) as client:
+        handle = await client.start("five_steps", {"delay": 0.4})
+        async for event in handle.events():
+            if event.type is longline.EventType.STATUS and event.message == "step 3":
+                break
+        procs.append(await start_worker(redis_url, target, "--worker-id", "w2", name="w2"))
+        first.kill()  # kill -9 mid-run: the lease runs out, w2 resumes from the checkpoints
+        assert await asyncio.wait_for(handle.result(), 60) == {"steps": 5}
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=binary, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{http_port}/ui/#/runs/{handle.run_id}")
+            attempts = page.locator('.waterfall li[data-kind="attempt"]')
+            await attempts.nth(1).wait_for(timeout=30_000)
+            await _snap(page, "waterfall")
+            kinds = await page.locator(".waterfall li.span").evaluate_all(
+                "rows => rows.map(r => [r.dataset.kind, r.dataset.status, r.dataset.attempt])"
+            )
+        finally:
+            await browser.close()
+    tried = [(status, attempt) for kind, status, attempt in kinds if kind == "attempt"]
+    assert [attempt for _, attempt in tried] == ["1", "2"]
+    assert tried[0][0] != "ok" and tried[1][0] == "ok"  # the first one was cut short
+    replayed = [a for kind, status, a in kinds if kind == "component" and status == "replayed"]
+    assert replayed and set(replayed) == {"2"}  # steps done in attempt 1, replayed in 2
