@@ -183,6 +183,16 @@ async def gated(ctx: longline.Context, input: Any) -> Any:
     return {"steps": 3}
 
 
+@longline.workflow(description="`n` statuses and, every tenth, an output line, as fast as it can.")
+async def many_events(ctx: longline.Context, input: Any) -> Any:
+    n = int(input.get("n", 10_000))
+    for i in range(n):
+        await ctx.status(f"event {i}")
+        if i % 10 == 0:
+            await ctx.output(f"line {i}\n")
+    return {"events": n}
+
+
 @longline.workflow(description="Bursts of output chunks between statuses, as fast as it can.")
 async def bursts(ctx: longline.Context, input: Any) -> Any:
     for burst in range(int(input.get("bursts", 5))):

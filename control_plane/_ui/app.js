@@ -182,8 +182,9 @@ let source = null;
 async function runView(runId) {
   const { run } = await api(`/v1/runs/${encodeURIComponent(runId)}`);
   const state = el("p", { class: "state" });
-  const output = el("pre", { class: "output", "aria-label": "Output" });
+  const output = el("pre", { class: "output", "aria-label": "Output", tabindex: "0" });
   const timeline = el("ol", { class: "timeline", "aria-label": "Timeline" });
+  const view = new LiveView(output, timeline);
   const outcome = el("div", { class: "outcome" });
   const cancel = el("button", { type: "button", onclick: async () => {
     cancel.disabled = true;
@@ -206,10 +207,10 @@ async function runView(runId) {
     el("h1", {}, run.workflow, " ", el("small", {}, runId)),
     el("div", { class: "bar" }, state, cancel),
     asks,
-    el("h2", {}, "Output"), output,
+    el("h2", {}, "Output"), output, view.moreOutput,
     outcome,
     el("h2", {}, "Trace"), traceButton, waterfall,
-    el("h2", {}, "Timeline"), timeline,
+    el("h2", {}, "Timeline"), view.moreTimeline, timeline,
   );
   drawTrace(runId, waterfall);
 
@@ -229,11 +230,9 @@ async function runView(runId) {
     attempt = event.attempt || attempt;
     const type = e.type;
     if (type === "EVENT_TYPE_OUTPUT") {
-      output.append(event.message);
+      view.write(event.message);
     } else if (type !== "EVENT_TYPE_COMPONENT_STARTED" && type !== "EVENT_TYPE_COMPONENT_FINISHED") {
-      timeline.append(el("li", { class: short(type, "EVENT_TYPE_").toLowerCase() },
-        el("time", {}, when(event.time)), " ", short(type, "EVENT_TYPE_").toLowerCase().replaceAll("_", " "),
-        event.message ? `: ${event.message}` : ""));
+      view.note(type, event);
     }
     if (type === "EVENT_TYPE_INPUT_REQUESTED") {
       const request = parseJson(event.dataJson) || {};
@@ -251,6 +250,7 @@ async function runView(runId) {
     if (type === "EVENT_TYPE_RUN_STARTED") status = "RUN_STATUS_RUNNING";
     if (type === "EVENT_TYPE_RUN_WAITING") status = "RUN_STATUS_WAITING";
     if (TERMINAL.has(type)) {
+      window.__longline.endedAt = performance.now(); // the whole history is in
       status = "RUN_STATUS_" + short(type, "EVENT_TYPE_RUN_");
       for (const form of requests.values()) form.remove();
       requests.clear();
@@ -261,9 +261,87 @@ async function runView(runId) {
         outcome.replaceChildren(el("h2", {}, "Error"), el("pre", { class: "error" }, prettyJson(event.dataJson) || event.message));
       }
     }
-    paint();
+    view.later(paint);
   };
   for (const type of EVENT_TYPES) source.addEventListener(type, handle);
+}
+
+// What a run's events draw, a frame at a time: a run with 10,000 events is read as fast
+// as the stream brings it, and drawn at most once per animation frame. The output shows
+// its last OUTPUT_SHOWN characters and the timeline its last TIMELINE_SHOWN entries,
+// each with a button for the rest, so the page stays light however long the run.
+const OUTPUT_SHOWN = 100_000;
+const TIMELINE_SHOWN = 300;
+
+class LiveView {
+  constructor(output, timeline) {
+    this.output = output;
+    this.timeline = timeline;
+    this.text = "";
+    this.textDirty = false;
+    this.allText = false;
+    this.entries = [];
+    this.drawn = 0; // entries drawn so far
+    this.allEntries = false;
+    this.frame = 0;
+    this.after = [];
+    this.moreOutput = el("button", { type: "button", hidden: true, onclick: () => {
+      this.allText = true; this.textDirty = true; this.schedule();
+    } });
+    this.moreTimeline = el("button", { type: "button", hidden: true, onclick: () => {
+      this.allEntries = true; this.timeline.replaceChildren(); this.drawn = 0; this.schedule();
+    } });
+  }
+
+  write(text) {
+    this.text += text;
+    this.textDirty = true;
+    this.schedule();
+  }
+
+  note(type, event) {
+    this.entries.push([type, event.time, event.message]);
+    this.schedule();
+  }
+
+  later(fn) {
+    if (!this.after.includes(fn)) this.after.push(fn);
+    this.schedule();
+  }
+
+  schedule() {
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
+  }
+
+  flush() {
+    this.frame = 0;
+    if (this.textDirty) {
+      this.textDirty = false;
+      const out = this.output;
+      const atEnd = out.scrollHeight - out.scrollTop - out.clientHeight < 40;
+      const cut = !this.allText && this.text.length > OUTPUT_SHOWN;
+      out.textContent = cut ? this.text.slice(-OUTPUT_SHOWN) : this.text;
+      this.moreOutput.hidden = !cut;
+      this.moreOutput.textContent = `Show all ${this.text.length.toLocaleString()} characters`;
+      if (atEnd) out.scrollTop = out.scrollHeight;
+    }
+    if (this.drawn < this.entries.length) {
+      const first = this.allEntries ? this.drawn : Math.max(this.drawn, this.entries.length - TIMELINE_SHOWN);
+      const items = this.entries.slice(first).map(([type, time, message]) =>
+        el("li", { class: short(type, "EVENT_TYPE_").toLowerCase() },
+          el("time", {}, when(time)), " ", short(type, "EVENT_TYPE_").toLowerCase().replaceAll("_", " "),
+          message ? `: ${message}` : ""));
+      this.timeline.append(...items);
+      this.drawn = this.entries.length;
+      if (!this.allEntries) {
+        while (this.timeline.childElementCount > TIMELINE_SHOWN) this.timeline.firstElementChild.remove();
+      }
+      this.timeline.start = this.entries.length - this.timeline.childElementCount + 1;
+      this.moreTimeline.hidden = this.allEntries || this.entries.length <= TIMELINE_SHOWN;
+      this.moreTimeline.textContent = `Show all ${this.entries.length.toLocaleString()} entries`;
+    }
+    for (const fn of this.after.splice(0)) fn();
+  }
 }
 
 function parseJson(text) {
