@@ -19,6 +19,7 @@ import pytest
 
 import longline
 from longline._embedded import free_port
+from longline._offline_model import Faults, OfflineModel
 from tests.conftest import eventually
 from tests.e2e.test_browser import chromium
 from tests.procs import Proc, spawn, start_worker, wait_serving
@@ -26,15 +27,13 @@ from tests.procs import Proc, spawn, start_worker, wait_serving
 # The UI talks to the API like any page; on a cluster that is test_http's cluster pass.
 pytestmark = pytest.mark.single_redis
 
-CHUNKS = 60
 
-
-async def _snap(page: Any, name: str) -> None:
+async def _snap(page: Any, name: str, width: int = 1100) -> None:
     """A screenshot for docs/ui when LONGLINE_UI_SCREENSHOTS names a folder (docs/ui.md says
     how they are made)."""
     folder = os.environ.get("LONGLINE_UI_SCREENSHOTS")
     if folder:
-        await page.set_viewport_size({"width": 1100, "height": 800})
+        await page.set_viewport_size({"width": width, "height": 800})
         await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
 
 
@@ -54,7 +53,7 @@ async def _control_plane(redis_url: str, grpc_port: int, http_port: int) -> Proc
     return proc
 
 
-async def test_a_run_started_in_the_ui_streams_once_across_a_reload_and_a_restart(
+async def test_blog_post_started_in_the_ui_streams_once_across_a_reload_and_a_restart(
     redis_url: str, procs: list[Proc]
 ) -> None:
     binary = chromium()
@@ -64,20 +63,27 @@ async def test_a_run_started_in_the_ui_streams_once_across_a_reload_and_a_restar
     cp = await _control_plane(redis_url, grpc_port, http_port)
     procs.append(cp)
     target = f"127.0.0.1:{grpc_port}"
-    procs.append(await start_worker(redis_url, target))
     ui = f"http://127.0.0.1:{http_port}/ui/"
 
-    async with async_playwright() as pw:
+    # The blog_post example on the offline model (slowed to a few seconds a run).
+    async with OfflineModel(faults=Faults(token_delay=0.02)) as model, async_playwright() as pw:
+        model_env = {
+            "OPENAI_BASE_URL": model.base_url,
+            "OPENAI_API_KEY": "offline",
+            "LONGLINE_OFFLINE_MODEL": "1",
+            "LONGLINE_LLM_MODEL": "offline",
+        }
+        procs.append(await start_worker(redis_url, target, env=model_env))
         browser = await pw.chromium.launch(executable_path=binary, args=["--no-sandbox"])
         try:
             page = await browser.new_page()
             await page.goto(ui + "#/workflows")
-            form = page.locator('form[data-workflow="chatty"]')
+            form = page.locator('form[data-workflow="blog_post"]')
             text = form.locator("textarea")
             await text.fill("{not json")
             assert await form.locator("button").is_disabled()  # checked before it is sent
             assert "Not JSON" in await form.locator(".error").inner_text()
-            await text.fill(json.dumps({"chunks": CHUNKS, "delay": 0.1}))
+            await text.fill(json.dumps({"topic": "tides", "sections": 3}))
             await form.locator("button").click()
             await page.wait_for_url("**/ui/#/runs/*")
             run_id = page.url.rsplit("/", 1)[1]
@@ -103,14 +109,17 @@ async def test_a_run_started_in_the_ui_streams_once_across_a_reload_and_a_restar
             output = await page.locator(".output").inner_text()
             opens = int(await page.evaluate("window.__longline.opens"))
             result = await page.locator(".result").inner_text()
+            # A long result wraps: the page is never wider than its window.
+            assert await page.evaluate("document.documentElement.scrollWidth") <= 1280
         finally:
             await browser.close()
 
     async with longline.Client(target) as client:
-        expected = [e.event_id async for e in client.get_run(run_id).events()]
-    assert ids == expected  # every event once, in order, after a reload and a restart
-    assert output == "".join(f"chunk {i}\n" for i in range(CHUNKS))
-    assert json.loads(result) == {"chunks": CHUNKS}
+        events = [e async for e in client.get_run(run_id).events()]
+    assert ids == [e.event_id for e in events]  # every event once, in order
+    written = "".join(e.message for e in events if e.type is longline.EventType.OUTPUT)
+    assert output.strip() == written.strip() and len(written) > 200
+    assert json.loads(result)["topic"] == "tides"
     assert opens >= 2  # it came back to the restarted control plane by itself
 
 
@@ -272,3 +281,89 @@ async def test_a_run_of_ten_thousand_events_opens_and_scrolls_without_freezing(
         f"a run of {total} events: first contentful paint {paint_ms:.0f} ms, full history "
         f"{history_ms:.0f} ms after navigation, slowest frame while scrolling {frame_ms:.0f} ms"
     )
+
+
+async def test_with_tokens_on_the_ui_asks_for_one_and_shows_the_tenant_its_runs_only(
+    redis_url: str, procs: list[Proc]
+) -> None:
+    binary = chromium()
+    from playwright.async_api import async_playwright
+
+    from tests.integration.test_auth import secret, tokens_toml
+
+    secured = {
+        "LONGLINE_INSECURE_NO_AUTH": "0",
+        "LONGLINE_TOKENS": tokens_toml(["alice", "bob", "worker"]),
+        "LONGLINE_RUN_TOKEN_SECRET": "a-run-token-secret-of-at-least-32-bytes!",
+    }
+    grpc_port, http_port = free_port(), free_port()
+    target = f"127.0.0.1:{grpc_port}"
+    cp = spawn(
+        "cp",
+        "control-plane",
+        "--listen",
+        target,
+        "--http-listen",
+        f"127.0.0.1:{http_port}",
+        "--redis",
+        redis_url,
+        env=secured,
+    )
+    procs.append(cp)
+    await wait_serving(target, cp)
+    procs.append(
+        await start_worker(
+            redis_url,
+            target,
+            env={"LONGLINE_INSECURE_NO_AUTH": "0", "LONGLINE_TOKEN": secret("worker")},
+            client_token=secret("alice"),
+        )
+    )
+    async with longline.Client(target, token=secret("bob")) as bob:
+        bobs = await bob.start("echo", {"who": "bob"})
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=binary, args=["--no-sandbox"])
+        try:
+            # A phone-sized screen, and only the keyboard.
+            page = await browser.new_page(viewport={"width": 375, "height": 740})
+            await page.goto(f"http://127.0.0.1:{http_port}/ui/#/workflows")
+            dialog = page.locator("#token-dialog")
+            await dialog.wait_for(state="visible", timeout=10_000)  # asked, on the first 401
+            await page.locator("#token-input").fill(secret("alice"))
+            await page.keyboard.press("Enter")
+            form = page.locator('form[data-workflow="chatty"]')
+            await form.wait_for(timeout=10_000)
+            assert await page.evaluate("sessionStorage.getItem('longline.token')") == secret(
+                "alice"
+            )
+            text = form.locator("textarea")
+            await text.fill(json.dumps({"chunks": 400, "delay": 0.05}))
+            await text.focus()
+            await page.keyboard.press("Tab")  # to the Start button
+            await page.keyboard.press("Enter")
+            await page.wait_for_url("**/ui/#/runs/*")
+            run_id = page.url.rsplit("/", 1)[1]
+
+            async def streaming() -> bool:
+                return int(await page.evaluate("window.__longline.seen.length")) >= 5
+
+            # The stream runs on a run token in its URL, never the tenant's token.
+            await eventually(streaming, what="the run view to stream", timeout=30)
+            await page.get_by_role("button", name="Cancel").click()
+            await page.locator(".state", has_text="cancelled").wait_for(timeout=30_000)
+            wide = await page.evaluate("document.documentElement.scrollWidth")
+            assert wide <= 375  # nothing wider than the phone's screen
+            await _snap(page, "phone", width=375)
+
+            # The runs list: alice's run, not bob's, and a run started elsewhere appears.
+            await page.goto(f"http://127.0.0.1:{http_port}/ui/#/")
+            rows = page.locator("table.runs tbody tr")
+            await rows.first.wait_for(timeout=10_000)
+            listed = await rows.locator("a").evaluate_all("links => links.map(a => a.href)")
+            assert any(run_id in href for href in listed)
+            assert not any(bobs.run_id in href for href in listed)
+            async with longline.Client(target, token=secret("alice")) as alice:
+                later = await alice.start("echo", {"later": True})
+            await page.locator(f'a[href="#/runs/{later.run_id}"]').wait_for(timeout=10_000)
+        finally:
+            await browser.close()
