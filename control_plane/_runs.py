@@ -729,7 +729,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         page = rows[:size]
         return runs_pb2.ListWorkflowsResponse(
             workflows=[
-                runs_pb2.Workflow(name=w.name, description=w.description, workers=w.workers)
+                runs_pb2.Workflow(
+                    name=w.name, description=w.description, workers=w.workers, builds=w.builds
+                )
                 for w in page
             ],
             next_page_token=_encode_token(page[-1].name) if len(rows) > size else "",

@@ -599,7 +599,10 @@ class Client:
                 "ListWorkflows",
                 runs_pb2.ListWorkflowsRequest(page_size=1000, page_token=token),
             )
-            out += [WorkflowInfo(w.name, w.description, w.workers) for w in response.workflows]
+            out += [
+                WorkflowInfo(w.name, w.description, w.workers, tuple(w.builds))
+                for w in response.workflows
+            ]
             token = response.next_page_token
             if not token:
                 return out

@@ -145,6 +145,7 @@ class WorkflowInfo:
     name: str
     description: str
     workers: int
+    builds: tuple[str, ...] = ()  # the builds its live workers run ("" for none declared)
 
 
 @dataclass(frozen=True)

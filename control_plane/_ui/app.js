@@ -170,7 +170,8 @@ async function workflowsView() {
       }
     } }, input, problem, start);
     return el("li", {}, el("h2", {}, w.name), el("p", {}, w.description || ""),
-      el("p", { class: "muted" }, `${w.workers} worker${w.workers === 1 ? "" : "s"}`), form);
+      el("p", { class: "muted" }, `${w.workers} worker${w.workers === 1 ? "" : "s"}`,
+        (w.builds || []).some((b) => b) ? ` · builds ${w.builds.map((b) => b || "(none)").join(", ")}` : ""), form);
   });
   show(el("h1", {}, "Workflows"), el("ul", { class: "workflows" }, items));
 }

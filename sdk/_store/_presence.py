@@ -33,6 +33,7 @@ class WorkflowPresence:
     name: str
     description: str
     workers: int
+    builds: tuple[str, ...] = ()  # the builds its live workers run, sorted
 
 
 class Presence:
@@ -93,5 +94,15 @@ class Presence:
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.zcount(keys.workflow_workers_key(name), now, "+inf")
-            counts = await pipe.execute()
-        return [WorkflowPresence(n, known[n], int(c)) for n, c in zip(names, counts, strict=True)]
+                # Members are "BUILD\tWORKER" (see _builds): the builds of the live ones.
+                pipe.zrangebyscore(keys.build_workers_key(name), now, "+inf")
+            replies = await pipe.execute()
+        return [
+            WorkflowPresence(
+                n,
+                known[n],
+                int(replies[2 * i]),
+                tuple(sorted({m.partition("\t")[0] for m in replies[2 * i + 1]})),
+            )
+            for i, n in enumerate(names)
+        ]

@@ -329,14 +329,16 @@ class ListWorkflowsRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class Workflow(_message.Message):
-    __slots__ = ("name", "description", "workers")
+    __slots__ = ("name", "description", "workers", "builds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    BUILDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     workers: int
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., workers: _Optional[int] = ...) -> None: ...
+    builds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., workers: _Optional[int] = ..., builds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListWorkflowsResponse(_message.Message):
     __slots__ = ("workflows", "next_page_token")

@@ -111,6 +111,8 @@ async def test_new_runs_go_to_the_current_build(
     workers, client = plane
     await workers.start("a", "v1")
     await workers.start("b", "v2")
+    listed = {w.name: w for w in await client.list_workflows()}
+    assert listed["echo"].workers == 2 and listed["echo"].builds == ("v1", "v2")
     builds, previous = await client.promote_build("echo", "v1")
     assert previous == "" and builds.current_build_id == "v1"
     first = [await client.start("echo", n) for n in range(6)]

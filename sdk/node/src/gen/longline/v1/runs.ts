@@ -464,6 +464,12 @@ export interface Workflow {
      * @generated from protobuf field: int32 workers = 3
      */
     workers: number;
+    /**
+     * The builds those workers run, sorted ("" for workers that declare none).
+     *
+     * @generated from protobuf field: repeated string builds = 4
+     */
+    builds: string[];
 }
 /**
  * ListWorkflowsResponse holds one page of workflows.
@@ -1220,7 +1226,8 @@ class Workflow$Type extends MessageType<Workflow> {
         super("longline.v1.Workflow", [
             { no: 1, name: "name", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
             { no: 2, name: "description", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
-            { no: 3, name: "workers", kind: "scalar", T: 5 /*ScalarType.INT32*/ }
+            { no: 3, name: "workers", kind: "scalar", T: 5 /*ScalarType.INT32*/ },
+            { no: 4, name: "builds", kind: "scalar", repeat: 2 /*RepeatType.UNPACKED*/, T: 9 /*ScalarType.STRING*/ }
         ]);
     }
 }
