@@ -329,6 +329,12 @@ def _set_scalar(message: Message, field: FieldDescriptor, text: str, where: str)
     """Set a scalar or enum field from text (a path variable or a query parameter)."""
     kind = field.type
     try:
+        if kind == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name == _TIMESTAMP:
+            try:
+                getattr(message, field.name).FromJsonString(text)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"expected an RFC 3339 time such as {_EXAMPLE_TIME}") from exc
+            return
         if kind == FieldDescriptor.TYPE_STRING:
             value: Any = text
         elif kind == FieldDescriptor.TYPE_BOOL:
@@ -359,8 +365,17 @@ def _set_scalar(message: Message, field: FieldDescriptor, text: str, where: str)
         ) from None
 
 
+_TIMESTAMP = "google.protobuf.Timestamp"
+_EXAMPLE_TIME = "2026-12-02T23:00:00Z"
+
+
 def _settable(field: FieldDescriptor) -> bool:
-    return not field.is_repeated and field.type != FieldDescriptor.TYPE_MESSAGE
+    """A field a path or a query may set: a scalar, an enum, or a Timestamp (RFC 3339)."""
+    if field.is_repeated:
+        return False
+    return field.type != FieldDescriptor.TYPE_MESSAGE or (
+        field.message_type.full_name == _TIMESTAMP
+    )
 
 
 class HttpFace:

@@ -456,6 +456,14 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 "INVALID_VIEW",
             )
         before = None
+        if request.HasField("created_before") and not request.page_token:
+            ms = request.created_before.ToMilliseconds()
+            if not 0 < ms <= _LATEST_TIMESTAMP_MS:
+                raise InvalidArgumentError(
+                    "created_before must be a time after 1970 and before 10000",
+                    "INVALID_CREATED_BEFORE",
+                )
+            before = (ms, "")  # strictly before: ties on the millisecond order by id
         if request.page_token:
             ms, run_id = _decode_token(request.page_token, 2)
             # ASCII digits only: str.isdigit() also takes '²', which int() refuses.

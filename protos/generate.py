@@ -458,7 +458,11 @@ def _operation(
                 # the value, so the face takes no second copy in the query.
                 or (rule.body and field.name == rule.body + "_json")
                 or protos.is_map(field)
-                or field.type == FieldProto.TYPE_MESSAGE
+                or (
+                    field.type == FieldProto.TYPE_MESSAGE
+                    # A Timestamp is one RFC 3339 value in a query, as transcoders read it.
+                    and field.type_name != ".google.protobuf.Timestamp"
+                )
             ):
                 continue
             schema = protos.field_schema(request_name, field)

@@ -443,23 +443,27 @@ class Client:
         page_size: int = 50,
         page_token: str = "",
         full: bool = False,
+        created_before: datetime | None = None,
     ) -> tuple[list[Run], str]:
         """One page of runs, newest first, and the token of the next page ('' at the end).
 
         Runs come without their input_json and result_json unless `full` (describe() has
         them). A page may hold fewer than `page_size` runs and still have a next page.
+        With `created_before` (an aware datetime) the list starts from that time back.
         """
         status_value = f"RUN_STATUS_{RunStatus(status)}" if status else None
-        response = await self._call(
-            "ListRuns",
-            runs_pb2.ListRunsRequest(
-                workflow=workflow,
-                status=status_value,
-                page_size=page_size,
-                page_token=page_token,
-                view=runs_pb2.RUN_VIEW_FULL if full else runs_pb2.RUN_VIEW_BASIC,
-            ),
+        request = runs_pb2.ListRunsRequest(
+            workflow=workflow,
+            status=status_value,
+            page_size=page_size,
+            page_token=page_token,
+            view=runs_pb2.RUN_VIEW_FULL if full else runs_pb2.RUN_VIEW_BASIC,
         )
+        if created_before is not None:
+            if created_before.tzinfo is None:
+                raise ValueError("created_before must be an aware datetime (with tzinfo)")
+            request.created_before.FromDatetime(created_before)
+        response = await self._call("ListRuns", request)
         return [run_from_proto(r) for r in response.runs], response.next_page_token
 
     async def promote_build(

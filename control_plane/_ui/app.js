@@ -92,6 +92,7 @@ async function runsView(params) {
   const workflows = await api("/v1/workflows?page_size=100").catch(() => ({ workflows: [] }));
   const workflow = params.get("workflow") || "";
   const status = params.get("status") || "";
+  const before = params.get("before") || ""; // a local date and time, as the input gives it
   const form = el(
     "form",
     { class: "filters", onchange: (e) => { e.preventDefault(); go(form); } },
@@ -101,6 +102,7 @@ async function runsView(params) {
     el("label", {}, "Status ",
       el("select", { name: "status" }, el("option", { value: "" }, "all"),
         STATUSES.map((s) => el("option", { value: s, selected: s === status }, s.toLowerCase())))),
+    el("label", {}, "Started before ", el("input", { type: "datetime-local", name: "before", value: before || false })),
   );
   const go = (f) => {
     const data = new FormData(f);
@@ -116,6 +118,7 @@ async function runsView(params) {
   const query = new URLSearchParams({ page_size: "50" });
   if (workflow) query.set("workflow", workflow);
   if (status) query.set("status", status);
+  if (before && !Number.isNaN(Date.parse(before))) query.set("created_before", new Date(before).toISOString());
 
   async function load(append) {
     const page = await api(`/v1/runs?${query}${append && next ? `&page_token=${encodeURIComponent(next)}` : ""}`);

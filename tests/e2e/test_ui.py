@@ -365,5 +365,10 @@ async def test_with_tokens_on_the_ui_asks_for_one_and_shows_the_tenant_its_runs_
             async with longline.Client(target, token=secret("alice")) as alice:
                 later = await alice.start("echo", {"later": True})
             await page.locator(f'a[href="#/runs/{later.run_id}"]').wait_for(timeout=10_000)
+            # Started before a time long gone: nothing; the filter rides in the URL.
+            await page.locator('input[name="before"]').fill("2000-01-01T00:00")
+            await page.wait_for_url("**before=2000-01-01T00*")
+            await rows.first.wait_for(state="detached", timeout=10_000)
+            assert await rows.count() == 0
         finally:
             await browser.close()

@@ -778,3 +778,21 @@ async def test_the_web_ui_is_served_from_the_package_with_a_strict_policy(
     for name in ("nope.js", ".hidden.js", "index.py", "%2e%2e%2fapp.js"):
         async with http.get(f"{stack.http}/ui/assets/{name}") as r:
             assert await _problem(r) == (404, "NO_SUCH_ROUTE"), name
+
+
+async def test_runs_are_listed_from_a_time_back(stack: Stack, http: aiohttp.ClientSession) -> None:
+    _, older, _ = await _start(http, stack.http, "echo", {"n": 1})
+    await asyncio.sleep(0.01)  # the next run is made in a later millisecond
+    _, newer, _ = await _start(http, stack.http, "echo", {"n": 2})
+    cut = newer["run"]["createTime"]
+    async with http.get(f"{stack.http}/v1/runs", params={"created_before": cut}) as r:
+        listed = [run["runId"] for run in (await r.json())["runs"]]
+    assert listed == [older["run"]["runId"]]
+    runs, _ = await stack.client.list_runs(created_before=datetime.fromisoformat(cut))
+    assert [run.run_id for run in runs] == listed  # the same, from the SDK
+    async with http.get(f"{stack.http}/v1/runs", params={"createdBefore": "yesterday"}) as r:
+        assert await _problem(r) == (400, "INVALID_PARAMETER")
+    async with http.get(
+        f"{stack.http}/v1/runs", params={"created_before": "1970-01-01T00:00:00Z"}
+    ) as r:
+        assert await _problem(r) == (400, "INVALID_CREATED_BEFORE")

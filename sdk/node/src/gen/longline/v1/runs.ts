@@ -356,6 +356,13 @@ export interface ListRunsRequest {
      * @generated from protobuf field: longline.v1.RunView view = 5
      */
     view: RunView;
+    /**
+     * Only runs created before this time, newest first from there (a page token
+     * carries its own place and takes precedence).
+     *
+     * @generated from protobuf field: google.protobuf.Timestamp created_before = 6
+     */
+    createdBefore?: Timestamp;
 }
 /**
  * ListRunsResponse holds one page of runs.
@@ -1136,7 +1143,8 @@ class ListRunsRequest$Type extends MessageType<ListRunsRequest> {
             { no: 2, name: "status", kind: "enum", T: () => ["longline.v1.RunStatus", RunStatus, "RUN_STATUS_"] },
             { no: 3, name: "page_size", kind: "scalar", T: 5 /*ScalarType.INT32*/ },
             { no: 4, name: "page_token", kind: "scalar", T: 9 /*ScalarType.STRING*/ },
-            { no: 5, name: "view", kind: "enum", T: () => ["longline.v1.RunView", RunView, "RUN_VIEW_"] }
+            { no: 5, name: "view", kind: "enum", T: () => ["longline.v1.RunView", RunView, "RUN_VIEW_"] },
+            { no: 6, name: "created_before", kind: "message", T: () => Timestamp }
         ]);
     }
 }
