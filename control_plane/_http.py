@@ -373,8 +373,8 @@ def _settable(field: FieldDescriptor) -> bool:
     """A field a path or a query may set: a scalar, an enum, or a Timestamp (RFC 3339)."""
     if field.is_repeated:
         return False
-    return field.type != FieldDescriptor.TYPE_MESSAGE or (
-        field.message_type.full_name == _TIMESTAMP
+    return bool(
+        field.type != FieldDescriptor.TYPE_MESSAGE or field.message_type.full_name == _TIMESTAMP
     )
 
 
