@@ -221,6 +221,7 @@ async function runView(runId) {
   // The whole history once, then live: EventSource resumes by itself with Last-Event-ID
   // after a drop, and a reload starts again from the first event.
   window.__longline.seen = [];
+  window.__longline.endedAt = undefined;
   let url = `/v1/runs/${encodeURIComponent(runId)}/events`;
   if (token()) {
     const minted = await api(`/v1/runs/${encodeURIComponent(runId)}/tokens`, { method: "POST", body: "{}" });
@@ -262,7 +263,11 @@ async function runView(runId) {
       if (type === "EVENT_TYPE_RUN_SUCCEEDED") {
         outcome.replaceChildren(el("h2", {}, "Result"), el("pre", { class: "result" }, prettyJson(event.dataJson)));
       } else if (type === "EVENT_TYPE_RUN_FAILED") {
-        outcome.replaceChildren(el("h2", {}, "Error"), el("pre", { class: "error" }, prettyJson(event.dataJson) || event.message));
+        const error = parseJson(event.dataJson) || {};
+        const where = [error.component ? `in ${error.component}` : "", `attempt ${event.attempt}`].filter(Boolean).join(", ");
+        outcome.replaceChildren(el("h2", {}, "Error"),
+          el("p", { class: "error", role: "alert" }, `${error.type || "Error"}: ${error.message || event.message} (${where})`),
+          el("details", {}, el("summary", {}, "Details"), el("pre", { class: "error" }, prettyJson(event.dataJson))));
       }
     }
     view.later(paint);

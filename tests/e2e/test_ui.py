@@ -232,6 +232,9 @@ async def test_a_run_of_ten_thousand_events_opens_and_scrolls_without_freezing(
     target = f"127.0.0.1:{grpc_port}"
     procs.append(await start_worker(redis_url, target))
     async with longline.Client(target) as client:
+        failing = await client.start("boom", {})
+        with pytest.raises(longline.RunFailed):
+            await asyncio.wait_for(failing.result(), 60)
         handle = await client.start("many_events", {"n": 10_000})
         assert await asyncio.wait_for(handle.result(), 120) == {"events": 10_000}
         total = len([e async for e in handle.events()])
@@ -242,6 +245,15 @@ async def test_a_run_of_ten_thousand_events_opens_and_scrolls_without_freezing(
         browser = await pw.chromium.launch(executable_path=binary, args=["--no-sandbox"])
         try:
             page = await browser.new_page()
+            # A failed run says what failed, where, and in which attempt, plainly.
+            await page.goto(f"http://127.0.0.1:{http_port}/ui/#/runs/{failing.run_id}")
+            said = page.locator(".outcome p.error")
+            await said.wait_for(timeout=30_000)
+            plainly = await said.inner_text()
+            assert "the widget broke" in plainly and "in explode" in plainly, plainly
+            assert "attempt 1" in plainly, plainly
+            await page.close()
+            page = await browser.new_page()  # a fresh load, for its first paint
             await page.goto(f"http://127.0.0.1:{http_port}/ui/#/runs/{handle.run_id}")
 
             async def ended() -> float:
