@@ -106,6 +106,7 @@ _NDJSON = "application/x-ndjson"
 _JSON_OPTIONS: dict[str, Any] = {"always_print_fields_with_no_presence": True}
 _FRAME_BUFFER = 1024 * 1024  # bytes of frames a stream holds for a slow reader
 _UI_TYPES = {"html": "text/html", "js": "text/javascript", "css": "text/css"}
+_UI_FILES = ("index.html", "app.js", "app.css")
 _UI_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -411,6 +412,9 @@ class HttpFace:
         self._frame_cache = _FrameCache()
         self.routes = routes()
         self._openapi = resources.files("longline.v1").joinpath("openapi.json").read_bytes()
+        ui = resources.files("longline.control_plane").joinpath("_ui")
+        # The UI's files, read once: a name is served only if it is one of them.
+        self._ui = {name: ui.joinpath(name).read_bytes() for name in _UI_FILES}
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=self._max_body, middlewares=[self._middleware])
@@ -839,13 +843,10 @@ class HttpFace:
     def _ui_file(self, name: str) -> web.Response:
         """A file of the web UI (control_plane/_ui, shipped in the package): built on this
         API and nothing else, served same-origin, no inline script."""
-        kind = _UI_TYPES.get(name.rpartition(".")[2])
-        if kind is None or "/" in name or name.startswith("."):
+        body = self._ui.get(name)
+        if body is None:
             raise web.HTTPNotFound()
-        try:
-            body = resources.files("longline.control_plane").joinpath("_ui", name).read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
-            raise web.HTTPNotFound() from None
+        kind = _UI_TYPES[name.rpartition(".")[2]]
         return web.Response(
             body=body,
             content_type=kind,

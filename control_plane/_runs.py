@@ -457,7 +457,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             )
         before = None
         if request.HasField("created_before") and not request.page_token:
-            ms = request.created_before.ToMilliseconds()
+            # Rounded up: a time inside a millisecond keeps the runs of that millisecond
+            # that came before it.
+            ms = -(-request.created_before.ToNanoseconds() // 1_000_000)
             if not 0 < ms <= _LATEST_TIMESTAMP_MS:
                 raise InvalidArgumentError(
                     "created_before must be a time after 1970 and before 10000",

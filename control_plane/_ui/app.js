@@ -32,18 +32,31 @@ function token() {
   return sessionStorage.getItem("longline.token") || "";
 }
 
-async function api(path, { method = "GET", body } = {}) {
+async function api(path, { method = "GET", body, signal } = {}) {
   const headers = {};
   if (token()) headers.Authorization = `Bearer ${token()}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, { method, headers, body });
+  const response = await fetch(path, { method, headers, body, signal });
   const text = await response.text();
-  const data = text ? JSON.parse(text) : {};
+  let data = {};
+  try {
+    data = text ? JSON.parse(text) : {};
+  } catch {
+    data = { detail: `HTTP ${response.status} from something that is not the API (a proxy?)` };
+  }
   if (!response.ok) {
     if (response.status === 401) askForToken(data.detail);
     throw new ApiError(response.status, data);
   }
   return data;
+}
+
+// Each route() starts a new view: what the one before started (polling, a stream, waits)
+// is stopped, and a view that was still loading finds out after each await and stops.
+let view = { abort: new AbortController(), stops: [] };
+
+function stale(mine) {
+  return mine !== view;
 }
 
 function askForToken(why) {
@@ -86,28 +99,40 @@ function failure(error) {
 
 // --- runs ------------------------------------------------------------------------------
 
-let refresher = null;
+function localInput(iso) {
+  // An instant as a datetime-local input shows it: this browser's local time.
+  const t = Date.parse(iso);
+  if (Number.isNaN(t)) return "";
+  const d = new Date(t - new Date(t).getTimezoneOffset() * 60000);
+  return d.toISOString().slice(0, 16);
+}
 
-async function runsView(params) {
-  const workflows = await api("/v1/workflows?page_size=100").catch(() => ({ workflows: [] }));
+async function runsView(params, mine) {
+  const signal = mine.abort.signal;
+  const workflows = await api("/v1/workflows?page_size=100", { signal }).catch(() => ({ workflows: [] }));
+  if (stale(mine)) return;
   const workflow = params.get("workflow") || "";
   const status = params.get("status") || "";
-  const before = params.get("before") || ""; // a local date and time, as the input gives it
+  const before = params.get("before") || ""; // an instant (ISO 8601): the same for everyone
   const form = el(
     "form",
-    { class: "filters", onchange: (e) => { e.preventDefault(); go(form); } },
+    {
+      class: "filters",
+      onchange: (e) => { e.preventDefault(); go(form); },
+      onsubmit: (e) => { e.preventDefault(); go(form); },
+    },
     el("label", {}, "Workflow ",
       el("select", { name: "workflow" }, el("option", { value: "" }, "all"),
         workflows.workflows.map((w) => el("option", { value: w.name, selected: w.name === workflow }, w.name)))),
     el("label", {}, "Status ",
       el("select", { name: "status" }, el("option", { value: "" }, "all"),
         STATUSES.map((s) => el("option", { value: s, selected: s === status }, s.toLowerCase())))),
-    el("label", {}, "Started before ", el("input", { type: "datetime-local", name: "before", value: before || false })),
+    el("label", {}, "Started before ", el("input", { type: "datetime-local", name: "before", value: localInput(before) || false })),
   );
   const go = (f) => {
-    const data = new FormData(f);
-    const query = new URLSearchParams([...data].filter(([, v]) => v));
-    location.hash = `#/?${query}`;
+    const data = [...new FormData(f)].filter(([, v]) => v).map(([k, v]) =>
+      k === "before" && !Number.isNaN(Date.parse(v)) ? [k, new Date(v).toISOString()] : [k, v]);
+    location.hash = `#/?${new URLSearchParams(data)}`;
   };
   const table = el("tbody");
   const list = el("table", { class: "runs" },
@@ -119,9 +144,19 @@ async function runsView(params) {
   if (workflow) query.set("workflow", workflow);
   if (status) query.set("status", status);
   if (before && !Number.isNaN(Date.parse(before))) query.set("created_before", new Date(before).toISOString());
+  let paged = false; // once older pages are shown, the list stops refreshing page one
 
+  const problem = el("p", { class: "error", role: "alert" });
   async function load(append) {
-    const page = await api(`/v1/runs?${query}${append && next ? `&page_token=${encodeURIComponent(next)}` : ""}`);
+    let page;
+    try {
+      page = await api(`/v1/runs?${query}${append && next ? `&page_token=${encodeURIComponent(next)}` : ""}`, { signal });
+      problem.textContent = "";
+    } catch (error) {
+      if (!stale(mine)) problem.textContent = `Not up to date: ${error.message}`;
+      return;
+    }
+    if (stale(mine)) return;
     const rows = page.runs.map((run) =>
       el("tr", {},
         el("td", {}, el("a", { href: `#/runs/${run.runId}` }, run.runId.slice(0, 12))),
@@ -133,17 +168,20 @@ async function runsView(params) {
     next = page.nextPageToken;
     more.hidden = !next;
   }
-  more.addEventListener("click", () => load(true));
-  show(el("h1", {}, "Runs"), form, list, more);
+  more.addEventListener("click", () => { paged = true; load(true); });
+  show(el("h1", {}, "Runs"), form, problem, list, more);
   await load(false);
+  if (stale(mine)) return;
   // The first page follows what happens: new runs, and runs that change.
-  refresher = setInterval(() => { if (!document.hidden) load(false).catch(() => {}); }, 2000);
+  const refresher = setInterval(() => { if (!document.hidden && !paged) load(false); }, 2000);
+  mine.stops.push(() => clearInterval(refresher));
 }
 
 // --- workflows and the start form ------------------------------------------------------
 
-async function workflowsView() {
-  const { workflows } = await api("/v1/workflows?page_size=100");
+async function workflowsView(mine) {
+  const { workflows } = await api("/v1/workflows?page_size=100", { signal: mine.abort.signal });
+  if (stale(mine)) return;
   const items = workflows.map((w) => {
     const input = el("textarea", { name: "input", rows: 4, "aria-label": `Input for ${w.name} (JSON)`, spellcheck: "false" }, "{}");
     const problem = el("p", { class: "error", role: "alert" });
@@ -181,18 +219,18 @@ async function workflowsView() {
 
 // --- one run, live ---------------------------------------------------------------------
 
-let source = null;
-
-async function runView(runId) {
-  const { run } = await api(`/v1/runs/${encodeURIComponent(runId)}`);
-  const state = el("p", { class: "state" });
+async function runView(runId, mine) {
+  const signal = mine.abort.signal;
+  const { run } = await api(`/v1/runs/${encodeURIComponent(runId)}`, { signal });
+  if (stale(mine)) return;
+  const state = el("p", { class: "state", "aria-live": "polite" });
   const output = el("pre", { class: "output", "aria-label": "Output", tabindex: "0" });
   const timeline = el("ol", { class: "timeline", "aria-label": "Timeline" });
   const view = new LiveView(output, timeline);
   const outcome = el("div", { class: "outcome" });
   const cancel = el("button", { type: "button", onclick: async () => {
     cancel.disabled = true;
-    try { await api(`/v1/runs/${runId}:cancel`, { method: "POST", body: "{}" }); }
+    try { await api(`/v1/runs/${encodeURIComponent(runId)}:cancel`, { method: "POST", body: "{}" }); }
     catch (error) { outcome.replaceChildren(failure(error)); cancel.disabled = false; }
   } }, "Cancel");
   let status = run.status;
@@ -204,12 +242,14 @@ async function runView(runId) {
   };
   paint();
   const asks = el("div", { class: "asks" });
+  const notice = el("p", { class: "muted notice", role: "status" });
   const waterfall = el("div", { class: "waterfall", "aria-label": "Trace" });
   const requests = new Map(); // input name -> its form, while the run waits for it
   const traceButton = el("button", { type: "button", onclick: () => drawTrace(runId, waterfall) }, "Refresh the trace");
   show(
     el("h1", {}, run.workflow, " ", el("small", {}, runId)),
     el("div", { class: "bar" }, state, cancel),
+    notice,
     asks,
     el("h2", {}, "Output"), output, view.moreOutput,
     outcome,
@@ -218,43 +258,55 @@ async function runView(runId) {
   );
   drawTrace(runId, waterfall);
 
-  // The whole history once, then live: EventSource resumes by itself with Last-Event-ID
-  // after a drop, and a reload starts again from the first event.
+  // The whole history once, then live, resumed after a drop from the last event seen.
   window.__longline.seen = [];
   window.__longline.endedAt = undefined;
-  let url = `/v1/runs/${encodeURIComponent(runId)}/events`;
-  if (token()) {
-    const minted = await api(`/v1/runs/${encodeURIComponent(runId)}/tokens`, { method: "POST", body: "{}" });
-    url += `?access_token=${encodeURIComponent(minted.token)}`;
-  }
-  source = new EventSource(url);
-  source.onopen = () => { window.__longline.opens += 1; };
-  const handle = (e) => {
-    const event = JSON.parse(e.data);
-    window.__longline.seen.push(e.lastEventId);
+  let ended = false;
+  const received = new Set(); // inputs that arrived, so their requests need no form
+  const handle = (type, id, data) => {
+    const event = JSON.parse(data);
+    window.__longline.seen.push(id);
     attempt = event.attempt || attempt;
-    const type = e.type;
     if (type === "EVENT_TYPE_OUTPUT") {
       view.write(event.message);
     } else if (type !== "EVENT_TYPE_COMPONENT_STARTED" && type !== "EVENT_TYPE_COMPONENT_FINISHED") {
       view.note(type, event);
     }
-    if (type === "EVENT_TYPE_INPUT_REQUESTED") {
-      const request = parseJson(event.dataJson) || {};
+    const ask = (request) => {
       if (request.name && !requests.has(request.name)) {
         const form = inputForm(runId, request);
         requests.set(request.name, form);
         asks.append(form);
       }
+    };
+    const drop = (name) => {
+      const form = requests.get(name);
+      if (form) { form.remove(); requests.delete(name); }
+    };
+    if (type === "EVENT_TYPE_INPUT_REQUESTED") {
+      const request = parseJson(event.dataJson) || {};
+      // Sent early, it is taken without a wait; a wait (RUN_WAITING) shows the form after all.
+      if (!received.has(request.name)) ask(request);
+      asked.set(request.name, request);
+    }
+    if (type === "EVENT_TYPE_RUN_WAITING") {
+      const wait = parseJson(event.dataJson) || {};
+      if (wait.kind === "input" && asked.has(wait.name)) ask(asked.get(wait.name));
     }
     if (type === "EVENT_TYPE_INPUT_RECEIVED") {
       const name = (parseJson(event.dataJson) || {}).name;
-      const form = requests.get(name);
-      if (form) { form.remove(); requests.delete(name); }
+      received.add(name);
+      drop(name);
+    }
+    if (type === "EVENT_TYPE_RUN_STARTED") {
+      // A new attempt: whatever the run waited for has ended (arrived, or timed out).
+      for (const name of [...requests.keys()]) drop(name);
+      received.clear();
     }
     if (type === "EVENT_TYPE_RUN_STARTED") status = "RUN_STATUS_RUNNING";
     if (type === "EVENT_TYPE_RUN_WAITING") status = "RUN_STATUS_WAITING";
     if (TERMINAL.has(type)) {
+      ended = true;
       window.__longline.endedAt = performance.now(); // the whole history is in
       status = "RUN_STATUS_" + short(type, "EVENT_TYPE_RUN_");
       for (const form of requests.values()) form.remove();
@@ -272,7 +324,67 @@ async function runView(runId) {
     }
     view.later(paint);
   };
-  for (const type of EVENT_TYPES) source.addEventListener(type, handle);
+  const asked = new Map(); // name -> its request, for a wait that comes after
+  follow(runId, handle, mine, () => ended, (text) => { notice.textContent = text; });
+}
+
+// A run's event stream over fetch, read as Server-Sent Events, with the tab's token in the
+// Authorization header (no token in any URL, none that expires mid-run). A dropped stream
+// is read again from the last event seen (Last-Event-ID), after a wait that doubles up to
+// 10 s; the end (204, or the terminal event) stops it, and so does leaving the view.
+async function follow(runId, handle, mine, ended, say) {
+  let after = "";
+  let delay = 500;
+  const url = `/v1/runs/${encodeURIComponent(runId)}/events`;
+  while (!stale(mine) && !ended()) {
+    try {
+      const headers = { Accept: "text/event-stream" };
+      if (token()) headers.Authorization = `Bearer ${token()}`;
+      if (after) headers["Last-Event-ID"] = after;
+      const response = await fetch(url, { headers, signal: mine.abort.signal });
+      if (response.status === 204) return; // ended, and every event was seen
+      if (!response.ok) {
+        const problem = await response.json().catch(() => ({}));
+        if (response.status === 401) askForToken(problem.detail);
+        if (response.status < 500 && response.status !== 429) {
+          say(`The live view stopped: ${problem.detail || response.status} (${problem.reason || ""})`);
+          return;
+        }
+        throw new Error(problem.detail || `HTTP ${response.status}`);
+      }
+      window.__longline.opens += 1;
+      say("");
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          let id = "", type = "message", data = "";
+          for (const line of block.split("\n")) {
+            if (line.startsWith("id: ")) id = line.slice(4);
+            else if (line.startsWith("event: ")) type = line.slice(7);
+            else if (line.startsWith("data: ")) data += line.slice(6);
+          }
+          if (data && !stale(mine)) {
+            after = id;
+            handle(type, id, data);
+          }
+        }
+      }
+      delay = 500;
+    } catch (error) {
+      if (stale(mine)) return;
+      say(`Reconnecting (${error.message})…`);
+    }
+    if (stale(mine) || ended()) return;
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    delay = Math.min(delay * 2, 10_000);
+  }
 }
 
 // What a run's events draw, a frame at a time: a run with 10,000 events is read as fast
@@ -500,20 +612,25 @@ function prettyJson(text) {
 
 // --- the router ------------------------------------------------------------------------
 
+let lastPath = null;
+
 async function route() {
-  if (source) { source.close(); source = null; }
-  if (refresher) { clearInterval(refresher); refresher = null; }
+  view.abort.abort();
+  for (const stop of view.stops) stop();
+  const mine = (view = { abort: new AbortController(), stops: [] });
   const [path, query] = location.hash.slice(1).split("?");
   const params = new URLSearchParams(query || "");
   try {
     const run = /^\/runs\/([^/]+)$/.exec(path || "");
-    if (run) await runView(decodeURIComponent(run[1]));
-    else if (path === "/workflows") await workflowsView();
-    else await runsView(params);
+    if (run) await runView(decodeURIComponent(run[1]), mine);
+    else if (path === "/workflows") await workflowsView(mine);
+    else await runsView(params, mine);
   } catch (error) {
-    show(failure(error));
+    if (!stale(mine)) show(failure(error));
   }
-  main.focus({ preventScroll: true });
+  // Focus moves to the new page only when it is one (not when a filter changed).
+  if (!stale(mine) && path !== lastPath) main.focus({ preventScroll: true });
+  lastPath = path;
 }
 
 window.addEventListener("hashchange", route);

@@ -86,6 +86,10 @@ class Presence:
         """Whether any worker ever announced the workflow."""
         return bool(await self._redis.hexists(keys.WORKFLOWS, workflow))
 
+    async def names(self) -> list[str]:
+        """Every announced workflow's name, sorted."""
+        return sorted(await self._redis.hkeys(keys.WORKFLOWS))
+
     async def workflows(self) -> list[WorkflowPresence]:
         """Every announced workflow with its live workers, by name."""
         known = await self._redis.hgetall(keys.WORKFLOWS)

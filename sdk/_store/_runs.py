@@ -322,7 +322,7 @@ class Runs:
             if earlier:
                 return Created(await self.get(str(earlier), tenant), False)
             if not announced:
-                known_names = [w.name for w in await self._presence.workflows()]
+                known_names = await self._presence.names()
                 raise NotFoundError(
                     f"workflow {workflow[:100]!r} is not known: no worker has announced it. "
                     f"Known workflows: {', '.join(known_names) or 'none (is a worker running?)'}",

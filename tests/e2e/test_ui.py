@@ -338,6 +338,8 @@ async def test_with_tokens_on_the_ui_asks_for_one_and_shows_the_tenant_its_runs_
         try:
             # A phone-sized screen, and only the keyboard.
             page = await browser.new_page(viewport={"width": 375, "height": 740})
+            urls: list[str] = []
+            page.on("request", lambda request: urls.append(request.url))
             await page.goto(f"http://127.0.0.1:{http_port}/ui/#/workflows")
             dialog = page.locator("#token-dialog")
             await dialog.wait_for(state="visible", timeout=10_000)  # asked, on the first 401
@@ -359,7 +361,6 @@ async def test_with_tokens_on_the_ui_asks_for_one_and_shows_the_tenant_its_runs_
             async def streaming() -> bool:
                 return int(await page.evaluate("window.__longline.seen.length")) >= 5
 
-            # The stream runs on a run token in its URL, never the tenant's token.
             await eventually(streaming, what="the run view to stream", timeout=30)
             await page.get_by_role("button", name="Cancel").click()
             await page.locator(".state", has_text="cancelled").wait_for(timeout=30_000)
@@ -377,6 +378,8 @@ async def test_with_tokens_on_the_ui_asks_for_one_and_shows_the_tenant_its_runs_
             async with longline.Client(target, token=secret("alice")) as alice:
                 later = await alice.start("echo", {"later": True})
             await page.locator(f'a[href="#/runs/{later.run_id}"]').wait_for(timeout=10_000)
+            # The tenant's token went in headers only, never in a URL (logs keep URLs).
+            assert urls and not [u for u in urls if secret("alice") in u]
             # Started before a time long gone: nothing; the filter rides in the URL.
             await page.locator('input[name="before"]').fill("2000-01-01T00:00")
             await page.wait_for_url("**before=2000-01-01T00*")

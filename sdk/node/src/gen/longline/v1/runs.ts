@@ -472,7 +472,8 @@ export interface Workflow {
      */
     workers: number;
     /**
-     * The builds those workers run, sorted ("" for workers that declare none).
+     * The builds its live workers that take new runs are on, sorted ("" for
+     * workers that declare none; a draining worker counts in workers only).
      *
      * @generated from protobuf field: repeated string builds = 4
      */
