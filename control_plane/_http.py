@@ -411,6 +411,7 @@ class HttpFace:
         self._open: set[_Frames] = set()  # the event streams being served
         self._frame_cache = _FrameCache()
         self.routes = routes()
+        self._stream_route = next(r for r in self.routes if r.name == "StreamRun")
         self._openapi = resources.files("longline.v1").joinpath("openapi.json").read_bytes()
         ui = resources.files("longline.control_plane").joinpath("_ui")
         # The UI's files, read once: a name is served only if it is one of them.
@@ -731,7 +732,7 @@ class HttpFace:
     async def _events(self, request: web.Request) -> web.StreamResponse:
         accept = request.headers.get("Accept", "")
         ndjson = _NDJSON in accept and _SSE not in accept
-        route = next(r for r in self.routes if r.name == "StreamRun")
+        route = self._stream_route
         try:
             self._enter(request, route.full_method)
             message = await self._request_message(request, route)

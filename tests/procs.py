@@ -99,6 +99,32 @@ async def start_control_plane(
     return proc, target
 
 
+async def start_http_control_plane(
+    redis_url: str,
+    grpc_port: int,
+    http_port: int,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> Proc:
+    """A control-plane replica serving gRPC and HTTP on the ports given (a test that starts
+    it again on the same address picks them)."""
+    target = f"127.0.0.1:{grpc_port}"
+    proc = spawn(
+        "cp",
+        "control-plane",
+        "--listen",
+        target,
+        "--http-listen",
+        f"127.0.0.1:{http_port}",
+        "--redis",
+        redis_url,
+        *extra,
+        env=env,
+    )
+    await wait_serving(target, proc)
+    return proc
+
+
 # The single Redis the test flows count their steps in when longline runs on a cluster
 # (set by the redis_url fixture).
 COUNTERS = ""

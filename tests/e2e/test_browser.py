@@ -25,7 +25,7 @@ import longline
 from longline._embedded import free_port
 from longline.v1 import runs_pb2
 from tests.conftest import eventually
-from tests.procs import Proc, spawn, start_worker, wait_serving
+from tests.procs import Proc, start_http_control_plane, start_worker
 
 EVENT_TYPES = [name for name in runs_pb2.EventType.keys() if name != "EVENT_TYPE_UNSPECIFIED"]
 PAGE = """<!doctype html>
@@ -84,24 +84,6 @@ async def page_origin() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-async def _control_plane(redis_url: str, grpc_port: int, http_port: int, origin: str) -> Proc:
-    target = f"127.0.0.1:{grpc_port}"
-    proc = spawn(
-        "cp",
-        "control-plane",
-        "--listen",
-        target,
-        "--http-listen",
-        f"127.0.0.1:{http_port}",
-        "--http-cors-origin",
-        origin,
-        "--redis",
-        redis_url,
-    )
-    await wait_serving(target, proc)
-    return proc
-
-
 async def test_a_page_sees_every_event_once_across_a_control_plane_restart(
     redis_url: str, procs: list[Proc], page_origin: str
 ) -> None:
@@ -109,7 +91,9 @@ async def test_a_page_sees_every_event_once_across_a_control_plane_restart(
     from playwright.async_api import async_playwright
 
     grpc_port, http_port = free_port(), free_port()
-    cp = await _control_plane(redis_url, grpc_port, http_port, page_origin)
+    cp = await start_http_control_plane(
+        redis_url, grpc_port, http_port, "--http-cors-origin", page_origin
+    )
     procs.append(cp)
     target = f"127.0.0.1:{grpc_port}"
     procs.append(await start_worker(redis_url, target))
@@ -133,7 +117,9 @@ async def test_a_page_sees_every_event_once_across_a_control_plane_restart(
             cp.kill()  # mid-stream: the page's EventSource loses its connection
             assert not await seen(80)
             await asyncio.sleep(1)
-            cp = await _control_plane(redis_url, grpc_port, http_port, page_origin)
+            cp = await start_http_control_plane(
+                redis_url, grpc_port, http_port, "--http-cors-origin", page_origin
+            )
             procs.append(cp)
 
             async def closed() -> bool:

@@ -22,7 +22,7 @@ from longline._embedded import free_port
 from longline._offline_model import Faults, OfflineModel
 from tests.conftest import eventually
 from tests.e2e.test_browser import chromium
-from tests.procs import Proc, spawn, start_worker, wait_serving
+from tests.procs import Proc, start_http_control_plane, start_worker
 
 # The UI talks to the API like any page; on a cluster that is test_http's cluster pass.
 pytestmark = pytest.mark.single_redis
@@ -37,22 +37,6 @@ async def _snap(page: Any, name: str, width: int = 1100) -> None:
         await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
 
 
-async def _control_plane(redis_url: str, grpc_port: int, http_port: int) -> Proc:
-    target = f"127.0.0.1:{grpc_port}"
-    proc = spawn(
-        "cp",
-        "control-plane",
-        "--listen",
-        target,
-        "--http-listen",
-        f"127.0.0.1:{http_port}",
-        "--redis",
-        redis_url,
-    )
-    await wait_serving(target, proc)
-    return proc
-
-
 async def test_blog_post_started_in_the_ui_streams_once_across_a_reload_and_a_restart(
     redis_url: str, procs: list[Proc]
 ) -> None:
@@ -60,7 +44,7 @@ async def test_blog_post_started_in_the_ui_streams_once_across_a_reload_and_a_re
     from playwright.async_api import async_playwright
 
     grpc_port, http_port = free_port(), free_port()
-    cp = await _control_plane(redis_url, grpc_port, http_port)
+    cp = await start_http_control_plane(redis_url, grpc_port, http_port)
     procs.append(cp)
     target = f"127.0.0.1:{grpc_port}"
     ui = f"http://127.0.0.1:{http_port}/ui/"
@@ -96,7 +80,7 @@ async def test_blog_post_started_in_the_ui_streams_once_across_a_reload_and_a_re
             await eventually(lambda: seen(16), what="the reloaded view to stream", timeout=30)
             cp.kill()  # mid-run: the page's stream drops
             await asyncio.sleep(1)
-            cp = await _control_plane(redis_url, grpc_port, http_port)
+            cp = await start_http_control_plane(redis_url, grpc_port, http_port)
             procs.append(cp)
             state = page.locator(".state")
 
@@ -130,7 +114,7 @@ async def test_the_ui_answers_a_request_for_input_from_its_schema(
     from playwright.async_api import async_playwright
 
     grpc_port, http_port = free_port(), free_port()
-    procs.append(await _control_plane(redis_url, grpc_port, http_port))
+    procs.append(await start_http_control_plane(redis_url, grpc_port, http_port))
     target = f"127.0.0.1:{grpc_port}"
     procs.append(await start_worker(redis_url, target))
     async with longline.Client(target) as client, async_playwright() as pw:
@@ -173,23 +157,9 @@ async def test_the_waterfall_of_a_killed_and_resumed_run_shows_both_attempts(
     from playwright.async_api import async_playwright
 
     grpc_port, http_port = free_port(), free_port()
-    cp = spawn(
-        "cp",
-        "control-plane",
-        "--listen",
-        f"127.0.0.1:{grpc_port}",
-        "--http-listen",
-        f"127.0.0.1:{http_port}",
-        "--redis",
-        redis_url,
-        "--lease-timeout",
-        "2",
-        "--heartbeat-interval",
-        "0.5",
-    )
-    procs.append(cp)
+    lease = ("--lease-timeout", "2", "--heartbeat-interval", "0.5")
+    procs.append(await start_http_control_plane(redis_url, grpc_port, http_port, *lease))
     target = f"127.0.0.1:{grpc_port}"
-    await wait_serving(target, cp)
     first = await start_worker(redis_url, target, "--worker-id", "w1", name="w1")
     procs.append(first)
     async with longline.Client(target) as client:
@@ -228,7 +198,7 @@ async def test_a_run_of_ten_thousand_events_opens_and_scrolls_without_freezing(
     from playwright.async_api import async_playwright
 
     grpc_port, http_port = free_port(), free_port()
-    procs.append(await _control_plane(redis_url, grpc_port, http_port))
+    procs.append(await start_http_control_plane(redis_url, grpc_port, http_port))
     target = f"127.0.0.1:{grpc_port}"
     procs.append(await start_worker(redis_url, target))
     async with longline.Client(target) as client:
@@ -310,19 +280,7 @@ async def test_with_tokens_on_the_ui_asks_for_one_and_shows_the_tenant_its_runs_
     }
     grpc_port, http_port = free_port(), free_port()
     target = f"127.0.0.1:{grpc_port}"
-    cp = spawn(
-        "cp",
-        "control-plane",
-        "--listen",
-        target,
-        "--http-listen",
-        f"127.0.0.1:{http_port}",
-        "--redis",
-        redis_url,
-        env=secured,
-    )
-    procs.append(cp)
-    await wait_serving(target, cp)
+    procs.append(await start_http_control_plane(redis_url, grpc_port, http_port, env=secured))
     procs.append(
         await start_worker(
             redis_url,

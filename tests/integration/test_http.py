@@ -28,6 +28,21 @@ SECRET = "a-run-token-secret-of-at-least-32-bytes!"
 TERMINAL = {"EVENT_TYPE_RUN_SUCCEEDED", "EVENT_TYPE_RUN_FAILED", "EVENT_TYPE_RUN_CANCELLED"}
 
 
+def _open_plane(redis_url: str, **settings: Any) -> ControlPlaneSettings:
+    """A control plane's settings on free ports, gRPC and HTTP, with authentication off
+    unless `settings` give tokens."""
+    auth_off = not (settings.get("tokens_file") or settings.get("tokens"))
+    return ControlPlaneSettings(
+        **{
+            "redis_url": redis_url,
+            "listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            "insecure_no_auth": auth_off,
+            **settings,
+        }
+    )
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     timeout = aiohttp.ClientTimeout(total=60)
@@ -122,13 +137,7 @@ async def test_a_run_started_and_followed_over_sse_resumes_exactly_after_a_drop(
 async def test_a_quiet_stream_gets_keep_alive_comments(
     redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    settings = ControlPlaneSettings(
-        redis_url=redis_url,
-        listen="127.0.0.1:0",
-        http_listen="127.0.0.1:0",
-        insecure_no_auth=True,
-        http_keep_alive=0.2,
-    )
+    settings = _open_plane(redis_url, http_keep_alive=0.2)
     await _announce(redis_url, "echo")
     async with ControlPlane(settings) as cp:  # no worker: the run stays QUEUED, silent
         base = f"http://127.0.0.1:{cp.http_port}"
@@ -279,10 +288,8 @@ async def secured_http(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[Co
     path = tmp_path / "tokens.toml"
     path.write_text(tokens_toml(["alice", "bob", "worker"]))
     cp = ControlPlane(
-        ControlPlaneSettings(
-            redis_url=redis_url,
-            listen="127.0.0.1:0",
-            http_listen="127.0.0.1:0",
+        _open_plane(
+            redis_url,
             tokens_file=str(path),
             run_token_secret=SECRET,
             http_cors_origin="https://app.example",
@@ -456,9 +463,7 @@ async def test_run_tokens_are_refused_without_a_shared_secret(
 ) -> None:
     path = tmp_path / "tokens.toml"
     path.write_text(tokens_toml(["alice"]))
-    settings = ControlPlaneSettings(
-        redis_url=redis_url, listen="127.0.0.1:0", http_listen="127.0.0.1:0", tokens_file=str(path)
-    )
+    settings = _open_plane(redis_url, tokens_file=str(path))
     await _announce(redis_url, "echo")
     async with ControlPlane(settings) as cp:
         base = f"http://127.0.0.1:{cp.http_port}"
@@ -580,11 +585,8 @@ async def test_a_run_token_from_the_sdk_reads_its_run_over_grpc_and_http(
 async def test_a_stopping_replica_ends_its_event_streams_at_once(
     redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    settings = ControlPlaneSettings(
-        redis_url=redis_url,
-        listen="127.0.0.1:0",
-        http_listen="127.0.0.1:0",
-        insecure_no_auth=True,
+    settings = _open_plane(
+        redis_url,
         shutdown_grace=3600,  # held to it, the test would time out
     )
     await _announce(redis_url, "echo")
@@ -608,12 +610,7 @@ async def test_with_redis_away_an_event_stream_asks_to_come_back_and_ndjson_gets
 
     redis = EmbeddedRedis().start()
     try:
-        settings = ControlPlaneSettings(
-            redis_url=redis.url,
-            listen="127.0.0.1:0",
-            http_listen="127.0.0.1:0",
-            insecure_no_auth=True,
-        )
+        settings = _open_plane(redis.url)
         async with ControlPlane(settings) as cp:
             redis.stop()
             url = f"http://127.0.0.1:{cp.http_port}/v1/runs/r1/events"
@@ -651,14 +648,7 @@ async def test_over_grpc_the_input_comes_as_text_or_as_a_value_not_both(stack: S
 async def quiet_plane(redis_url: str) -> AsyncIterator[tuple[ControlPlane, str]]:
     """A control plane with no worker (runs stay QUEUED), auth off, one stream per tenant,
     and a grace long enough that only what ends streams and waits ends them."""
-    settings = ControlPlaneSettings(
-        redis_url=redis_url,
-        listen="127.0.0.1:0",
-        http_listen="127.0.0.1:0",
-        insecure_no_auth=True,
-        max_streams_per_tenant=2,
-        shutdown_grace=3600,
-    )
+    settings = _open_plane(redis_url, max_streams_per_tenant=2, shutdown_grace=3600)
     await _announce(redis_url, "echo")
     cp = ControlPlane(settings)
     await cp.start()
@@ -738,13 +728,7 @@ async def test_a_frozen_redis_gets_a_503_in_time_not_a_hung_request(
 
     redis = EmbeddedRedis().start()
     try:
-        settings = ControlPlaneSettings(
-            redis_url=redis.url,
-            listen="127.0.0.1:0",
-            http_listen="127.0.0.1:0",
-            insecure_no_auth=True,
-            http_request_timeout=1.0,
-        )
+        settings = _open_plane(redis.url, http_request_timeout=1.0)
         async with ControlPlane(settings) as cp:
             assert redis._proc is not None
             pid = redis._proc.pid
