@@ -40,6 +40,10 @@ from ._metrics import WorkerMetrics
 from ._settings import WorkerSettings
 
 log = logging.getLogger("longline.compute_plane")
+# The protocol this worker speaks on Connect (WorkerHello.protocol): 1 takes AssignmentBatch
+# and claim-written starts (Assignment.started), and sends WorkerReports to a control plane
+# of protocol 1.
+PROTOCOL = 1
 _tracer = trace.get_tracer("longline.compute_plane")
 
 
@@ -340,6 +344,9 @@ class Worker:
         self.workflows = workflows
         self._running: dict[str, _Running] = {}
         self._outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] | None = None
+        # The protocol of the control plane this worker's stream is open to (its welcome):
+        # from 1, acceptances and finishes queued together go as one WorkerReports.
+        self._peer_protocol = 0
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
         self._heartbeat_interval = settings.heartbeat_interval
@@ -474,11 +481,39 @@ class Worker:
     async def _requests(
         self, outbox: asyncio.Queue[worker_pb2.ConnectRequest | None]
     ) -> AsyncIterator[worker_pb2.ConnectRequest]:
+        held: worker_pb2.ConnectRequest | None = None
         while True:
-            message = await outbox.get()
+            message = held if held is not None else await outbox.get()
+            held = None
             if message is None:
                 return
-            yield message
+            kind = message.WhichOneof("message")
+            if self._peer_protocol < 1 or kind not in ("accepted", "finished"):
+                yield message
+                continue
+            # Acceptances and finishes queued together, in one message (acceptances are read
+            # first there, and no run is finished here before it was accepted).
+            reports = worker_pb2.WorkerReports()
+            ended = False
+            while True:
+                if kind == "accepted":
+                    reports.accepted.append(message.accepted.run)
+                else:
+                    reports.finished.append(message.finished.run)
+                if outbox.empty() or len(reports.accepted) + len(reports.finished) >= 512:
+                    break
+                following = outbox.get_nowait()
+                if following is None:
+                    ended = True
+                    break
+                kind = following.WhichOneof("message")
+                if kind not in ("accepted", "finished"):
+                    held = following
+                    break
+                message = following
+            yield worker_pb2.ConnectRequest(reports=reports)
+            if ended:
+                return
 
     def _hello(self) -> worker_pb2.ConnectRequest:
         s = self.settings
@@ -493,6 +528,7 @@ class Worker:
                     for w in self.workflows.values()
                 ],
                 slots=s.slots,
+                protocol=PROTOCOL,
                 running=[
                     worker_pb2.RunRef(run_id=run_id, attempt=r.attempt)
                     for run_id, r in self._running.items()
@@ -510,6 +546,7 @@ class Worker:
             n += 1
             outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
             outbox.put_nowait(self._hello())
+            self._peer_protocol = 0
             try:
                 s = self.settings
                 async with open_channel(
@@ -524,6 +561,9 @@ class Worker:
                             delay = 0.1
                         elif response.HasField("assignment"):
                             self._on_assignment(response.assignment)
+                        elif response.HasField("assignments"):
+                            for assignment in response.assignments.assignments:
+                                self._on_assignment(assignment)
                         elif response.HasField("cancel"):
                             self._on_cancel(response.cancel)
             except grpc.aio.AioRpcError as exc:
@@ -549,6 +589,7 @@ class Worker:
         if welcome.lease_timeout_seconds > 0:
             self._lease_ms = int(welcome.lease_timeout_seconds * 1000)
         self._beat_now.set()
+        self._peer_protocol = welcome.protocol
         self._outbox = outbox
         self._connected.set()
         log.info("connected to control plane replica %s", welcome.replica_id)
@@ -631,7 +672,11 @@ class Worker:
             alive=lambda: self._lease_held(a.run_id, a.attempt),
         )
         try:
-            checkpoints = await writer.open()
+            if a.started:  # the claim wrote RUN_STARTED and told what open() would read
+                writer.opened(a.idem_key, a.parent_run_id, a.tenant)
+                checkpoints = await writer.checkpoints() if a.checkpoints else {}
+            else:
+                checkpoints = await writer.open()
         except RedisError as exc:  # given back once Redis answers
             log.error("run %s attempt %d could not start: %s", a.run_id, a.attempt, exc)
             self._to_release[a.run_id, a.attempt] = a.workflow
@@ -671,26 +716,16 @@ class Worker:
         otel_context.attach(trace.set_span_in_context(attempt_span))
         span_context = attempt_span.get_span_context()
         if span_context.is_valid:
+            # The OpenTelemetry span's id, so the events' spans are the exported ones (where
+            # the claim wrote RUN_STARTED under another id, the trace nests this one's
+            # components under that attempt all the same: control_plane._trace).
             ctx.span_id = format(span_context.span_id, "016x")
+        elif a.started:
+            ctx.span_id = a.span_id
         resumed = f", resuming after {len(checkpoints)} finished steps" if checkpoints else ""
         try:
-            await sink.emit(
-                "RUN_STARTED",
-                EventBody(
-                    message=f"attempt {a.attempt} started on worker {self.settings.worker_id}"
-                    + resumed,
-                    span_id=ctx.span_id,
-                    data_json=json.dumps(
-                        {
-                            "worker": self.settings.worker_id,
-                            "build": self.settings.build_id,
-                            # Child runs' starts are not steps the trace replays: their
-                            # CHILD_STARTED events show them.
-                            "checkpoints": sorted(c for c in checkpoints if not is_child_step(c)),
-                        }
-                    ),
-                ),
-            )
+            if not a.started:
+                await self._write_started(sink, a, ctx.span_id, checkpoints, resumed)
             try:
                 result = await workflow(ctx, json.loads(a.input_json or "null"))
             except BaseExceptionGroup as group:
@@ -756,6 +791,33 @@ class Worker:
             sink.close()
             attempt_span.set_attribute("longline.replayed_steps", len(ctx.replayed))
             attempt_span.end()
+
+    async def _write_started(
+        self,
+        sink: _RedisSink,
+        a: worker_pb2.Assignment,
+        span_id: str,
+        checkpoints: dict[str, str],
+        resumed: str,
+    ) -> None:
+        """RUN_STARTED, written by the worker: the control plane's claim did not (protocol 0)."""
+        await sink.emit(
+            "RUN_STARTED",
+            EventBody(
+                message=f"attempt {a.attempt} started on worker {self.settings.worker_id}"
+                + resumed,
+                span_id=span_id,
+                data_json=json.dumps(
+                    {
+                        "worker": self.settings.worker_id,
+                        "build": self.settings.build_id,
+                        # Child runs' starts are not steps the trace replays: their
+                        # CHILD_STARTED events show them.
+                        "checkpoints": sorted(c for c in checkpoints if not is_child_step(c)),
+                    }
+                ),
+            ),
+        )
 
     async def _fail(
         self, writer: RunWriter, sink: _RedisSink, ctx: Context, exc: Exception

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from longline._events import TERMINAL_STATUSES
@@ -85,6 +85,14 @@ class _Subscriber:
 
 def _size(event: StoredEvent) -> int:
     return len(event.message) + len(event.data_json)
+
+
+@dataclass(eq=False)
+class Subscription:
+    """A run's live events, subscribed before a first read (EventHub.subscribe)."""
+
+    run_id: str
+    subscriber: _Subscriber
 
 
 @dataclass(eq=False)
@@ -234,37 +242,89 @@ class EventHub:
             with contextlib.suppress(RedisError, OSError, RuntimeError):  # a dead connection
                 await self._feed.unsubscribe(channel)
 
+    async def subscribe(self, run_id: str) -> Subscription:
+        """Subscribe to the run's live events now (Redis confirmed it when this returns): a
+        page read after this misses nothing. Hand it to `events` (which ends it), or `end`
+        it."""
+        subscriber = _Subscriber()
+        channel = self._feed.channel(run_id)
+        try:
+            await self._watch(channel, subscriber)
+        except BaseException:
+            self._unwatch_soon(channel, subscriber)
+            raise
+        return Subscription(run_id, subscriber)
+
+    async def end(self, subscription: Subscription) -> None:
+        """Stop a subscription that was not handed to `events` (a no-op once it was)."""
+        self._unwatch_soon(self._feed.channel(subscription.run_id), subscription.subscriber)
+
+    def _unwatch_soon(self, channel: str, subscriber: _Subscriber) -> None:
+        """_unwatch without waiting for Redis: a caller that was cancelled (a deadline over a
+        Redis that does not answer) must not wait again. The UNSUBSCRIBE is sent by a task of
+        the hub's, ahead of any SUBSCRIBE of the channel made after this (the feed sends them
+        in the order they are asked for)."""
+        watch = self._watches.get(channel)
+        if watch is None or subscriber not in watch.subscribers:
+            return
+        watch.subscribers.discard(subscriber)
+        if watch.subscribers:
+            return
+        del self._watches[channel]
+
+        async def unsubscribe() -> None:
+            with contextlib.suppress(RedisError, OSError, RuntimeError):  # a dead connection
+                await self._feed.unsubscribe(channel)
+
+        task = asyncio.create_task(unsubscribe())
+        self._subscribing.add(task)
+        task.add_done_callback(self._subscribing.discard)
+
     async def events(
-        self, run_id: str, after: str = "", first: EventPage | None = None
-    ) -> AsyncIterator[StoredEvent]:
+        self,
+        run_id: str,
+        after: str = "",
+        first: EventPage | None = None,
+        subscription: Subscription | None = None,
+    ) -> AsyncGenerator[StoredEvent, None]:
         """The run's events after `after`, live, ending with the terminal event. `first` is
-        the first page after `after`, when the caller read it already. Catching up reads
-        pages bounded in count and bytes (Events.read_page)."""
+        the first page after `after`, when the caller read it already: after `subscription`
+        (from `subscribe`) when it gives one, which this then ends. Catching up reads pages
+        bounded in count and bytes (Events.read_page)."""
         cursor = after or "0-0"
         channel = self._feed.channel(run_id)
         ended = False
+        subscriber = subscription.subscriber if subscription is not None else None
         while True:
-            # 1. Catch up from Redis.
-            while True:
-                if first is not None:
-                    page, first = first, None
-                else:
-                    page = await self._store.events.read_page(run_id, cursor)
-                for event in page.events:
-                    cursor = event.event_id
-                    yield event
-                    if event.terminal:
-                        return
-                if not page.more:
-                    break
-            if ended:
-                return  # it ended, and its terminal event is not in the stream (lost with Redis)
-            # 2. Subscribe, then read what was written before the subscription took effect.
-            subscriber = _Subscriber()
-            try:
-                await self._watch(channel, subscriber)
+            pending: EventPage | None = None
+            if subscriber is None:
+                # 1. Catch up from Redis.
                 while True:
-                    page = await self._store.events.read_page(run_id, cursor)
+                    if first is not None:
+                        page, first = first, None
+                    else:
+                        page = await self._store.events.read_page(run_id, cursor)
+                    for event in page.events:
+                        cursor = event.event_id
+                        yield event
+                        if event.terminal:
+                            return
+                    if not page.more:
+                        break
+                if ended:
+                    return  # it ended, and its terminal event is not in the stream (lost)
+            else:  # subscribed already, and `first` was read after that
+                pending, first = first, None
+            # 2. Subscribe, then read what was written before the subscription took effect.
+            watched, subscriber = subscriber is not None, subscriber or _Subscriber()
+            try:
+                if not watched:
+                    await self._watch(channel, subscriber)
+                while True:
+                    if pending is not None:
+                        page, pending = pending, None
+                    else:
+                        page = await self._store.events.read_page(run_id, cursor)
                     for event in page.events:
                         cursor = event.event_id
                         yield event
@@ -302,3 +362,4 @@ class EventHub:
                         return
             finally:
                 await asyncio.shield(self._unwatch(channel, subscriber))
+                subscriber = None

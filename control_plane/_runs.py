@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import grpc
 from google.protobuf import json_format
@@ -45,7 +45,7 @@ from longline.v1 import runs_pb2, runs_pb2_grpc
 
 from . import _trace
 from ._auth import current
-from ._hub import EventHub
+from ._hub import EventHub, Subscription
 from ._monitor import cancel_children
 from ._run_tokens import RunTokens
 from ._settings import ControlPlaneSettings
@@ -244,6 +244,8 @@ class OpenStream:
     ended: bool
     events: AsyncGenerator[StoredEvent, None]
     give_back: Callable[[], None]
+    # Ends the live subscription when the events never began (a no-op once they did).
+    unsubscribe: Callable[[], Awaitable[None]] | None = None
 
     async def close(self) -> None:
         """Stop the events (their watch on the hub goes) and give the slot back. Events
@@ -254,6 +256,8 @@ class OpenStream:
                 await self.events.aclose()
         finally:
             self.give_back()
+            if self.unsubscribe is not None:
+                await self.unsubscribe()
 
 
 def _nothing() -> None:
@@ -326,7 +330,10 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         self,
         request: runs_pb2.StartRunRequest | runs_pb2.RunWorkflowRequest,
         metadata: Sequence[tuple[str, str]],
+        before: Callable[[str], Awaitable[None]] | None = None,
     ) -> tuple[RunRecord, bool]:
+        """Check the request and create the run (or find it by its idempotency key).
+        `before` is awaited with the new run's id before the run is made."""
         if not request.workflow:
             raise InvalidArgumentError(
                 "workflow is required: the name of a workflow to run", "WORKFLOW_REQUIRED"
@@ -366,6 +373,8 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 )
         tenant = current().tenant
         new_id = self._store.runs.new_run_id(request.idempotency_key, tenant)
+        if before is not None:
+            await before(new_id)
         # The run's span is a child of the caller's (from the gRPC span, or the traceparent
         # it sent); attempts on workers become its children through the stored traceparent.
         caller_span = trace.get_current_span().get_span_context()
@@ -408,9 +417,29 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def _run_workflow(
         self, request: runs_pb2.RunWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> runs_pb2.RunWorkflowResponse:
-        record, created = await self._start(request, context.invocation_metadata() or ())
+        # Subscribed to the new run's events before it is made: every event it will have comes
+        # live, and none needs reading (a run found by its idempotency key is read instead).
+        subscription: Subscription | None = None
+
+        async def subscribe(run_id: str) -> None:
+            nonlocal subscription
+            subscription = await self._hub.subscribe(run_id)
+
+        try:
+            record, created = await self._start(
+                request, context.invocation_metadata() or (), subscribe
+            )
+        except BaseException:
+            if subscription is not None:
+                await self._hub.end(subscription)
+            raise
+        if subscription is not None and (not created or record.run_id != subscription.run_id):
+            await self._hub.end(subscription)
+            subscription = None
         remaining = context.time_remaining()
-        if not record.terminal:
+        if record.terminal and subscription is not None:
+            await self._hub.end(subscription)
+        elif not record.terminal:
             wait = None
             if remaining is not None:
                 margin = min(
@@ -419,11 +448,23 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 wait = max(0.0, remaining - margin)
             try:
                 async with asyncio.timeout(wait):
-                    async for event in self._hub.events(record.run_id, record.last_event_id):
-                        if event.terminal:
-                            break
+                    events = self._hub.events(
+                        record.run_id,
+                        record.last_event_id,
+                        EventPage([], False, 0) if subscription is not None else None,
+                        subscription,
+                    )
+                    try:
+                        async for event in events:
+                            if event.terminal:
+                                break
+                    finally:
+                        await events.aclose()
             except TimeoutError:
                 pass  # the caller's deadline comes first: answer with the run as it is
+            finally:
+                if subscription is not None:
+                    await self._hub.end(subscription)  # (the events ended it, if they began)
             record = await self._store.runs.get(record.run_id, record.tenant)
         return runs_pb2.RunWorkflowResponse(run=run_to_proto(record), created=created)
 
@@ -606,8 +647,19 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         run_id = _require_run_id(request.run_id)
         if request.after_event_id:
             parse_event_id(request.after_event_id)
-        # NOT_FOUND before any event.
+        # Subscribed first: the first page, read after, misses nothing, and needs no second
+        # read once subscribed. NOT_FOUND before any event.
         after = request.after_event_id
+        subscription = await self._hub.subscribe(run_id)
+        try:
+            return await self._open_subscribed(run_id, after, subscription)
+        except BaseException:
+            await self._hub.end(subscription)
+            raise
+
+    async def _open_subscribed(
+        self, run_id: str, after: str, subscription: Subscription
+    ) -> OpenStream:
         opened = await self._store.events.open(run_id, current().tenant, after)
         last = opened.last_event_id
         if (
@@ -632,15 +684,27 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         if opened.ended and not first.more and not any(e.terminal for e in first.events):
             # A finished run, and the cursor is past its terminal event: nothing will come
             # but what follows the cursor, if anything (its terminal event lost in a failover).
+            await self._hub.end(subscription)
             return OpenStream(run_id, not first.events, _listed(first.events), _nothing)
         give_back = self._take_stream_slot()  # refused before any event is sent
-        return OpenStream(run_id, False, self._live(run_id, after, first, give_back), give_back)
+        return OpenStream(
+            run_id,
+            False,
+            self._live(run_id, after, first, give_back, subscription),
+            give_back,
+            lambda: self._hub.end(subscription),
+        )
 
     async def _live(
-        self, run_id: str, after: str, first: EventPage, give_back: Callable[[], None]
+        self,
+        run_id: str,
+        after: str,
+        first: EventPage,
+        give_back: Callable[[], None],
+        subscription: Subscription,
     ) -> AsyncGenerator[StoredEvent, None]:
         try:
-            async for event in self._hub.events(run_id, after, first):
+            async for event in self._hub.events(run_id, after, first, subscription):
                 yield event
         finally:
             give_back()

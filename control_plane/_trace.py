@@ -67,6 +67,16 @@ def build(events: list[StoredEvent], run_id: str = "") -> list[TraceSpan]:
     by_id: dict[str, int] = {}  # a component's span id -> its place in spans
     children: dict[str, int] = {}  # a child run's id -> the place of its span
     current: int | None = None  # the place of the attempt in progress
+    known: set[str] = set()  # the span ids seen so far
+
+    def parent_of(event: StoredEvent) -> str:
+        """The span an event happened in. A worker that traces with OpenTelemetry names its
+        attempt by its own span's id, where the claim wrote RUN_STARTED under another: a span
+        not seen is the attempt in progress."""
+        parent = event.parent_span_id
+        if parent and parent not in known and current is not None:
+            return spans[current].span_id
+        return parent
 
     def update(at: int, **changes: Any) -> None:
         spans[at] = dataclasses.replace(spans[at], **changes)
@@ -98,6 +108,7 @@ def build(events: list[StoredEvent], run_id: str = "") -> list[TraceSpan]:
             )
             current = len(spans)
             spans.append(attempt)
+            known.add(attempt.span_id)
             checkpoints = data.get("checkpoints")
             for step in checkpoints if isinstance(checkpoints, list) else []:
                 if not isinstance(step, str):
@@ -117,10 +128,11 @@ def build(events: list[StoredEvent], run_id: str = "") -> list[TraceSpan]:
                 )
         elif event.type == "COMPONENT_STARTED":
             by_id[event.span_id] = len(spans)
+            known.add(event.span_id)
             spans.append(
                 TraceSpan(
                     span_id=event.span_id,
-                    parent_span_id=event.parent_span_id,
+                    parent_span_id=parent_of(event),
                     name=event.component,
                     kind="COMPONENT",
                     attempt=event.attempt,
@@ -133,10 +145,11 @@ def build(events: list[StoredEvent], run_id: str = "") -> list[TraceSpan]:
         elif event.type == "CHILD_STARTED":
             child = _str(data.get("child"))
             children[child] = len(spans)
+            known.add(event.span_id or f"child-{child}")
             spans.append(
                 TraceSpan(
                     span_id=event.span_id or f"child-{child}",
-                    parent_span_id=event.parent_span_id,
+                    parent_span_id=parent_of(event),
                     name=f"{_str(data.get('workflow'))} (child run)",
                     kind="CHILD_RUN",
                     attempt=event.attempt,

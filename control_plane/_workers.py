@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ class WorkerSession:
         return time.monotonic() >= self.present_until
 
     principal: str = ""  # the name of the token it connected with
+    # The worker's protocol (WorkerHello.protocol): from 1 it takes assignment batches and
+    # assignments whose RUN_STARTED the claim wrote.
+    protocol: int = 0
 
     @property
     def answering(self) -> bool:
@@ -88,6 +92,10 @@ class WorkerSession:
         self.outbox.put_nowait(message)
 
 
+# The protocol this control plane speaks on Connect (WorkerWelcome.protocol): 1 takes
+# WorkerReports, and sends AssignmentBatch and claim-written starts to workers of protocol 1.
+PROTOCOL = 1
+MAX_BATCH = 256  # assignments in one AssignmentBatch at most
 ROUTING_REFRESH = 1.0  # seconds between reads of the builds (blue-green routing)
 # Seconds between reads of every queue stream. Notices are lost only with the subscription's
 # connection, and every stream is read again when it is made anew: this is a safety net.
@@ -453,6 +461,7 @@ class Dispatcher:
                             int(self._settings.lease_timeout * 1000),
                             session.workflows[item.workflow].max_attempts or 3,
                             session.build_id,
+                            secrets.token_hex(8) if session.protocol >= 1 else "",
                         )
                         for session, item in plan
                     ]
@@ -525,6 +534,12 @@ class Dispatcher:
                     run_key=keys.run_key(item.run_id),
                     traceparent=traceparent,
                     labels_json=claimed.labels_json,
+                    started=bool(claimed.span_id),
+                    span_id=claimed.span_id,
+                    idem_key=claimed.idem_key,
+                    parent_run_id=claimed.parent_run_id,
+                    tenant=claimed.tenant,
+                    checkpoints=claimed.checkpoints,
                 )
             )
         )
@@ -614,6 +629,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             workflows={w.name: w for w in hello.workflows},
             slots=hello.slots,
             principal=current().name,
+            protocol=hello.protocol,
         )
         # What it says it runs counts only where Redis agrees (the attempt holds the run, on
         # this worker, for a workflow it may serve): a worker can give back only its own runs.
@@ -652,6 +668,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     replica_id=self._settings.replica_id,
                     heartbeat_interval_seconds=self._settings.heartbeat_interval,
                     lease_timeout_seconds=self._settings.lease_timeout,
+                    protocol=PROTOCOL,
                 )
             )
         )
@@ -671,16 +688,79 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             await asyncio.shield(self._dispatcher.requeue_unsent(session))
 
     async def _write_loop(self, session: WorkerSession, context: grpc.aio.ServicerContext) -> None:
+        """Send what the outbox holds, in order. To a worker of protocol 1, assignments
+        queued together go as one AssignmentBatch: one message for many runs."""
+        held: worker_pb2.ConnectResponse | None = None
         while True:
-            message = await session.outbox.get()
+            message = held if held is not None else await session.outbox.get()
+            held = None
             if message is None:
                 return
+            sent = [message]
+            if session.protocol >= 1 and message.HasField("assignment"):
+                while not session.outbox.empty() and len(sent) < MAX_BATCH:
+                    following = session.outbox.get_nowait()
+                    if following is None or not following.HasField("assignment"):
+                        held = following
+                        if following is None:
+                            held = None
+                            session.outbox.put_nowait(None)  # the end, after this batch
+                        break
+                    sent.append(following)
+                if len(sent) > 1:
+                    message = worker_pb2.ConnectResponse(
+                        assignments=worker_pb2.AssignmentBatch(
+                            assignments=[m.assignment for m in sent]
+                        )
+                    )
             try:
                 await context.write(message)
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
-                # The stream is gone; requeue_unsent hands this back when Connect ends.
-                session.outbox.put_nowait(message)
+                # The stream is gone; requeue_unsent hands these back when Connect ends.
+                for m in sent if held is None else [*sent, held]:
+                    session.outbox.put_nowait(m)
                 return
+
+    def _accepted(self, session: WorkerSession, ref: worker_pb2.RunRef) -> None:
+        sent = session.unacked.get(ref.run_id)
+        if sent is not None and sent[0] == ref.attempt:
+            del session.unacked[ref.run_id]
+        elif session.running.get(ref.run_id) != ref.attempt and session.outbox.qsize() < 1000:
+            # Taken back before this came (it was late): stop the task it started. (A
+            # stream that sends these and never reads gets no more than a bounded backlog.)
+            session.send(
+                worker_pb2.ConnectResponse(
+                    cancel=worker_pb2.CancelAssignment(
+                        run=ref, reason="acknowledged too late: the run moved on"
+                    )
+                )
+            )
+
+    def _freed(self, session: WorkerSession, ref: worker_pb2.RunRef, kind: str) -> bool:
+        """The worker no longer runs this attempt (it finished or released it): its slot is
+        free. False when the worker does not hold it here (nothing changes)."""
+        if session.running.get(ref.run_id) != ref.attempt:
+            # A released run's task still reports finished as it unwinds: expected.
+            log.debug(
+                "worker %s reported %s for run %s attempt %d, which it does not hold; ignored",
+                session.worker_id,
+                kind,
+                ref.run_id,
+                ref.attempt,
+            )
+            return False
+        del session.running[ref.run_id]
+        session.unacked.pop(ref.run_id, None)
+        return True
+
+    async def _slot_freed(self, was_full: bool) -> None:
+        # Runs waiting in this replica's backlog take the slot at once; otherwise the
+        # dispatcher, which reads this worker's queues while it has room, needs waking
+        # only when this is the worker's first free slot.
+        if self._dispatcher.backlog:
+            await self._dispatcher.drain_now()
+        elif was_full:
+            await self._dispatcher.wake()
 
     async def _handle(self, session: WorkerSession, request: worker_pb2.ConnectRequest) -> None:
         kind = request.WhichOneof("message")
@@ -688,35 +768,19 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             log.info("worker %s answers again", session.worker_id)
             session.unresponsive = False
         if kind == "accepted":
-            ref = request.accepted.run
-            sent = session.unacked.get(ref.run_id)
-            if sent is not None and sent[0] == ref.attempt:
-                del session.unacked[ref.run_id]
-            elif session.running.get(ref.run_id) != ref.attempt and session.outbox.qsize() < 1000:
-                # Taken back before this came (it was late): stop the task it started. (A
-                # stream that sends these and never reads gets no more than a bounded backlog.)
-                session.send(
-                    worker_pb2.ConnectResponse(
-                        cancel=worker_pb2.CancelAssignment(
-                            run=ref, reason="acknowledged too late: the run moved on"
-                        )
-                    )
-                )
+            self._accepted(session, request.accepted.run)
+        elif kind == "reports":
+            for ref in request.reports.accepted:
+                self._accepted(session, ref)
+            was_full = session.free == 0
+            freed = [self._freed(session, ref, "finished") for ref in request.reports.finished]
+            if any(freed):
+                await self._slot_freed(was_full)
         elif kind in ("finished", "released"):
             ref = getattr(request, kind).run
-            if session.running.get(ref.run_id) != ref.attempt:
-                # A released run's task still reports finished as it unwinds: expected.
-                log.debug(
-                    "worker %s reported %s for run %s attempt %d, which it does not hold; ignored",
-                    session.worker_id,
-                    kind,
-                    ref.run_id,
-                    ref.attempt,
-                )
-                return
             was_full = session.free == 0
-            del session.running[ref.run_id]
-            session.unacked.pop(ref.run_id, None)
+            if not self._freed(session, ref, kind):
+                return
             if kind == "released":
                 try:
                     await self._store.attempts.requeue(
@@ -727,13 +791,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     )
                 except RedisError as exc:  # its lease runs out and the monitor requeues it
                     log.warning("could not requeue released run %s now (%s)", ref.run_id, exc)
-            # Runs waiting in this replica's backlog take the slot at once; otherwise the
-            # dispatcher, which reads this worker's queues while it has room, needs waking
-            # only when this is the worker's first free slot.
-            if self._dispatcher.backlog:
-                await self._dispatcher.drain_now()
-            elif was_full:
-                await self._dispatcher.wake()
+            await self._slot_freed(was_full)
         elif kind == "draining":
             session.draining = True
             # Its build stops counting this worker at once, so pinned runs can move on.

@@ -62,6 +62,8 @@ class ClaimRequest:
     lease_ms: int
     max_attempts: int
     build: str = ""  # the worker's build
+    # The attempt's span id: the claim writes RUN_STARTED with it ('' = the worker does).
+    span_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,11 @@ class Claimed:
     input_json: str
     traceparent: str
     labels_json: str = ""  # the run's labels, a JSON object
+    idem_key: str = ""  # the run's idempotency record ('' = none), as RunWriter.open reads it
+    parent_run_id: str = ""
+    tenant: str = ""
+    checkpoints: int = 0  # step checkpoints the run holds
+    span_id: str = ""  # the span of the RUN_STARTED the claim wrote ('' = none: the worker writes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +138,15 @@ def _claimed(reply: Any) -> Claimed | WrongBuild | None:
         return WrongBuild(str(reply[1]))
     if answer is _ClaimAnswer.CLAIMED:
         return Claimed(
-            str(reply[1]), str(reply[2]), str(reply[3]), str(reply[4]) if len(reply) > 4 else ""
+            str(reply[1]),
+            str(reply[2]),
+            str(reply[3]),
+            str(reply[4]),
+            str(reply[5]),
+            str(reply[6]),
+            str(reply[7]),
+            int(reply[8]),
+            str(reply[9]),
         )
     return None
 
@@ -177,9 +192,18 @@ class Attempts:
                 keys.leases_key(n),
                 keys.events_key(r.run_id),
                 keys.builds_current_key(n),
+                keys.steps_key(r.run_id),
                 *keys.stats_keys(n),
             ]
-            args = [r.attempt, r.worker_id, r.replica_id, r.lease_ms, r.max_attempts, r.build]
+            args = [
+                r.attempt,
+                r.worker_id,
+                r.replica_id,
+                r.lease_ms,
+                r.max_attempts,
+                r.build,
+                r.span_id,
+            ]
             calls.append((self._claim, claim_keys, args))
         # One refused claim (OOM near the memory limit) must not hide the others that
         # landed: each answer stands alone, an error as the exception itself.
@@ -362,6 +386,14 @@ class RunWriter:
         self._idem: str | None = None  # the run's idempotency key, read once (see finish)
         self.parent = ""  # the run's parent run ('' = none), read with it
         self.tenant = ""  # the run's tenant, read with it (its children's)
+
+    def opened(self, idem_key: str, parent_run_id: str, tenant: str) -> None:
+        """What `open` reads, told by the claim instead (Assignment.started): no round trip."""
+        self._idem, self.parent, self.tenant = idem_key, parent_run_id, tenant
+
+    async def checkpoints(self) -> dict[str, str]:
+        """The run's step checkpoints (step key -> JSON result)."""
+        return dict(await self._attempts._redis.hgetall(keys.steps_key(self.run_id)))
 
     async def open(self) -> dict[str, str]:
         """The run's step checkpoints (step key -> JSON result), read with what `finish`

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
+from redis.exceptions import NoScriptError, RedisClusterException
 
 from . import _cluster, _sentinel
 
@@ -143,10 +143,32 @@ async def scripts_together(
             if raise_on_error and isinstance(reply, Exception):
                 raise reply
         return list(replies)
-    async with redis.pipeline(transaction=False) as pipe:
-        for script, k, a in calls:
-            await script(keys=k, args=a, client=pipe)
-        return list(await pipe.execute(raise_on_error=raise_on_error))
+    # EVALSHA by hand: a pipeline given the scripts themselves asks SCRIPT EXISTS first, a
+    # round trip more every time. A script the server does not have (it restarted, or
+    # SCRIPT FLUSH) fails alone with NOSCRIPT, having run nothing: it is loaded and run again.
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for _ in range(2):
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in todo:
+                script, k, a = calls[i]
+                pipe.evalsha(script.sha, len(k), *k, *a)
+            answers = await pipe.execute(raise_on_error=False)
+        missing = []
+        for i, answer in zip(todo, answers, strict=True):
+            replies[i] = answer
+            if isinstance(answer, NoScriptError):
+                missing.append(i)
+        if not missing:
+            break
+        for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+            script.sha = await redis.script_load(script.script)
+        todo = missing
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+    return replies
 
 
 async def ready_to_subscribe(redis: Any) -> None:

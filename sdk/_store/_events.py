@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from .._events import TERMINAL_EVENTS, TERMINAL_STATUSES, WIRE_NAMES, EventBody
 from . import _keys as keys
@@ -65,33 +64,45 @@ _EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # fullmatch: ASCII only,
 
 PAGE_EVENTS = 500  # events in one page at most
 PAGE_BYTES = 1024 * 1024  # bytes in one page at most, but for a single larger event
-# What one entry may take when sent beyond what it takes in its listpack: its id (at most
-# 41 characters), field names that the listpack stores once per node, and integers stored
-# in binary (at most 20 characters each as text), for the fields an event has (FIELD_NAMES).
-ENTRY_MARGIN = 256
-
 # KEYS: the events stream. ARGV: XRANGE's start ('-', or '(' and an id), most entries, most
 # bytes. Returns {more, bytes, entries}: entries as XRANGE gives them, in order, as many as
 # fit in the budget and at least one; more is 1 when the count or the budget ended the page.
 # Steps of 16 entries bound what Redis itself holds at once.
-READ_PAGE = """
-local start, most, budget = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local out, used = {}, 0
-while true do
-  local want = math.min(16, most - #out)
-  local batch = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', want)
-  for _, entry in ipairs(batch) do
-    local size = #entry[1]
-    for _, v in ipairs(entry[2]) do size = size + #v end
-    if #out > 0 and used + size > budget then return {1, used, out} end
-    out[#out + 1] = entry
-    used = used + size
+_PAGE = """
+local function page(key, start, most, budget)
+  local out, used = {}, 0
+  while true do
+    local want = math.min(16, most - #out)
+    local batch = redis.call('XRANGE', key, start, '+', 'COUNT', want)
+    for _, entry in ipairs(batch) do
+      local size = #entry[1]
+      for _, v in ipairs(entry[2]) do size = size + #v end
+      if #out > 0 and used + size > budget then return {1, used, out} end
+      out[#out + 1] = entry
+      used = used + size
+    end
+    if #batch < want then return {0, used, out} end
+    if #out == most then return {1, used, out} end
+    start = '(' .. batch[#batch][1]
   end
-  if #batch < want then return {0, used, out} end
-  if #out == most then return {1, used, out} end
-  start = '(' .. batch[#batch][1]
 end
 """
+READ_PAGE = _PAGE + "return page(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))\n"
+
+# KEYS: a run's hash, its events stream. ARGV: as READ_PAGE's ('' for the start: no page).
+# Returns {run_id, tenant, status, last_event_id, the page as READ_PAGE returns it or {}}:
+# StreamRun's check that the run is there and whose, and its first page, in one call.
+OPEN_PAGE = (
+    _PAGE
+    + """
+local run = redis.call('HMGET', KEYS[1], 'run_id', 'tenant', 'status', 'last_event_id')
+local first = {}
+if run[1] and ARGV[1] ~= '' then
+  first = page(KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+end
+return {run[1] or false, run[2] or '', run[3] or '', run[4] or '', first}
+"""
+)
 
 
 def parse_event_id(event_id: str) -> tuple[int, int]:
@@ -211,7 +222,7 @@ class Events:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
         self._read_page = redis.register_script(READ_PAGE)
-        self._memory_usage = True  # False once Redis refused MEMORY USAGE: measure every page
+        self._open_page = redis.register_script(OPEN_PAGE)
 
     async def open(
         self,
@@ -225,20 +236,13 @@ class Events:
         ended and its newest event's id, read after the check that the run exists and is
         `tenant`'s (NotFoundError otherwise)."""
         start = _range_start(after)
-        key = keys.events_key(run_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.run_key(run_id), "run_id", "tenant", "status", "last_event_id")
-            if self._memory_usage:
-                pipe.memory_usage(key, samples=0)
-            fields, *usage = await pipe.execute(raise_on_error=False)
-        if isinstance(fields, Exception):
-            raise fields
-        found, owner, status, last = fields
-        if found is None or (owner or "") != tenant:
+        found, owner, status, last, first = await self._open_page(
+            keys=[keys.run_key(run_id), keys.events_key(run_id)],
+            args=[start or "", max(1, count), max_bytes],
+        )
+        if not found or (owner or "") != tenant:
             raise NotFoundError(f"run {run_id!r} not found", "RUN_NOT_FOUND")
-        page = EventPage([], False, 0)
-        if start is not None:
-            page = await self._page(key, start, count, max_bytes, self._usage(usage))
+        page = _script_page(first) if first else EventPage([], False, 0)
         return OpenedStream(page, status in TERMINAL_STATUSES, last or "")
 
     async def read_page(
@@ -253,40 +257,16 @@ class Events:
         start = _range_start(after)
         if start is None:
             return EventPage([], False, 0)
-        key = keys.events_key(run_id)
-        usage: int | None = None
-        if self._memory_usage:
-            try:
-                usage = await self._redis.memory_usage(key, samples=0) or 0
-            except ResponseError as exc:
-                usage = self._usage([exc])
-        return await self._page(key, start, count, max_bytes, usage)
+        reply = await self._read_page(
+            keys=[keys.events_key(run_id)], args=[start, max(1, count), max_bytes]
+        )
+        return _script_page(reply)
 
     async def read_events(
         self, run_id: str, after: str, count: int, max_bytes: int = PAGE_BYTES
     ) -> list[StoredEvent]:
         """The events of read_page: fewer than `count` does not mean there are no more."""
         return (await self.read_page(run_id, after, count, max_bytes)).events
-
-    def _usage(self, reply: list[Any]) -> int | None:
-        """The stream's size from a MEMORY USAGE reply; None when it is not known."""
-        if not reply:
-            return None
-        if isinstance(reply[0], ResponseError):  # not allowed here (an ACL, a managed Redis)
-            log.info("MEMORY USAGE refused (%s): every page of events is measured", reply[0])
-            self._memory_usage = False
-            return None
-        if isinstance(reply[0], Exception):
-            raise reply[0]
-        return int(reply[0] or 0)
-
-    async def _page(
-        self, key: str, start: str, count: int, max_bytes: int, usage: int | None
-    ) -> EventPage:
-        count = max(1, count)
-        if usage is not None and usage + count * ENTRY_MARGIN <= max_bytes:
-            return _entries_page(await self._redis.xrange(key, start, "+", count=count), count)
-        return _script_page(await self._read_page(keys=[key], args=[start, count, max_bytes]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,10 +63,19 @@ class Queues:
         self._fanout: Fanout | None = None
         self._noticed = False  # notices() was called before
         self._notify = redis.register_script(NOTIFY)
+        self._streams: dict[tuple[str, str], list[str]] = {}
 
     def streams(self, workflow: str, build: str) -> list[str]:
-        """A queue's streams, one per partition."""
-        return [keys.queue_key(n, workflow, build) for n in self.partitions]
+        """A queue's streams, one per partition (made once per queue: the dispatcher asks
+        every round). Do not change the list returned."""
+        made = self._streams.get((workflow, build))
+        if made is None:
+            if len(self._streams) >= 4096:  # workflows and builds of the past: start over
+                self._streams.clear()
+            made = self._streams[workflow, build] = [
+                keys.queue_key(n, workflow, build) for n in self.partitions
+            ]
+        return made
 
     async def ensure_groups(self, streams: Sequence[str]) -> None:
         """Make each stream and its consumer group where either is missing."""

@@ -258,10 +258,12 @@ return 1
 """
 )
 
-# KEYS: run, leases, events, the partition's current builds (keys.builds_current_key).
-# ARGV: attempt, worker_id, replica_id, lease_ms, max_attempts, the worker's build id.
-# Returns {1, workflow, input_json, traceparent, labels_json} when this caller now holds the
-# attempt,
+# KEYS: run, leases, events, the partition's current builds (keys.builds_current_key), steps.
+# ARGV: attempt, worker_id, replica_id, lease_ms, max_attempts, the worker's build id, the
+# attempt's span id ('' = the worker writes RUN_STARTED itself: a worker of protocol 0).
+# Returns {1, workflow, input_json, traceparent, labels_json, idem_key, parent_run_id, tenant,
+# the number of step checkpoints, the span id of the RUN_STARTED it wrote ('' = none)} when
+# this caller now holds the attempt,
 # {-1, current build} when the run has not started on any build yet and another build is
 # current (new runs go to the current build only), else {0}.
 # The run is pinned to the worker's build from here on; a run that moves to another build
@@ -269,17 +271,25 @@ return 1
 # The same claim again (this attempt, this worker, which has written nothing for it yet) is
 # claimed again, its lease started anew: a dispatcher whose reply was lost cannot tell
 # whether its claim landed, and sends it again rather than drop the run.
+# With a span id, the claim writes the attempt's RUN_STARTED (data: worker, build, and the
+# step checkpoints it resumes after, child runs' starts left out), once: the worker then
+# reads nothing before its first write, and a watcher sees the start a round trip sooner.
 CLAIM_RUN = (
     _PRELUDE
     + """
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'workflow', 'input_json', 'run_id',
-  'traceparent', 'build', 'worker_id', 'seq', 'labels_json')
+  'traceparent', 'build', 'worker_id', 'seq', 'labels_json', 'idem_key', 'parent_run_id',
+  'tenant', 'attempt_span')
+local function claimed()
+  return {1, st[3], st[4], st[6] or '', st[10] or '', st[11] or '', st[12] or '',
+    st[13] or '', redis.call('HLEN', KEYS[5]), st[14] or ''}
+end
 if st[1] == 'RUNNING' and st[2] == ARGV[1] and st[8] == ARGV[2] and (st[9] or '0') == '0'
   and (st[7] or '') == ARGV[6] then
   local again = fmt(now_ms() + tonumber(ARGV[4]))
   redis.call('HSET', KEYS[1], 'lease_expires_ms', again)
   redis.call('ZADD', KEYS[2], again, st[5])
-  return {1, st[3], st[4], st[6] or '', st[10] or ''}
+  return claimed()
 end
 if st[1] ~= 'QUEUED' or st[2] ~= ARGV[1] then return {0} end
 local pinned = st[7] or ''
@@ -292,7 +302,8 @@ local expires = fmt(now + tonumber(ARGV[4]))
 moved(KEYS[1], 'QUEUED', nil)
 redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'worker_id', ARGV[2], 'replica_id', ARGV[3],
   'lease_expires_ms', expires, 'update_ms', fmt(now), 'max_attempts', ARGV[5], 'seq', '0',
-  'build', ARGV[6])
+  'build', ARGV[6], 'attempt_span', ARGV[7])
+st[14] = ARGV[7]
 moved(KEYS[1], nil, 'RUNNING')
 redis.call('ZADD', KEYS[2], expires, st[5])
 count(QUEUED, st[3], -1)
@@ -303,7 +314,29 @@ if pinned ~= '' and pinned ~= ARGV[6] then
     ' is left to run it'})
   redis.call('HSET', KEYS[1], 'last_event_id', id)
 end
-return {1, st[3], st[4], st[6] or '', st[10] or ''}
+if ARGV[7] ~= '' then
+  local steps = {}
+  for _, step in ipairs(redis.call('HKEYS', KEYS[5])) do
+    -- ctx.run_child's '@child#n' and ctx.map's '@map#n/i' are child runs' starts: their
+    -- CHILD_STARTED events show them (as sdk._context.is_child_step tells them apart).
+    local last = string.match(step, '([^/]*)$')
+    local before = string.match(step, '([^/]*)/[^/]*$')
+    if not (string.sub(last, 1, 6) == '@child' or
+      (before and string.sub(before, 1, 5) == '@map#' and string.match(last, '^%d+$'))) then
+      steps[#steps + 1] = step
+    end
+  end
+  table.sort(steps)
+  local total = redis.call('HLEN', KEYS[5])
+  local resumed = total > 0 and (', resuming after ' .. total .. ' finished steps') or ''
+  local data = '{"worker":' .. cjson.encode(ARGV[2]) .. ',"build":' .. cjson.encode(ARGV[6]) ..
+    ',"checkpoints":' .. (#steps > 0 and cjson.encode(steps) or '[]') .. '}'
+  local id = emit(KEYS[3], {'t', 'RUN_STARTED', 'a', ARGV[1],
+    'm', 'attempt ' .. ARGV[1] .. ' started on worker ' .. ARGV[2] .. resumed,
+    'd', data, 's', ARGV[7]})
+  redis.call('HSET', KEYS[1], 'last_event_id', id)
+end
+return claimed()
 """
 )
 

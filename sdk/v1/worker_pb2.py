@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18longline/v1/worker.proto\x12\x0blongline.v1\"G\n\x0cWorkflowInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\x05\"\x95\x01\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08\x62uild_id\x18\x02 \x01(\t\x12,\n\tworkflows\x18\x03 \x03(\x0b\x32\x19.longline.v1.WorkflowInfo\x12\r\n\x05slots\x18\x04 \x01(\x05\x12$\n\x07running\x18\x05 \x03(\x0b\x32\x13.longline.v1.RunRef\")\n\x06RunRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"2\n\x0eWorkerAccepted\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.longline.v1.RunRef\"2\n\x0eWorkerFinished\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.longline.v1.RunRef\"*\n\x0eWorkerDraining\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x01 \x01(\x01\"B\n\x0eWorkerReleased\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.longline.v1.RunRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8a\x02\n\x0e\x43onnectRequest\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.longline.v1.WorkerHelloH\x00\x12/\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x1b.longline.v1.WorkerAcceptedH\x00\x12/\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x1b.longline.v1.WorkerFinishedH\x00\x12/\n\x08\x64raining\x18\x04 \x01(\x0b\x32\x1b.longline.v1.WorkerDrainingH\x00\x12/\n\x08released\x18\x05 \x01(\x0b\x32\x1b.longline.v1.WorkerReleasedH\x00\x42\t\n\x07message\"f\n\rWorkerWelcome\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12\x1d\n\x15lease_timeout_seconds\x18\x03 \x01(\x01\"\xb7\x01\n\nAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x13\n\x0blease_token\x18\x05 \x01(\x03\x12\x12\n\nstream_key\x18\x06 \x01(\t\x12\x0f\n\x07run_key\x18\x07 \x01(\t\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x13\n\x0blabels_json\x18\t \x01(\t\"D\n\x10\x43\x61ncelAssignment\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.longline.v1.RunRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xab\x01\n\x0f\x43onnectResponse\x12-\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.longline.v1.WorkerWelcomeH\x00\x12-\n\nassignment\x18\x02 \x01(\x0b\x32\x17.longline.v1.AssignmentH\x00\x12/\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1d.longline.v1.CancelAssignmentH\x00\x42\t\n\x07message2Y\n\rWorkerService\x12H\n\x07\x43onnect\x12\x1b.longline.v1.ConnectRequest\x1a\x1c.longline.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18longline/v1/worker.proto\x12\x0blongline.v1\"G\n\x0cWorkflowInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\x05\"\xa7\x01\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08\x62uild_id\x18\x02 \x01(\t\x12,\n\tworkflows\x18\x03 \x03(\x0b\x32\x19.longline.v1.WorkflowInfo\x12\r\n\x05slots\x18\x04 \x01(\x05\x12$\n\x07running\x18\x05 \x03(\x0b\x32\x13.longline.v1.RunRef\x12\x10\n\x08protocol\x18\x06 \x01(\x05\")\n\x06RunRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"2\n\x0eWorkerAccepted\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.longline.v1.RunRef\"2\n\x0eWorkerFinished\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.longline.v1.RunRef\"*\n\x0eWorkerDraining\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x01 \x01(\x01\"B\n\x0eWorkerReleased\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.longline.v1.RunRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"]\n\rWorkerReports\x12%\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\x0b\x32\x13.longline.v1.RunRef\x12%\n\x08\x66inished\x18\x02 \x03(\x0b\x32\x13.longline.v1.RunRef\"\xb9\x02\n\x0e\x43onnectRequest\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.longline.v1.WorkerHelloH\x00\x12/\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x1b.longline.v1.WorkerAcceptedH\x00\x12/\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x1b.longline.v1.WorkerFinishedH\x00\x12/\n\x08\x64raining\x18\x04 \x01(\x0b\x32\x1b.longline.v1.WorkerDrainingH\x00\x12/\n\x08released\x18\x05 \x01(\x0b\x32\x1b.longline.v1.WorkerReleasedH\x00\x12-\n\x07reports\x18\x06 \x01(\x0b\x32\x1a.longline.v1.WorkerReportsH\x00\x42\t\n\x07message\"x\n\rWorkerWelcome\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12\x1d\n\x15lease_timeout_seconds\x18\x03 \x01(\x01\x12\x10\n\x08protocol\x18\x04 \x01(\x05\"\xa7\x02\n\nAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x13\n\x0blease_token\x18\x05 \x01(\x03\x12\x12\n\nstream_key\x18\x06 \x01(\t\x12\x0f\n\x07run_key\x18\x07 \x01(\t\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x13\n\x0blabels_json\x18\t \x01(\t\x12\x0f\n\x07started\x18\n \x01(\x08\x12\x0f\n\x07span_id\x18\x0b \x01(\t\x12\x10\n\x08idem_key\x18\x0c \x01(\t\x12\x15\n\rparent_run_id\x18\r \x01(\t\x12\x0e\n\x06tenant\x18\x0e \x01(\t\x12\x13\n\x0b\x63heckpoints\x18\x0f \x01(\x05\"?\n\x0f\x41ssignmentBatch\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.longline.v1.Assignment\"D\n\x10\x43\x61ncelAssignment\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.longline.v1.RunRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xe0\x01\n\x0f\x43onnectResponse\x12-\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.longline.v1.WorkerWelcomeH\x00\x12-\n\nassignment\x18\x02 \x01(\x0b\x32\x17.longline.v1.AssignmentH\x00\x12/\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1d.longline.v1.CancelAssignmentH\x00\x12\x33\n\x0b\x61ssignments\x18\x04 \x01(\x0b\x32\x1c.longline.v1.AssignmentBatchH\x00\x42\t\n\x07message2Y\n\rWorkerService\x12H\n\x07\x43onnect\x12\x1b.longline.v1.ConnectRequest\x1a\x1c.longline.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,27 +35,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKFLOWINFO']._serialized_start=41
   _globals['_WORKFLOWINFO']._serialized_end=112
   _globals['_WORKERHELLO']._serialized_start=115
-  _globals['_WORKERHELLO']._serialized_end=264
-  _globals['_RUNREF']._serialized_start=266
-  _globals['_RUNREF']._serialized_end=307
-  _globals['_WORKERACCEPTED']._serialized_start=309
-  _globals['_WORKERACCEPTED']._serialized_end=359
-  _globals['_WORKERFINISHED']._serialized_start=361
-  _globals['_WORKERFINISHED']._serialized_end=411
-  _globals['_WORKERDRAINING']._serialized_start=413
-  _globals['_WORKERDRAINING']._serialized_end=455
-  _globals['_WORKERRELEASED']._serialized_start=457
-  _globals['_WORKERRELEASED']._serialized_end=523
-  _globals['_CONNECTREQUEST']._serialized_start=526
-  _globals['_CONNECTREQUEST']._serialized_end=792
-  _globals['_WORKERWELCOME']._serialized_start=794
-  _globals['_WORKERWELCOME']._serialized_end=896
-  _globals['_ASSIGNMENT']._serialized_start=899
-  _globals['_ASSIGNMENT']._serialized_end=1082
-  _globals['_CANCELASSIGNMENT']._serialized_start=1084
-  _globals['_CANCELASSIGNMENT']._serialized_end=1152
-  _globals['_CONNECTRESPONSE']._serialized_start=1155
-  _globals['_CONNECTRESPONSE']._serialized_end=1326
-  _globals['_WORKERSERVICE']._serialized_start=1328
-  _globals['_WORKERSERVICE']._serialized_end=1417
+  _globals['_WORKERHELLO']._serialized_end=282
+  _globals['_RUNREF']._serialized_start=284
+  _globals['_RUNREF']._serialized_end=325
+  _globals['_WORKERACCEPTED']._serialized_start=327
+  _globals['_WORKERACCEPTED']._serialized_end=377
+  _globals['_WORKERFINISHED']._serialized_start=379
+  _globals['_WORKERFINISHED']._serialized_end=429
+  _globals['_WORKERDRAINING']._serialized_start=431
+  _globals['_WORKERDRAINING']._serialized_end=473
+  _globals['_WORKERRELEASED']._serialized_start=475
+  _globals['_WORKERRELEASED']._serialized_end=541
+  _globals['_WORKERREPORTS']._serialized_start=543
+  _globals['_WORKERREPORTS']._serialized_end=636
+  _globals['_CONNECTREQUEST']._serialized_start=639
+  _globals['_CONNECTREQUEST']._serialized_end=952
+  _globals['_WORKERWELCOME']._serialized_start=954
+  _globals['_WORKERWELCOME']._serialized_end=1074
+  _globals['_ASSIGNMENT']._serialized_start=1077
+  _globals['_ASSIGNMENT']._serialized_end=1372
+  _globals['_ASSIGNMENTBATCH']._serialized_start=1374
+  _globals['_ASSIGNMENTBATCH']._serialized_end=1437
+  _globals['_CANCELASSIGNMENT']._serialized_start=1439
+  _globals['_CANCELASSIGNMENT']._serialized_end=1507
+  _globals['_CONNECTRESPONSE']._serialized_start=1510
+  _globals['_CONNECTRESPONSE']._serialized_end=1734
+  _globals['_WORKERSERVICE']._serialized_start=1736
+  _globals['_WORKERSERVICE']._serialized_end=1825
 # @@protoc_insertion_point(module_scope)

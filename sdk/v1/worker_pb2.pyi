@@ -18,18 +18,20 @@ class WorkflowInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., max_attempts: _Optional[int] = ...) -> None: ...
 
 class WorkerHello(_message.Message):
-    __slots__ = ("worker_id", "build_id", "workflows", "slots", "running")
+    __slots__ = ("worker_id", "build_id", "workflows", "slots", "running", "protocol")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOWS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     build_id: str
     workflows: _containers.RepeatedCompositeFieldContainer[WorkflowInfo]
     slots: int
     running: _containers.RepeatedCompositeFieldContainer[RunRef]
-    def __init__(self, worker_id: _Optional[str] = ..., build_id: _Optional[str] = ..., workflows: _Optional[_Iterable[_Union[WorkflowInfo, _Mapping]]] = ..., slots: _Optional[int] = ..., running: _Optional[_Iterable[_Union[RunRef, _Mapping]]] = ...) -> None: ...
+    protocol: int
+    def __init__(self, worker_id: _Optional[str] = ..., build_id: _Optional[str] = ..., workflows: _Optional[_Iterable[_Union[WorkflowInfo, _Mapping]]] = ..., slots: _Optional[int] = ..., running: _Optional[_Iterable[_Union[RunRef, _Mapping]]] = ..., protocol: _Optional[int] = ...) -> None: ...
 
 class RunRef(_message.Message):
     __slots__ = ("run_id", "attempt")
@@ -65,32 +67,44 @@ class WorkerReleased(_message.Message):
     reason: str
     def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class WorkerReports(_message.Message):
+    __slots__ = ("accepted", "finished")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    accepted: _containers.RepeatedCompositeFieldContainer[RunRef]
+    finished: _containers.RepeatedCompositeFieldContainer[RunRef]
+    def __init__(self, accepted: _Optional[_Iterable[_Union[RunRef, _Mapping]]] = ..., finished: _Optional[_Iterable[_Union[RunRef, _Mapping]]] = ...) -> None: ...
+
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "accepted", "finished", "draining", "released")
+    __slots__ = ("hello", "accepted", "finished", "draining", "released", "reports")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     RELEASED_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
     hello: WorkerHello
     accepted: WorkerAccepted
     finished: WorkerFinished
     draining: WorkerDraining
     released: WorkerReleased
-    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., accepted: _Optional[_Union[WorkerAccepted, _Mapping]] = ..., finished: _Optional[_Union[WorkerFinished, _Mapping]] = ..., draining: _Optional[_Union[WorkerDraining, _Mapping]] = ..., released: _Optional[_Union[WorkerReleased, _Mapping]] = ...) -> None: ...
+    reports: WorkerReports
+    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., accepted: _Optional[_Union[WorkerAccepted, _Mapping]] = ..., finished: _Optional[_Union[WorkerFinished, _Mapping]] = ..., draining: _Optional[_Union[WorkerDraining, _Mapping]] = ..., released: _Optional[_Union[WorkerReleased, _Mapping]] = ..., reports: _Optional[_Union[WorkerReports, _Mapping]] = ...) -> None: ...
 
 class WorkerWelcome(_message.Message):
-    __slots__ = ("replica_id", "heartbeat_interval_seconds", "lease_timeout_seconds")
+    __slots__ = ("replica_id", "heartbeat_interval_seconds", "lease_timeout_seconds", "protocol")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LEASE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     heartbeat_interval_seconds: float
     lease_timeout_seconds: float
-    def __init__(self, replica_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., lease_timeout_seconds: _Optional[float] = ...) -> None: ...
+    protocol: int
+    def __init__(self, replica_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., lease_timeout_seconds: _Optional[float] = ..., protocol: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("run_id", "workflow", "input_json", "attempt", "lease_token", "stream_key", "run_key", "traceparent", "labels_json")
+    __slots__ = ("run_id", "workflow", "input_json", "attempt", "lease_token", "stream_key", "run_key", "traceparent", "labels_json", "started", "span_id", "idem_key", "parent_run_id", "tenant", "checkpoints")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +114,12 @@ class Assignment(_message.Message):
     RUN_KEY_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     LABELS_JSON_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEM_KEY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     workflow: str
     input_json: str
@@ -109,7 +129,19 @@ class Assignment(_message.Message):
     run_key: str
     traceparent: str
     labels_json: str
-    def __init__(self, run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[int] = ..., stream_key: _Optional[str] = ..., run_key: _Optional[str] = ..., traceparent: _Optional[str] = ..., labels_json: _Optional[str] = ...) -> None: ...
+    started: bool
+    span_id: str
+    idem_key: str
+    parent_run_id: str
+    tenant: str
+    checkpoints: int
+    def __init__(self, run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[int] = ..., stream_key: _Optional[str] = ..., run_key: _Optional[str] = ..., traceparent: _Optional[str] = ..., labels_json: _Optional[str] = ..., started: _Optional[bool] = ..., span_id: _Optional[str] = ..., idem_key: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., tenant: _Optional[str] = ..., checkpoints: _Optional[int] = ...) -> None: ...
+
+class AssignmentBatch(_message.Message):
+    __slots__ = ("assignments",)
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class CancelAssignment(_message.Message):
     __slots__ = ("run", "reason")
@@ -120,11 +152,13 @@ class CancelAssignment(_message.Message):
     def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "assignment", "cancel")
+    __slots__ = ("welcome", "assignment", "cancel", "assignments")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     welcome: WorkerWelcome
     assignment: Assignment
     cancel: CancelAssignment
-    def __init__(self, welcome: _Optional[_Union[WorkerWelcome, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelAssignment, _Mapping]] = ...) -> None: ...
+    assignments: AssignmentBatch
+    def __init__(self, welcome: _Optional[_Union[WorkerWelcome, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelAssignment, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatch, _Mapping]] = ...) -> None: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from longline._store import connect
+from longline._store._connection import scripts_together
 
 
 async def test_cancelling_a_blocked_read_always_ends_the_task(redis_url: str) -> None:
@@ -30,3 +31,28 @@ async def cancel_blocked_reads(url: str, steps: int) -> None:
         assert await client.ping()  # and the client still works
         await client.delete("probe")
         await client.aclose()
+
+
+async def test_scripts_run_together_after_the_server_forgot_them(redis_url: str) -> None:
+    """Pipelined scripts go as EVALSHA with no SCRIPT EXISTS first: after SCRIPT FLUSH (a
+    restart, a failover to a replica that never saw them) each is loaded and run once."""
+    client = connect(redis_url)
+    try:
+        incr = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+        echo = client.register_script("return ARGV[1]")
+        key = "{probe}:n"
+        await client.delete(key)
+        calls = [(incr, [key], [1]), (echo, [key], ["a"]), (incr, [key], [10])]
+        assert await scripts_together(client, calls) == [1, "a", 11]
+        await client.script_flush()  # every primary of a cluster
+        assert await scripts_together(client, calls) == [12, "a", 22]
+        assert int(await client.get(key)) == 22  # each ran once, none twice
+        bad = client.register_script("return redis.error_reply('NOPE no')")
+        replies = await scripts_together(
+            client, [(bad, [key], []), *calls[:1]], raise_on_error=False
+        )
+        assert isinstance(replies[0], Exception) and replies[1] == 23
+    finally:
+        await client.delete("{probe}:n")
+        await client.aclose()
+
