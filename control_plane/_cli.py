@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from typing import Any
 
@@ -20,6 +22,7 @@ from longline._options import Option, options_of, values_of
 from longline._plugins import Plane
 from longline._store import DomainError
 
+from . import _processes
 from ._auth import hash_token, new_token, parse_tokens
 from ._server import ControlPlane
 from ._settings import ControlPlaneSettings
@@ -32,6 +35,41 @@ OPTIONS = options_of(ControlPlaneSettings)
 def _serve(args: argparse.Namespace) -> int:
     try:
         settings = ControlPlaneSettings(**values_of(args, OPTIONS))
+        if _processes.count(settings) > 1:
+            return _processes.supervise(settings, _replica)
+    except ValueError as exc:
+        raise CommandError(f"longline control-plane: {exc}") from None
+    return _serve_settings(settings)
+
+
+def _replica(settings: ControlPlaneSettings) -> None:
+    """One replica of --processes, in a process of its own (spawned: it imports afresh)."""
+    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which passes it on
+    _die_with_parent()
+    try:
+        code = _serve_settings(settings)
+    except CommandError as exc:
+        print(exc, file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this process when the supervisor dies (Linux): no replica outlives it,
+    holding the port."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # it died before that: gone already
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _serve_settings(settings: ControlPlaneSettings) -> int:
+    try:
         cp = ControlPlane(settings)
     except ValueError as exc:
         raise CommandError(f"longline control-plane: {exc}") from None

@@ -939,10 +939,16 @@ class _Frames:
 
 
 async def serve(
-    face: HttpFace, listen: str, shutdown_grace: float, tls: ssl.SSLContext | None = None
+    face: HttpFace,
+    listen: str,
+    shutdown_grace: float,
+    tls: ssl.SSLContext | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> web.AppRunner:
     """Start serving `face` on `listen` (HOST:PORT; port 0 picks one), over TLS with `tls`;
-    the runner's `addresses` say where. RuntimeError when the address cannot be bound."""
+    the runner's `addresses` say where. RuntimeError when the address cannot be bound.
+    `reuse_port`: shared with the other processes of --processes (SO_REUSEPORT)."""
     runner = web.AppRunner(
         face.application(),
         handler_cancellation=True,
@@ -952,7 +958,14 @@ async def serve(
     await runner.setup()
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")  # [::]:8080
-    site = web.TCPSite(runner, host or "0.0.0.0", int(port), backlog=4096, ssl_context=tls)
+    site = web.TCPSite(
+        runner,
+        host or "0.0.0.0",
+        int(port),
+        backlog=4096,
+        ssl_context=tls,
+        reuse_port=reuse_port or None,
+    )
     try:
         await site.start()
     except OSError as exc:

@@ -206,7 +206,8 @@ class ControlPlane:
         interceptors = [ErrorInterceptor(self.authenticator)]
         options = [
             ("grpc.max_receive_message_length", s.max_input_bytes + 64 * 1024),
-            ("grpc.so_reuseport", 0),
+            # Off, so a port in use is an error, but for the processes of --processes.
+            ("grpc.so_reuseport", 1 if s.reuse_port else 0),
             # gRPC core cancels calls beyond 1,000 waiting to be handed to Python (3,000 hard):
             # a burst of StartRuns from many clients must queue, not fail with CANCELLED.
             ("grpc.server.max_pending_requests", 50_000),
@@ -257,7 +258,9 @@ class ControlPlane:
                     loopback_only=self.authenticator.tokens is None and is_loopback(s.http_listen),
                     serving=lambda: not self._stopping.is_set(),
                 )
-                http_runner = await serve_http(face, s.http_listen, s.shutdown_grace, _https(s))
+                http_runner = await serve_http(
+                    face, s.http_listen, s.shutdown_grace, _https(s), reuse_port=s.reuse_port
+                )
                 self.http_port = bound_port(http_runner)
             for service in ("", *SERVICES):
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

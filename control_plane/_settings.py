@@ -32,6 +32,17 @@ class ControlPlaneSettings:
             shown="random",
         ),
     )
+    processes: int = field(
+        default=1,
+        metadata=option(
+            "processes serving the same ports, each a replica with an event loop of its own "
+            "(SO_REUSEPORT: the kernel spreads connections over them); 0: one per core"
+        ),
+    )
+    # Set by --processes for the processes it starts: their ports are shared.
+    reuse_port: bool = field(
+        default=False, metadata=internal("set by --processes for the processes it starts")
+    )
     partitions: int = field(
         default=DEFAULT_PARTITIONS,
         metadata=option(
@@ -166,6 +177,8 @@ class ControlPlaneSettings:
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
+        if not 0 <= self.processes <= 256:
+            raise ValueError("--processes must be 0 (one per core) to 256")
         if not 1 <= self.partitions <= MAX_PARTITIONS:
             raise ValueError(f"--partitions must be 1 to {MAX_PARTITIONS}")
         if not 0 < self.ack_timeout <= 3600:  # also refuses nan

@@ -136,13 +136,13 @@ async def scripts_together(
 
         # Every call ends before this returns (none left holding a connection), each
         # answer or error in its place.
-        replies = await asyncio.gather(*(one(*call) for call in calls), return_exceptions=True)
-        for reply in replies:
+        gathered = await asyncio.gather(*(one(*call) for call in calls), return_exceptions=True)
+        for reply in gathered:
             if isinstance(reply, BaseException) and not isinstance(reply, Exception):
                 raise reply  # a cancellation
             if raise_on_error and isinstance(reply, Exception):
                 raise reply
-        return list(replies)
+        return list(gathered)
     # EVALSHA by hand: a pipeline given the scripts themselves asks SCRIPT EXISTS first, a
     # round trip more every time. A script the server does not have (it restarted, or
     # SCRIPT FLUSH) fails alone with NOSCRIPT, having run nothing: it is loaded and run again.

@@ -55,4 +55,3 @@ async def test_scripts_run_together_after_the_server_forgot_them(redis_url: str)
     finally:
         await client.delete("{probe}:n")
         await client.aclose()
-
