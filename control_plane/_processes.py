@@ -16,6 +16,7 @@ deployment that refuses a replica refuses every one. Entry-point code: it handle
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing
 import os
 import signal
@@ -33,8 +34,22 @@ _GRACE = 10.0  # seconds beyond the replicas' shutdown grace before they are kil
 
 
 def count(settings: ControlPlaneSettings) -> int:
-    """How many replicas `--processes` asks for (0: one per core)."""
-    return settings.processes or len(os.sched_getaffinity(0)) or 1
+    """How many replicas `--processes` asks for (0: one per core it may use)."""
+    return settings.processes or cores()
+
+
+def cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may use: those it may run on, fewer under a CPU limit (a
+    container's, cgroup v2: a pod limited to 2 CPUs on a 32-core node counts 2), at least 1."""
+    n = len(os.sched_getaffinity(0)) or 1
+    try:
+        with open(cpu_max) as f:
+            quota, _, period = f.read().strip().partition(" ")
+        if quota != "max" and int(period) > 0:
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to read: every core it may run on
+    return n
 
 
 def replica_settings(settings: ControlPlaneSettings, index: int) -> ControlPlaneSettings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -693,13 +694,18 @@ class RunHandle:
                 metadata=self._client._auth,
             )
             try:
-                async for response in call:
+                while (response := await call.read()) is not grpc.aio.EOF:
                     event = event_from_proto(response.event)
                     cursor = event.event_id
                     failing_since, delay = None, 0.05
-                    yield event
                     if event.type.terminal:
+                        # The server ends the stream right after it: read that end first, so
+                        # the call ends as it should on both sides rather than cancelled.
+                        with contextlib.suppress(grpc.aio.AioRpcError):
+                            await call.read()
+                        yield event
                         return
+                    yield event
                 return  # the server ended the stream: the run had ended
             except grpc.aio.AioRpcError as exc:
                 task = asyncio.current_task()

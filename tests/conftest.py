@@ -16,6 +16,7 @@ from hypothesis import settings
 from redis.commands.core import AsyncScript
 
 from longline._embedded import EmbeddedRedis
+from longline._store import _connection as store_connection
 from longline._store import keys as store_keys
 from tests.cluster import RedisCluster
 
@@ -45,9 +46,21 @@ def _scripts_checked_for_one_slot() -> Iterator[None]:
         SCRIPTS_RUN[str(self.script)] = SCRIPTS_RUN.get(str(self.script), 0) + 1
         return await original(self, keys, args, client)
 
+    # Scripts pipelined together go as EVALSHA by hand, each through `pipelined`.
+    original_pipelined = store_connection.pipelined
+
+    def checked_pipelined(pipe: Any, script: Any, keys: Any, args: Any) -> None:
+        slots = {store_keys.slot(str(k)) for k in keys or ()}
+        if len(slots) > 1:
+            _CROSS_SLOT.append(f"{str(script.script)[:60]!r}... with keys {list(keys)}")
+        SCRIPTS_RUN[str(script.script)] = SCRIPTS_RUN.get(str(script.script), 0) + 1
+        original_pipelined(pipe, script, keys, args)
+
     AsyncScript.__call__ = checked  # type: ignore[method-assign]
+    store_connection.pipelined = checked_pipelined
     yield
     AsyncScript.__call__ = original  # type: ignore[method-assign]
+    store_connection.pipelined = original_pipelined
 
 
 @pytest.fixture(autouse=True)

@@ -119,6 +119,11 @@ def check_redis_url(url: str) -> None:
     _sentinel.check_redis_url(url)
 
 
+def pipelined(pipe: Any, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
+    """Queue one script call on a pipeline, as EVALSHA (see scripts_together)."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
 async def scripts_together(
     redis: Any, calls: Sequence[ScriptCall], *, raise_on_error: bool = True
 ) -> list[Any]:
@@ -151,8 +156,7 @@ async def scripts_together(
     for _ in range(2):
         async with redis.pipeline(transaction=False) as pipe:
             for i in todo:
-                script, k, a = calls[i]
-                pipe.evalsha(script.sha, len(k), *k, *a)
+                pipelined(pipe, *calls[i])
             answers = await pipe.execute(raise_on_error=False)
         missing = []
         for i, answer in zip(todo, answers, strict=True):

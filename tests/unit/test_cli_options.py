@@ -4,6 +4,8 @@ name; and the SDK reaches the planes through entry points, never by importing th
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +107,19 @@ def test_every_command_has_help() -> None:
         with pytest.raises(SystemExit) as caught:
             build_parser({}).parse_args([*path, "--help"])
         assert caught.value.code == 0, path
+
+
+def test_processes_count_the_cores_a_cpu_limit_leaves(tmp_path: Path) -> None:
+    """--processes 0 starts one replica per core the pod may use: a CPU limit, not the
+    node's cores (cgroup v2's cpu.max: quota and period in microseconds)."""
+    from longline.control_plane._processes import cores
+
+    limit = tmp_path / "cpu.max"
+    every = len(os.sched_getaffinity(0))
+    limit.write_text("max 100000\n")
+    assert cores(str(limit)) == every
+    limit.write_text("150000 100000\n")  # 1.5 CPUs: two processes, the second half-busy
+    assert cores(str(limit)) == min(every, 2)
+    limit.write_text("10000 100000\n")
+    assert cores(str(limit)) == 1
+    assert cores(str(tmp_path / "none")) == every

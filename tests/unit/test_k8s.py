@@ -346,3 +346,19 @@ def test_the_http_ingress_lets_event_streams_through(tmp_path: Path) -> None:
             assert service["metadata"]["namespace"] == ingress["metadata"]["namespace"]
             (port,) = [p for p in service["spec"]["ports"] if p["name"] == backend["port"]["name"]]
             assert port["targetPort"] in ("http", ports["http"])
+
+
+def test_prod_runs_one_control_plane_process_per_core_it_requests() -> None:
+    """A Python process uses one core: a pod given two runs two (--processes), each with its
+    metrics port declared."""
+    prod = render(RENDERED["prod"])
+    (cp,) = [
+        d for d in _of(prod, "Deployment") if d["metadata"]["name"] == "longline-control-plane"
+    ]
+    (container,) = cp["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    processes = int(env["LONGLINE_PROCESSES"])
+    assert processes == int(container["resources"]["requests"]["cpu"]) == 2
+    assert int(container["resources"]["limits"]["cpu"]) >= processes
+    ports = {p["containerPort"] for p in container["ports"]}
+    assert {9090 + i for i in range(processes)} <= ports
