@@ -90,7 +90,7 @@ async def measure(
         }
         spy = None
         if profile:
-            pid = {"cp": procs[0].popen.pid, "worker": procs[1].popen.pid}[profile]
+            pid = {"cp": procs[0].popen.pid, "worker": procs[1].popen.pid}.get(profile, os.getpid())
             spy = subprocess.Popen(
                 [
                     os.path.join(os.path.dirname(os.sys.executable), "py-spy"),
@@ -127,7 +127,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5000)
     parser.add_argument("--workflow", default="noop")
-    parser.add_argument("--profile", default="", choices=["", "cp", "worker"])
+    parser.add_argument("--profile", default="", choices=["", "cp", "worker", "client"])
     parser.add_argument("--cp-arg", action="append", default=[])
     parser.add_argument("--call", default="start", choices=["start", "run"])
     args = parser.parse_args()
