@@ -42,10 +42,10 @@ def _serve(args: argparse.Namespace) -> int:
     return _serve_settings(settings)
 
 
-def _replica(settings: ControlPlaneSettings) -> None:
+def _replica(settings: ControlPlaneSettings, supervisor: int) -> None:
     """One replica of --processes, in a process of its own (spawned: it imports afresh)."""
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which passes it on
-    _die_with_parent()
+    _die_with_parent(supervisor)
     try:
         code = _serve_settings(settings)
     except CommandError as exc:
@@ -54,7 +54,7 @@ def _replica(settings: ControlPlaneSettings) -> None:
     sys.exit(code)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(supervisor: int) -> None:
     """SIGTERM this process when the supervisor dies (Linux): no replica outlives it,
     holding the port."""
     try:
@@ -64,7 +64,7 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # it died before that: gone already
+    if os.getppid() != supervisor:  # it died before that (the supervisor may be pid 1)
         os.kill(os.getpid(), signal.SIGTERM)
 
 

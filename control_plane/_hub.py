@@ -232,16 +232,6 @@ class EventHub:
                 watch.subscribed.set_exception(exc)
                 watch.subscribed.exception()  # its waiters get it
 
-    async def _unwatch(self, channel: str, subscriber: _Subscriber) -> None:
-        watch = self._watches.get(channel)
-        if watch is None or subscriber not in watch.subscribers:
-            return  # the connection was lost meanwhile: that watch is gone
-        watch.subscribers.discard(subscriber)
-        if not watch.subscribers:
-            del self._watches[channel]
-            with contextlib.suppress(RedisError, OSError, RuntimeError):  # a dead connection
-                await self._feed.unsubscribe(channel)
-
     async def subscribe(self, run_id: str) -> Subscription:
         """Subscribe to the run's live events now (Redis confirmed it when this returns): a
         page read after this misses nothing. Hand it to `events` (which ends it), or `end`
@@ -361,5 +351,6 @@ class EventHub:
                     if live.terminal:
                         return
             finally:
-                await asyncio.shield(self._unwatch(channel, subscriber))
+                # Not waited for: the caller (a StreamRun ending) goes on at once.
+                self._unwatch_soon(channel, subscriber)
                 subscriber = None

@@ -84,15 +84,19 @@ def check_ports(settings: ControlPlaneSettings) -> None:
             raise ValueError(f"--processes above 1 needs a fixed port for {flag}, not {address}")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As servers bind (a port left in TIME_WAIT by the last run is free to them).
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, int(port)))
             except OSError as exc:
                 raise ValueError(f"{flag} {address} cannot be listened on: {exc}") from None
 
 
-def supervise(settings: ControlPlaneSettings, run: Callable[[ControlPlaneSettings], None]) -> int:
-    """Run `count(settings)` replicas, each `run(replica_settings(...))` in a process of its
-    own, until a stop signal; the exit code."""
+def supervise(
+    settings: ControlPlaneSettings, run: Callable[[ControlPlaneSettings, int], None]
+) -> int:
+    """Run `count(settings)` replicas, each `run(replica_settings(...), this process's pid)`
+    in a process of its own, until a stop signal; the exit code."""
     check_ports(settings)
     n = count(settings)
     context = multiprocessing.get_context("spawn")
@@ -101,26 +105,36 @@ def supervise(settings: ControlPlaneSettings, run: Callable[[ControlPlaneSetting
     failures: dict[int, int] = {}
     due: dict[int, float] = {}  # replicas waiting to start again: index -> when
     stopping = False
+    signals = 0  # stop signals received (a second one quits at once)
     code = 0
 
     def start(index: int) -> None:
         proc = context.Process(
-            target=run, args=(replica_settings(settings, index),), name=f"replica-{index}"
+            target=run,
+            args=(replica_settings(settings, index), os.getpid()),
+            name=f"replica-{index}",
         )
         proc.start()
         procs[index], started[index] = proc, time.monotonic()
+        if stopping and proc.pid is not None:  # a stop came while it was being started
+            os.kill(proc.pid, signal.SIGTERM)
 
-    def on_stop(signum: int, frame: FrameType | None) -> None:
+    def stop() -> None:
         nonlocal stopping
-        if stopping:  # a second signal: at once
-            for proc in procs.values():
-                if proc.pid is not None:
-                    os.kill(proc.pid, signal.SIGKILL)
-            os._exit(130)
         stopping = True
         for proc in procs.values():
             if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signal.SIGTERM)
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:  # a second signal: at once
+            for proc in procs.values():
+                if proc.pid is not None:
+                    os.kill(proc.pid, signal.SIGKILL)
+            os._exit(130)
+        stop()
 
     def on_reload(signum: int, frame: FrameType | None) -> None:
         for proc in procs.values():
@@ -158,7 +172,7 @@ def supervise(settings: ControlPlaneSettings, run: Callable[[ControlPlaneSetting
             )
             if quick and failures[index] >= 2:  # it cannot start: neither can the others
                 code = proc.exitcode if proc.exitcode > 0 else 1
-                on_stop(signal.SIGTERM, None)
+                stop()
                 continue
             due[index] = time.monotonic() + min(30.0, 0.5 * 2 ** failures[index])
         for index, when in list(due.items()):

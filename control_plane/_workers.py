@@ -96,6 +96,9 @@ class WorkerSession:
 # WorkerReports, and sends AssignmentBatch and claim-written starts to workers of protocol 1.
 PROTOCOL = 1
 MAX_BATCH = 256  # assignments in one AssignmentBatch at most
+# Bytes of assignments in one batch at most: well under a worker's 4 MiB receive limit, which
+# one assignment alone always fits in (an input is at most --max-input-bytes, 1 MiB).
+MAX_BATCH_BYTES = 1024 * 1024
 ROUTING_REFRESH = 1.0  # seconds between reads of the builds (blue-green routing)
 # Seconds between reads of every queue stream. Notices are lost only with the subscription's
 # connection, and every stream is read again when it is made anew: this is a safety net.
@@ -698,15 +701,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 return
             sent = [message]
             if session.protocol >= 1 and message.HasField("assignment"):
+                size = message.ByteSize()
                 while not session.outbox.empty() and len(sent) < MAX_BATCH:
                     following = session.outbox.get_nowait()
-                    if following is None or not following.HasField("assignment"):
+                    if (
+                        following is None
+                        or not following.HasField("assignment")
+                        or size + following.ByteSize() > MAX_BATCH_BYTES
+                    ):
                         held = following
                         if following is None:
                             held = None
                             session.outbox.put_nowait(None)  # the end, after this batch
                         break
                     sent.append(following)
+                    size += following.ByteSize()
                 if len(sent) > 1:
                     message = worker_pb2.ConnectResponse(
                         assignments=worker_pb2.AssignmentBatch(

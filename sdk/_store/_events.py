@@ -89,15 +89,16 @@ end
 """
 READ_PAGE = _PAGE + "return page(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))\n"
 
-# KEYS: a run's hash, its events stream. ARGV: as READ_PAGE's ('' for the start: no page).
-# Returns {run_id, tenant, status, last_event_id, the page as READ_PAGE returns it or {}}:
-# StreamRun's check that the run is there and whose, and its first page, in one call.
+# KEYS: a run's hash, its events stream. ARGV: as READ_PAGE's ('' for the start: no page),
+# then the caller's tenant. Returns {run_id, tenant, status, last_event_id, the page as
+# READ_PAGE returns it or {}}: StreamRun's check that the run is there and the caller's, and
+# its first page (read only then), in one call.
 OPEN_PAGE = (
     _PAGE
     + """
 local run = redis.call('HMGET', KEYS[1], 'run_id', 'tenant', 'status', 'last_event_id')
 local first = {}
-if run[1] and ARGV[1] ~= '' then
+if run[1] and (run[2] or '') == ARGV[4] and ARGV[1] ~= '' then
   first = page(KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 end
 return {run[1] or false, run[2] or '', run[3] or '', run[4] or '', first}
@@ -238,7 +239,7 @@ class Events:
         start = _range_start(after)
         found, owner, status, last, first = await self._open_page(
             keys=[keys.run_key(run_id), keys.events_key(run_id)],
-            args=[start or "", max(1, count), max_bytes],
+            args=[start or "", max(1, count), max_bytes, tenant],
         )
         if not found or (owner or "") != tenant:
             raise NotFoundError(f"run {run_id!r} not found", "RUN_NOT_FOUND")

@@ -274,8 +274,10 @@ return 1
 # With a span id, the claim writes the attempt's RUN_STARTED (data: worker, build, and the
 # step checkpoints it resumes after, child runs' starts left out), once: the worker then
 # reads nothing before its first write, and a watcher sees the start a round trip sooner.
+CLAIM_STARTS_UP_TO = 256  # step checkpoints at most for the claim to write RUN_STARTED
 CLAIM_RUN = (
     _PRELUDE
+    + f"local CLAIM_STARTS_UP_TO = {CLAIM_STARTS_UP_TO}\n"
     + """
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'workflow', 'input_json', 'run_id',
   'traceparent', 'build', 'worker_id', 'seq', 'labels_json', 'idem_key', 'parent_run_id',
@@ -299,11 +301,16 @@ if pinned == '' then
 end
 local now = now_ms()
 local expires = fmt(now + tonumber(ARGV[4]))
+-- A run resumed after many steps: its worker writes RUN_STARTED (listing them) as before,
+-- so that a claim never scans a large hash nor writes a large event.
+local span = ARGV[7]
+local total = redis.call('HLEN', KEYS[5])
+if total > CLAIM_STARTS_UP_TO then span = '' end
 moved(KEYS[1], 'QUEUED', nil)
 redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'worker_id', ARGV[2], 'replica_id', ARGV[3],
   'lease_expires_ms', expires, 'update_ms', fmt(now), 'max_attempts', ARGV[5], 'seq', '0',
-  'build', ARGV[6], 'attempt_span', ARGV[7])
-st[14] = ARGV[7]
+  'build', ARGV[6], 'attempt_span', span)
+st[14] = span
 moved(KEYS[1], nil, 'RUNNING')
 redis.call('ZADD', KEYS[2], expires, st[5])
 count(QUEUED, st[3], -1)
@@ -314,7 +321,7 @@ if pinned ~= '' and pinned ~= ARGV[6] then
     ' is left to run it'})
   redis.call('HSET', KEYS[1], 'last_event_id', id)
 end
-if ARGV[7] ~= '' then
+if span ~= '' then
   local steps = {}
   for _, step in ipairs(redis.call('HKEYS', KEYS[5])) do
     -- ctx.run_child's '@child#n' and ctx.map's '@map#n/i' are child runs' starts: their
@@ -327,13 +334,12 @@ if ARGV[7] ~= '' then
     end
   end
   table.sort(steps)
-  local total = redis.call('HLEN', KEYS[5])
   local resumed = total > 0 and (', resuming after ' .. total .. ' finished steps') or ''
   local data = '{"worker":' .. cjson.encode(ARGV[2]) .. ',"build":' .. cjson.encode(ARGV[6]) ..
     ',"checkpoints":' .. (#steps > 0 and cjson.encode(steps) or '[]') .. '}'
   local id = emit(KEYS[3], {'t', 'RUN_STARTED', 'a', ARGV[1],
     'm', 'attempt ' .. ARGV[1] .. ' started on worker ' .. ARGV[2] .. resumed,
-    'd', data, 's', ARGV[7]})
+    'd', data, 's', span})
   redis.call('HSET', KEYS[1], 'last_event_id', id)
 end
 return claimed()
@@ -480,7 +486,8 @@ local function requeue(run, events, queue, leases, attempt, message, channel)
   local id = emit(events, {'t', 'RUN_RETRYING', 'a', next_attempt, 'm', message})
   moved(run, 'RUNNING', nil)
   redis.call('HSET', run, 'status', 'QUEUED', 'attempt', next_attempt, 'worker_id', '',
-    'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '', 'seq', '0')
+    'update_ms', fmt(now_ms()), 'last_event_id', id, 'lease_expires_ms', '', 'seq', '0',
+    'attempt_span', '')
   moved(run, nil, 'QUEUED')
   redis.call('ZREM', leases, r[1])
   enqueue(queue, channel, r[1], next_attempt)

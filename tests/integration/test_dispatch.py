@@ -159,3 +159,40 @@ async def test_two_queues_may_hand_out_the_same_entry_id(
         assert results[0] == "one"
         worker.request_stop()
         await task
+
+
+async def test_queued_runs_with_large_inputs_reach_a_worker_in_batches_it_can_take(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """Assignments queued together go to a worker as one AssignmentBatch, but never more
+    than it can receive (gRPC's 4 MiB): six runs of 900 KB inputs, all claimed at once,
+    all run, and the worker's stream never breaks."""
+    settings = ControlPlaneSettings(
+        insecure_no_auth=True, redis_url=redis_url, listen="127.0.0.1:0", partitions=ONE
+    )
+    async with ControlPlane(settings) as cp:
+        target = f"127.0.0.1:{cp.port}"
+        await _known_but_unserved(redis_url, target, redis)
+        async with longline.Client(target) as client:
+            pad = "x" * 900_000
+            handles = [await client.start("echo", {"pad": pad, "n": i}) for i in range(6)]
+            worker = Worker(
+                WorkerSettings(
+                    insecure_no_auth=True,
+                    redis_url=redis_url,
+                    control_plane=target,
+                    slots=8,
+                    drain_timeout=1,
+                    max_event_bytes=2 * 1024 * 1024,
+                ),
+                load_workflows(str(FLOWS)),
+            )
+            task = asyncio.create_task(worker.run())
+            try:
+                results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 60)
+                assert [r["n"] for r in results] == list(range(6))
+                for h in handles:  # each on its first attempt: no stream broke under it
+                    assert (await h.describe()).attempt == 1
+            finally:
+                worker.request_stop()
+                await task

@@ -37,21 +37,20 @@ async def test_scripts_run_together_after_the_server_forgot_them(redis_url: str)
     """Pipelined scripts go as EVALSHA with no SCRIPT EXISTS first: after SCRIPT FLUSH (a
     restart, a failover to a replica that never saw them) each is loaded and run once."""
     client = connect(redis_url)
+    a, b = "{probe}:a", "{probe}:b"
     try:
         incr = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
         echo = client.register_script("return ARGV[1]")
-        key = "{probe}:n"
-        await client.delete(key)
-        calls = [(incr, [key], [1]), (echo, [key], ["a"]), (incr, [key], [10])]
-        assert await scripts_together(client, calls) == [1, "a", 11]
+        await client.delete(a, b)
+        # Each call on a key of its own: a cluster client runs them side by side.
+        calls = [(incr, [a], [1]), (echo, [a], ["x"]), (incr, [b], [10])]
+        assert await scripts_together(client, calls) == [1, "x", 10]
         await client.script_flush()  # every primary of a cluster
-        assert await scripts_together(client, calls) == [12, "a", 22]
-        assert int(await client.get(key)) == 22  # each ran once, none twice
+        assert await scripts_together(client, calls) == [2, "x", 20]
+        assert (int(await client.get(a)), int(await client.get(b))) == (2, 20)  # each once
         bad = client.register_script("return redis.error_reply('NOPE no')")
-        replies = await scripts_together(
-            client, [(bad, [key], []), *calls[:1]], raise_on_error=False
-        )
-        assert isinstance(replies[0], Exception) and replies[1] == 23
+        replies = await scripts_together(client, [(bad, [a], []), calls[0]], raise_on_error=False)
+        assert isinstance(replies[0], Exception) and replies[1] == 3
     finally:
-        await client.delete("{probe}:n")
+        await client.delete(a, b)
         await client.aclose()

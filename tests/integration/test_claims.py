@@ -1,0 +1,80 @@
+"""CLAIM_RUN writes an attempt's RUN_STARTED for a worker of protocol 1 (a span id given),
+once, bounded: a run resumed after many steps has its worker write it, as before."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from longline._store import Claimed, ClaimRequest, Store, connect, keys
+from longline._store._scripts import CLAIM_STARTS_UP_TO
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    s = Store(connect(redis_url))
+    yield s
+    await s.redis.aclose()
+
+
+async def _queued(store: Store, steps: dict[str, str]) -> str:
+    await store.presence.announce("w1", [("flow", "")], 60_000)
+    run_id = store.runs.new_run_id()
+    await store.runs.create(run_id, "flow", "null", {}, tenant="t1")
+    if steps:
+        await store.redis.hset(keys.steps_key(run_id), mapping=steps)
+    return run_id
+
+
+async def _started(store: Store, run_id: str) -> list[dict[str, str]]:
+    events = await store.events.read_events(run_id, "", 100)
+    return [
+        {"message": e.message, "data": e.data_json, "span": e.span_id}
+        for e in events
+        if e.type == "RUN_STARTED"
+    ]
+
+
+async def test_the_claim_writes_run_started_once_with_the_steps_it_resumes_after(
+    store: Store,
+) -> None:
+    steps = {
+        "b.step#1": "1",
+        "a.step#1": "2",
+        "@child#1": "{}",
+        "@map#1/0": "{}",
+        "x/@map#2/3": "{}",
+    }
+    run_id = await _queued(store, steps)
+    request = ClaimRequest(run_id, 1, "w1", "cp", 60_000, 3, "", "abcdef0123456789")
+    claimed = await store.attempts.claim(request)
+    assert isinstance(claimed, Claimed)
+    assert (claimed.span_id, claimed.tenant, claimed.checkpoints) == ("abcdef0123456789", "t1", 5)
+    again = await store.attempts.claim(ClaimRequest(run_id, 1, "w1", "cp", 60_000, 3, "", "ffff"))
+    assert again is not None and again.span_id == "abcdef0123456789"  # the span written
+    (started,) = await _started(store, run_id)  # once, though claimed twice
+    assert started["span"] == "abcdef0123456789"
+    assert started["message"] == "attempt 1 started on worker w1, resuming after 5 finished steps"
+    # Child runs' starts are left out, as sdk._context.is_child_step tells them apart.
+    assert json.loads(started["data"]) == {
+        "worker": "w1",
+        "build": "",
+        "checkpoints": ["a.step#1", "b.step#1"],
+    }
+
+
+async def test_a_run_with_many_steps_has_its_worker_write_run_started(store: Store) -> None:
+    many = {f"s#{i}": "1" for i in range(CLAIM_STARTS_UP_TO + 1)}
+    run_id = await _queued(store, many)
+    claimed = await store.attempts.claim(ClaimRequest(run_id, 1, "w1", "cp", 60_000, 3, "", "ab"))
+    assert claimed is not None and claimed.span_id == ""  # the worker writes it
+    assert await _started(store, run_id) == []
+
+
+async def test_a_protocol_0_claim_writes_no_run_started(store: Store) -> None:
+    run_id = await _queued(store, {})
+    claimed = await store.attempts.claim(ClaimRequest(run_id, 1, "w1", "cp", 60_000, 3))
+    assert claimed is not None and claimed.span_id == ""
+    assert await _started(store, run_id) == []
