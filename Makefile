@@ -51,7 +51,8 @@ protos: $(STAMP)
 protos-release: $(STAMP)
 	cd protos && ../$(BIN)/buf build -o baseline.binpb
 
-# The peers B1 and B2 compare with (arq, Celery, RQ) live in a virtualenv of their own.
+# The peers B1 and B2 compare with (arq, Celery, RQ), and the engines of B1, B2 and B4
+# (Temporal with its dev server, DBOS), live in a virtualenv of their own.
 PEERS := $(VENV)/peers
 $(PEERS)/.installed: tests/bench/peers-requirements.txt $(STAMP)
 	$(PYTHON) -m venv $(PEERS)
@@ -59,7 +60,8 @@ $(PEERS)/.installed: tests/bench/peers-requirements.txt $(STAMP)
 	$(PEERS)/bin/python -m pip install --quiet -r tests/bench/peers-requirements.txt
 	touch $@
 
-# B1-B5 (tests/bench); BENCH_ARGS=--quick for a smoke run, --no-peers for longline alone.
+# B1-B10 (tests/bench); BENCH_ARGS=--quick for a smoke run, --no-peers for longline alone,
+# --no-engines to leave out Temporal and DBOS.
 BENCH_ARGS ?=
 bench: $(STAMP) $(PEERS)/.installed
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)

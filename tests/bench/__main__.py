@@ -1,10 +1,14 @@
-"""`make bench`: longline side by side with arq, Celery and RQ, on one Redis on loopback.
+"""`make bench`: longline side by side with arq, Celery, RQ, Temporal and DBOS.
+
+longline, arq, Celery and RQ share one Redis on loopback; the durable-execution engines
+Temporal and DBOS run B1, B2 and B4 on servers of their own (tests/bench/engines.py).
 
 Prints one table, writes tests/bench/results/bench.json and bench.png. Timing goals live
 here, never in `make test`. The control plane and workers are real subprocesses; the peers
 run in a virtualenv of their own (.venv/peers, see peers-requirements.txt).
 
-    python -m tests.bench [--quick] [--only B1,B2,...] [--no-peers]
+    python -m tests.bench [--quick] [--only B1,B2,...] [--no-peers] [--no-engines]
+                          [--peers arq,celery,rq,temporal,dbos]
 
 B10 measures B3's watchers and B5's one fast run again over the HTTP face's Server-Sent
 Events; its rows note the gRPC figures beside them when B3 and B5 ran too.
@@ -15,12 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +49,10 @@ from tests.procs import Proc, start_control_plane, start_worker
 
 RESULTS = ROOT / "tests" / "bench" / "results"
 PEERS_PYTHON = ROOT / ".venv" / "peers" / "bin" / "python"
+QUEUES = ("arq", "celery", "rq")
+ENGINES = ("temporal", "dbos")
+# Temporal's tuned worker (tests/bench/engines.py, _temporal_options).
+TEMPORAL_TUNED = "1,000 slots, 10,000 cached, autoscaling pollers, no sandbox"
 
 
 @dataclass
@@ -63,8 +73,15 @@ def _pct(values: list[float], q: float) -> float:
 
 # -- B1 ------------------------------------------------------------------------------
 async def b1(
-    redis_url: str, runs: int, peers: bool, peer_runs: int, system: str = "longline"
+    redis_url: str,
+    runs: int,
+    peers: Collection[str],
+    peer_runs: int,
+    system: str = "longline",
+    one_step: bool = False,
 ) -> list[Row]:
+    """`peers`: which of arq, Celery and RQ to run beside longline; `one_step`: also
+    longline's B1 with one durable step per run (beside Temporal and DBOS, see b1_engines)."""
     procs: list[Proc] = []
     rows: list[Row] = []
     try:
@@ -80,11 +97,35 @@ async def b1(
                 ">= 1000 runs/s; >= 1.0x arq, >= 1.5x Celery",
             )
         )
+        if one_step:
+            async with longline.Client(target) as client:
+                for i in range(20):  # warm-up
+                    await client.run("one_step", i)
+            rows.append(
+                Row(
+                    "B1",
+                    system,
+                    f"{runs} runs, 8 clients (one durable step)",
+                    await throughput(target, runs, workflow="one_step"),
+                    "runs/s",
+                    note="each run one checkpointed no-op component",
+                )
+            )
+            rows.append(
+                Row(
+                    "B1",
+                    system,
+                    f"{runs} runs, {CALLERS} callers (one durable step, callers)",
+                    await _callers(target, runs, "one_step"),
+                    "runs/s",
+                    note="the shape of Temporal's and DBOS's rows",
+                )
+            )
     finally:
         for p in procs:
             p.stop()
     if peers:
-        for tool in ("arq", "celery", "rq"):
+        for tool in (t for t in QUEUES if t in peers):
             jobs = runs if tool != "rq" else min(runs, peer_runs)
             out = _peer(redis_url, tool, "throughput", "--jobs", str(jobs))
             rows.append(
@@ -98,6 +139,33 @@ async def b1(
                 )
             )
     return rows
+
+
+CALLERS = 64  # B1 of one durable step, beside Temporal and DBOS: 8 clients of 8 callers
+
+
+async def _callers(target: str, runs: int, workflow: str, clients: int = 8) -> float:
+    """runs/s with CALLERS callers over `clients` clients, each starting a run and awaiting
+    its RUN_SUCCEEDED, then the next: the shape of the engines' B1 (b1_engines)."""
+    pool = [longline.Client(target) for _ in range(clients)]
+
+    async def caller(client: longline.Client, n: int) -> None:
+        for i in range(n):
+            handle = await client.start(workflow, i)
+            async for event in handle.events():
+                if event.type is longline.EventType.RUN_SUCCEEDED:
+                    break
+            else:
+                raise RuntimeError(f"run {handle.run_id} did not succeed")
+
+    shares = [runs // CALLERS + (1 if i < runs % CALLERS else 0) for i in range(CALLERS)]
+    try:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(caller(pool[k % clients], n) for k, n in enumerate(shares)))
+        return runs / (time.perf_counter() - t0)
+    finally:
+        for c in pool:
+            await c.aclose()
 
 
 def _peer(redis_url: str, tool: str, mode: str, *extra: str) -> dict[str, Any]:
@@ -115,7 +183,9 @@ def _peer(redis_url: str, tool: str, mode: str, *extra: str) -> dict[str, Any]:
 
 
 # -- B2 ------------------------------------------------------------------------------
-async def b2(redis_url: str, runs: int, peers: bool, system: str = "longline") -> list[Row]:
+async def b2(
+    redis_url: str, runs: int, peers: Collection[str], system: str = "longline"
+) -> list[Row]:
     procs: list[Proc] = []
     started_ms: list[float] = []
     status_ms: list[float] = []
@@ -176,6 +246,8 @@ async def b2(redis_url: str, runs: int, peers: bool, system: str = "longline") -
             ("rq", False, 100),
             ("rq", True, runs),
         ):
+            if tool not in peers:
+                continue
             args = ["--jobs", str(n)] + (["--tuned"] if tuned else [])
             out = _peer(redis_url, tool, "latency", *args)
             how = "tuned" if tuned else "defaults"
@@ -398,6 +470,187 @@ async def b4(redis_url: str, runs: int) -> list[Row]:
         await r.aclose()
         for p in procs:
             p.stop()
+
+
+# -- Temporal and DBOS: B1, B2, B4 (tests/bench/engines.py) ---------------------------
+def _engine(*args: str) -> dict[str, Any]:
+    """`python -m tests.bench.engines ARGS` with the peers' Python: its JSON, or
+    {"skipped": why} when the engine could not run (the bench goes on without it)."""
+    try:
+        done = subprocess.run(
+            [str(PEERS_PYTHON), "-m", "tests.bench.engines", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+    except subprocess.TimeoutExpired:
+        return {"skipped": "timed out after 1800 s"}
+    if done.returncode != 0:
+        print(f"engines {' '.join(args)} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"skipped": f"failed ({last[:160]})"}
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _skipped(bench: str, system: str, measure: str, out: dict[str, Any]) -> Row | None:
+    if "skipped" not in out:
+        return None
+    return Row(bench, system, measure, math.nan, "", note=f"not measured: {out['skipped']}")
+
+
+def _find(rows: list[Row], bench: str, start: str, end: str = "") -> Row | None:
+    """longline's row of `bench` whose measure starts with `start` and ends with `end`."""
+    for r in rows:
+        if r.system == "longline" and r.bench == bench:
+            if r.measure.startswith(start) and r.measure.endswith(end):
+                return r
+    return None
+
+
+def b1_engines(runs: int, engines: Collection[str], longline_rate: float | None) -> list[Row]:
+    """Runs of one workflow with one durable no-op step, by CALLERS callers that each start a
+    run and await its result, then the next, from first start to last result; beside
+    longline's "(one durable step, callers)" row. (All in flight at once, as longline's B1
+    has them, the Temporal dev server refuses: "namespace concurrent poller limit exceeded"
+    past about a thousand awaited results.)"""
+    cases: list[tuple[str, list[str], str]] = []
+    if "temporal" in engines:
+        what = f"1 workflow + 1 activity, {CALLERS} callers on 8 clients, dev server, 1 worker"
+        cases += [
+            ("temporal", ["temporal", "b1"], f"{what} (defaults)"),
+            ("temporal", ["temporal", "b1", "--tuned"], f"{what} (tuned: {TEMPORAL_TUNED})"),
+        ]
+    if "dbos" in engines:
+        inproc = f"1 workflow + 1 @DBOS.step, {CALLERS} callers in the DBOS process"
+        queue = f"1 workflow + 1 @DBOS.step, {CALLERS} callers on 8 DBOSClients, 1 worker process"
+        cases += [
+            ("dbos", ["dbos", "b1", "--shape", "inproc"], f"{inproc} (in-process, SQLite)"),
+            (
+                "dbos",
+                ["dbos", "b1", "--shape", "inproc", "--db", "postgres"],
+                f"{inproc} (in-process, PostgreSQL 15)",
+            ),
+            (
+                "dbos",
+                ["dbos", "b1", "--shape", "queue", "--poll", "1"],
+                f"{queue} (queue, defaults: SQLite, polling 1 s)",
+            ),
+            (
+                "dbos",
+                ["dbos", "b1", "--shape", "queue", "--db", "postgres", "--poll", "0.01"],
+                f"{queue} (queue, tuned: PostgreSQL 15, polling 10 ms)",
+            ),
+        ]
+    rows = []
+    for system, args, what in cases:
+        measure = f"{runs} runs of {what}"
+        out = _engine(*args, "--runs", str(runs), "--callers", str(CALLERS))
+        if skipped := _skipped("B1", system, measure, out):
+            rows.append(skipped)
+            continue
+        note = ""
+        if longline_rate:
+            note = f"longline (one step) is {longline_rate / out['runs_per_s']:.2f}x"
+        rows.append(Row("B1", system, measure, out["runs_per_s"], "runs/s", note=note))
+    return rows
+
+
+def b2_engines(runs: int, engines: Collection[str], longline_p50: float | None) -> list[Row]:
+    """The nearest each offers to longline's "start to first status seen": a run with no
+    step, started and its result awaited, one at a time (neither streams a status)."""
+    cases: list[tuple[str, list[str], str]] = []
+    if "temporal" in engines:
+        cases.append(
+            (
+                "temporal",
+                ["temporal", "b2", "--runs", str(runs)],
+                "start_workflow to result, workflow with no activity, 1 worker (defaults)",
+            )
+        )
+    if "dbos" in engines:
+        inproc = "start_workflow_async to get_result, workflow with no step"
+        queue = "DBOSClient.enqueue to get_result, workflow with no step, 1 worker process"
+        few = str(max(10, runs // 25))  # a second or two each at the default polling
+        cases += [
+            ("dbos", ["dbos", "b2", "--runs", str(runs)], f"{inproc} (in-process, SQLite)"),
+            (
+                "dbos",
+                ["dbos", "b2", "--runs", str(runs), "--db", "postgres"],
+                f"{inproc} (in-process, PostgreSQL 15)",
+            ),
+            (
+                "dbos",
+                ["dbos", "b2", "--shape", "queue", "--runs", few, "--warmup", "2"],
+                f"{queue} (queue, defaults: SQLite, polling 1 s)",
+            ),
+            (
+                "dbos",
+                ["dbos", "b2", "--shape", "queue", "--runs", str(runs), "--db", "postgres"]
+                + ["--poll", "0.01"],
+                f"{queue} (queue, tuned: PostgreSQL 15, polling 10 ms)",
+            ),
+        ]
+    rows = []
+    for system, args, what in cases:
+        out = _engine(*args)
+        if skipped := _skipped("B2", system, f"{what}, p50", out):
+            rows.append(skipped)
+            continue
+        for q in ("p50", "p99"):
+            note = f"{out['n']} runs"
+            if longline_p50 is not None and q == "p50":
+                note += f"; longline StartRun to RUN_STARTED p50 {longline_p50:.1f} ms"
+            rows.append(Row("B2", system, f"{what}, {q}", out[f"{q}_ms"], "ms", note=note))
+    return rows
+
+
+def b4_engines(runs: int, engines: Collection[str], longline_s: float | None) -> list[Row]:
+    """kill -9 of the worker once all `runs` five-step runs (1 s steps) are on step 2: the
+    time from the kill to each step that was in flight on it running again (max; p50 in
+    the note), as longline's B4 measures it to RUN_STARTED of the next attempt."""
+    cases: list[tuple[str, list[str], str]] = []
+    kill = f"kill -9 with {runs} runs in flight to each interrupted step running again"
+    if "temporal" in engines:
+        cases += [
+            (
+                "temporal",
+                ["temporal", "b4"],
+                f"{kill}, 2nd worker up (defaults: start_to_close 10 s, no heartbeat)",
+            ),
+            (
+                "temporal",
+                ["temporal", "b4", "--heartbeat", "2"],
+                f"{kill}, 2nd worker up (tuned: heartbeat timeout 2 s)",
+            ),
+        ]
+    if "dbos" in engines:
+        restart = f"{kill}, worker restarted with its executor id"
+        cases += [
+            ("dbos", ["dbos", "b4"], f"{restart} (SQLite)"),
+            ("dbos", ["dbos", "b4", "--db", "postgres"], f"{restart} (PostgreSQL 15)"),
+        ]
+    rows = []
+    for system, args, measure in cases:
+        out = _engine(*args, "--runs", str(runs))
+        if skipped := _skipped("B4", system, measure, out):
+            rows.append(skipped)
+            continue
+        note = (
+            f"p50 {out['p50_s']:.2f} s; {out['again']} of {out['steps']} steps ran again; "
+            f"all done {out['all_done_s']:.1f} s after the kill"
+        )
+        if system == "temporal":
+            note += "; default retry: 1 s backoff after the timeout"
+        else:
+            note += (
+                f"; new process up {out['rescuer_start_s']:.2f} s after the kill; recovery "
+                "on another live process needs DBOS Conductor (hosted), not run here"
+            )
+        if longline_s is not None:
+            note += f"; longline {longline_s:.2f} s"
+        rows.append(Row("B4", system, measure, out["max_s"], "s", note=note))
+    return rows
 
 
 # -- B5 ------------------------------------------------------------------------------
@@ -632,6 +885,8 @@ def _table(rows: list[Row]) -> str:
     for r in rows:
         name = f"{r.bench} {r.system}: {r.measure}"
         value = f"{r.value:,.1f} {r.unit}" if r.value < 100 else f"{r.value:,.0f} {r.unit}"
+        if math.isnan(r.value):
+            value = "n/a"
         lines.append(f"{name:<{width}}  {value:>12}  {r.goal:<38} {r.note}")
     return "\n".join(lines)
 
@@ -653,6 +908,15 @@ def _columns(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _tag(r: Row) -> str:
+    """What tells apart rows of one system in the chart: a measure's last parenthesis (up
+    to a colon), as in "(queue, tuned: PostgreSQL 15, ...)" -> "queue, tuned"."""
+    if ")" not in r.measure:
+        return r.system
+    tag = r.measure[r.measure.rindex("(") + 1 : r.measure.rindex(")")]
+    return f"{r.system}\n{tag.split(':')[0]}"
+
+
 def _short(measure: str) -> str:
     if "RUN_STARTED" in measure:
         return "start to RUN_STARTED"
@@ -668,18 +932,23 @@ def _chart(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    b1 = [r for r in rows if r.bench == "B1"]
+    b1 = [r for r in rows if r.bench == "B1" and not math.isnan(r.value)]
     if b1:
         axes[0].bar(
-            [r.system for r in b1],
+            [_tag(r) for r in b1],
             [r.value for r in b1],
-            color=["#2b6cb0"] + ["#a0aec0"] * (len(b1) - 1),
+            color=["#2b6cb0" if r.system.startswith("longline") else "#a0aec0" for r in b1],
         )
+        axes[0].tick_params(axis="x", labelsize=6, labelrotation=90)
         axes[0].set_title("B1 throughput: no-op runs/s (higher is better)")
         axes[0].set_ylabel("runs/s")
-    b2 = [r for r in rows if r.bench == "B2" and r.measure.endswith("p50")]
+    b2 = [
+        r for r in rows if r.bench == "B2" and r.measure.endswith("p50") and not math.isnan(r.value)
+    ]
     if b2:
-        labels = [f"{r.system}\n{_short(r.measure)}" for r in b2]
+        labels = [
+            _tag(r) if r.system in ENGINES else f"{r.system}\n{_short(r.measure)}" for r in b2
+        ]
         axes[1].barh(labels, [r.value for r in b2], color="#2b6cb0")
         axes[1].set_xscale("log")
         axes[1].set_title("B2 latency p50, ms (log scale, lower is better)")
@@ -691,14 +960,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     parser.add_argument("--only", default="B1,B2,B3,B4,B5,B6,B7,B8,B9,B10")
-    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--no-peers", action="store_true", help="longline alone")
+    parser.add_argument(
+        "--peers",
+        default=",".join(QUEUES + ENGINES),
+        help="which peers to run beside longline (default: all of them)",
+    )
+    parser.add_argument(
+        "--no-engines", action="store_true", help="leave out Temporal and DBOS (B1, B2, B4)"
+    )
     parser.add_argument(
         "--no-cluster", action="store_true", help="leave out the Redis Cluster column (B1, B2)"
     )
     args = parser.parse_args()
     only = set(args.only.upper().split(","))
-    peers = not args.no_peers
-    if peers and not PEERS_PYTHON.exists():
+    chosen = set() if args.no_peers else set(args.peers.lower().split(",")) - {""}
+    if unknown := chosen - set(QUEUES + ENGINES):
+        parser.error(f"unknown peers: {', '.join(sorted(unknown))}")
+    if args.no_engines:
+        chosen -= set(ENGINES)
+    peers = chosen & set(QUEUES)
+    engines = chosen & set(ENGINES)
+    if chosen and not PEERS_PYTHON.exists():
         sys.exit(f"{PEERS_PYTHON} is missing: `make bench` creates it (or pass --no-peers)")
     q = args.quick
     rows: list[Row] = []
@@ -707,13 +990,24 @@ def main() -> None:
         with EmbeddedRedis() as redis:
             url = redis.url
             if "B1" in only:
-                rows.extend(await b1(url, 1000 if q else 5000, peers, 200 if q else 500))
+                runs = 1000 if q else 5000
+                rows.extend(await b1(url, runs, peers, 200 if q else 500, one_step=True))
+                if engines:
+                    one = _find(rows, "B1", "", "(one durable step, callers)")
+                    rate = one.value if one else None
+                    rows.extend(b1_engines(300 if q else runs, engines, rate))
             if "B2" in only:
                 rows.extend(await b2(url, 100 if q else 500, peers))
+                if engines:
+                    p50 = _find(rows, "B2", "StartRun to RUN_STARTED", "p50")
+                    rows.extend(b2_engines(100 if q else 300, engines, p50.value if p50 else None))
             if "B3" in only:
                 rows.extend(await b3(url, 1000 if q else 10_000, 200 if q else 2000))
             if "B4" in only:
                 rows.extend(await b4(url, 100))
+                if engines:
+                    kill = _find(rows, "B4", "kill -9")
+                    rows.extend(b4_engines(100, engines, kill.value if kill else None))
             if "B5" in only:
                 rows.extend(await b5(url, 20_000 if q else 100_000))
             if "B6" in only:
@@ -736,12 +1030,10 @@ def main() -> None:
                 system = "longline, cluster of 3"
                 if "B1" in only:
                     cluster.flush()
-                    rows.extend(
-                        await b1(cluster.longline_url, 1000 if q else 5000, False, 0, system)
-                    )
+                    rows.extend(await b1(cluster.longline_url, 1000 if q else 5000, (), 0, system))
                 if "B2" in only:
                     cluster.flush()
-                    rows.extend(await b2(cluster.longline_url, 100 if q else 500, False, system))
+                    rows.extend(await b2(cluster.longline_url, 100 if q else 500, (), system))
 
     asyncio.run(run_all())
     _beside(rows)

@@ -47,3 +47,17 @@ async def firehose(ctx: longline.Context, input: Any) -> Any:
 async def nap(ctx: longline.Context, input: Any) -> Any:
     await ctx.sleep_until(datetime.fromtimestamp(float(input["at"]), UTC))
     return None
+
+
+@longline.component
+async def noop_step() -> None:
+    """A checkpointed step that does nothing."""
+    return None
+
+
+@longline.workflow(
+    description="One durable no-op step: B1 beside Temporal's activity and DBOS's step."
+)
+async def one_step(ctx: longline.Context, input: Any) -> Any:
+    await noop_step()
+    return None
