@@ -9,9 +9,11 @@ of the runs it serves, not with how many it watches, and its Redis connection co
 grow with watchers.
 
 Publish/subscribe is at most once, so the stream stays the source of truth: a subscriber
-catches up with XRANGE from its cursor, joins the fan-out once the subscription is confirmed,
-then reads the gap once more from the stream; ids decide order, so it sees every event once
-with no gap. If the hub's connection drops, every subscriber re-reads from its cursor.
+joins the fan-out, and once the subscription is confirmed reads the stream from its cursor,
+then takes live messages; ids decide order, so it sees every event once with no gap.
+(StreamRun subscribes before its first read, `subscribe`; a watcher that did not, or that
+must re-read, catches up first, then subscribes and reads the gap once more.) If the hub's
+connection drops, every subscriber re-reads from its cursor.
 
 "Confirmed" means confirmed by the reply to that watch's own SUBSCRIBE. A channel can be
 subscribed, unsubscribed (its last watcher left) and subscribed again before the first reply

@@ -4,7 +4,7 @@ channels that publish them live.
 Owns `keys.events_key(run_id)` (a stream: one entry per event, written only by the
 scripts in `_scripts`, which also publish each event on a channel of the same name) and
 reads it; opening a stream reads the run's status from its hash (`_runs`) in the same round
-trip.
+trip, and, when the stream is short, its first page too (OPEN_PAGE).
 
 Pages are bounded in count and in bytes. Redis cannot say how large a stream entry is
 before it sends it, so a page is read one of two ways (measured: 500 events of 100 bytes
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from .._events import TERMINAL_EVENTS, TERMINAL_STATUSES, WIRE_NAMES, EventBody
 from . import _keys as keys
@@ -64,6 +65,13 @@ _EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # fullmatch: ASCII only,
 
 PAGE_EVENTS = 500  # events in one page at most
 PAGE_BYTES = 1024 * 1024  # bytes in one page at most, but for a single larger event
+# What one entry may take when sent beyond what it takes in its listpack: its id (at most
+# 41 characters), field names that the listpack stores once per node, and integers stored
+# in binary (at most 20 characters each as text), for the fields an event has (FIELD_NAMES).
+ENTRY_MARGIN = 256
+# A stream of at most this many entries has its first page read by OPEN_PAGE itself (copying
+# a few entries through Lua costs little; copying hundreds is what makes READ_PAGE dear).
+OPEN_PAGE_ENTRIES = 32
 # KEYS: the events stream. ARGV: XRANGE's start ('-', or '(' and an id), most entries, most
 # bytes. Returns {more, bytes, entries}: entries as XRANGE gives them, in order, as many as
 # fit in the budget and at least one; more is 1 when the count or the budget ended the page.
@@ -90,15 +98,17 @@ end
 READ_PAGE = _PAGE + "return page(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))\n"
 
 # KEYS: a run's hash, its events stream. ARGV: as READ_PAGE's ('' for the start: no page),
-# then the caller's tenant. Returns {run_id, tenant, status, last_event_id, the page as
-# READ_PAGE returns it or {}}: StreamRun's check that the run is there and the caller's, and
-# its first page (read only then), in one call.
+# the caller's tenant, the most entries the stream may hold for the page to be read here.
+# Returns {run_id, tenant, status, last_event_id, the page as READ_PAGE returns it, or {}
+# when not read}: StreamRun's check that the run is there and the caller's, and, for a short
+# stream (a live run's, most often), its first page, in one call.
 OPEN_PAGE = (
     _PAGE
     + """
 local run = redis.call('HMGET', KEYS[1], 'run_id', 'tenant', 'status', 'last_event_id')
 local first = {}
-if run[1] and (run[2] or '') == ARGV[4] and ARGV[1] ~= '' then
+if run[1] and (run[2] or '') == ARGV[4] and ARGV[1] ~= '' and
+  redis.call('XLEN', KEYS[2]) <= tonumber(ARGV[5]) then
   first = page(KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 end
 return {run[1] or false, run[2] or '', run[3] or '', run[4] or '', first}
@@ -224,6 +234,7 @@ class Events:
         self._redis = redis
         self._read_page = redis.register_script(READ_PAGE)
         self._open_page = redis.register_script(OPEN_PAGE)
+        self._memory_usage = True  # False once Redis refused MEMORY USAGE: measure every page
 
     async def open(
         self,
@@ -239,11 +250,16 @@ class Events:
         start = _range_start(after)
         found, owner, status, last, first = await self._open_page(
             keys=[keys.run_key(run_id), keys.events_key(run_id)],
-            args=[start or "", max(1, count), max_bytes, tenant],
+            args=[start or "", max(1, count), max_bytes, tenant, OPEN_PAGE_ENTRIES],
         )
         if not found or (owner or "") != tenant:
             raise NotFoundError(f"run {run_id!r} not found", "RUN_NOT_FOUND")
-        page = _script_page(first) if first else EventPage([], False, 0)
+        if first:
+            page = _script_page(first)
+        elif start is not None:  # a longer stream: read as read_page reads
+            page = await self.read_page(run_id, after, count, max_bytes)
+        else:
+            page = EventPage([], False, 0)
         return OpenedStream(page, status in TERMINAL_STATUSES, last or "")
 
     async def read_page(
@@ -258,16 +274,40 @@ class Events:
         start = _range_start(after)
         if start is None:
             return EventPage([], False, 0)
-        reply = await self._read_page(
-            keys=[keys.events_key(run_id)], args=[start, max(1, count), max_bytes]
-        )
-        return _script_page(reply)
+        key = keys.events_key(run_id)
+        usage: int | None = None
+        if self._memory_usage:
+            try:
+                usage = await self._redis.memory_usage(key, samples=0) or 0
+            except ResponseError as exc:
+                usage = self._usage([exc])
+        return await self._page(key, start, count, max_bytes, usage)
 
     async def read_events(
         self, run_id: str, after: str, count: int, max_bytes: int = PAGE_BYTES
     ) -> list[StoredEvent]:
         """The events of read_page: fewer than `count` does not mean there are no more."""
         return (await self.read_page(run_id, after, count, max_bytes)).events
+
+    def _usage(self, reply: list[Any]) -> int | None:
+        """The stream's size from a MEMORY USAGE reply; None when it is not known."""
+        if not reply:
+            return None
+        if isinstance(reply[0], ResponseError):  # not allowed here (an ACL, a managed Redis)
+            log.info("MEMORY USAGE refused (%s): every page of events is measured", reply[0])
+            self._memory_usage = False
+            return None
+        if isinstance(reply[0], Exception):
+            raise reply[0]
+        return int(reply[0] or 0)
+
+    async def _page(
+        self, key: str, start: str, count: int, max_bytes: int, usage: int | None
+    ) -> EventPage:
+        count = max(1, count)
+        if usage is not None and usage + count * ENTRY_MARGIN <= max_bytes:
+            return _entries_page(await self._redis.xrange(key, start, "+", count=count), count)
+        return _script_page(await self._read_page(keys=[key], args=[start, count, max_bytes]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,8 @@ blip) is applied once.
 Run hash fields: run_id workflow status attempt input_json labels_json
 idempotency_key create_ms update_ms last_event_id worker_id replica_id
 lease_expires_ms max_attempts lost (lease expiries so far) seq (last applied
-write of the attempt) result_json error_type error_message error_component
-cancel_reason.
+write of the attempt) attempt_span (the span of the RUN_STARTED the claim wrote, '' when
+the worker writes it) result_json error_type error_message error_component cancel_reason.
 """
 
 from __future__ import annotations
@@ -367,7 +367,9 @@ local names = """
 local j = 6
 for _ = 1, tonumber(ARGV[5]) do
   local t = ARGV[j + 2]
-  if ARGV[j + 1] ~= 't' or not allowed[t] or (t == 'RUN_STARTED' and ARGV[2] ~= '1') then
+  -- RUN_STARTED: as the attempt's first write, and only where the claim did not write it.
+  if ARGV[j + 1] ~= 't' or not allowed[t] or (t == 'RUN_STARTED' and (ARGV[2] ~= '1' or
+    (redis.call('HGET', KEYS[1], 'attempt_span') or '') ~= '')) then
     return redis.error_reply('EVENTTYPE a worker may not write a ' .. tostring(t) .. ' event')
   end
   -- Each field once, and only fields of the event codec: a second 't' would be read last.

@@ -37,6 +37,7 @@ import redis as sync_redis
 import longline
 from longline._embedded import EmbeddedRedis
 from longline._store import Store
+from tests.bench import cpu
 from tests.bench.b1 import BENCH_FLOWS, NO_LIMITS, stack, throughput
 from tests.bench.fanout import onboard, ticks
 from tests.bench.footprint import footprints
@@ -118,24 +119,38 @@ async def b1(
                     f"{runs} runs, {CALLERS} callers (one durable step, callers)",
                     await _callers(target, runs, "one_step"),
                     "runs/s",
-                    note="the shape of Temporal's and DBOS's rows",
+                    note="the shape of Temporal's and DBOS's rows; start, then events",
+                )
+            )
+            rows.append(
+                Row(
+                    "B1",
+                    system,
+                    f"{runs} runs, {CALLERS} callers (one durable step, callers, client.run)",
+                    await _callers(target, runs, "one_step", run=True),
+                    "runs/s",
+                    note="client.run: RunWorkflow, start and wait for the result in one call",
                 )
             )
     finally:
         for p in procs:
             p.stop()
     if peers:
-        for tool in (t for t in QUEUES if t in peers):
+        for tool, tuned in (("arq", False), ("arq", True), ("celery", False), ("rq", False)):
+            if tool not in peers:
+                continue
             jobs = runs if tool != "rq" else min(runs, peer_runs)
-            out = _peer(redis_url, tool, "throughput", "--jobs", str(jobs))
+            extra = ["--tuned"] if tuned else []
+            out = _peer(redis_url, tool, "throughput", "--jobs", str(jobs), *extra)
+            how = " (tuned: polling 5 ms)" if tuned else ""
             rows.append(
                 Row(
                     "B1",
                     tool,
-                    f"{jobs} no-op jobs, 8 clients",
+                    f"{jobs} no-op jobs, 8 clients{how}",
                     out["runs_per_s"],
                     "runs/s",
-                    note=f"longline is {rate / out['runs_per_s']:.2f}x",
+                    note=f"longline is {rate / out['runs_per_s']:.2f}x (start + events)",
                 )
             )
     return rows
@@ -144,13 +159,19 @@ async def b1(
 CALLERS = 64  # B1 of one durable step, beside Temporal and DBOS: 8 clients of 8 callers
 
 
-async def _callers(target: str, runs: int, workflow: str, clients: int = 8) -> float:
+async def _callers(
+    target: str, runs: int, workflow: str, clients: int = 8, run: bool = False
+) -> float:
     """runs/s with CALLERS callers over `clients` clients, each starting a run and awaiting
-    its RUN_SUCCEEDED, then the next: the shape of the engines' B1 (b1_engines)."""
+    its RUN_SUCCEEDED, then the next: the shape of the engines' B1 (b1_engines). With `run`,
+    each call is client.run() (RunWorkflow), as Temporal's execute_workflow."""
     pool = [longline.Client(target) for _ in range(clients)]
 
     async def caller(client: longline.Client, n: int) -> None:
         for i in range(n):
+            if run:
+                await client.run(workflow, i)
+                continue
             handle = await client.start(workflow, i)
             async for event in handle.events():
                 if event.type is longline.EventType.RUN_SUCCEEDED:
@@ -180,6 +201,43 @@ def _peer(redis_url: str, tool: str, mode: str, *extra: str) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"{tool} {mode} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+async def b1_cpu(redis_url: str, redis_pid: int, runs: int) -> list[Row]:
+    """B1's no-op runs again, 8 clients, each shape of call (start then events; client.run)
+    at one and two control-plane processes (--processes): runs/s, and the CPU each process
+    spent per run (tests/bench/cpu.py: the bench's clients, the control plane with its
+    replicas, the worker, Redis)."""
+    rows = []
+    for processes in (1, 2):
+        for call, how in (("start", "start + events"), ("run", "client.run")):
+            out = await cpu.measure(
+                redis_url, redis_pid, runs, extra_cp=("--processes", str(processes)), call=call
+            )
+            where = f"{processes} control-plane process{'es' if processes > 1 else ''}"
+            rows.append(
+                Row(
+                    "B1",
+                    "longline",
+                    f"{runs} no-op runs, 8 clients, {how}, {where}",
+                    out.rate,
+                    "runs/s",
+                    ">= 1.0x arq tuned" if call == "run" and processes == 1 else "",
+                )
+            )
+            breakdown = ", ".join(f"{name} {ms:.2f}" for name, ms in out.ms.items())
+            rows.append(
+                Row(
+                    "B1",
+                    "longline",
+                    f"CPU per run, {how}, {where}",
+                    out.total,
+                    "ms",
+                    "<= 2 ms" if processes == 1 else "",
+                    note=f"by process (ms): {breakdown}",
+                )
+            )
+    return rows
 
 
 # -- B2 ------------------------------------------------------------------------------
@@ -508,7 +566,12 @@ def _find(rows: list[Row], bench: str, start: str, end: str = "") -> Row | None:
     return None
 
 
-def b1_engines(runs: int, engines: Collection[str], longline_rate: float | None) -> list[Row]:
+def b1_engines(
+    runs: int,
+    engines: Collection[str],
+    longline_rate: float | None,
+    longline_run_rate: float | None = None,
+) -> list[Row]:
     """Runs of one workflow with one durable no-op step, by CALLERS callers that each start a
     run and await its result, then the next, from first start to last result; beside
     longline's "(one durable step, callers)" row. (All in flight at once, as longline's B1
@@ -552,6 +615,8 @@ def b1_engines(runs: int, engines: Collection[str], longline_rate: float | None)
         note = ""
         if longline_rate:
             note = f"longline (one step) is {longline_rate / out['runs_per_s']:.2f}x"
+        if longline_run_rate:
+            note += f", {longline_run_rate / out['runs_per_s']:.2f}x with client.run"
         rows.append(Row("B1", system, measure, out["runs_per_s"], "runs/s", note=note))
     return rows
 
@@ -994,8 +1059,17 @@ def main() -> None:
                 rows.extend(await b1(url, runs, peers, 200 if q else 500, one_step=True))
                 if engines:
                     one = _find(rows, "B1", "", "(one durable step, callers)")
-                    rate = one.value if one else None
-                    rows.extend(b1_engines(300 if q else runs, engines, rate))
+                    run = _find(rows, "B1", "", "(one durable step, callers, client.run)")
+                    rows.extend(
+                        b1_engines(
+                            300 if q else runs,
+                            engines,
+                            one.value if one else None,
+                            run.value if run else None,
+                        )
+                    )
+                assert redis._proc is not None
+                rows.extend(await b1_cpu(url, redis._proc.pid, 2000 if q else 5000))
             if "B2" in only:
                 rows.extend(await b2(url, 100 if q else 500, peers))
                 if engines:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from longline._store import Claimed, ClaimRequest, Store, connect, keys
+from longline._store import Claimed, ClaimRequest, RunWriter, Store, connect, encode_event, keys
 from longline._store._scripts import CLAIM_STARTS_UP_TO
 
 
@@ -78,3 +78,17 @@ async def test_a_protocol_0_claim_writes_no_run_started(store: Store) -> None:
     claimed = await store.attempts.claim(ClaimRequest(run_id, 1, "w1", "cp", 60_000, 3))
     assert claimed is not None and claimed.span_id == ""
     assert await _started(store, run_id) == []
+
+
+async def test_a_worker_may_not_write_a_second_run_started(store: Store) -> None:
+    """Where the claim wrote RUN_STARTED, the worker's own is refused before anything is
+    written (one RUN_STARTED per attempt); where it did not, the worker writes it."""
+    mine = await _queued(store, {})
+    await store.attempts.claim(ClaimRequest(mine, 1, "w1", "cp", 60_000, 3, "", "ab"))
+    with pytest.raises(ValueError, match="RUN_STARTED"):
+        await RunWriter(store, mine, 1, "w1").append([encode_event("RUN_STARTED", 1, "again")])
+    assert len(await _started(store, mine)) == 1
+    theirs = await _queued(store, {})
+    await store.attempts.claim(ClaimRequest(theirs, 1, "w1", "cp", 60_000, 3))
+    await RunWriter(store, theirs, 1, "w1").append([encode_event("RUN_STARTED", 1, "mine")])
+    assert [s["message"] for s in await _started(store, theirs)] == ["mine"]
