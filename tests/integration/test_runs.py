@@ -334,3 +334,17 @@ async def test_the_control_plane_says_at_start_up_when_redis_has_no_sharded_pub_
     versions = {str(i["redis_version"]) for i in info}
     assert said is (not await sharded(redis)), versions
     assert said is any(int(v.split(".")[0]) < 7 for v in versions), versions
+
+
+async def test_run_workflow_answers_with_the_run_get_run_reads(stack: Stack) -> None:
+    """RunWorkflow builds its answer from the terminal event it waited for (no read back):
+    the very run GetRun then reads, update time and last event id included."""
+    for i in range(5):
+        done = await stack.stub.RunWorkflow(
+            runs_pb2.RunWorkflowRequest(workflow="echo", input_json=json.dumps({"n": i})),
+            timeout=30,
+        )
+        assert done.run.status == runs_pb2.RUN_STATUS_SUCCEEDED
+        assert json.loads(done.run.result_json) == {"n": i}
+        read = await stack.stub.GetRun(runs_pb2.GetRunRequest(run_id=done.run.run_id))
+        assert read.run == done.run
