@@ -9,8 +9,9 @@ blip) is applied once.
 Run hash fields: run_id workflow status attempt input_json labels_json
 idempotency_key create_ms update_ms last_event_id worker_id replica_id
 lease_expires_ms max_attempts lost (lease expiries so far) seq (last applied
-write of the attempt) attempt_span (the span of the RUN_STARTED the claim wrote, '' when
-the worker writes it) result_json error_type error_message error_component cancel_reason.
+write of the attempt) attempt_span ('<attempt>@<worker_id> <span>': the holder the claim
+wrote RUN_STARTED for, and its span; '' when the worker writes it) result_json error_type
+error_message error_component cancel_reason.
 """
 
 from __future__ import annotations
@@ -282,9 +283,13 @@ CLAIM_RUN = (
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'workflow', 'input_json', 'run_id',
   'traceparent', 'build', 'worker_id', 'seq', 'labels_json', 'idem_key', 'parent_run_id',
   'tenant', 'attempt_span')
+-- attempt_span is '<holder> <span>' (the holder the claim wrote RUN_STARTED for), or ''.
+local mine = ARGV[1] .. '@' .. ARGV[2] .. ' '
 local function claimed()
+  local span = ''
+  if string.sub(st[14] or '', 1, #mine) == mine then span = string.sub(st[14], #mine + 1) end
   return {1, st[3], st[4], st[6] or '', st[10] or '', st[11] or '', st[12] or '',
-    st[13] or '', redis.call('HLEN', KEYS[5]), st[14] or ''}
+    st[13] or '', redis.call('HLEN', KEYS[5]), span}
 end
 if st[1] == 'RUNNING' and st[2] == ARGV[1] and st[8] == ARGV[2] and (st[9] or '0') == '0'
   and (st[7] or '') == ARGV[6] then
@@ -309,8 +314,8 @@ if total > CLAIM_STARTS_UP_TO then span = '' end
 moved(KEYS[1], 'QUEUED', nil)
 redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'worker_id', ARGV[2], 'replica_id', ARGV[3],
   'lease_expires_ms', expires, 'update_ms', fmt(now), 'max_attempts', ARGV[5], 'seq', '0',
-  'build', ARGV[6], 'attempt_span', span)
-st[14] = span
+  'build', ARGV[6], 'attempt_span', span ~= '' and (mine .. span) or '')
+st[14] = span ~= '' and (mine .. span) or ''
 moved(KEYS[1], nil, 'RUNNING')
 redis.call('ZADD', KEYS[2], expires, st[5])
 count(QUEUED, st[3], -1)
@@ -367,9 +372,13 @@ local names = """
 local j = 6
 for _ = 1, tonumber(ARGV[5]) do
   local t = ARGV[j + 2]
-  -- RUN_STARTED: as the attempt's first write, and only where the claim did not write it.
+  -- RUN_STARTED: as the attempt's first write, and only where the claim did not write it
+  -- for this very holder (attempt_span: '<holder> <span>'; a holder that no longer holds the
+  -- run is refused below, as every write of it is).
+  local mine = ARGV[1] .. ' '
   if ARGV[j + 1] ~= 't' or not allowed[t] or (t == 'RUN_STARTED' and (ARGV[2] ~= '1' or
-    (redis.call('HGET', KEYS[1], 'attempt_span') or '') ~= '')) then
+    (string.sub(redis.call('HGET', KEYS[1], 'attempt_span') or '', 1, #mine) == mine and
+      holds(KEYS[1], ARGV[1])))) then
     return redis.error_reply('EVENTTYPE a worker may not write a ' .. tostring(t) .. ' event')
   end
   -- Each field once, and only fields of the event codec: a second 't' would be read last.

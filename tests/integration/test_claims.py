@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from longline._errors import LeaseLost
 from longline._store import Claimed, ClaimRequest, RunWriter, Store, connect, encode_event, keys
 from longline._store._scripts import CLAIM_STARTS_UP_TO
 
@@ -92,3 +93,23 @@ async def test_a_worker_may_not_write_a_second_run_started(store: Store) -> None
     await store.attempts.claim(ClaimRequest(theirs, 1, "w1", "cp", 60_000, 3))
     await RunWriter(store, theirs, 1, "w1").append([encode_event("RUN_STARTED", 1, "mine")])
     assert [s["message"] for s in await _started(store, theirs)] == ["mine"]
+
+
+async def test_a_start_the_claim_wrote_for_another_holder_does_not_bar_the_worker(
+    store: Store,
+) -> None:
+    """The claim's RUN_STARTED bars only the holder it was written for: an attempt claimed
+    later with no span (a control plane of an older version in a rolling deploy, or a run of
+    many checkpoints) has its worker write RUN_STARTED, and a worker whose attempt moved on
+    meets LeaseLost, not a refused event type."""
+    run_id = await _queued(store, {})
+    await store.attempts.claim(ClaimRequest(run_id, 1, "w1", "cp", 60_000, 3, "", "ab"))
+    assert await store.attempts.take_back(run_id, 1, "never acknowledged", "w1")
+    # An older control plane's claim: it leaves attempt_span as it found it.
+    await store.redis.hset(keys.run_key(run_id), "attempt_span", "1@w1 ab")
+    await store.attempts.claim(ClaimRequest(run_id, 2, "w2", "cp", 60_000, 3))
+    await store.redis.hset(keys.run_key(run_id), "attempt_span", "1@w1 ab")
+    await RunWriter(store, run_id, 2, "w2").append([encode_event("RUN_STARTED", 2, "w2's")])
+    assert [s["message"] for s in await _started(store, run_id)][-1] == "w2's"
+    with pytest.raises(LeaseLost):  # attempt 1's worker, late
+        await RunWriter(store, run_id, 1, "w1").append([encode_event("RUN_STARTED", 1, "late")])

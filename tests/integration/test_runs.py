@@ -337,8 +337,8 @@ async def test_the_control_plane_says_at_start_up_when_redis_has_no_sharded_pub_
 
 
 async def test_run_workflow_answers_with_the_run_get_run_reads(stack: Stack) -> None:
-    """RunWorkflow builds its answer from the terminal event it waited for (no read back):
-    the very run GetRun then reads, update time and last event id included."""
+    """RunWorkflow answers with the very run GetRun then reads, update time and last event
+    id included (it reads the run back once it saw the terminal event)."""
     for i in range(5):
         done = await stack.stub.RunWorkflow(
             runs_pb2.RunWorkflowRequest(workflow="echo", input_json=json.dumps({"n": i})),
