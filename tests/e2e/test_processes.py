@@ -14,7 +14,7 @@ import pytest
 import longline
 from longline._embedded import free_port
 from tests.conftest import eventually
-from tests.procs import Proc, spawn, start_worker, wait_serving
+from tests.procs import Proc, spawn, start_http_control_plane, start_worker, wait_serving
 
 
 def _replicas(proc: Proc) -> list[psutil.Process]:
@@ -29,20 +29,8 @@ async def test_two_processes_share_the_ports_survive_a_kill_and_stop_together(
 ) -> None:
     port, http_port = free_port(), free_port()
     target = f"127.0.0.1:{port}"
-    cp = spawn(
-        "cp",
-        "control-plane",
-        "--listen",
-        target,
-        "--http-listen",
-        f"127.0.0.1:{http_port}",
-        "--redis",
-        redis_url,
-        "--processes",
-        "2",
-    )
+    cp = await start_http_control_plane(redis_url, port, http_port, "--processes", "2")
     procs.append(cp)
-    await wait_serving(target, cp)
     first = await eventually(lambda: _two(cp, port), what="two replicas")
     procs.append(await start_worker(redis_url, target, "--slots", "8"))
 
