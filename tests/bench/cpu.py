@@ -103,6 +103,7 @@ async def measure(
                     "raw",
                     "-o",
                     f"/tmp/profile-{profile}.txt",
+                    *(["--native"] if os.environ.get("LONGLINE_PROFILE_NATIVE") else []),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
