@@ -32,6 +32,7 @@ from redis.exceptions import RedisClusterException
 
 # One host:port grammar, one reading of user:password@, one redaction.
 from ._sentinel import _HOST, _credentials, _redacted
+from ._transport import closed_writes
 
 __all__ = ["SCHEMES", "ClusterURL", "cluster_client", "parse_cluster_url"]
 
@@ -134,6 +135,15 @@ class _ClusterClient(aioredis.RedisCluster):  # type: ignore[misc]
 
     def __init__(self, *args: Any, in_flight: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Every node's connections (the seeds', and those of nodes found later) fail a write
+        # to a connection that just closed as a ConnectionError (see _transport); redis-py's
+        # cluster client picks its connection class itself.
+        manager = self.nodes_manager
+        manager.connection_kwargs["connection_class"] = closed_writes(
+            manager.connection_kwargs["connection_class"]
+        )
+        for node in manager.startup_nodes.values():
+            node.connection_class = closed_writes(node.connection_class)
         # connect()'s max_connections: commands (and pipelines) in flight at once, across
         # the nodes. redis-py's own bound is per node, and raises when reached instead of
         # waiting; this one waits, as a single server's blocking pool does.

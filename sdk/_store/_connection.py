@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException
 
-from . import _cluster, _sentinel
+from . import _cluster, _sentinel, _transport
 
 __all__ = [
     "Redis",
@@ -91,6 +91,15 @@ def connect(
     if url.startswith("unix:"):  # a Unix socket has no TCP keepalive
         options.pop("socket_keepalive")
         options.pop("socket_keepalive_options")
+    # Writes to a connection that just closed fail as a ConnectionError (see _transport).
+    scheme = url.split(":", 1)[0]
+    options["connection_class"] = (
+        _transport.UnixConnection
+        if scheme == "unix"
+        else _transport.SSLConnection
+        if scheme == "rediss"
+        else _transport.Connection
+    )
     if max_connections:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=None, **options

@@ -36,6 +36,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from ._transport import ClosedWrites
+
 __all__ = ["SCHEME", "SentinelURL", "check_redis_url", "parse_sentinel_url", "sentinel_client"]
 
 SCHEME = "redis+sentinel"
@@ -159,8 +161,9 @@ def check_redis_url(url: str) -> None:
         ) from None
 
 
-class _Connection(SentinelManagedConnection):  # type: ignore[misc]  # redis is Any to mypy
-    """redis-py's connection to the primary, plus Redis 6's READONLY from inside a script.
+class _Connection(ClosedWrites, SentinelManagedConnection):  # type: ignore[misc]  # redis is Any
+    """redis-py's connection to the primary, plus Redis 6's READONLY from inside a script,
+    and a write to a connection that just closed failing as a ConnectionError (_transport).
 
     Redis 7 answers a write from a script on a replica with READONLY, which redis-py
     handles; Redis 6 wraps it as "ERR Error running script ... READONLY ...". Either way the

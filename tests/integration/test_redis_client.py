@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+import uvloop
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from longline._store import connect
 from longline._store._connection import scripts_together
 
@@ -54,3 +58,42 @@ async def test_scripts_run_together_after_the_server_forgot_them(redis_url: str)
     finally:
         await client.delete(a, b)
         await client.aclose()
+
+
+def test_a_write_to_a_connection_that_just_closed_is_a_connection_error(redis_url: str) -> None:
+    """uvloop (the planes' loop) raises RuntimeError, "the handler is closed", for a write to
+    a connection whose peer has just gone; a chaos test met it as an INTERNAL answer to
+    GetRun during a cluster failover. It must be the ConnectionError it is (callers answer
+    UNAVAILABLE, loops back off), on every connection connect() makes: both pools of a
+    single Redis, and every node of a cluster (the --redis-cluster pass)."""
+
+    async def main() -> None:
+        for pool in (0, 1):
+            client = connect(redis_url, max_connections=pool)
+            await client.set("{probe}:k", "v")
+            if hasattr(client, "get_nodes"):
+                fresh = [n.connection_class(**n.connection_kwargs) for n in client.get_nodes()]
+            else:
+                fresh = [client.connection_pool.make_connection()]
+            try:
+                for conn in fresh:
+                    await conn.connect()
+                    # The peer reset the connection: the transport is closed, and the reader
+                    # holds the error instead of an end-of-file (what asyncio's stream
+                    # protocol does with a reset), so nothing told redis-py before the write.
+                    conn._writer.transport.abort()
+                    for _ in range(10):
+                        await asyncio.sleep(0)
+                    conn._reader._eof = False
+                    try:
+                        with pytest.raises(RedisConnectionError):
+                            await conn.send_command("GET", "{probe}:k")
+                    finally:
+                        await conn.disconnect(nowait=True)
+                assert await client.get("{probe}:k") == "v"  # and the client goes on
+                await client.delete("{probe}:k")
+            finally:
+                await client.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
