@@ -91,21 +91,16 @@ def connect(
     if url.startswith("unix:"):  # a Unix socket has no TCP keepalive
         options.pop("socket_keepalive")
         options.pop("socket_keepalive_options")
-    # Writes to a connection that just closed fail as a ConnectionError (see _transport).
-    scheme = url.split(":", 1)[0]
-    options["connection_class"] = (
-        _transport.UnixConnection
-        if scheme == "unix"
-        else _transport.SSLConnection
-        if scheme == "rediss"
-        else _transport.Connection
-    )
     if max_connections:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=None, **options
         )
-        return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-    return aioredis.Redis.from_url(url, **options)
+    else:
+        pool = aioredis.ConnectionPool.from_url(url, **options)
+    # Writes to a connection that just closed fail as a ConnectionError (see _transport).
+    # Set here: from_url picks the class of the URL's scheme (TCP, TLS, Unix socket) itself.
+    pool.connection_class = _transport.closed_writes(pool.connection_class)
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
 async def redis_time_ms(redis: aioredis.Redis) -> int:
