@@ -24,14 +24,9 @@ demo: $(STAMP)
 # The suite on one Redis, then, on a local Redis Cluster of 3 masters, every test of
 # CLUSTER_TESTS that uses the session's Redis (docs/testing.md).
 # Schedules' tests run once: their keys are one slot ({schedules}), whose scripts the cluster
-# pass runs in test_partitions; the rest is timing that no topology changes. So do the tests
-# of a face (a browser, a terminal, Node.js) and of --processes' supervisor: what they ask of
-# Redis goes through the same calls the integration tests make on the cluster.
+# pass runs in test_partitions; the rest is timing that no topology changes.
 CLUSTER_TESTS := tests/integration tests/e2e tests/chaos/test_chaos.py \
-	--ignore=tests/integration/test_schedules.py \
-	--ignore=tests/e2e/test_browser.py --ignore=tests/e2e/test_ui.py \
-	--ignore=tests/e2e/test_cli_panel.py --ignore=tests/e2e/test_node_client.py \
-	--ignore=tests/e2e/test_processes.py
+	--ignore=tests/integration/test_schedules.py
 test: $(STAMP)
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf breaking --against baseline.binpb
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

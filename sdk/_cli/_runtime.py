@@ -62,12 +62,14 @@ def serve(
 
 def freeze_startup_objects() -> None:
     """Put what the process made before serving (its modules, protobuf descriptors and
-    the like: some 135,000 objects) beyond the garbage collector for good (`gc.freeze`).
+    the like: 80,000-125,000 objects) beyond the garbage collector for good (`gc.freeze`).
 
     A full collection otherwise walks them all each time, and a plane stops while it does:
-    with 2,000 runs watched, 25-80 ms in the control plane and up to 140 ms in the worker,
-    which was most of B3's delivery tail (docs/performance.md). What is frozen lived for the
-    whole process anyway. LONGLINE_GC_FREEZE=0 leaves the collector as Python sets it.
+    with 2,000 runs watched, full collections took up to 73-78 ms in the control plane and
+    143 ms in the worker on Python 3.11, most of B3's delivery tail (docs/performance.md).
+    Nearly all of it lives as long as the process; what of it dies later in a reference
+    cycle is never freed (bounded: the start-up set, once). LONGLINE_GC_FREEZE=0 leaves the
+    collector as Python sets it (and lets gc.get_objects() see everything, to hunt leaks).
     """
     if os.environ.get("LONGLINE_GC_FREEZE", "1") == "0":
         return

@@ -3,6 +3,7 @@ plane(s), the worker and Redis spent over a B1 of `runs` no-op runs, divided by 
 
     python -m tests.bench.cpu --runs 5000 [--workflow noop] [--processes 1]
     python -m tests.bench.cpu --runs 5000 --profile cp   # py-spy the control plane too
+    python -m tests.bench.cpu --runs 5000 --profile cp --native   # with its C frames
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ async def measure(
     extra_cp: tuple[str, ...] = (),
     profile: str = "",
     call: str = "start",
+    native: bool = False,
 ) -> CpuPerRun:
     procs: list[Proc] = []
     try:
@@ -103,7 +105,7 @@ async def measure(
                     "raw",
                     "-o",
                     f"/tmp/profile-{profile}.txt",
-                    *(["--native"] if os.environ.get("LONGLINE_PROFILE_NATIVE") else []),
+                    *(["--native"] if native else []),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -131,6 +133,9 @@ async def main() -> None:
     parser.add_argument("--profile", default="", choices=["", "cp", "worker", "client"])
     parser.add_argument("--cp-arg", action="append", default=[])
     parser.add_argument("--call", default="start", choices=["start", "run"])
+    parser.add_argument(
+        "--native", action="store_true", help="with --profile: C frames too (py-spy --native)"
+    )
     args = parser.parse_args()
     with EmbeddedRedis() as redis:
         assert redis._proc is not None
@@ -142,6 +147,7 @@ async def main() -> None:
             tuple(args.cp_arg),
             args.profile,
             args.call,
+            args.native,
         )
     print(f"B1 {args.workflow} ({args.call}): {args.runs} runs, {out.rate:.0f} runs/s")
     for name, ms in out.ms.items():

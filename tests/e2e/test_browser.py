@@ -84,6 +84,9 @@ async def page_origin() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
+# Once, on one Redis: its Redis calls (SSE resume) run on the cluster in test_http and
+# test_lifecycle.
+@pytest.mark.single_redis
 async def test_a_page_sees_every_event_once_across_a_control_plane_restart(
     redis_url: str, procs: list[Proc], page_origin: str
 ) -> None:

@@ -17,6 +17,7 @@ import sys
 import termios
 import time
 
+import pytest
 from rich.console import Console
 
 from longline import Event, EventType
@@ -97,6 +98,8 @@ def piped(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+# Once, on one Redis: `longline run` makes test_cli's Redis calls, which run on the cluster.
+@pytest.mark.single_redis
 async def test_run_draws_a_live_panel_on_a_terminal_and_plain_lines_elsewhere(
     redis_url: str, procs: list[Proc]
 ) -> None:

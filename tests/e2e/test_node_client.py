@@ -60,6 +60,8 @@ def node_modules() -> None:
         assert done.returncode == 0, f"npm ci failed:\n{done.stdout}{done.stderr}"
 
 
+# Once, on one Redis: its Redis calls are test_stub_client's and test_auth's, run on the cluster.
+@pytest.mark.single_redis
 async def test_node_client_resumes_streams_and_reads_error_reasons(
     redis_url: str, procs: list[Proc], node_modules: None
 ) -> None:
