@@ -36,7 +36,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from ._transport import ClosedWrites
+from ._transport import ClosedWrites, closed_writes
 
 __all__ = ["SCHEME", "SentinelURL", "check_redis_url", "parse_sentinel_url", "sentinel_client"]
 
@@ -211,6 +211,11 @@ def sentinel_client(
     if parsed.sentinel_password:
         sentinel_kwargs["password"] = parsed.sentinel_password
     sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs)
+    # Its connections to the sentinels too fail a write after a reset as a ConnectionError
+    # (_transport): redis-py then asks the next sentinel instead of giving up on a
+    # RuntimeError. (Redis() takes no connection class: set on each sentinel's pool.)
+    for each in sentinel.sentinels:
+        each.connection_pool.connection_class = closed_writes(each.connection_pool.connection_class)
     pool_options: dict[str, Any] = {
         **options,
         "db": parsed.db,

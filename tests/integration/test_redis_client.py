@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from longline._store import connect
@@ -66,6 +65,7 @@ def test_a_write_to_a_connection_that_just_closed_is_a_connection_error(redis_ur
     GetRun during a cluster failover. It must be the ConnectionError it is (callers answer
     UNAVAILABLE, loops back off), on every connection connect() makes: both pools of a
     single Redis, and every node of a cluster (the --redis-cluster pass)."""
+    uvloop = pytest.importorskip("uvloop")  # the planes' loop where it installs (not Windows)
 
     async def main() -> None:
         for pool in (0, 1):
@@ -85,6 +85,7 @@ def test_a_write_to_a_connection_that_just_closed_is_a_connection_error(redis_ur
                     for _ in range(10):
                         await asyncio.sleep(0)
                     conn._reader._eof = False
+                    conn._reader.set_exception(ConnectionResetError(104, "Connection reset"))
                     try:
                         with pytest.raises(RedisConnectionError):
                             await conn.send_command("GET", "{probe}:k")
@@ -97,3 +98,21 @@ def test_a_write_to_a_connection_that_just_closed_is_a_connection_error(redis_ur
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+def test_every_connection_connect_makes_fails_a_closed_write_as_a_connection_error() -> None:
+    """The class of _transport on every kind of connection (no server needed): TCP, TLS and
+    Unix-socket URLs with both pools, Sentinel's to the primary and to the sentinels."""
+    from longline._store._sentinel import _Connection, parse_sentinel_url, sentinel_client
+    from longline._store._transport import ClosedWrites
+
+    for url in ("redis://h:1", "rediss://h:1", "unix:///tmp/none.sock"):
+        for pool in (0, 4):
+            made = connect(url, max_connections=pool).connection_pool.connection_class
+            assert issubclass(made, ClosedWrites), (url, pool, made)
+    assert issubclass(_Connection, ClosedWrites)
+    client = sentinel_client(
+        parse_sentinel_url("redis+sentinel://h:1,h:2/mymaster"), max_connections=0, options={}
+    )
+    for each in client.connection_pool.sentinel_manager.sentinels:
+        assert issubclass(each.connection_pool.connection_class, ClosedWrites)
