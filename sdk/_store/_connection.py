@@ -92,7 +92,8 @@ def connect(
         options.pop("socket_keepalive")
         options.pop("socket_keepalive_options")
     if max_connections:
-        pool = aioredis.BlockingConnectionPool.from_url(
+        # An idle connection is handed out without redis-py's ceremony (see _transport).
+        pool = _transport.QuickPool.from_url(
             url, max_connections=max_connections, timeout=None, **options
         )
     else:

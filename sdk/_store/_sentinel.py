@@ -36,7 +36,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from ._transport import ClosedWrites, closed_writes
+from ._transport import ClosedWrites, QuickCheckout, closed_writes
 
 __all__ = ["SCHEME", "SentinelURL", "check_redis_url", "parse_sentinel_url", "sentinel_client"]
 
@@ -190,11 +190,13 @@ class _Pool(SentinelConnectionPool):  # type: ignore[misc]  # redis is Any to my
             await self.sentinel_manager.aclose()
 
 
-class _BlockingPool(_Pool, aioredis.BlockingConnectionPool):  # type: ignore[misc]
+class _BlockingPool(QuickCheckout, _Pool, aioredis.BlockingConnectionPool):  # type: ignore[misc]
     """With max_connections, callers wait for a free connection instead of opening more.
 
     SentinelConnectionPool only overrides where a connection goes (the primary the
-    sentinels name), BlockingConnectionPool only how one is handed out, so the two compose.
+    sentinels name), BlockingConnectionPool only how one is handed out, so the two compose;
+    QuickCheckout hands out an idle connection at once (_transport). A new primary makes
+    SentinelConnectionPool disconnect the idle connections, which QuickCheckout passes over.
     """
 
 

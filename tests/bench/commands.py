@@ -1,6 +1,6 @@
 """What one Redis command costs the process that sends it, by path (docs/performance.md,
 "The top three costs left"): redis-py's command path with each kind of pool connect()
-makes, a connection taken from the pool and written and read directly, and connections
+makes and with redis-py's own BlockingConnectionPool, a connection taken from the pool and written and read directly, and connections
 kept in a deque with no pool at all. `HGETALL` of a small hash, 32 callers, uvloop, on a
 Redis of its own; CPU of this process per command.
 
@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import redis.asyncio as aioredis
 import uvloop
 
 from longline._embedded import EmbeddedRedis
@@ -37,7 +38,12 @@ async def _cost(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, floa
 
 
 async def main(url: str, n: int) -> None:
-    blocking, plain = connect(url, max_connections=CALLERS), connect(url)
+    quick, plain = connect(url, max_connections=CALLERS), connect(url)
+    blocking = aioredis.Redis.from_pool(
+        aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=CALLERS, timeout=None, decode_responses=True, protocol=2
+        )
+    )
     await plain.hset("h", mapping={"a": "1", "b": "2", "c": "3"})
     pool = blocking.connection_pool
 
@@ -64,7 +70,8 @@ async def main(url: str, n: int) -> None:
             kept.append(conn)
 
     paths: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
-        ("redis-py, BlockingConnectionPool (what the planes use)", lambda: blocking.hgetall("h")),
+        ("connect(): BlockingConnectionPool + QuickCheckout", lambda: quick.hgetall("h")),
+        ("redis-py, its own BlockingConnectionPool", lambda: blocking.hgetall("h")),
         ("redis-py, the plain ConnectionPool", lambda: plain.hgetall("h")),
         ("the pool's connection written and read directly", direct),
         ("connections kept in a deque, no pool", no_pool),
@@ -76,6 +83,7 @@ async def main(url: str, n: int) -> None:
     for conn in kept:
         await conn.disconnect()
     await blocking.aclose()
+    await quick.aclose()
     await plain.aclose()
 
 

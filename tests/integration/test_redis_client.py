@@ -116,3 +116,90 @@ def test_every_connection_connect_makes_fails_a_closed_write_as_a_connection_err
     )
     for each in client.connection_pool.sentinel_manager.sentinels:
         assert issubclass(each.connection_pool.connection_class, ClosedWrites)
+
+
+@pytest.mark.single_redis  # the pool of a single Redis (a cluster node has a pool of its own)
+async def test_an_idle_connection_is_handed_out_at_once_only_while_sound(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planes' pool (QuickCheckout) hands an idle connection out without redis-py's
+    checkout (its lock, timer and check): only one that is open with nothing unread. A
+    connection with a reply left on it, or one the server closed, goes redis-py's way and is
+    reconnected, so no command ever reads another's reply."""
+    import redis.asyncio as aioredis
+
+    from longline._store._transport import QuickCheckout
+
+    slow = 0
+    original = aioredis.BlockingConnectionPool.get_connection
+
+    async def counted(self: object, *args: object, **kwargs: object) -> object:
+        nonlocal slow
+        slow += 1
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(aioredis.BlockingConnectionPool, "get_connection", counted)
+    client = connect(redis_url, max_connections=4)
+    killer = connect(redis_url)
+    pool = client.connection_pool
+    assert isinstance(pool, QuickCheckout)
+    try:
+        await client.set("{probe}:k", "v")
+        assert slow == 1  # the first makes the connection
+        for _ in range(20):
+            assert await client.get("{probe}:k") == "v"
+        assert slow == 1  # the rest took it as it was
+
+        # A reply left unread on the idle connection: not handed out as it is.
+        conn = await pool.get_connection()
+        await conn.send_command("PING")
+        async with asyncio.timeout(10):
+            while not conn._reader._buffer:  # the reply has arrived, unread
+                await asyncio.sleep(0.001)
+        await pool.release(conn)
+        assert await client.get("{probe}:k") == "v"  # not "PONG"
+        assert slow == 2
+
+        # The server closed it: redis-py's way reconnects it.
+        conn = await pool.get_connection()
+        my_id = await conn.retry.call_with_retry(
+            lambda: _client_id(conn), lambda _: asyncio.sleep(0)
+        )
+        await pool.release(conn)
+        await killer.client_kill_filter(_id=my_id)
+        async with asyncio.timeout(10):
+            while not conn._reader.at_eof():  # the loop has seen the end of the connection
+                await asyncio.sleep(0.001)
+        assert await client.get("{probe}:k") == "v"
+        assert slow == 3
+
+        # More callers than connections: they wait, and each is served in turn; the pool
+        # never holds more than its bound.
+        async with asyncio.timeout(30):
+            got = await asyncio.gather(*(client.get("{probe}:k") for _ in range(200)))
+        assert got == ["v"] * 200
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 4
+        assert not pool._in_use_connections
+    finally:
+        await client.delete("{probe}:k")
+        await client.aclose()
+        await killer.aclose()
+
+
+async def _client_id(conn: object) -> int:
+    await conn.send_command("CLIENT", "ID")  # type: ignore[attr-defined]
+    return int(await conn.read_response())  # type: ignore[attr-defined]
+
+
+def test_the_planes_pools_hand_out_idle_connections_at_once() -> None:
+    """QuickCheckout on every pool connect() makes with a bound: a single Redis over TCP,
+    TLS and a Unix socket, and Sentinel's primary (no server needed)."""
+    from longline._store._sentinel import parse_sentinel_url, sentinel_client
+    from longline._store._transport import QuickCheckout
+
+    for url in ("redis://h:1", "rediss://h:1", "unix:///tmp/none.sock"):
+        assert isinstance(connect(url, max_connections=4).connection_pool, QuickCheckout), url
+    client = sentinel_client(
+        parse_sentinel_url("redis+sentinel://h:1,h:2/mymaster"), max_connections=4, options={}
+    )
+    assert isinstance(client.connection_pool, QuickCheckout)
