@@ -36,7 +36,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from ._transport import ClosedWrites, QuickCheckout, closed_writes
+from ._transport import ClosedWrites, PackedInC, QuickCheckout, closed_writes
 
 __all__ = ["SCHEME", "SentinelURL", "check_redis_url", "parse_sentinel_url", "sentinel_client"]
 
@@ -161,9 +161,10 @@ def check_redis_url(url: str) -> None:
         ) from None
 
 
-class _Connection(ClosedWrites, SentinelManagedConnection):  # type: ignore[misc]  # redis is Any
+class _Connection(PackedInC, ClosedWrites, SentinelManagedConnection):  # type: ignore[misc]
     """redis-py's connection to the primary, plus Redis 6's READONLY from inside a script,
-    and a write to a connection that just closed failing as a ConnectionError (_transport).
+    and a write to a connection that just closed failing as a ConnectionError, and commands
+    packed in C (_transport).
 
     Redis 7 answers a write from a script on a replica with READONLY, which redis-py
     handles; Redis 6 wraps it as "ERR Error running script ... READONLY ...". Either way the

@@ -1,8 +1,9 @@
 """What one Redis command costs the process that sends it, by path (docs/performance.md,
 "The top three costs left"): redis-py's command path with each kind of pool connect()
-makes and with redis-py's own BlockingConnectionPool, a connection taken from the pool and written and read directly, and connections
-kept in a deque with no pool at all. `HGETALL` of a small hash, 32 callers, uvloop, on a
-Redis of its own; CPU of this process per command.
+makes and with redis-py's own BlockingConnectionPool, a connection taken from the pool
+and written and read directly, and connections kept in a deque with no pool at all.
+`HGETALL` of a small hash, 32 callers, uvloop, on a Redis of its own; CPU of this process
+per command.
 
     python -m tests.bench.commands [--commands 20000]
 """

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from longline._store import connect
 from longline._store._connection import scripts_together
+from tests.conftest import eventually
 
 
 async def test_cancelling_a_blocked_read_always_ends_the_task(redis_url: str) -> None:
@@ -153,9 +155,7 @@ async def test_an_idle_connection_is_handed_out_at_once_only_while_sound(
         # A reply left unread on the idle connection: not handed out as it is.
         conn = await pool.get_connection()
         await conn.send_command("PING")
-        async with asyncio.timeout(10):
-            while not conn._reader._buffer:  # the reply has arrived, unread
-                await asyncio.sleep(0.001)
+        await eventually(_async(lambda: conn._reader._buffer), what="the reply, unread")
         await pool.release(conn)
         assert await client.get("{probe}:k") == "v"  # not "PONG"
         assert slow == 2
@@ -167,9 +167,7 @@ async def test_an_idle_connection_is_handed_out_at_once_only_while_sound(
         )
         await pool.release(conn)
         await killer.client_kill_filter(_id=my_id)
-        async with asyncio.timeout(10):
-            while not conn._reader.at_eof():  # the loop has seen the end of the connection
-                await asyncio.sleep(0.001)
+        await eventually(_async(conn._reader.at_eof), what="the loop to see the end")
         assert await client.get("{probe}:k") == "v"
         assert slow == 3
 
@@ -184,6 +182,13 @@ async def test_an_idle_connection_is_handed_out_at_once_only_while_sound(
         await client.delete("{probe}:k")
         await client.aclose()
         await killer.aclose()
+
+
+def _async(probe: Callable[[], object]) -> Callable[[], Awaitable[object]]:
+    async def probed() -> object:
+        return probe()
+
+    return probed
 
 
 async def _client_id(conn: object) -> int:
