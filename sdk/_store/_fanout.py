@@ -134,32 +134,43 @@ class _Node:
 
     async def start(self, inbox: _Inbox) -> None:
         self.sharded = int(await self.client.eval(_PROBE, 0)) == 1
-        # A plain channel nobody publishes on keeps the connection subscribed (listen() ends
-        # on a connection with no subscription) whatever comes and goes.
+        # A plain channel nobody publishes on, through PubSub, which opens the connection:
+        # its confirmation (Subscribed(hold)) says the connection is open.
         await self.pubsub.subscribe(self.hold)
         self.reader = asyncio.create_task(self._read(inbox))
 
+    # The runs' channels are subscribed, and everything is read, on the connection itself,
+    # not through redis-py's PubSub (which only opens it and holds `hold`): PubSub's command
+    # and message path cost a control plane 10% of its CPU in B1 (a channel or two per
+    # awaited run), and it keeps every channel in dicts of its own to subscribe again after
+    # a reconnection, which a Fanout never wants (it renews instead). A connection that is
+    # gone is a ConnectionError here too; none is opened again behind the caller's back.
+
     async def subscribe(self, channel: str) -> None:
-        if self.sharded:
-            await self.pubsub.ssubscribe(channel)
-        else:
-            await self.pubsub.subscribe(channel)
+        await self._send("SSUBSCRIBE" if self.sharded else "SUBSCRIBE", channel)
 
     async def unsubscribe(self, channel: str) -> None:
         if getattr(self.pubsub, "connection", None) is None:
             return  # no connection: nothing to stop, and none is opened for it
         self.leaving[channel] += 1
-        if self.sharded:
-            await self.pubsub.sunsubscribe(channel)
-        else:
-            await self.pubsub.unsubscribe(channel)
+        await self._send("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE", channel)
+
+    async def _send(self, *command: str) -> None:
+        conn = self.pubsub.connection
+        if conn is None or not conn.is_connected:
+            raise RedisConnectionError("the subscribing connection is closed")
+        await conn.send_command(*command, check_health=False)
 
     async def _read(self, inbox: _Inbox) -> None:
         try:
-            async for m in self.pubsub.listen():
-                kind, channel = m["type"], m["channel"]
+            conn = self.pubsub.connection
+            while True:
+                reply = await conn.read_response(disconnect_on_error=False, push_request=True)
+                if not isinstance(reply, list) or len(reply) < 3:
+                    raise RedisConnectionError(f"not a pub/sub message: {reply!r:.100}")
+                kind, channel = reply[0], reply[1]
                 if kind in ("message", "smessage"):
-                    if not inbox.put(Message(channel, m["data"])):
+                    if not inbox.put(Message(channel, reply[2])):
                         return  # the caller fell behind: it renews
                 elif kind in ("subscribe", "ssubscribe"):
                     if not inbox.put(Subscribed(channel)):
@@ -173,7 +184,6 @@ class _Node:
                         raise RedisConnectionError(
                             f"Redis ended the subscription to {channel} (its slot moved)"
                         )
-            raise RedisConnectionError("the subscription ended")
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the inbox
