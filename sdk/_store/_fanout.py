@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -165,7 +166,10 @@ class _Node:
         try:
             conn = self.pubsub.connection
             while True:
-                reply = await conn.read_response(disconnect_on_error=False, push_request=True)
+                # math.inf: no read timeout, whatever the client's (redis-py's PubSub's own)
+                reply = await conn.read_response(
+                    timeout=math.inf, disconnect_on_error=False, push_request=True
+                )
                 if not isinstance(reply, list) or len(reply) < 3:
                     raise RedisConnectionError(f"not a pub/sub message: {reply!r:.100}")
                 kind, channel = reply[0], reply[1]

@@ -22,11 +22,13 @@ here without the rest, it is the same check.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 __all__ = [
     "ClosedWrites",
@@ -53,22 +55,39 @@ class ClosedWrites:
             raise RedisConnectionError(f"Error writing to Redis: {exc}") from exc
 
 
+# Ints hiredis packs: it turns one into text without checking that Python could (an int of
+# more than 4,300 digits cannot be, and hiredis then reads a null pointer: a crash).
+_INT_BOUND = 2**64
+
+
 class PackedInC:
     """Mixed in before a redis-py connection class: commands packed by hiredis, in C, where
-    redis-py's asyncio connection packs them in Python (4-5% of a control plane's CPU in
-    B1). The bytes are the same (tests/unit/test_transport.py); an argument hiredis refuses
-    (not str, bytes, int or float) goes to redis-py's packer, for its own DataError."""
+    redis-py's asyncio connection packs them in Python (3-5% of a control plane's CPU in
+    B1). The bytes are the same (tests/unit/test_transport.py). Only what hiredis packs as
+    redis-py would goes to it: arguments of exactly str, bytes, float or an int within
+    ±2**64, on a connection that encodes text as strict UTF-8 (the default); anything else
+    (a bytearray, a memoryview, a subclass, another encoding, what redis-py refuses with its
+    DataError) goes to redis-py's packer."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        first = args[0]
-        if isinstance(first, str):  # "CLIENT KILL": words of a command name go separately
-            args = (*first.encode().split(), *args[1:])
-        elif isinstance(first, bytes) and b" " in first:
-            args = (*first.split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:  # a bytearray, a memoryview, or an argument redis-py refuses
+        encoder = self.encoder  # type: ignore[attr-defined]
+        if encoder.encoding != "utf-8" or encoder.encoding_errors != "strict":
             return super().pack_command(*args)  # type: ignore[misc,no-any-return]
+        for arg in args:
+            kind = type(arg)
+            if not (
+                kind is str
+                or kind is bytes
+                or (kind is int and -_INT_BOUND < arg < _INT_BOUND)
+                or kind is float
+            ):
+                return super().pack_command(*args)  # type: ignore[misc,no-any-return]
+        first = args[0]
+        if type(first) is str:  # "CLIENT KILL": words of a command name go separately
+            args = (*first.encode().split(), *args[1:])
+        elif type(first) is bytes and b" " in first:
+            args = (*first.split(), *args[1:])
+        return [hiredis.pack_command(args)]
 
 
 class Connection(PackedInC, ClosedWrites, aioredis.Connection):  # type: ignore[misc]  # redis: Any
@@ -105,17 +124,13 @@ def ready_as_is(conn: Any) -> bool:
     """Whether a pooled connection can carry the next command as it is, by what the event loop
     knows already (redis-py's own check in ensure_connection, without a system call either):
     open, not told to reconnect, nothing unread, no end-of-file or error seen, its transport
-    not closing. Anything else, or a redis-py whose insides differ, is a no: the pool's own way
-    then checks it and reconnects."""
-    try:
-        reader, writer, parser = conn._reader, conn._writer, conn._parser
-        if reader is None or writer is None or conn._should_reconnect or not parser._connected:
-            return False
-        if reader._buffer or reader.at_eof() or reader.exception() is not None:
-            return False
-        return not (parser._reader.has_data() or writer.transport.is_closing())
-    except AttributeError:
+    not closing. AttributeError from a redis-py (or Python) whose insides differ."""
+    reader, writer, parser = conn._reader, conn._writer, conn._parser
+    if reader is None or writer is None or conn._should_reconnect or not parser._connected:
         return False
+    if reader._buffer or reader.at_eof() or reader.exception() is not None:
+        return False
+    return not (parser._reader.has_data() or writer.transport.is_closing())
 
 
 class QuickCheckout:
@@ -126,19 +141,30 @@ class QuickCheckout:
     ever taken from the idle list here, never made: the pool's bound holds."""
 
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
-        idle = self._available_connections  # type: ignore[attr-defined]
-        condition = self._condition  # type: ignore[attr-defined]
-        if idle and not condition._waiters and not condition.locked():
-            conn = idle.pop()
-            if ready_as_is(conn):
-                self._in_use_connections.add(conn)  # type: ignore[attr-defined]
-                return conn
-            idle.append(conn)  # redis-py's way below checks it, and reconnects it
+        try:
+            idle = self._available_connections  # type: ignore[attr-defined]
+            condition = self._condition  # type: ignore[attr-defined]
+            if idle and not condition._waiters and not condition.locked():
+                conn = idle[-1]
+                if ready_as_is(conn):
+                    idle.pop()
+                    self._in_use_connections.add(conn)  # type: ignore[attr-defined]
+                    return conn
+                # Closed here, so that redis-py's way below opens it again: its own check
+                # passes a connection the peer reset (an error on the reader, no end-of-file).
+                with contextlib.suppress(RedisError, OSError):
+                    await conn.disconnect(nowait=True)
+        except AttributeError:  # a redis-py (or Python) whose insides differ: its own way
+            pass
         return await super().get_connection()  # type: ignore[misc]
 
     async def release(self, connection: Any) -> None:
-        condition = self._condition  # type: ignore[attr-defined]
-        if condition._waiters or condition.locked() or connection.should_reconnect():
+        try:
+            condition = self._condition  # type: ignore[attr-defined]
+            quick = not (condition._waiters or condition.locked() or connection.should_reconnect())
+        except AttributeError:
+            quick = False
+        if not quick:
             await super().release(connection)  # type: ignore[misc]  # wakes a waiter
             return
         self._in_use_connections.remove(connection)  # type: ignore[attr-defined]

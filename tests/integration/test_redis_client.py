@@ -171,6 +171,19 @@ async def test_an_idle_connection_is_handed_out_at_once_only_while_sound(
         assert await client.get("{probe}:k") == "v"
         assert slow == 3
 
+        # The peer reset it: an error on the reader, no end-of-file (what asyncio's stream
+        # protocol makes of a reset). redis-py's own check passes that; ours closes it, and
+        # the command goes out on a new connection instead of failing.
+        conn = await pool.get_connection()
+        await pool.release(conn)
+        conn._writer.transport.abort()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        conn._reader._eof = False
+        conn._reader.set_exception(ConnectionResetError(104, "Connection reset"))
+        assert await client.get("{probe}:k") == "v"
+        assert slow == 4
+
         # More callers than connections: they wait, and each is served in turn; the pool
         # never holds more than its bound.
         async with asyncio.timeout(30):

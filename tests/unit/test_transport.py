@@ -3,6 +3,8 @@ refuses is refused the same way."""
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import DataError
@@ -17,7 +19,9 @@ CASES = [
     (b"CLIENT LIST",),
     ("HSET", "h", "", ""),
     ("SET", "big", "x" * 100_000),  # redis-py sends it in chunks: the same bytes
-    ("X", memoryview(b"mv"), bytearray(b"ba")),  # hiredis refuses these: redis-py packs them
+    # Not given to hiredis, which packs a non-contiguous memoryview wrong: redis-py packs them
+    ("X", memoryview(b"mv"), bytearray(b"ba"), memoryview(b"abcdef")[::2]),
+    ("X", HTTPStatus.OK, 2**64, -(2**64), 2**63),  # an int subclass; ints past ±2**64
 ]
 
 
@@ -30,6 +34,19 @@ def test_the_same_bytes_as_redis_py(args: tuple[object, ...]) -> None:
     ours_many = Connection(decode_responses=True).pack_commands(pipeline)
     theirs_many = aioredis.Connection(decode_responses=True).pack_commands(pipeline)
     assert b"".join(map(bytes, ours_many)) == b"".join(map(bytes, theirs_many))
+
+
+def test_another_encoding_is_packed_as_redis_py_packs_it() -> None:
+    for options in ({"encoding": "latin-1"}, {"encoding_errors": "surrogateescape"}):
+        args = ("SET", "k", "é\udcff" if "encoding_errors" in options else "é")
+        ours = Connection(**options).pack_command(*args)
+        assert b"".join(ours) == b"".join(aioredis.Connection(**options).pack_command(*args))
+
+
+def test_an_int_python_cannot_write_out_is_its_error_not_a_crash() -> None:
+    """hiredis would turn it into text without checking, and crash the process."""
+    with pytest.raises(ValueError, match="4300"):
+        Connection().pack_command("SET", "k", 10**5000)
 
 
 @pytest.mark.parametrize("bad", [True, None, object()])
