@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -80,14 +81,8 @@ def test_a_write_to_a_connection_that_just_closed_is_a_connection_error(redis_ur
             try:
                 for conn in fresh:
                     await conn.connect()
-                    # The peer reset the connection: the transport is closed, and the reader
-                    # holds the error instead of an end-of-file (what asyncio's stream
-                    # protocol does with a reset), so nothing told redis-py before the write.
-                    conn._writer.transport.abort()
-                    for _ in range(10):
-                        await asyncio.sleep(0)
-                    conn._reader._eof = False
-                    conn._reader.set_exception(ConnectionResetError(104, "Connection reset"))
+                    # Nothing told redis-py of the reset before the write.
+                    await _reset_by_peer(conn)
                     try:
                         with pytest.raises(RedisConnectionError):
                             await conn.send_command("GET", "{probe}:k")
@@ -176,11 +171,7 @@ async def test_an_idle_connection_is_handed_out_at_once_only_while_sound(
         # the command goes out on a new connection instead of failing.
         conn = await pool.get_connection()
         await pool.release(conn)
-        conn._writer.transport.abort()
-        for _ in range(10):
-            await asyncio.sleep(0)
-        conn._reader._eof = False
-        conn._reader.set_exception(ConnectionResetError(104, "Connection reset"))
+        await _reset_by_peer(conn)
         assert await client.get("{probe}:k") == "v"
         assert slow == 4
 
@@ -195,6 +186,17 @@ async def test_an_idle_connection_is_handed_out_at_once_only_while_sound(
         await client.delete("{probe}:k")
         await client.aclose()
         await killer.aclose()
+
+
+async def _reset_by_peer(conn: Any) -> None:
+    """Put `conn` in the state a reset by the server leaves: the transport closed, and the
+    reader holding the error instead of an end-of-file (what asyncio's stream protocol does
+    with a reset)."""
+    conn._writer.transport.abort()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    conn._reader._eof = False
+    conn._reader.set_exception(ConnectionResetError(104, "Connection reset"))
 
 
 def _async(probe: Callable[[], object]) -> Callable[[], Awaitable[object]]:
