@@ -328,6 +328,9 @@ class ControlPlane:
                 metrics_server.server_close()
             await server.stop(0)
             await worker_server.stop(0)
+            # The ended streams' unacknowledged runs go back to the queue now, on the pool,
+            # before it closes (not left to their leases, nor to a task outliving the pool).
+            await dispatcher.given_back(max(s.shutdown_grace, 5.0))
             for client in (hub_reader, dispatch_reader, pool):
                 await client.aclose()
 

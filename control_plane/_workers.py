@@ -142,6 +142,9 @@ class Dispatcher:
         self._view_due = 0.0
         self._draining = asyncio.Lock()
         self._next_reclaim = 0.0
+        # Give-backs of sessions that ended, running on even when the stream's handler was
+        # cancelled; the control plane waits for them before it closes its Redis clients.
+        self._giving_back: set[asyncio.Task[None]] = set()
 
     async def wake(self) -> None:
         """Make the dispatcher look at its workers again (a slot freed, a worker came)."""
@@ -547,6 +550,33 @@ class Dispatcher:
             )
         )
 
+    async def give_back(self, session: WorkerSession) -> None:
+        """requeue_unsent(session) for a session that ended, carried on to its end when the
+        caller (the stream's handler, cancelled by a cut stream or a stopping server) is
+        cancelled meanwhile; given_back() waits for it."""
+        task = asyncio.create_task(self.requeue_unsent(session), name="give-back")
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+        await asyncio.shield(task)
+
+    async def given_back(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the give-backs under way (a stopping control
+        plane, before it closes its Redis clients); what is left then is cancelled, and
+        those runs' leases give them back instead."""
+        pending = set(self._giving_back)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning(
+                "%d give-backs did not finish in %g s; their runs' leases will requeue them",
+                len(late),
+                timeout,
+            )
+            await asyncio.wait(late)
+
     async def requeue_unsent(
         self, session: WorkerSession, keep: dict[str, int] | None = None
     ) -> None:
@@ -688,7 +718,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             # Logged first: a stream cut off (keepalive, a reset) cancels this handler, and
             # the shielded give-back goes on without it.
             log.info("worker %s disconnected", session.worker_id)
-            await asyncio.shield(self._dispatcher.requeue_unsent(session))
+            await self._dispatcher.give_back(session)
 
     async def _write_loop(self, session: WorkerSession, context: grpc.aio.ServicerContext) -> None:
         """Send what the outbox holds, in order. To a worker of protocol 1, assignments

@@ -97,7 +97,7 @@ def connect(
             url, max_connections=max_connections, timeout=None, **options
         )
     else:
-        pool = aioredis.ConnectionPool.from_url(url, **options)
+        pool = _transport.Pool.from_url(url, **options)
     # Writes to a connection that just closed fail as a ConnectionError (see _transport).
     # Set here: from_url picks the class of the URL's scheme (TCP, TLS, Unix socket) itself.
     pool.connection_class = _transport.closed_writes(pool.connection_class)

@@ -36,7 +36,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from ._transport import ClosedWrites, PackedInC, QuickCheckout, closed_writes
+from ._transport import ClosedWrites, ClosesForGood, PackedInC, QuickCheckout, closed_writes
 
 __all__ = ["SCHEME", "SentinelURL", "check_redis_url", "parse_sentinel_url", "sentinel_client"]
 
@@ -181,8 +181,9 @@ class _Connection(PackedInC, ClosedWrites, SentinelManagedConnection):  # type: 
             raise RedisConnectionError("the Redis primary was demoted to a replica") from exc
 
 
-class _Pool(SentinelConnectionPool):  # type: ignore[misc]  # redis is Any to mypy
-    """Closes the sentinel clients with the pool: one connect(), one Sentinel, one owner."""
+class _Pool(ClosesForGood, SentinelConnectionPool):  # type: ignore[misc]  # redis: Any
+    """Closes the sentinel clients with the pool: one connect(), one Sentinel, one owner;
+    and opens no connection once closed (ClosesForGood)."""
 
     async def aclose(self) -> None:
         try:

@@ -31,9 +31,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 __all__ = [
+    "CLOSED",
     "ClosedWrites",
+    "ClosesForGood",
     "Connection",
     "PackedInC",
+    "Pool",
     "QuickCheckout",
     "QuickPool",
     "SSLConnection",
@@ -42,8 +45,19 @@ __all__ = [
 ]
 
 
+CLOSED = "the Redis client is closed: no connection of it is opened again"
+
+
 class ClosedWrites:
-    """Mixed in before a redis-py connection class (see the module)."""
+    """Mixed in before a redis-py connection class (see the module). Also: once its pool
+    was closed (ClosesForGood), it never connects again."""
+
+    closed_for_good = False  # set on it by its pool's aclose()
+
+    async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        if self.closed_for_good and not self.is_connected:  # type: ignore[attr-defined]
+            raise RedisConnectionError(CLOSED)
+        await super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
 
     async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -133,7 +147,32 @@ def ready_as_is(conn: Any) -> bool:
     return not (parser._reader.has_data() or writer.transport.is_closing())
 
 
-class QuickCheckout:
+class ClosesForGood:
+    """Mixed in before a redis-py pool: after aclose() none of its connections opens again,
+    neither one handed out later (a ConnectionError) nor one a command was on when it closed
+    (its ClosedWrites refuses). redis-py's pool opens a connection for whoever asks, closed
+    or not, and one opened after the close is closed by nobody: a task that outlived its
+    owner's shutdown left a socket open until the garbage collector found it."""
+
+    _closed_for_good = False
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self._closed_for_good:
+            raise RedisConnectionError(CLOSED)
+        return await super().get_connection(*args, **kwargs)  # type: ignore[misc]
+
+    async def aclose(self) -> None:
+        self._closed_for_good = True
+        for conn in (*self._available_connections, *self._in_use_connections):  # type: ignore[attr-defined]
+            conn.closed_for_good = True
+        await super().aclose()  # type: ignore[misc]
+
+
+class Pool(ClosesForGood, aioredis.ConnectionPool):  # type: ignore[misc]
+    """redis-py's ConnectionPool with ClosesForGood (no bound)."""
+
+
+class QuickCheckout(ClosesForGood):
     """Mixed in before redis-py's BlockingConnectionPool: an idle connection sound as it is
     (ready_as_is) goes to the caller at once while nobody waits for one, and comes back to
     the idle list at once while nobody waits; else redis-py's own way (its condition, its
@@ -156,7 +195,8 @@ class QuickCheckout:
                     await conn.disconnect(nowait=True)
         except AttributeError:  # a redis-py (or Python) whose insides differ: its own way
             pass
-        return await super().get_connection()  # type: ignore[misc]
+        # (A closed pool's connections are all closed: none is ready, and this refuses.)
+        return await super().get_connection()
 
     async def release(self, connection: Any) -> None:
         try:

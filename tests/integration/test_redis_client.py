@@ -211,6 +211,45 @@ async def _client_id(conn: object) -> int:
     return int(await conn.read_response())  # type: ignore[attr-defined]
 
 
+@pytest.mark.single_redis  # counts the connections of one server
+@pytest.mark.parametrize("bound", [0, 4])
+async def test_a_closed_client_opens_no_connection_again(
+    redis_url: str, redis: Any, bound: int
+) -> None:
+    """After aclose() nothing opens a connection in the client's pool again: a command is a
+    ConnectionError, and one under way when it closed ends with one. redis-py would open a
+    new connection for either (its retry, its pool), one nobody closes: a socket left open
+    until the garbage collector finds it (a control plane's give-back that outlived its
+    shutdown did that)."""
+    name = f"probe-closed-{bound}"
+    client = connect(redis_url, max_connections=bound, client_name=name)
+
+    async def mine() -> list[dict[str, Any]]:
+        return [c for c in await redis.client_list() if c.get("name") == name]
+
+    await client.ping()
+    blocked = asyncio.create_task(client.blpop(["{probe}:never"], timeout=3))
+    await eventually(
+        lambda: _any(mine(), lambda c: c.get("cmd") == "blpop"), what="the BLPOP under way"
+    )
+    await client.aclose()
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(blocked, 10)
+    with pytest.raises(RedisConnectionError, match="closed"):
+        await client.ping()
+    await eventually(lambda: _none(mine()), what="the closed client's connections to go")
+    await asyncio.sleep(0.5)  # a reconnection would be back by now: none is
+    assert await mine() == []
+
+
+async def _any(rows: Awaitable[list[dict[str, Any]]], test: Callable[[Any], bool]) -> bool:
+    return any(test(row) for row in await rows)
+
+
+async def _none(rows: Awaitable[list[dict[str, Any]]]) -> bool:
+    return not await rows
+
+
 def test_the_planes_pools_hand_out_idle_connections_at_once() -> None:
     """QuickCheckout on every pool connect() makes with a bound: a single Redis over TCP,
     TLS and a Unix socket, and Sentinel's primary (no server needed)."""

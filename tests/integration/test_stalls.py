@@ -145,6 +145,41 @@ async def test_an_unacknowledged_assignment_goes_elsewhere_without_costing_an_at
         await mute.close()
 
 
+@pytest.mark.single_redis  # counts the control plane's connections on one server
+async def test_a_stopping_control_plane_gives_back_what_its_workers_never_acknowledged(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """A rolling update stops a control plane while a worker's assignment is on its way.
+    Its stream ends, and the run the worker never acknowledged goes back to the queue
+    before shutdown() returns, on the control plane's own connections: not left for its
+    lease to run out, nor given back by a task outliving the shutdown on a connection
+    opened after the control plane closed its clients (a socket nobody closed)."""
+    settings = ControlPlaneSettings(
+        insecure_no_auth=True,
+        redis_url=redis_url,
+        listen="127.0.0.1:0",
+        lease_timeout=120,  # neither the lease nor the acknowledgement gives it back here
+        ack_timeout=60,
+        heartbeat_interval=0.5,
+    )
+    plane = ControlPlane(settings)
+    await plane.start()
+    mute = MuteWorker(f"127.0.0.1:{plane.port}", "mute", ["echo"])
+    await mute.start()
+    try:
+        async with longline.Client(f"127.0.0.1:{plane.port}") as client:
+            handle = await client.start("echo", {"hi": 1})
+            await eventually(lambda: _true(bool(mute.assignments())), what="the assignment")
+        await plane.shutdown()
+        run = await redis.hgetall(keys.run_key(handle.run_id))
+        assert (run["status"], run["attempt"], run["lost"]) == ("QUEUED", "2", "0")
+        names = [c.get("name", "") for c in await redis.client_list()]
+        assert not [n for n in names if n.startswith(f"longline-{settings.replica_id}")]
+    finally:
+        await mute.close()
+        await plane.shutdown()
+
+
 async def _requeued(client: longline.Client, run_id: str) -> longline.Run | None:
     run = await client.get_run(run_id).describe()
     return run if run.attempt >= 2 else None
