@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 
@@ -37,7 +38,7 @@ from ._run_tokens import RunTokens
 from ._runs import RunServicer
 from ._schedules import Scheduler, ScheduleServicer
 from ._settings import ControlPlaneSettings
-from ._workers import Dispatcher, WorkerServicer
+from ._workers import GIVE_BACK_WAIT, Dispatcher, WorkerServicer
 
 log = logging.getLogger("longline.control_plane")
 
@@ -328,11 +329,15 @@ class ControlPlane:
                 metrics_server.server_close()
             await server.stop(0)
             await worker_server.stop(0)
-            # The ended streams' unacknowledged runs go back to the queue now, on the pool,
-            # before it closes (not left to their leases, nor to a task outliving the pool).
-            await dispatcher.given_back(max(s.shutdown_grace, 5.0))
-            for client in (hub_reader, dispatch_reader, pool):
-                await client.aclose()
+            try:
+                # The ended streams' unacknowledged runs go back to the queue now, on the
+                # pool, before it closes (not left to their leases, nor to a task outliving
+                # the pool, on a connection nobody would close).
+                await dispatcher.given_back(GIVE_BACK_WAIT)
+            finally:  # closed also when the wait is cancelled, each whatever the others do
+                for client in (hub_reader, dispatch_reader, pool):
+                    with contextlib.suppress(RedisError, OSError):
+                        await client.aclose()
 
     async def _control_listener(self, store: Store, dispatcher: Dispatcher) -> None:
         """Cancel notices from any replica, forwarded to the worker if it is connected here.

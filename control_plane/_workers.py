@@ -105,6 +105,11 @@ ROUTING_REFRESH = 1.0  # seconds between reads of the builds (blue-green routing
 FULL_READ = 10.0
 
 
+# How long a stopping control plane waits for its ended streams' give-backs (Dispatcher.
+# given_back) before it closes its Redis clients. Seconds: each is a few round trips.
+GIVE_BACK_WAIT = 5.0
+
+
 class Dispatcher:
     """Reads the queues that local workers have room for and assigns runs.
 
@@ -556,26 +561,39 @@ class Dispatcher:
         cancelled meanwhile; given_back() waits for it."""
         task = asyncio.create_task(self.requeue_unsent(session), name="give-back")
         self._giving_back.add(task)
-        task.add_done_callback(self._giving_back.discard)
+        task.add_done_callback(self._gave_back)
         await asyncio.shield(task)
 
+    def _gave_back(self, task: asyncio.Task[None]) -> None:
+        self._giving_back.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # its caller may be gone
+            log.error("a give-back failed: %r; its runs' leases requeue them", task.exception())
+
     async def given_back(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for the give-backs under way (a stopping control
-        plane, before it closes its Redis clients); what is left then is cancelled, and
-        those runs' leases give them back instead."""
-        pending = set(self._giving_back)
-        if not pending:
-            return
-        _, late = await asyncio.wait(pending, timeout=timeout)
-        for task in late:
-            task.cancel()
-        if late:
-            log.warning(
-                "%d give-backs did not finish in %g s; their runs' leases will requeue them",
-                len(late),
-                timeout,
-            )
-            await asyncio.wait(late)
+        """Wait up to `timeout` seconds for the give-backs of every stream that ended or is
+        ending (a stopping control plane, its server stopped, before it closes its Redis
+        clients): a stream's handler may not have run its end yet when the server's stop
+        returns, so this waits while a session is still registered too. What is left then
+        is cancelled (and so when this is), and those runs' leases requeue them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while (self._giving_back or self.sessions) and (left := deadline - loop.time()) > 0:
+                if self._giving_back:
+                    await asyncio.wait(set(self._giving_back), timeout=left)
+                else:  # a handler yet to end: its give-back starts when it does
+                    await asyncio.sleep(min(0.01, left))
+        finally:
+            late = set(self._giving_back)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning(
+                    "%d give-backs did not finish in %g s; their runs' leases requeue them",
+                    len(late),
+                    timeout,
+                )
+                await asyncio.wait(late, timeout=1)
 
     async def requeue_unsent(
         self, session: WorkerSession, keep: dict[str, int] | None = None

@@ -54,6 +54,13 @@ class ClosedWrites:
 
     closed_for_good = False  # set on it by its pool's aclose()
 
+    # Both ways in: connect() (first, as Sentinel's asks the sentinels for the primary
+    # before it connects) and connect_check_health() (where a command's write connects).
+    async def connect(self) -> None:
+        if self.closed_for_good and not self.is_connected:  # type: ignore[attr-defined]
+            raise RedisConnectionError(CLOSED)
+        await super().connect()  # type: ignore[misc]
+
     async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
         if self.closed_for_good and not self.is_connected:  # type: ignore[attr-defined]
             raise RedisConnectionError(CLOSED)
@@ -160,6 +167,11 @@ class ClosesForGood:
         if self._closed_for_good:
             raise RedisConnectionError(CLOSED)
         return await super().get_connection(*args, **kwargs)  # type: ignore[misc]
+
+    def make_connection(self) -> Any:  # one a caller woken after the close would make
+        conn = super().make_connection()  # type: ignore[misc]
+        conn.closed_for_good = self._closed_for_good
+        return conn
 
     async def aclose(self) -> None:
         self._closed_for_good = True

@@ -216,11 +216,12 @@ async def _client_id(conn: object) -> int:
 async def test_a_closed_client_opens_no_connection_again(
     redis_url: str, redis: Any, bound: int
 ) -> None:
-    """After aclose() nothing opens a connection in the client's pool again: a command is a
-    ConnectionError, and one under way when it closed ends with one. redis-py would open a
-    new connection for either (its retry, its pool), one nobody closes: a socket left open
-    until the garbage collector finds it (a control plane's give-back that outlived its
-    shutdown did that)."""
+    """After aclose() nothing opens a connection of the client again: a command is a
+    ConnectionError (redis-py's pool would open a new connection for it), and so is a
+    subscription's next command on the connection it held (redis-py would connect it
+    again); a command under way when it closed ends with one. Such a connection is closed
+    by nobody: a socket left open until the garbage collector finds it (a control plane's
+    give-back that outlived its shutdown did that)."""
     name = f"probe-closed-{bound}"
     client = connect(redis_url, max_connections=bound, client_name=name)
 
@@ -228,6 +229,8 @@ async def test_a_closed_client_opens_no_connection_again(
         return [c for c in await redis.client_list() if c.get("name") == name]
 
     await client.ping()
+    pubsub = client.pubsub()
+    await pubsub.subscribe("{probe}:a")
     blocked = asyncio.create_task(client.blpop(["{probe}:never"], timeout=3))
     await eventually(
         lambda: _any(mine(), lambda c: c.get("cmd") == "blpop"), what="the BLPOP under way"
@@ -237,6 +240,8 @@ async def test_a_closed_client_opens_no_connection_again(
         await asyncio.wait_for(blocked, 10)
     with pytest.raises(RedisConnectionError, match="closed"):
         await client.ping()
+    with pytest.raises(RedisConnectionError, match="closed"):
+        await pubsub.subscribe("{probe}:b")
     await eventually(lambda: _none(mine()), what="the closed client's connections to go")
     await asyncio.sleep(0.5)  # a reconnection would be back by now: none is
     assert await mine() == []

@@ -161,6 +161,7 @@ async def test_a_stopping_control_plane_gives_back_what_its_workers_never_acknow
         lease_timeout=120,  # neither the lease nor the acknowledgement gives it back here
         ack_timeout=60,
         heartbeat_interval=0.5,
+        shutdown_grace=0.5,  # the mute worker's stream never ends by itself
     )
     plane = ControlPlane(settings)
     await plane.start()

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from longline.control_plane import ControlPlaneSettings
+from longline.control_plane._workers import GIVE_BACK_WAIT
 from tests.conftest import ROOT
 
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
@@ -319,8 +320,10 @@ def test_control_plane_stops_within_its_grace_period(objects: list[dict[str, Any
     match = re.fullmatch(r"sleep (\d+)", stop)
     assert match, stop
     shutdown = float(_setting(objects, c, "shutdown_grace"))
-    # Then the HTTP face, and then gRPC, each get --shutdown-grace; a margin for the rest.
-    assert grace >= int(match[1]) + 2 * shutdown + 5, (grace, int(match[1]), shutdown)
+    # Then the HTTP face, and then gRPC, each get --shutdown-grace; the ended streams'
+    # give-backs up to GIVE_BACK_WAIT; a margin for the rest.
+    wait = GIVE_BACK_WAIT
+    assert grace >= int(match[1]) + 2 * shutdown + wait + 5, (grace, match[1], shutdown, wait)
 
 
 def test_the_http_ingress_lets_event_streams_through(tmp_path: Path) -> None:
