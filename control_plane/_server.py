@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -107,6 +107,21 @@ def _describe_security(s: ControlPlaneSettings, auth: Authenticator) -> str:
         tls += ", mutual TLS for workers"
     tokens = f"{len(auth.tokens)} tokens" if auth.tokens is not None else "AUTH OFF"
     return f"{tls}, {tokens}"
+
+
+async def _close_all(*clients: Any) -> None:
+    """Close each client, also when one fails or the caller is cancelled meanwhile (the
+    cancellation is raised once all are closed)."""
+    cancelled: asyncio.CancelledError | None = None
+    for client in clients:
+        try:
+            await client.aclose()
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+        except (RedisError, OSError) as exc:
+            log.warning("closing a Redis client: %s", exc)
+    if cancelled is not None:
+        raise cancelled
 
 
 class ControlPlane:
@@ -322,22 +337,20 @@ class ControlPlane:
                 for task in background:
                     task.cancel()
         finally:
-            if http_runner is not None:
-                await http_runner.cleanup()
-            if metrics_server is not None:
-                metrics_server.shutdown()
-                metrics_server.server_close()
-            await server.stop(0)
-            await worker_server.stop(0)
             try:
+                if http_runner is not None:
+                    await http_runner.cleanup()
+                if metrics_server is not None:
+                    metrics_server.shutdown()
+                    metrics_server.server_close()
+                await server.stop(0)
+                await worker_server.stop(0)
                 # The ended streams' unacknowledged runs go back to the queue now, on the
                 # pool, before it closes (not left to their leases, nor to a task outliving
                 # the pool, on a connection nobody would close).
                 await dispatcher.given_back(GIVE_BACK_WAIT)
-            finally:  # closed also when the wait is cancelled, each whatever the others do
-                for client in (hub_reader, dispatch_reader, pool):
-                    with contextlib.suppress(RedisError, OSError):
-                        await client.aclose()
+            finally:  # however the above ends: every client, whatever the others do
+                await _close_all(hub_reader, dispatch_reader, pool)
 
     async def _control_listener(self, store: Store, dispatcher: Dispatcher) -> None:
         """Cancel notices from any replica, forwarded to the worker if it is connected here.

@@ -584,15 +584,18 @@ class Dispatcher:
                 else:  # a handler yet to end: its give-back starts when it does
                     await asyncio.sleep(min(0.01, left))
         finally:
-            late = set(self._giving_back)
+            late = {task for task in self._giving_back if not task.done()}
             for task in late:
                 task.cancel()
-            if late:
+            if late or self.sessions:
                 log.warning(
-                    "%d give-backs did not finish in %g s; their runs' leases requeue them",
+                    "stopping with %d give-backs unfinished and %d worker streams not ended "
+                    "after %g s; the leases of their runs requeue them",
                     len(late),
+                    len(self.sessions),
                     timeout,
                 )
+            if late:
                 await asyncio.wait(late, timeout=1)
 
     async def requeue_unsent(
@@ -705,31 +708,33 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             # What it was sent on the old stream and did not acknowledge, and does not say it
             # runs now, is given back at once (its old stream may take a while to end).
             await self._dispatcher.requeue_unsent(previous, keep=session.running)
+        writer: asyncio.Task[None] | None = None
         self._dispatcher.sessions[session.worker_id] = session
-        log.info(
-            "worker %s connected (build %s, %d slots, workflows %s)",
-            session.worker_id,
-            session.build_id or "-",
-            session.slots,
-            sorted(session.workflows),
-        )
-        await context.write(
-            worker_pb2.ConnectResponse(
-                welcome=worker_pb2.WorkerWelcome(
-                    replica_id=self._settings.replica_id,
-                    heartbeat_interval_seconds=self._settings.heartbeat_interval,
-                    lease_timeout_seconds=self._settings.lease_timeout,
-                    protocol=PROTOCOL,
+        try:  # from here on, however it ends, the session goes (a welcome that failed too)
+            log.info(
+                "worker %s connected (build %s, %d slots, workflows %s)",
+                session.worker_id,
+                session.build_id or "-",
+                session.slots,
+                sorted(session.workflows),
+            )
+            await context.write(
+                worker_pb2.ConnectResponse(
+                    welcome=worker_pb2.WorkerWelcome(
+                        replica_id=self._settings.replica_id,
+                        heartbeat_interval_seconds=self._settings.heartbeat_interval,
+                        lease_timeout_seconds=self._settings.lease_timeout,
+                        protocol=PROTOCOL,
+                    )
                 )
             )
-        )
-        writer = asyncio.create_task(self._write_loop(session, context))
-        await self._dispatcher.builds_changed()
-        try:
+            writer = asyncio.create_task(self._write_loop(session, context))
+            await self._dispatcher.builds_changed()
             async for request in request_iterator:
                 await self._handle(session, request)
         finally:
-            writer.cancel()
+            if writer is not None:
+                writer.cancel()
             session.closed = True
             if self._dispatcher.sessions.get(session.worker_id) is session:
                 del self._dispatcher.sessions[session.worker_id]

@@ -65,6 +65,9 @@ class ClosedWrites:
         if self.closed_for_good and not self.is_connected:  # type: ignore[attr-defined]
             raise RedisConnectionError(CLOSED)
         await super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        if self.closed_for_good:  # its pool closed while it was connecting: not left open
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise RedisConnectionError(CLOSED)
 
     async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -192,6 +195,8 @@ class QuickCheckout(ClosesForGood):
     ever taken from the idle list here, never made: the pool's bound holds."""
 
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        if self._closed_for_good:
+            raise RedisConnectionError(CLOSED)
         try:
             idle = self._available_connections  # type: ignore[attr-defined]
             condition = self._condition  # type: ignore[attr-defined]
@@ -207,7 +212,6 @@ class QuickCheckout(ClosesForGood):
                     await conn.disconnect(nowait=True)
         except AttributeError:  # a redis-py (or Python) whose insides differ: its own way
             pass
-        # (A closed pool's connections are all closed: none is ready, and this refuses.)
         return await super().get_connection()
 
     async def release(self, connection: Any) -> None:

@@ -247,6 +247,38 @@ async def test_a_closed_client_opens_no_connection_again(
     assert await mine() == []
 
 
+@pytest.mark.single_redis  # counts the connections of one server
+async def test_a_connection_opening_while_its_client_closes_is_not_left_open(
+    redis_url: str, redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client closes while one of its connections is on its way up (the close finds it
+    not connected, nothing to close): once up, it is closed, and its command fails."""
+    import redis.asyncio as aioredis
+
+    name = "probe-closing"
+    client = connect(redis_url, max_connections=2, client_name=name)
+    reached, go = asyncio.Event(), asyncio.Event()
+    original = aioredis.Connection._connect
+
+    async def held(self: Any) -> None:
+        reached.set()
+        await go.wait()
+        await original(self)
+
+    monkeypatch.setattr(aioredis.Connection, "_connect", held)
+    command = asyncio.create_task(client.ping())
+    await asyncio.wait_for(reached.wait(), 10)
+    await client.aclose()  # while the connection is held on its way up
+    go.set()
+    with pytest.raises(RedisConnectionError, match="closed"):
+        await asyncio.wait_for(command, 10)
+
+    async def mine() -> list[dict[str, Any]]:
+        return [c for c in await redis.client_list() if c.get("name") == name]
+
+    await eventually(lambda: _none(mine()), what="the connection to be closed")
+
+
 async def _any(rows: Awaitable[list[dict[str, Any]]], test: Callable[[Any], bool]) -> bool:
     return any(test(row) for row in await rows)
 
