@@ -5,9 +5,10 @@ three workers; kill -9 of a worker (replaced at once) every KILL_EVERY seconds a
 Redis restart half-way. Samples Redis memory, key count and run counts, prints the table,
 and ends with no run stuck and nothing of finished runs left once their retention passed.
 
-`make test` runs a short form (LONGLINE_SOAK_SECONDS, 60 s by default) with a retention of
-7.5 s, so the wait for the last runs' retention after the load stays short; `make soak` runs
-30 minutes with a kill every minute and a retention of 15 s.
+`make test` runs a short form (LONGLINE_SOAK_SECONDS, 45 s by default: the same three
+kills and one restart as 60 s had, inside make test's 15 minutes) with a retention of 5.6 s,
+so the wait for the last runs' retention after the load stays short; `make soak` runs 30
+minutes with a kill every minute and a retention of 15 s.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tests.procs import Proc, spawn, start_control_plane, start_workers
 
 pytestmark = pytest.mark.slow
 
-SECONDS = float(os.environ.get("LONGLINE_SOAK_SECONDS", "60"))
+SECONDS = float(os.environ.get("LONGLINE_SOAK_SECONDS", "45"))
 KILL_EVERY = float(os.environ.get("LONGLINE_SOAK_KILL_EVERY", str(min(60.0, SECONDS / 4))))
 # 15 s, but an eighth of a short soak: the end waits a retention for the last runs to expire.
 RETENTION = min(15.0, SECONDS / 8)
