@@ -57,16 +57,18 @@ class ClosedWrites:
     # Both ways in: connect() (first, as Sentinel's asks the sentinels for the primary
     # before it connects) and connect_check_health() (where a command's write connects).
     async def connect(self) -> None:
-        if self.closed_for_good and not self.is_connected:  # type: ignore[attr-defined]
-            raise RedisConnectionError(CLOSED)
+        self._refuse_if_closed()
         await super().connect()  # type: ignore[misc]
 
     async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
-        if self.closed_for_good and not self.is_connected:  # type: ignore[attr-defined]
-            raise RedisConnectionError(CLOSED)
+        self._refuse_if_closed()
         await super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
         if self.closed_for_good:  # its pool closed while it was connecting: not left open
             await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise RedisConnectionError(CLOSED)
+
+    def _refuse_if_closed(self) -> None:
+        if self.closed_for_good and not self.is_connected:  # type: ignore[attr-defined]
             raise RedisConnectionError(CLOSED)
 
     async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:

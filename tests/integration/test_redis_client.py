@@ -225,15 +225,13 @@ async def test_a_closed_client_opens_no_connection_again(
     name = f"probe-closed-{bound}"
     client = connect(redis_url, max_connections=bound, client_name=name)
 
-    async def mine() -> list[dict[str, Any]]:
-        return [c for c in await redis.client_list() if c.get("name") == name]
-
     await client.ping()
     pubsub = client.pubsub()
     await pubsub.subscribe("{probe}:a")
     blocked = asyncio.create_task(client.blpop(["{probe}:never"], timeout=3))
     await eventually(
-        lambda: _any(mine(), lambda c: c.get("cmd") == "blpop"), what="the BLPOP under way"
+        lambda: _any(_named(redis, name), lambda c: c.get("cmd") == "blpop"),
+        what="the BLPOP under way",
     )
     await client.aclose()
     with pytest.raises(RedisConnectionError):
@@ -242,9 +240,11 @@ async def test_a_closed_client_opens_no_connection_again(
         await client.ping()
     with pytest.raises(RedisConnectionError, match="closed"):
         await pubsub.subscribe("{probe}:b")
-    await eventually(lambda: _none(mine()), what="the closed client's connections to go")
+    await eventually(
+        lambda: _none(_named(redis, name)), what="the closed client's connections to go"
+    )
     await asyncio.sleep(0.5)  # a reconnection would be back by now: none is
-    assert await mine() == []
+    assert await _named(redis, name) == []
 
 
 @pytest.mark.single_redis  # counts the connections of one server
@@ -273,10 +273,12 @@ async def test_a_connection_opening_while_its_client_closes_is_not_left_open(
     with pytest.raises(RedisConnectionError, match="closed"):
         await asyncio.wait_for(command, 10)
 
-    async def mine() -> list[dict[str, Any]]:
-        return [c for c in await redis.client_list() if c.get("name") == name]
+    await eventually(lambda: _none(_named(redis, name)), what="the connection to be closed")
 
-    await eventually(lambda: _none(mine()), what="the connection to be closed")
+
+async def _named(redis: Any, name: str) -> list[dict[str, Any]]:
+    """The server's connections of the client named `name`."""
+    return [c for c in await redis.client_list() if c.get("name") == name]
 
 
 async def _any(rows: Awaitable[list[dict[str, Any]]], test: Callable[[Any], bool]) -> bool:
